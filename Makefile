@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make run` (set up + main job) and `make test` (set up + tests).
+# Both are idempotent: the install re-runs only when packaging files or a Cython kernel changed
+# (editable installs do not rebuild changed .pyx files on their own).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.rdquant-installed
+KERNEL_SOURCES := $(wildcard quantcore/_ext/*.pyx quantcore/_ext/*.pxd)
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(KERNEL_SOURCES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/rdquant data info sp500
+	$(VENV)/bin/rdquant features --data sp500 --set alpha158 --out runs/alpha158_sp500.parquet
+
+test: $(STAMP)
+	@# pytest exits 5 when nothing was collected: report it, do not fail on it
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo 'no tests collected'; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_alpha158.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info quantcore/_ext/*.c quantcore/_ext/*.so

@@ -1,0 +1,21 @@
+"""The `rdquant` command line (typer + rich). Sub-commands live in one module each."""
+
+from __future__ import annotations
+
+import typer
+
+from quantcore.cli.data_cmd import data_app
+from quantcore.cli.features_cmd import features_command
+
+app = typer.Typer(
+    name="rdquant",
+    help="rdquant: an autonomous quant-research factory on a fast compiled quant core.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.command("features")(features_command)
+
+
+def main() -> None:
+    app()

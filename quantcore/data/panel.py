@@ -1,0 +1,206 @@
+"""The in-memory market panel: trading calendar x instrument universe x fields, numpy-backed.
+
+Layout is (instrument, day) C-contiguous float64: each instrument's history is one contiguous row, so
+the rolling kernels stream through memory and parallelise across instruments. Values outside an
+instrument's listing span [start, end) are NaN; suspended days inside the span are NaN rows, as in qlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from quantcore.errors import DataError
+
+__all__ = ["Panel", "PRICE_FIELDS"]
+
+#: qlib's standard daily fields; a panel may carry more (e.g. `industry`).
+PRICE_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "factor")
+
+
+@dataclass(frozen=True, eq=False)
+class Panel:
+    """A market: `fields[name]` is a float64 array of shape (n_instruments, n_days)."""
+
+    calendar: np.ndarray  # datetime64[ns], shape (T,), strictly increasing
+    instruments: tuple[str, ...]  # shape (N,)
+    fields: Mapping[str, np.ndarray]  # name -> float64 (N, T)
+    starts: np.ndarray  # int64 (N,): first calendar index of each listing span
+    ends: np.ndarray  # int64 (N,): one past the last calendar index of each listing span
+    name: str = "panel"
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, t = len(self.instruments), len(self.calendar)
+        if len(set(self.instruments)) != n:
+            raise DataError("instrument names must be unique")
+        if t > 1 and not np.all(np.diff(self.calendar.astype("datetime64[ns]").astype(np.int64)) > 0):
+            raise DataError("calendar must be strictly increasing")
+        for key, arr in self.fields.items():
+            if arr.shape != (n, t):
+                raise DataError(f"field {key!r} has shape {arr.shape}, expected ({n}, {t})")
+        if self.starts.shape != (n,) or self.ends.shape != (n,):
+            raise DataError("starts/ends must have one entry per instrument")
+        if np.any(self.starts < 0) or np.any(self.ends > t) or np.any(self.starts > self.ends):
+            raise DataError("listing spans must satisfy 0 <= start <= end <= n_days")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        calendar: Iterable,
+        instruments: Iterable[str],
+        fields: Mapping[str, np.ndarray],
+        starts: np.ndarray | None = None,
+        ends: np.ndarray | None = None,
+        name: str = "panel",
+        meta: Mapping[str, str] | None = None,
+    ) -> "Panel":
+        """Build a panel, inferring listing spans from the first/last non-NaN close when not given,
+        and blanking every value outside the spans so the NaN-outside-span invariant holds."""
+        cal = pd.DatetimeIndex(pd.to_datetime(list(calendar) if not isinstance(calendar, np.ndarray) else calendar))
+        cal_arr = cal.values.astype("datetime64[ns]")
+        insts = tuple(str(i) for i in instruments)
+        arrays = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in fields.items()}
+        n, t = len(insts), len(cal_arr)
+        if starts is None or ends is None:
+            anchor = arrays.get("close")
+            if anchor is None:
+                anchor = next(iter(arrays.values())) if arrays else np.full((n, t), np.nan)
+            valid = ~np.isnan(anchor)
+            has = valid.any(axis=1)
+            first = np.where(has, valid.argmax(axis=1), 0)
+            last = np.where(has, t - valid[:, ::-1].argmax(axis=1), 0)
+            starts = first.astype(np.int64) if starts is None else starts
+            ends = last.astype(np.int64) if ends is None else ends
+        starts = np.asarray(starts, dtype=np.int64)
+        ends = np.asarray(ends, dtype=np.int64)
+        outside = outside_span_mask(starts, ends, t)
+        for arr in arrays.values():
+            arr[outside] = np.nan
+        return cls(cal_arr, insts, arrays, starts, ends, name, dict(meta or {}))
+
+    # ---- shape -------------------------------------------------------------------------------
+    @property
+    def n_instruments(self) -> int:
+        return len(self.instruments)
+
+    @property
+    def n_days(self) -> int:
+        return len(self.calendar)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(self.fields)
+
+    @cached_property
+    def outside_span(self) -> np.ndarray:
+        """Boolean (N, T): True where a day lies outside the instrument's listing span."""
+        return outside_span_mask(self.starts, self.ends, self.n_days)
+
+    @cached_property
+    def version(self) -> str:
+        """Content hash of calendar, universe, spans and every field: the data part of cache keys."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.calendar.astype("datetime64[ns]").tobytes())
+        h.update("\x00".join(self.instruments).encode())
+        h.update(self.starts.tobytes())
+        h.update(self.ends.tobytes())
+        for key in sorted(self.fields):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(self.fields[key]).tobytes())
+        return h.hexdigest()
+
+    def field(self, name: str) -> np.ndarray:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise DataError(
+                f"field {name!r} is not in panel {self.name!r}; available: {', '.join(sorted(self.fields))}"
+            ) from None
+
+    # ---- slicing (views where possible) ------------------------------------------------------
+    def date_index(self, start=None, end=None) -> slice:
+        """Calendar slice covering [start, end] (inclusive, either may be None)."""
+        cal = self.calendar
+        i0 = 0 if start is None else int(np.searchsorted(cal, np.datetime64(pd.Timestamp(start), "ns"), "left"))
+        i1 = len(cal) if end is None else int(np.searchsorted(cal, np.datetime64(pd.Timestamp(end), "ns"), "right"))
+        return slice(i0, max(i0, i1))
+
+    def slice_dates(self, start=None, end=None) -> "Panel":
+        """Sub-panel for [start, end]; field arrays are views into this panel's arrays.
+
+        Note: rolling features computed on a slice lose the look-back before `start`; compute on the
+        full panel and slice the result when the left edge matters (qlib extends the left edge)."""
+        s = self.date_index(start, end)
+        i0, i1 = s.start, s.stop
+        fields = {k: v[:, i0:i1] for k, v in self.fields.items()}
+        starts = np.clip(self.starts - i0, 0, i1 - i0)
+        ends = np.clip(self.ends - i0, 0, i1 - i0)
+        return replace(self, calendar=self.calendar[i0:i1], fields=fields, starts=starts, ends=ends)
+
+    def select(self, instruments: Iterable[str]) -> "Panel":
+        """Sub-panel with the given instruments, in the given order."""
+        pos = {name: i for i, name in enumerate(self.instruments)}
+        wanted = list(instruments)
+        missing = [w for w in wanted if w not in pos]
+        if missing:
+            raise DataError(f"instruments not in panel {self.name!r}: {', '.join(missing[:10])}")
+        idx = np.array([pos[w] for w in wanted], dtype=np.int64)
+        fields = {k: np.ascontiguousarray(v[idx]) for k, v in self.fields.items()}
+        return replace(self, instruments=tuple(wanted), fields=fields, starts=self.starts[idx], ends=self.ends[idx])
+
+    def with_fields(self, **new_fields: np.ndarray) -> "Panel":
+        """A panel with extra/replaced fields (blanked outside listing spans)."""
+        fields = dict(self.fields)
+        for key, arr in new_fields.items():
+            arr = np.array(arr, dtype=np.float64, copy=True)
+            if arr.shape != (self.n_instruments, self.n_days):
+                raise DataError(f"field {key!r} has shape {arr.shape}, expected {(self.n_instruments, self.n_days)}")
+            arr[self.outside_span] = np.nan
+            fields[key] = arr
+        return replace(self, fields=fields)
+
+    # ---- frames ------------------------------------------------------------------------------
+    def frame_index(self) -> pd.MultiIndex:
+        """(datetime, instrument) index of the rows inside listing spans, sorted by date then instrument."""
+        inside = ~self.outside_span.T  # (T, N)
+        day_idx, inst_idx = np.nonzero(inside)
+        return pd.MultiIndex.from_arrays(
+            [pd.DatetimeIndex(self.calendar[day_idx]), pd.Index(np.asarray(self.instruments, dtype=object)[inst_idx])],
+            names=["datetime", "instrument"],
+        )
+
+    def to_frame(self, columns: Mapping[str, np.ndarray], dtype=np.float32) -> pd.DataFrame:
+        """Long frame indexed by (datetime, instrument), one row per in-span day, one column per array."""
+        inside = ~self.outside_span.T
+        data = {name: np.asarray(arr).T[inside].astype(dtype, copy=False) for name, arr in columns.items()}
+        return pd.DataFrame(data, index=self.frame_index())
+
+    def describe(self) -> dict:
+        """Summary used by `rdquant data info`."""
+        close = self.fields.get("close")
+        listed = int((~self.outside_span).sum())
+        missing = int(np.isnan(close).sum() - self.outside_span.sum()) if close is not None else 0
+        return {
+            "name": self.name,
+            "instruments": self.n_instruments,
+            "days": self.n_days,
+            "start": str(pd.Timestamp(self.calendar[0]).date()) if self.n_days else None,
+            "end": str(pd.Timestamp(self.calendar[-1]).date()) if self.n_days else None,
+            "fields": list(self.fields),
+            "listed_rows": listed,
+            "missing_close_in_span": missing,
+            "version": self.version,
+            **{f"meta.{k}": v for k, v in self.meta.items()},
+        }
+
+
+def outside_span_mask(starts: np.ndarray, ends: np.ndarray, n_days: int) -> np.ndarray:
+    """Boolean (N, T) mask that is True outside each [start, end) listing span."""
+    days = np.arange(n_days)[None, :]
+    return (days < starts[:, None]) | (days >= ends[:, None])
