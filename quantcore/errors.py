@@ -50,3 +50,7 @@ class ArityError(ExpressionError):
 
 class LookAheadError(ExpressionError):
     """A feature expression reads future data (e.g. `Ref($close, -1)`); only labels may."""
+
+
+class KernelArgumentError(QuantcoreError, ValueError):
+    """A compiled kernel was called with invalid arguments (caught once, in `quantcore.kernels`)."""
