@@ -166,20 +166,29 @@ class Panel:
         return replace(self, fields=fields)
 
     # ---- frames ------------------------------------------------------------------------------
-    def frame_index(self) -> pd.MultiIndex:
-        """(datetime, instrument) index of the rows inside listing spans, sorted by date then instrument."""
-        inside = ~self.outside_span.T  # (T, N)
+    def frame_index(self, days: slice = slice(None)) -> pd.MultiIndex:
+        """(datetime, instrument) index of in-span rows within `days`, sorted by date then instrument."""
+        inside = ~self.outside_span[:, days].T  # (T', N)
         day_idx, inst_idx = np.nonzero(inside)
         return pd.MultiIndex.from_arrays(
-            [pd.DatetimeIndex(self.calendar[day_idx]), pd.Index(np.asarray(self.instruments, dtype=object)[inst_idx])],
+            [
+                pd.DatetimeIndex(self.calendar[days][day_idx]),
+                pd.Index(np.asarray(self.instruments, dtype=object)[inst_idx]),
+            ],
             names=["datetime", "instrument"],
         )
 
-    def to_frame(self, columns: Mapping[str, np.ndarray], dtype=np.float32) -> pd.DataFrame:
-        """Long frame indexed by (datetime, instrument), one row per in-span day, one column per array."""
-        inside = ~self.outside_span.T
-        data = {name: np.asarray(arr).T[inside].astype(dtype, copy=False) for name, arr in columns.items()}
-        return pd.DataFrame(data, index=self.frame_index())
+    def to_frame(
+        self, columns: Mapping[str, np.ndarray], days: slice = slice(None), dtype=np.float32
+    ) -> pd.DataFrame:
+        """Long frame indexed by (datetime, instrument): one row per in-span day within `days`, one
+        column per (N, T) array. Built as a single column-major block so pandas does not copy it."""
+        inside = ~self.outside_span[:, days].T
+        n_rows = int(inside.sum())
+        block = np.empty((n_rows, len(columns)), dtype=dtype, order="F")
+        for j, arr in enumerate(columns.values()):
+            block[:, j] = np.asarray(arr)[:, days].T[inside]
+        return pd.DataFrame(block, index=self.frame_index(days), columns=list(columns), copy=False)
 
     def describe(self) -> dict:
         """Summary used by `rdquant data info`."""

@@ -1,0 +1,30 @@
+"""Shared CLI plumbing: user errors become one red line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from quantcore.errors import QuantcoreError
+
+F = TypeVar("F", bound=Callable)
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(func: F) -> F:
+    """Decorate a command so that expected errors (bad input, bad data) print cleanly and exit 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (QuantcoreError, FileNotFoundError, ValueError) as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]

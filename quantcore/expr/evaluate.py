@@ -1,0 +1,294 @@
+"""Evaluate expressions over a whole `Panel` at once, sharing common sub-expressions across a batch.
+
+A batch (e.g. Alpha158's 158 expressions) is compiled into one DAG of unique nodes — frozen AST nodes
+are hashable, so `Mean($close, 5)` appearing in ten features is computed once. Nodes are evaluated in
+post-order and freed as soon as their last consumer is done, so peak memory is the outputs plus a few
+live intermediates, not every sub-expression.
+
+Invariant: every intermediate array is float64 (N, T) and NaN outside each instrument's listing span,
+which is what makes whole-panel arithmetic agree with qlib's per-instrument series.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from quantcore import kernels
+from quantcore.data.panel import Panel
+from quantcore.errors import ExpressionError
+from quantcore.expr.ast import (
+    EMA,
+    Binary,
+    Const,
+    CrossSection,
+    Expanding,
+    Field,
+    If,
+    Mask,
+    Node,
+    Ref,
+    Rolling,
+    Unary,
+    children,
+)
+from quantcore.expr.cache import DiskCache, MemoryCache, cache_key
+from quantcore.expr.canonical import canonical
+from quantcore.expr.parser import parse
+from quantcore.expr.validate import validate
+
+__all__ = ["Evaluator", "evaluate"]
+
+# Element-wise numpy implementations. Comparisons return 0/1 and 0 where an operand is NaN, like qlib
+# (numpy's comparison of NaN is False); logical ops use numpy truthiness (non-zero, NaN included),
+# which is what qlib's `If` (np.where) does with a NaN condition.
+_ARITH = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Power": np.power,
+    "Greater": np.maximum,
+    "Less": np.minimum,
+}
+_COMPARE = {
+    "Gt": np.greater,
+    "Ge": np.greater_equal,
+    "Lt": np.less,
+    "Le": np.less_equal,
+    "Eq": np.equal,
+    "Ne": np.not_equal,
+}
+_LOGIC = {"And": np.logical_and, "Or": np.logical_or}
+_UNARY = {"Neg": np.negative, "Abs": np.abs, "Sign": np.sign, "Log": np.log}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    name: str
+    node: Node
+    canonical: str
+
+
+class Evaluator:
+    """Evaluates expressions on one panel.
+
+    compat=True reproduces qlib 0.9.7 exactly (WMA's extra division, NaN-unaware IdxMax, absolute std
+    thresholds); compat=False uses the corrected definitions documented in `quantcore.kernels`.
+    Caches are optional explicit objects; a cached result is keyed by the panel's content version, the
+    expression's canonical form, the semantics and the output dtype.
+    """
+
+    def __init__(
+        self,
+        panel: Panel,
+        *,
+        compat: bool = True,
+        threads: int | None = None,
+        memory_cache: MemoryCache | None = None,
+        disk_cache: DiskCache | None = None,
+        backend: ModuleType = kernels,
+    ):
+        self.panel = panel
+        self.backend = backend  # `quantcore.kernels`, or its slow pandas twin for checks and benchmarks
+        self.compat = compat
+        self.threads = threads
+        self.memory_cache = memory_cache
+        self.disk_cache = disk_cache
+        self._semantics = "qlib" if compat else "corrected"
+
+    # ---- public API ------------------------------------------------------------------------------
+    def compile(self, expressions: Mapping[str, str | Node], *, allow_future: bool = False) -> list[_Compiled]:
+        """Parse and validate every expression; errors name the offending expression."""
+        out = []
+        fields = self.panel.field_names
+        for name, expr in expressions.items():
+            try:
+                node = parse(expr) if isinstance(expr, str) else expr
+                validate(node, fields, allow_future=allow_future)
+            except ExpressionError as exc:
+                raise _named(exc, name) from None
+            out.append(_Compiled(name, node, canonical(node)))
+        return out
+
+    def evaluate(
+        self,
+        expressions: Mapping[str, str | Node],
+        *,
+        allow_future: bool = False,
+        dtype: np.dtype | type = np.float32,
+    ) -> dict[str, np.ndarray]:
+        """Compute each expression as an (N, T) array of `dtype`, NaN outside listing spans."""
+        compiled = self.compile(expressions, allow_future=allow_future)
+        dtype = np.dtype(dtype)
+        shape = (self.panel.n_instruments, self.panel.n_days)
+        results: dict[str, np.ndarray] = {}
+        pending: list[_Compiled] = []
+        keys: dict[str, str] = {}
+        for item in compiled:
+            key = cache_key(self.panel.version, item.canonical, self._semantics, dtype)
+            keys[item.name] = key
+            hit = self._cache_get(key, shape)
+            if hit is not None:
+                results[item.name] = hit
+            else:
+                pending.append(item)
+        computed = self._evaluate_nodes([item.node for item in pending], dtype)
+        for item, arr in zip(pending, computed):
+            self._cache_put(keys[item.name], arr)
+            results[item.name] = arr
+        return {item.name: results[item.name] for item in compiled}
+
+    def frame(
+        self,
+        expressions: Mapping[str, str | Node],
+        *,
+        start=None,
+        end=None,
+        allow_future: bool = False,
+        dtype: np.dtype | type = np.float32,
+    ) -> pd.DataFrame:
+        """Evaluate on the full history (so look-backs are warm) and return in-span rows in [start, end]
+        as a frame indexed by (datetime, instrument), one column per expression."""
+        arrays = self.evaluate(expressions, allow_future=allow_future, dtype=dtype)
+        window = self.panel.date_index(start, end)
+        return self.panel.to_frame(arrays, days=window, dtype=dtype)
+
+    # ---- caches ----------------------------------------------------------------------------------
+    def _cache_get(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+        if self.memory_cache is not None:
+            arr = self.memory_cache.get(key)
+            if arr is not None:
+                return arr
+        if self.disk_cache is not None:
+            arr = self.disk_cache.get(key, shape)
+            if arr is not None:
+                if self.memory_cache is not None:
+                    self.memory_cache.put(key, arr)
+                return arr
+        return None
+
+    def _cache_put(self, key: str, arr: np.ndarray) -> None:
+        if self.disk_cache is not None:
+            self.disk_cache.put(key, arr)
+        if self.memory_cache is not None:
+            self.memory_cache.put(key, arr)
+
+    # ---- DAG evaluation --------------------------------------------------------------------------
+    def _evaluate_nodes(self, roots: Sequence[Node], dtype: np.dtype) -> list[np.ndarray]:
+        """Post-order evaluation of the union DAG of `roots`, freeing intermediates by reference count."""
+        if not roots:
+            return []
+        refs: dict[Node, int] = {}
+        order: list[Node] = []
+        seen: set[Node] = set()
+        for root in roots:
+            refs[root] = refs.get(root, 0) + 1
+            stack: list[tuple[Node, bool]] = [(root, False)]
+            while stack:
+                node, expanded = stack.pop()
+                if expanded:
+                    order.append(node)
+                    continue
+                if node in seen:
+                    continue
+                seen.add(node)
+                stack.append((node, True))
+                for child in children(node):
+                    refs[child] = refs.get(child, 0) + 1
+                    if child not in seen:
+                        stack.append((child, False))
+        values: dict[Node, np.ndarray] = {}
+        outputs: dict[Node, np.ndarray] = {}
+        root_uses = Counter(roots)
+        for node in order:
+            values[node] = self._compute(node, values)
+            for child in children(node):
+                refs[child] -= 1
+                if refs[child] == 0:
+                    del values[child]
+            if node in root_uses:
+                outputs[node] = values[node].astype(dtype, copy=True)
+                refs[node] -= root_uses[node]
+                if refs[node] == 0:
+                    del values[node]
+        return [outputs[root] for root in roots]
+
+    def _compute(self, node: Node, values: Mapping[Node, np.ndarray]) -> np.ndarray:
+        p = self.panel
+        starts, ends = p.starts, p.ends
+        if isinstance(node, Field):
+            return p.field(node.name)  # read-only use: every op below allocates a new array
+        if isinstance(node, Const):
+            return self._masked(np.full((p.n_instruments, p.n_days), node.value))
+        if isinstance(node, Unary):
+            x = values[node.x]
+            if node.op == "Not":
+                return self._masked((~_truthy(x)).astype(np.float64))
+            with np.errstate(all="ignore"):
+                return _UNARY[node.op](x)
+        if isinstance(node, Binary):
+            a, b = values[node.left], values[node.right]
+            with np.errstate(all="ignore"):
+                if node.op in _ARITH:
+                    return _ARITH[node.op](a, b)
+                if node.op in _COMPARE:
+                    return self._masked(_COMPARE[node.op](a, b).astype(np.float64))
+                if node.op in _LOGIC:
+                    return self._masked(_LOGIC[node.op](_truthy(a), _truthy(b)).astype(np.float64))
+            raise ExpressionError(f"unknown binary operator {node.op!r}")
+        if isinstance(node, If):
+            cond = _truthy(values[node.cond])
+            return self._masked(np.where(cond, values[node.then], values[node.otherwise]))
+        if isinstance(node, Ref):
+            return self.backend.shift(values[node.x], node.periods, starts, ends)
+        if isinstance(node, (Rolling, Expanding)):
+            window = node.window if isinstance(node, Rolling) else 0
+            inputs = [values[i] for i in node.inputs]
+            if len(inputs) == 2:
+                return self.backend.pair_rolling(
+                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=self.threads
+                )
+            return self.backend.rolling(
+                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=self.threads
+            )
+        if isinstance(node, EMA):
+            return self.backend.ema(values[node.x], node.spec, starts, ends)
+        if isinstance(node, Mask):
+            try:
+                row = p.instruments.index(node.instrument)
+            except ValueError:
+                raise ExpressionError(
+                    f"Mask refers to instrument {node.instrument!r}, which is not in panel {p.name!r}"
+                ) from None
+            x = values[node.x]
+            return self._masked(np.broadcast_to(x[row], x.shape).copy())
+        if isinstance(node, CrossSection):
+            groups = values[node.group] if node.group is not None else None
+            return self.backend.cross_section(node.op, values[node.x], starts, ends, groups=groups, param=node.param)
+        raise ExpressionError(f"cannot evaluate node {node!r}")
+
+    def _masked(self, arr: np.ndarray) -> np.ndarray:
+        """Blank the outside of listing spans (for ops that make numbers out of NaN: comparisons, ...)."""
+        np.copyto(arr, np.nan, where=self.panel.outside_span)
+        return arr
+
+
+def _truthy(x: np.ndarray) -> np.ndarray:
+    return x != 0  # NaN != 0 is True: numpy's (and so qlib's) truthiness
+
+
+def _named(exc: ExpressionError, name: str) -> ExpressionError:
+    """Prefix an expression error with the name of the feature it came from."""
+    exc.args = (f"in {name!r}: {exc.args[0]}",) + tuple(exc.args[1:])
+    return exc
+
+
+def evaluate(panel: Panel, expressions: Mapping[str, str | Node], **options) -> dict[str, np.ndarray]:
+    """One-shot helper: `Evaluator(panel).evaluate(expressions, **options)`."""
+    return Evaluator(panel).evaluate(expressions, **options)
