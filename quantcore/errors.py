@@ -32,8 +32,12 @@ class ParseError(ExpressionError):
         self.text = text
         self.position = position
         self.reason = message
-        caret = " " * position + "^"
-        super().__init__(f"{message} at position {position}:\n  {text}\n  {caret}")
+        # show at most ~80 characters around the error so a 10,000-character input stays readable
+        lo = max(0, position - 40)
+        hi = min(len(text), position + 40)
+        shown = ("..." if lo else "") + text[lo:hi] + ("..." if hi < len(text) else "")
+        caret = " " * (position - lo + (3 if lo else 0)) + "^"
+        super().__init__(f"{message} at position {position}:\n  {shown}\n  {caret}")
 
 
 class UnknownFieldError(ExpressionError):

@@ -1,2 +1,1058 @@
-# cython: language_level=3
-"""Placeholder; kernels arrive with the kernel module."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Rolling and expanding kernels over each instrument's listing span.
+
+Layout: x and out are (instruments, days) C-contiguous float64, so a row's span x[i, s:e] is one
+contiguous run of doubles. Every kernel below is a flat, GIL-free loop over one span (`x`, `n` rows)
+that writes `out[0:n]`; `_run_rows` fans the rows out over OpenMP threads. Windows follow pandas
+`rolling(w, min_periods=1)` over the span's rows: a window covers w rows (fewer at the span's start),
+counts NaN rows and skips NaN values. Expanding windows (qlib's N=0) are passed as `w = n`.
+
+Arguments are validated once, in `quantcore.kernels`; nothing here checks them again.
+
+Numerics: moment sums are kept about a per-series reference value (moments are shift-invariant) and
+are recomputed from scratch, re-centred on the window mean, every max(window, REBUILD_MIN) steps,
+which bounds both add/remove drift and cancellation at O(1) amortised cost (expanding windows
+recompute at each doubling). Windows whose valid values are all equal are detected exactly (`Run`)
+so that their variance is exactly 0, as in pandas.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport NAN, fabs, sqrt
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memmove
+
+ctypedef Py_ssize_t idx_t
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int qc_default_threads(void) { return omp_get_max_threads(); }
+    static int qc_has_openmp(void) { return 1; }
+    #else
+    static int qc_default_threads(void) { return 1; }
+    static int qc_has_openmp(void) { return 0; }
+    #endif
+    """
+    int qc_default_threads() nogil
+    int qc_has_openmp() nogil
+
+#: Operator names; an operator's code is its position here (quantcore.kernels maps names to codes).
+ROLLING_OPS = (
+    "Sum", "Mean", "Count", "Var", "Std", "Skew", "Kurt", "Max", "Min", "IdxMax", "IdxMin",
+    "Med", "Quantile", "Rank", "Mad", "Slope", "Rsquare", "Resi", "WMA", "Delta", "First",
+)
+PAIR_OPS = ("Corr", "Cov")
+
+cdef enum:
+    SUM, MEAN, COUNT, VAR, STD, SKEW, KURT, MAX, MIN, IDXMAX, IDXMIN, MED, QUANTILE, RANK, MAD,
+    SLOPE, RSQUARE, RESI, WMA, DELTA, FIRST
+cdef enum:
+    CORR, COV
+
+cdef enum:
+    # fewest steps between two recomputations of running sums (keeps tiny windows cheap)
+    REBUILD_MIN = 32
+    # windows up to this many rows use a sorted buffer; longer ones a Fenwick tree over value ranks
+    SORTED_WINDOW_MAX = 96
+
+# qlib masks Rsquare/Corr where pandas' rolling std is within this absolute distance of 0
+# (ops.py: np.isclose(std, 0, atol=2e-05)); it is scale-dependent, hence compat-only.
+cdef double QLIB_STD_ATOL = 2e-5
+# compat=False instead treats a window as flat when std <= FLAT_RTOL * |mean| (scale-free)
+cdef double FLAT_RTOL = 1e-10
+
+SORTED_BUFFER_MAX_WINDOW = SORTED_WINDOW_MAX
+QLIB_STD_ABS_TOL = QLIB_STD_ATOL
+FLAT_STD_REL_TOL = FLAT_RTOL
+
+
+def openmp_threads():
+    """Threads a `threads=None` call uses (1 when built without OpenMP)."""
+    return qc_default_threads() if qc_has_openmp() else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# small shared pieces
+# ---------------------------------------------------------------------------------------------
+
+cdef struct Run:
+    # Tracks the current run of equal valid values, ignoring NaNs: a window [ws, t] holds only
+    # equal values exactly when the last valid value that differs from the run lies before ws.
+    double last
+    idx_t last_at
+    idx_t prev_end
+
+
+cdef inline void run_init(Run* r) noexcept nogil:
+    r.last = NAN
+    r.last_at = -1
+    r.prev_end = -1
+
+
+cdef inline void run_push(Run* r, double v, idx_t t) noexcept nogil:
+    if v != r.last:
+        r.prev_end = r.last_at
+        r.last = v
+    r.last_at = t
+
+
+cdef inline bint run_flat(const Run* r, idx_t ws) noexcept nogil:
+    return r.prev_end < ws
+
+
+cdef inline idx_t win_start(idx_t t, idx_t w) noexcept nogil:
+    return t - w + 1 if t >= w else 0
+
+
+cdef inline bint rebuild_due(idx_t since, idx_t wlen) noexcept nogil:
+    return since >= REBUILD_MIN and since >= wlen
+
+
+cdef inline double window_mean(const double* x, idx_t ws, idx_t t, double fallback) noexcept nogil:
+    """Plain mean of the valid values in x[ws..t]; used only to choose a centre."""
+    cdef double s = 0.0
+    cdef idx_t j, c = 0
+    for j in range(ws, t + 1):
+        if x[j] == x[j]:
+            s += x[j]
+            c += 1
+    return s / c if c > 0 else fallback
+
+
+cdef inline double first_valid(const double* x, idx_t n) noexcept nogil:
+    cdef idx_t j
+    for j in range(n):
+        if x[j] == x[j]:
+            return x[j]
+    return 0.0
+
+
+cdef inline void neumaier_add(double* s, double* c, double v) noexcept nogil:
+    cdef double t = s[0] + v
+    if fabs(s[0]) >= fabs(v):
+        c[0] += (s[0] - t) + v
+    else:
+        c[0] += (v - t) + s[0]
+    s[0] = t
+
+
+cdef inline idx_t lower_bound(const double* a, idx_t n, double v) noexcept nogil:
+    cdef idx_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline idx_t upper_bound(const double* a, idx_t n, double v) noexcept nogil:
+    cdef idx_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int cmp_double(const void* a, const void* b) noexcept nogil:
+    cdef double x = (<const double*>a)[0]
+    cdef double y = (<const double*>b)[0]
+    return (x > y) - (x < y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sum, Mean, Count: compensated running sum
+# ---------------------------------------------------------------------------------------------
+
+cdef int sum_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcept nogil:
+    cdef double s = 0.0, c = 0.0, v
+    cdef idx_t t, cnt = 0
+    cdef Run run
+    run_init(&run)
+    for t in range(n):
+        if t >= w:
+            v = x[t - w]
+            if v == v:
+                cnt -= 1
+                if cnt == 0:
+                    s = 0.0
+                    c = 0.0
+                else:
+                    neumaier_add(&s, &c, -v)
+        v = x[t]
+        if v == v:
+            neumaier_add(&s, &c, v)
+            cnt += 1
+            run_push(&run, v, t)
+        if op == COUNT:
+            out[t] = cnt  # pandas: 0 (not NaN) for an all-NaN window
+        elif cnt == 0:
+            out[t] = NAN
+        elif op == SUM:
+            out[t] = s + c
+        elif run_flat(&run, win_start(t, w)):
+            out[t] = run.last  # mean of equal values, exactly (as pandas)
+        else:
+            out[t] = (s + c) / cnt
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Var, Std, Skew, Kurt: centred power sums, periodically recomputed
+# ---------------------------------------------------------------------------------------------
+
+cdef inline double moment_stat(int op, idx_t cnt, double s1, double s2, double s3, double s4,
+                               bint flat) noexcept nogil:
+    cdef double n = <double>cnt, mu, b, c, d, var
+    if op == VAR or op == STD:
+        if cnt < 2:
+            return NAN
+        if flat:
+            return 0.0
+        var = (s2 - s1 * s1 / n) / (n - 1.0)
+        if var < 0.0:
+            var = 0.0
+        return var if op == VAR else sqrt(var)
+    if (op == SKEW and cnt < 3) or (op == KURT and cnt < 4) or flat:
+        return NAN  # pandas: skew needs 3 values, kurt 4; a flat window has no shape
+    mu = s1 / n
+    b = s2 / n - mu * mu
+    if b <= 0.0:
+        return NAN
+    if op == SKEW:
+        c = s3 / n - mu * (3.0 * s2 / n - 2.0 * mu * mu)
+        return sqrt(n * (n - 1.0)) / (n - 2.0) * c / (b * sqrt(b))
+    d = s4 / n - mu * (4.0 * s3 / n - mu * (6.0 * s2 / n - 3.0 * mu * mu))
+    return ((n * n - 1.0) * d / (b * b) - 3.0 * (n - 1.0) * (n - 1.0)) / ((n - 2.0) * (n - 3.0))
+
+
+cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcept nogil:
+    cdef double ref = first_valid(x, n), v, d, d2
+    cdef double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0
+    cdef idx_t t, j, ws, cnt = 0, since = 0
+    cdef bint high = op == SKEW or op == KURT
+    cdef Run run
+    run_init(&run)
+    for t in range(n):
+        ws = win_start(t, w)
+        v = x[t]
+        if v == v:
+            run_push(&run, v, t)
+        since += 1
+        if rebuild_due(since, t - ws + 1):
+            since = 0
+            ref = window_mean(x, ws, t, ref)
+            s1 = s2 = s3 = s4 = 0.0
+            cnt = 0
+            for j in range(ws, t + 1):
+                v = x[j]
+                if v == v:
+                    d = v - ref
+                    d2 = d * d
+                    s1 += d
+                    s2 += d2
+                    if high:
+                        s3 += d2 * d
+                        s4 += d2 * d2
+                    cnt += 1
+        else:
+            if t >= w:
+                v = x[t - w]
+                if v == v:
+                    cnt -= 1
+                    if cnt == 0:
+                        s1 = s2 = s3 = s4 = 0.0
+                    else:
+                        d = v - ref
+                        d2 = d * d
+                        s1 -= d
+                        s2 -= d2
+                        if high:
+                            s3 -= d2 * d
+                            s4 -= d2 * d2
+            v = x[t]
+            if v == v:
+                d = v - ref
+                d2 = d * d
+                s1 += d
+                s2 += d2
+                if high:
+                    s3 += d2 * d
+                    s4 += d2 * d2
+                cnt += 1
+        out[t] = moment_stat(op, cnt, s1, s2, s3, s4, run_flat(&run, ws))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Max, Min, IdxMax, IdxMin: monotonic deque of row indices
+# ---------------------------------------------------------------------------------------------
+
+cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bint compat) noexcept nogil:
+    # dq[head:tail] holds indices of valid values, values monotone from the front (the extreme);
+    # ties keep the earliest index in front, as np.argmax does. nanq holds NaN row indices: qlib's
+    # IdxMax is np.argmax over the raw window, which returns the first NaN's position.
+    cdef idx_t* dq = <idx_t*>malloc(n * sizeof(idx_t))
+    cdef idx_t* nanq = <idx_t*>malloc(n * sizeof(idx_t))
+    cdef idx_t head = 0, tail = 0, nhead = 0, ntail = 0, t, ws
+    cdef bint is_max = op == MAX or op == IDXMAX
+    cdef bint want_index = op == IDXMAX or op == IDXMIN
+    cdef bint nan_first = want_index and compat
+    cdef double v
+    if dq == NULL or nanq == NULL:
+        free(dq)
+        free(nanq)
+        return 1
+    for t in range(n):
+        ws = win_start(t, w)
+        v = x[t]
+        if v == v:
+            if is_max:
+                while tail > head and x[dq[tail - 1]] < v:
+                    tail -= 1
+            else:
+                while tail > head and x[dq[tail - 1]] > v:
+                    tail -= 1
+            dq[tail] = t
+            tail += 1
+        elif nan_first:
+            nanq[ntail] = t
+            ntail += 1
+        while tail > head and dq[head] < ws:
+            head += 1
+        while ntail > nhead and nanq[nhead] < ws:
+            nhead += 1
+        if tail == head:
+            out[t] = NAN  # no valid value in the window (pandas min_periods=1)
+        elif not want_index:
+            out[t] = x[dq[head]]
+        elif nan_first and ntail > nhead:
+            out[t] = nanq[nhead] - ws + 1
+        else:
+            out[t] = dq[head] - ws + 1
+    free(dq)
+    free(nanq)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Med, Quantile, Rank, Mad: ordered window (sorted buffer, or Fenwick tree for long windows)
+# ---------------------------------------------------------------------------------------------
+
+cdef inline double sorted_quantile(const double* a, idx_t cnt, double q) noexcept nogil:
+    # pandas rolling quantile, interpolation='linear'
+    cdef double pos = q * (cnt - 1), frac
+    cdef idx_t lo = <idx_t>pos
+    frac = pos - lo
+    if frac == 0.0:
+        return a[lo]
+    return a[lo] + (a[lo + 1] - a[lo]) * frac
+
+
+cdef inline double sorted_median(const double* a, idx_t cnt) noexcept nogil:
+    if cnt % 2:
+        return a[cnt // 2]
+    return (a[cnt // 2 - 1] + a[cnt // 2]) / 2.0
+
+
+cdef int ordered_small_row(const double* x, double* out, idx_t n, idx_t w, int op,
+                           double q) noexcept nogil:
+    cdef idx_t cap = w if w < n else n
+    cdef double* buf = <double*>malloc((cap + 1) * sizeof(double))
+    cdef idx_t t, j, pos, lo, hi, cnt = 0
+    cdef double v, m, s
+    if buf == NULL:
+        return 1
+    for t in range(n):
+        if t >= w:
+            v = x[t - w]
+            if v == v:
+                pos = lower_bound(buf, cnt, v)
+                memmove(buf + pos, buf + pos + 1, (cnt - pos - 1) * sizeof(double))
+                cnt -= 1
+        v = x[t]
+        if v == v:
+            pos = upper_bound(buf, cnt, v)
+            memmove(buf + pos + 1, buf + pos, (cnt - pos) * sizeof(double))
+            buf[pos] = v
+            cnt += 1
+        if op == RANK:
+            if v != v:
+                out[t] = NAN
+            else:
+                lo = lower_bound(buf, cnt, v)
+                hi = upper_bound(buf, cnt, v)
+                out[t] = (lo + hi + 1) / (2.0 * cnt)  # average rank / count
+        elif cnt == 0:
+            out[t] = NAN
+        elif op == QUANTILE:
+            out[t] = sorted_quantile(buf, cnt, q)
+        elif op == MED:
+            out[t] = sorted_median(buf, cnt)
+        else:  # MAD, as qlib: mean(|x - mean(x)|) over the valid values
+            s = 0.0
+            for j in range(cnt):
+                s += buf[j]
+            m = s / cnt
+            s = 0.0
+            for j in range(cnt):
+                s += fabs(buf[j] - m)
+            out[t] = s / cnt
+    free(buf)
+    return 0
+
+
+cdef inline void fen_add(int* tree, idx_t m, idx_t r, int dv) noexcept nogil:
+    r += 1
+    while r <= m:
+        tree[r] += dv
+        r += r & (-r)
+
+
+cdef inline idx_t fen_prefix(const int* tree, idx_t r) noexcept nogil:
+    """Count of values with rank < r."""
+    cdef idx_t s = 0
+    while r > 0:
+        s += tree[r]
+        r -= r & (-r)
+    return s
+
+
+cdef inline void fen_add_f(double* tree, idx_t m, idx_t r, double dv) noexcept nogil:
+    r += 1
+    while r <= m:
+        tree[r] += dv
+        r += r & (-r)
+
+
+cdef inline double fen_prefix_f(const double* tree, idx_t r) noexcept nogil:
+    cdef double s = 0.0
+    while r > 0:
+        s += tree[r]
+        r -= r & (-r)
+    return s
+
+
+cdef inline idx_t fen_kth(const int* tree, idx_t m, idx_t top, idx_t k) noexcept nogil:
+    """Rank of the k-th smallest value (k 0-based); `top` is the largest power of two <= m."""
+    cdef idx_t pos = 0, step = top
+    while step > 0:
+        if pos + step <= m and tree[pos + step] <= k:
+            pos += step
+            k -= tree[pos]
+        step >>= 1
+    return pos
+
+
+cdef int ordered_fenwick_row(const double* x, double* out, idx_t n, idx_t w, int op,
+                             double q) noexcept nogil:
+    # Values are ranked once per span (sort + unique); the window is then a multiset of ranks in
+    # a Fenwick tree of counts (and, for Mad, of centred sums): O(log n) per step for any window.
+    cdef double* u = <double*>malloc((n + 1) * sizeof(double))
+    cdef idx_t* rank = <idx_t*>malloc((n + 1) * sizeof(idx_t))
+    cdef int* tree = <int*>calloc_int(n + 1)
+    cdef int* eq = <int*>calloc_int(n + 1)
+    cdef double* ftree = NULL
+    cdef idx_t m = 0, j, t, r, top, cnt = 0, lo, clo
+    cdef double v, pos, frac, a, b, ref = 0.0, tot = 0.0, dev, slo
+    if u == NULL or rank == NULL or tree == NULL or eq == NULL:
+        free(u); free(rank); free(tree); free(eq)
+        return 1
+    for j in range(n):
+        if x[j] == x[j]:
+            u[m] = x[j]
+            m += 1
+    qsort(u, m, sizeof(double), cmp_double)
+    if m > 0:
+        r = 1
+        for j in range(1, m):
+            if u[j] != u[r - 1]:
+                u[r] = u[j]
+                r += 1
+        m = r
+    for j in range(n):
+        rank[j] = lower_bound(u, m, x[j]) if x[j] == x[j] else -1
+    top = 1
+    while top * 2 <= m:
+        top *= 2
+    if op == MAD:
+        ftree = <double*>malloc((m + 1) * sizeof(double))
+        if ftree == NULL:
+            free(u); free(rank); free(tree); free(eq)
+            return 1
+        for j in range(m + 1):
+            ftree[j] = 0.0
+        ref = u[m // 2] if m > 0 else 0.0
+    for t in range(n):
+        if t >= w and rank[t - w] >= 0:
+            r = rank[t - w]
+            fen_add(tree, m, r, -1)
+            eq[r] -= 1
+            cnt -= 1
+            if op == MAD:
+                fen_add_f(ftree, m, r, -(u[r] - ref))
+                tot = tot - (u[r] - ref) if cnt > 0 else 0.0
+        r = rank[t]
+        if r >= 0:
+            fen_add(tree, m, r, 1)
+            eq[r] += 1
+            cnt += 1
+            if op == MAD:
+                fen_add_f(ftree, m, r, u[r] - ref)
+                tot += u[r] - ref
+        if op == RANK:
+            if r < 0:
+                out[t] = NAN
+            else:
+                out[t] = (2.0 * fen_prefix(tree, r) + eq[r] + 1.0) / (2.0 * cnt)
+        elif cnt == 0:
+            out[t] = NAN
+        elif op == MAD:
+            if cnt == 1:
+                out[t] = 0.0
+            else:
+                # sum|v - mean| = (S - 2 S_lo) - dev * (cnt - 2 c_lo), S_lo/c_lo over v < mean
+                dev = tot / cnt
+                lo = lower_bound(u, m, ref + dev)
+                clo = fen_prefix(tree, lo)
+                slo = fen_prefix_f(ftree, lo)
+                out[t] = fabs((tot - 2.0 * slo) - dev * (cnt - 2.0 * clo)) / cnt
+        else:
+            pos = 0.5 if op == MED else q
+            pos = pos * (cnt - 1)
+            lo = <idx_t>pos
+            frac = pos - lo
+            a = u[fen_kth(tree, m, top, lo)]
+            if frac == 0.0:
+                out[t] = a
+            else:
+                b = u[fen_kth(tree, m, top, lo + 1)]
+                out[t] = (a + b) / 2.0 if op == MED else a + (b - a) * frac
+    free(u); free(rank); free(tree); free(eq); free(ftree)
+    return 0
+
+
+cdef inline int* calloc_int(idx_t k) noexcept nogil:
+    cdef int* p = <int*>malloc(k * sizeof(int))
+    cdef idx_t j
+    if p != NULL:
+        for j in range(k):
+            p[j] = 0
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Slope, Rsquare, Resi: least squares of the value on its row position
+# ---------------------------------------------------------------------------------------------
+
+cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, bint compat,
+                        bint expanding) noexcept nogil:
+    # Sums over valid rows of p = row - anchor and d = value - ref; the slope and fit are
+    # invariant to both shifts. qlib uses the slot position within the window as regressor,
+    # i.e. the row index up to a shift.
+    cdef double ref = first_valid(x, n), v, p, d
+    cdef double sx = 0.0, sxx = 0.0, sy = 0.0, syy = 0.0, sxy = 0.0
+    cdef double cn, mx, my, vx, vy, cxy, slope, sd, r2
+    cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0
+    cdef bint flat
+    cdef Run run
+    run_init(&run)
+    for t in range(n):
+        ws = win_start(t, w)
+        v = x[t]
+        if v == v:
+            run_push(&run, v, t)
+        since += 1
+        if rebuild_due(since, t - ws + 1):
+            since = 0
+            anchor = t
+            ref = window_mean(x, ws, t, ref)
+            sx = sxx = sy = syy = sxy = 0.0
+            cnt = 0
+            for j in range(ws, t + 1):
+                if x[j] == x[j]:
+                    p = <double>(j - anchor)
+                    d = x[j] - ref
+                    sx += p
+                    sxx += p * p
+                    sy += d
+                    syy += d * d
+                    sxy += p * d
+                    cnt += 1
+        else:
+            if t >= w and x[t - w] == x[t - w]:
+                cnt -= 1
+                if cnt == 0:
+                    sx = sxx = sy = syy = sxy = 0.0
+                else:
+                    p = <double>(t - w - anchor)
+                    d = x[t - w] - ref
+                    sx -= p
+                    sxx -= p * p
+                    sy -= d
+                    syy -= d * d
+                    sxy -= p * d
+            if v == v:
+                p = <double>(t - anchor)
+                d = v - ref
+                sx += p
+                sxx += p * p
+                sy += d
+                syy += d * d
+                sxy += p * d
+                cnt += 1
+        if cnt < 2 or (op == RESI and v != v):
+            out[t] = NAN  # one point fixes no line (qlib: 0/0)
+            continue
+        flat = run_flat(&run, ws)
+        cn = <double>cnt
+        mx = sx / cn
+        my = sy / cn
+        vx = sxx - sx * mx
+        if op == SLOPE:
+            out[t] = 0.0 if flat else (sxy - sx * my) / vx
+        elif op == RESI:
+            if flat:
+                out[t] = 0.0
+            else:
+                slope = (sxy - sx * my) / vx
+                out[t] = (v - ref) - my - slope * ((t - anchor) - mx)
+        else:
+            vy = syy - sy * my
+            if flat or vy <= 0.0:
+                out[t] = NAN
+                continue
+            sd = sqrt(vy / (cn - 1.0))
+            if compat:
+                # qlib masks only the rolling form (ops.Rsquare), with pandas' std
+                if not expanding and sd <= QLIB_STD_ATOL:
+                    out[t] = NAN
+                    continue
+            elif sd <= FLAT_RTOL * fabs(ref + my):
+                out[t] = NAN
+                continue
+            cxy = sxy - sx * my
+            r2 = cxy * cxy / (vx * vy)
+            out[t] = r2 if r2 < 1.0 else 1.0
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# WMA: linearly weighted mean, weights 1..L over the window's rows
+# ---------------------------------------------------------------------------------------------
+
+cdef int wma_row(const double* x, double* out, idx_t n, idx_t w, bint compat) noexcept nogil:
+    # Over valid rows: s0 = sum d, s1 = sum p*d, j1 = sum p, with p = row - anchor and
+    # d = value - ref. A row's weight is p - b with b = ws - 1 - anchor, so
+    # sum(w*x) = (s1 - b*s0) + ref*(j1 - b*cnt) and sum(w) over valid rows = j1 - b*cnt.
+    cdef double ref = first_valid(x, n), v, p, d, b, wsum, num, big_l
+    cdef double s0 = 0.0, s1 = 0.0, j1 = 0.0
+    cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0
+    for t in range(n):
+        ws = win_start(t, w)
+        v = x[t]
+        since += 1
+        if rebuild_due(since, t - ws + 1):
+            since = 0
+            anchor = t
+            ref = window_mean(x, ws, t, ref)
+            s0 = s1 = j1 = 0.0
+            cnt = 0
+            for j in range(ws, t + 1):
+                if x[j] == x[j]:
+                    p = <double>(j - anchor)
+                    d = x[j] - ref
+                    s0 += d
+                    s1 += p * d
+                    j1 += p
+                    cnt += 1
+        else:
+            if t >= w and x[t - w] == x[t - w]:
+                cnt -= 1
+                if cnt == 0:
+                    s0 = s1 = j1 = 0.0
+                else:
+                    p = <double>(t - w - anchor)
+                    d = x[t - w] - ref
+                    s0 -= d
+                    s1 -= p * d
+                    j1 -= p
+            if v == v:
+                p = <double>(t - anchor)
+                d = v - ref
+                s0 += d
+                s1 += p * d
+                j1 += p
+                cnt += 1
+        if cnt == 0:
+            out[t] = NAN
+            continue
+        b = <double>(ws - 1 - anchor)
+        wsum = j1 - b * cnt
+        num = (s1 - b * s0) + ref * wsum
+        if compat:
+            # qlib: np.nanmean(w * x) with w = (1..L) / sum(1..L) over the raw window: the weighted
+            # sum is divided by the valid count as well (ops.WMA); kept for parity.
+            big_l = <double>(t - ws + 1)
+            out[t] = num / (big_l * (big_l + 1.0) / 2.0) / cnt
+        else:
+            out[t] = num / wsum
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Delta, First, Shift: plain row lookups
+# ---------------------------------------------------------------------------------------------
+
+cdef int delta_row(const double* x, double* out, idx_t n, idx_t w, bint expanding) noexcept nogil:
+    cdef idx_t t
+    for t in range(n):
+        if expanding:
+            out[t] = x[t] - x[0]  # qlib Delta(x, 0): x minus the series' first value
+        elif t >= w:
+            out[t] = x[t] - x[t - w]
+        else:
+            out[t] = NAN
+    return 0
+
+
+cdef int first_row(const double* x, double* out, idx_t n) noexcept nogil:
+    cdef idx_t t
+    for t in range(n):
+        out[t] = x[0]
+    return 0
+
+
+cdef int shift_row(const double* x, double* out, idx_t n, idx_t periods) noexcept nogil:
+    cdef idx_t t, src
+    for t in range(n):
+        src = t - periods if periods != 0 else 0  # qlib Ref(x, 0) is the first value
+        out[t] = x[src] if 0 <= src < n else NAN
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# EMA
+# ---------------------------------------------------------------------------------------------
+
+cdef int ewm_row(const double* x, double* out, idx_t n, double alpha) noexcept nogil:
+    # pandas ewm(adjust=True, ignore_na=False, min_periods=1).mean(): NaN rows still decay the old
+    # weight; the result carries through them.
+    cdef double old_wt_factor = 1.0 - alpha, old_wt = 1.0, weighted = x[0], cur
+    cdef idx_t t
+    out[0] = weighted
+    for t in range(1, n):
+        cur = x[t]
+        if weighted == weighted:
+            old_wt *= old_wt_factor
+            if cur == cur:
+                if weighted != cur:  # keeps constant series exact, as pandas
+                    weighted = (old_wt * weighted + cur) / (old_wt + 1.0)
+                old_wt += 1.0
+        elif cur == cur:
+            weighted = cur
+        out[t] = weighted
+    return 0
+
+
+cdef int ewm_expanding_row(const double* x, double* out, idx_t n) noexcept nogil:
+    # qlib EMA(x, 0): over the expanding window of L rows, a = 1 - 2/(1+L) and weights a**k
+    # (k = 0 for today) normalised over all L rows, NaN values dropped from the sum (nansum).
+    # `a` changes with L, so every row is a fresh polynomial evaluation: O(n^2), by Horner,
+    # four windows at a time so the multiply-add chains overlap.
+    cdef idx_t t0, t, k, kk
+    cdef double a0, a1, a2, a3, n0, n1, n2, n3, d0, d1, d2, d3, v, a, nm, dn
+    cdef double[4] nums
+    cdef double[4] dens
+    cdef double[4] alph
+    t0 = 0
+    while t0 + 4 <= n:
+        a0 = 1.0 - 2.0 / (t0 + 2.0)
+        a1 = 1.0 - 2.0 / (t0 + 3.0)
+        a2 = 1.0 - 2.0 / (t0 + 4.0)
+        a3 = 1.0 - 2.0 / (t0 + 5.0)
+        n0 = n1 = n2 = n3 = 0.0
+        d0 = d1 = d2 = d3 = 0.0
+        for k in range(t0 + 1):
+            v = x[k]
+            if v == v:
+                n0 = n0 * a0 + v
+                n1 = n1 * a1 + v
+                n2 = n2 * a2 + v
+                n3 = n3 * a3 + v
+            else:
+                n0 = n0 * a0
+                n1 = n1 * a1
+                n2 = n2 * a2
+                n3 = n3 * a3
+            d0 = d0 * a0 + 1.0
+            d1 = d1 * a1 + 1.0
+            d2 = d2 * a2 + 1.0
+            d3 = d3 * a3 + 1.0
+        nums[0] = n0; nums[1] = n1; nums[2] = n2; nums[3] = n3
+        dens[0] = d0; dens[1] = d1; dens[2] = d2; dens[3] = d3
+        alph[0] = a0; alph[1] = a1; alph[2] = a2; alph[3] = a3
+        for k in range(4):
+            t = t0 + k
+            nm = nums[k]
+            dn = dens[k]
+            a = alph[k]
+            for kk in range(t0 + 1, t + 1):
+                v = x[kk]
+                nm = nm * a + (v if v == v else 0.0)
+                dn = dn * a + 1.0
+            out[t] = nm / dn
+        t0 += 4
+    for t in range(t0, n):
+        a = 1.0 - 2.0 / (t + 2.0)
+        nm = 0.0
+        dn = 0.0
+        for k in range(t + 1):
+            v = x[k]
+            nm = nm * a + (v if v == v else 0.0)
+            dn = dn * a + 1.0
+        out[t] = nm / dn
+    # rows before the first valid value: pandas apply is not called (min_periods=1) -> NaN
+    for t in range(n):
+        if x[t] == x[t]:
+            break
+        out[t] = NAN
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Corr, Cov: pairwise-complete rows
+# ---------------------------------------------------------------------------------------------
+
+cdef inline double own_std(idx_t c, double s, double ss, bint flat) noexcept nogil:
+    if c < 2:
+        return NAN
+    if flat:
+        return 0.0
+    cdef double var = (ss - s * s / c) / (c - 1.0)
+    return sqrt(var) if var > 0.0 else 0.0
+
+
+cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t w, int op,
+                  bint compat) noexcept nogil:
+    # Pairwise sums (rows where both are valid) drive the statistic; compat also keeps each
+    # side's own sums, because qlib masks Corr by each side's own rolling std (ops.Corr).
+    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, cn, mx, my, vx, vy, cxy, r
+    cdef double px = 0.0, py = 0.0, pxx = 0.0, pyy = 0.0, pxy = 0.0
+    cdef double ox = 0.0, oxx = 0.0, oy = 0.0, oyy = 0.0
+    cdef idx_t t, j, ws, pn = 0, xn = 0, yn = 0, since = 0
+    cdef bint first = True
+    cdef Run run_x, run_y, run_px, run_py
+    run_init(&run_x); run_init(&run_y); run_init(&run_px); run_init(&run_py)
+    for t in range(n):
+        if x[t] == x[t] and y[t] == y[t]:
+            rx = x[t]
+            ry = y[t]
+            break
+    for t in range(n):
+        ws = win_start(t, w)
+        a = x[t]
+        b = y[t]
+        if a == a:
+            run_push(&run_x, a, t)
+        if b == b:
+            run_push(&run_y, b, t)
+        if a == a and b == b:
+            run_push(&run_px, a, t)
+            run_push(&run_py, b, t)
+        since += 1
+        if rebuild_due(since, t - ws + 1):
+            since = 0
+            pn = xn = yn = 0
+            px = py = pxx = pyy = pxy = 0.0
+            for j in range(ws, t + 1):
+                if x[j] == x[j] and y[j] == y[j]:
+                    px += x[j]
+                    py += y[j]
+                    pn += 1
+            if pn > 0:
+                rx = px / pn
+                ry = py / pn
+            px = py = 0.0
+            pn = 0
+            ox = oxx = oy = oyy = 0.0
+            for j in range(ws, t + 1):
+                pair_add(x[j], y[j], rx, ry, 1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy, &pxy,
+                         &ox, &oxx, &oy, &oyy)
+        else:
+            if t >= w:
+                pair_add(x[t - w], y[t - w], rx, ry, -1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy,
+                         &pxy, &ox, &oxx, &oy, &oyy)
+                if pn == 0:
+                    px = py = pxx = pyy = pxy = 0.0
+                if xn == 0:
+                    ox = oxx = 0.0
+                if yn == 0:
+                    oy = oyy = 0.0
+            pair_add(a, b, rx, ry, 1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy, &pxy,
+                     &ox, &oxx, &oy, &oyy)
+        if pn < 2:
+            out[t] = NAN  # pandas: one observation has no covariance
+            continue
+        cn = <double>pn
+        mx = px / cn
+        my = py / cn
+        if op == COV:
+            if run_flat(&run_px, ws) or run_flat(&run_py, ws):
+                out[t] = 0.0
+            else:
+                out[t] = (pxy - px * my) / (cn - 1.0)
+            continue
+        if run_flat(&run_px, ws) or run_flat(&run_py, ws):
+            out[t] = NAN
+            continue
+        vx = pxx - px * mx
+        vy = pyy - py * my
+        if (vx <= 0.0 or vy <= 0.0
+                or sqrt(vx / (cn - 1.0)) <= FLAT_RTOL * fabs(rx + mx)
+                or sqrt(vy / (cn - 1.0)) <= FLAT_RTOL * fabs(ry + my)):
+            out[t] = NAN  # numerically flat pair: no meaningful correlation
+            continue
+        if compat and (own_std(xn, ox, oxx, run_flat(&run_x, ws)) <= QLIB_STD_ATOL
+                       or own_std(yn, oy, oyy, run_flat(&run_y, ws)) <= QLIB_STD_ATOL):
+            out[t] = NAN
+            continue
+        cxy = pxy - px * my
+        r = cxy / sqrt(vx * vy)
+        out[t] = 1.0 if r > 1.0 else (-1.0 if r < -1.0 else r)
+    return 0
+
+
+cdef inline void pair_add(double a, double b, double rx, double ry, double sign, idx_t* pn,
+                          idx_t* xn, idx_t* yn, double* px, double* py, double* pxx, double* pyy,
+                          double* pxy, double* ox, double* oxx, double* oy,
+                          double* oyy) noexcept nogil:
+    """Add (sign=1) or remove (sign=-1) one row's contribution."""
+    cdef double dx = a - rx, dy = b - ry
+    cdef idx_t step = 1 if sign > 0 else -1
+    if a == a:
+        xn[0] += step
+        ox[0] += sign * dx
+        oxx[0] += sign * dx * dx
+    if b == b:
+        yn[0] += step
+        oy[0] += sign * dy
+        oyy[0] += sign * dy * dy
+    if a == a and b == b:
+        pn[0] += step
+        px[0] += sign * dx
+        py[0] += sign * dy
+        pxx[0] += sign * dx * dx
+        pyy[0] += sign * dy * dy
+        pxy[0] += sign * dx * dy
+
+
+# ---------------------------------------------------------------------------------------------
+# drivers: one call per public entry, rows in parallel
+# ---------------------------------------------------------------------------------------------
+
+cdef inline int rolling_one(int op, const double* x, double* out, idx_t n, idx_t window,
+                            double param, bint compat) noexcept nogil:
+    cdef bint expanding = window == 0
+    cdef idx_t w = n if (expanding or window > n) else window
+    if n == 0:
+        return 0
+    if op == SUM or op == MEAN or op == COUNT:
+        return sum_row(x, out, n, w, op)
+    if op == VAR or op == STD or op == SKEW or op == KURT:
+        return moment_row(x, out, n, w, op)
+    if op == MAX or op == MIN or op == IDXMAX or op == IDXMIN:
+        return extreme_row(x, out, n, w, op, compat)
+    if op == MED or op == QUANTILE or op == RANK or op == MAD:
+        if w <= SORTED_WINDOW_MAX:
+            return ordered_small_row(x, out, n, w, op, param)
+        return ordered_fenwick_row(x, out, n, w, op, param)
+    if op == SLOPE or op == RSQUARE or op == RESI:
+        return regression_row(x, out, n, w, op, compat, expanding)
+    if op == WMA:
+        return wma_row(x, out, n, w, compat)
+    if op == DELTA:
+        return delta_row(x, out, n, window, expanding)
+    return first_row(x, out, n)
+
+
+cdef inline int resolve_threads(int threads) noexcept nogil:
+    return threads if threads > 0 else qc_default_threads()
+
+
+def rolling(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
+            const int64_t[::1] ends, Py_ssize_t window, double param, bint compat, int threads):
+    """Fill out[i, s:e] with operator `op` (index into ROLLING_OPS) over each row's span."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i
+    cdef int failed = 0, nth = resolve_threads(threads)
+    if N == 0 or T == 0:
+        return
+    cdef const double* xp = &x[0, 0]
+    cdef double* op_ = &out[0, 0]
+    with nogil:
+        for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
+            failed += rolling_one(op, xp + i * T + starts[i], op_ + i * T + starts[i],
+                                  ends[i] - starts[i], window, param, compat)
+    if failed:
+        raise MemoryError("rolling kernel could not allocate its window buffers")
+
+
+def pair_rolling(int op, const double[:, ::1] x, const double[:, ::1] y, double[:, ::1] out,
+                 const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t window,
+                 bint compat, int threads):
+    """Fill out[i, s:e] with Corr/Cov (index into PAIR_OPS) of x and y over each row's span."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i, n, s
+    cdef int nth = resolve_threads(threads)
+    if N == 0 or T == 0:
+        return
+    cdef const double* xp = &x[0, 0]
+    cdef const double* yp = &y[0, 0]
+    cdef double* op_ = &out[0, 0]
+    with nogil:
+        for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
+            s = starts[i]
+            n = ends[i] - s
+            if n > 0:
+                pair_row(xp + i * T + s, yp + i * T + s, op_ + i * T + s, n,
+                         n if (window == 0 or window > n) else window, op, compat)
+
+
+def ema(const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
+        const int64_t[::1] ends, double alpha, int threads):
+    """pandas-style EMA with smoothing `alpha`; alpha == 0 selects qlib's expanding EMA."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i, n, s
+    cdef int nth = resolve_threads(threads)
+    if N == 0 or T == 0:
+        return
+    cdef const double* xp = &x[0, 0]
+    cdef double* op_ = &out[0, 0]
+    with nogil:
+        for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=1):
+            s = starts[i]
+            n = ends[i] - s
+            if n > 0:
+                if alpha == 0.0:
+                    ewm_expanding_row(xp + i * T + s, op_ + i * T + s, n)
+                else:
+                    ewm_row(xp + i * T + s, op_ + i * T + s, n, alpha)
+
+
+def shift(const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
+          const int64_t[::1] ends, Py_ssize_t periods, int threads):
+    """qlib Ref within each span: out[t] = x[t - periods]; periods == 0 gives the first value."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i, s
+    cdef int nth = resolve_threads(threads)
+    if N == 0 or T == 0:
+        return
+    cdef const double* xp = &x[0, 0]
+    cdef double* op_ = &out[0, 0]
+    with nogil:
+        for i in prange(N, num_threads=nth, schedule="static"):
+            s = starts[i]
+            shift_row(xp + i * T + s, op_ + i * T + s, ends[i] - s, periods)
