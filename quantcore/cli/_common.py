@@ -24,7 +24,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (QuantcoreError, FileNotFoundError, ValueError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

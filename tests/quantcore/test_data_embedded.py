@@ -13,7 +13,7 @@ import pytest
 from quantcore.data import build_embedded, import_bars, load_sp500
 from quantcore.data.embedded import SP500_FILE
 
-SP500_CSV = Path("/work/shared/data/sp500_5yr.csv.gz")
+SP500_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "sp500_5yr.csv.gz"  # ../shared beside the repo
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "quantcore" / "data" / "_embedded"
 
 

@@ -11,7 +11,7 @@ import pytest
 from quantcore.data import DefectPolicy, import_bars
 from quantcore.errors import DataValidationError
 
-SP500_CSV = Path("/work/shared/data/sp500_5yr.csv.gz")
+SP500_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "sp500_5yr.csv.gz"  # ../shared beside the repo
 
 GOOD = """date,Name,open,high,low,close,volume
 2021-03-01,AAA,10,11,9,10.5,1000
