@@ -18,6 +18,7 @@ from quantcore.data.sources import load_market
 from quantcore.expr.cache import DiskCache
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL, FEATURE_SETS, feature_set
+from quantcore.frame_io import write_parquet
 
 
 def _parse_named_expressions(items: list[str]) -> dict[str, str]:
@@ -71,7 +72,7 @@ def features_command(
         raise ValueError(f"no rows between {start} and {end}: the market covers "
                          f"{str(panel.calendar[0])[:10]} .. {str(panel.calendar[-1])[:10]}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out)
+    write_parquet(frame, out)
     t3 = time.perf_counter()
     console.print(
         f"[green]wrote[/] {out}: {frame.shape[0]:,} rows x {frame.shape[1]} columns "
