@@ -17,7 +17,7 @@ so that their variance is exactly 0, as in pandas.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport NAN, fabs, sqrt
+from libc.math cimport INFINITY, NAN, fabs, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memmove
@@ -52,10 +52,13 @@ cdef enum:
     CORR, COV
 
 cdef enum:
-    # fewest steps between two recomputations of running sums (keeps tiny windows cheap)
-    REBUILD_MIN = 32
-    # windows up to this many rows use a sorted buffer; longer ones a Fenwick tree over value ranks
-    SORTED_WINDOW_MAX = 96
+    # fewest steps between two recomputations of running sums. Sums are re-centred about once per
+    # window length, so the centre never drifts far from the window mean (higher moments lose
+    # (drift / std)**k digits to cancellation otherwise).
+    REBUILD_MIN = 4
+    # Med/Quantile/Rank/Mad windows up to this many rows work on the raw window or a sorted
+    # buffer (O(window) per step, branch-free); longer ones on a Fenwick tree of value ranks
+    SHORT_WINDOW_MAX = 96
 
 # qlib masks Rsquare/Corr where pandas' rolling std is within this absolute distance of 0
 # (ops.py: np.isclose(std, 0, atol=2e-05)); it is scale-dependent, hence compat-only.
@@ -63,7 +66,7 @@ cdef double QLIB_STD_ATOL = 2e-5
 # compat=False instead treats a window as flat when std <= FLAT_RTOL * |mean| (scale-free)
 cdef double FLAT_RTOL = 1e-10
 
-SORTED_BUFFER_MAX_WINDOW = SORTED_WINDOW_MAX
+SHORT_ORDERED_WINDOW_MAX = SHORT_WINDOW_MAX
 QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
@@ -139,25 +142,16 @@ cdef inline void neumaier_add(double* s, double* c, double v) noexcept nogil:
 
 
 cdef inline idx_t lower_bound(const double* a, idx_t n, double v) noexcept nogil:
-    cdef idx_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-cdef inline idx_t upper_bound(const double* a, idx_t n, double v) noexcept nogil:
-    cdef idx_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] <= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """Number of a[j] < v in sorted a[0:n]; branch-free halving (the compare feeds a cmov)."""
+    cdef const double* base = a
+    cdef idx_t half
+    if n == 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        base = base + half if base[half - 1] < v else base
+        n -= half
+    return (base - a) + (base[0] < v)
 
 
 cdef int cmp_double(const void* a, const void* b) noexcept nogil:
@@ -207,29 +201,53 @@ cdef int sum_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcep
 # Var, Std, Skew, Kurt: centred power sums, periodically recomputed
 # ---------------------------------------------------------------------------------------------
 
+cdef struct CountFactors:
+    # per-count constants of the moment formulas, recomputed only when the valid count changes
+    idx_t n
+    double inv_n
+    double inv_nnm1  # 1 / (n (n - 1))
+    double skew_f  # sqrt(n (n - 1)) / (n - 2)
+    double kurt_a  # (n^2 - 1) / ((n - 2)(n - 3))
+    double kurt_b  # 3 (n - 1)^2 / ((n - 2)(n - 3))
+
+
+cdef inline void count_factors(CountFactors* f, idx_t cnt) noexcept nogil:
+    cdef double n = <double>cnt
+    if f.n == cnt:
+        return
+    f.n = cnt
+    f.inv_n = 1.0 / n
+    f.inv_nnm1 = 1.0 / (n * (n - 1.0))
+    f.skew_f = sqrt(n * (n - 1.0)) / (n - 2.0)
+    f.kurt_a = (n * n - 1.0) / ((n - 2.0) * (n - 3.0))
+    f.kurt_b = 3.0 * (n - 1.0) * (n - 1.0) / ((n - 2.0) * (n - 3.0))
+
+
 cdef inline double moment_stat(int op, idx_t cnt, double s1, double s2, double s3, double s4,
-                               bint flat) noexcept nogil:
-    cdef double n = <double>cnt, mu, b, c, d, var
+                               bint flat, CountFactors* f) noexcept nogil:
+    cdef double mu, b, c, d, var
     if op == VAR or op == STD:
         if cnt < 2:
             return NAN
         if flat:
             return 0.0
-        var = (s2 - s1 * s1 / n) / (n - 1.0)
+        count_factors(f, cnt)
+        var = (cnt * s2 - s1 * s1) * f.inv_nnm1
         if var < 0.0:
             var = 0.0
         return var if op == VAR else sqrt(var)
     if (op == SKEW and cnt < 3) or (op == KURT and cnt < 4) or flat:
         return NAN  # pandas: skew needs 3 values, kurt 4; a flat window has no shape
-    mu = s1 / n
-    b = s2 / n - mu * mu
+    count_factors(f, cnt)
+    mu = s1 * f.inv_n
+    b = s2 * f.inv_n - mu * mu
     if b <= 0.0:
         return NAN
     if op == SKEW:
-        c = s3 / n - mu * (3.0 * s2 / n - 2.0 * mu * mu)
-        return sqrt(n * (n - 1.0)) / (n - 2.0) * c / (b * sqrt(b))
-    d = s4 / n - mu * (4.0 * s3 / n - mu * (6.0 * s2 / n - 3.0 * mu * mu))
-    return ((n * n - 1.0) * d / (b * b) - 3.0 * (n - 1.0) * (n - 1.0)) / ((n - 2.0) * (n - 3.0))
+        c = s3 * f.inv_n - mu * (3.0 * s2 * f.inv_n - 2.0 * mu * mu)
+        return f.skew_f * c / (b * sqrt(b))
+    d = s4 * f.inv_n - mu * (4.0 * s3 * f.inv_n - mu * (6.0 * s2 * f.inv_n - 3.0 * mu * mu))
+    return f.kurt_a * d / (b * b) - f.kurt_b
 
 
 cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcept nogil:
@@ -238,6 +256,8 @@ cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noex
     cdef idx_t t, j, ws, cnt = 0, since = 0
     cdef bint high = op == SKEW or op == KURT
     cdef Run run
+    cdef CountFactors f
+    f.n = -1
     run_init(&run)
     for t in range(n):
         ws = win_start(t, w)
@@ -286,58 +306,86 @@ cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noex
                     s3 += d2 * d
                     s4 += d2 * d2
                 cnt += 1
-        out[t] = moment_stat(op, cnt, s1, s2, s3, s4, run_flat(&run, ws))
+        out[t] = moment_stat(op, cnt, s1, s2, s3, s4, run_flat(&run, ws), &f)
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
-# Max, Min, IdxMax, IdxMin: monotonic deque of row indices
+# Max, Min, IdxMax, IdxMin: van Herk / Gil-Werman blocks
 # ---------------------------------------------------------------------------------------------
 
 cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bint compat) noexcept nogil:
-    # dq[head:tail] holds indices of valid values, values monotone from the front (the extreme);
-    # ties keep the earliest index in front, as np.argmax does. nanq holds NaN row indices: qlib's
-    # IdxMax is np.argmax over the raw window, which returns the first NaN's position.
-    cdef idx_t* dq = <idx_t*>malloc(n * sizeof(idx_t))
-    cdef idx_t* nanq = <idx_t*>malloc(n * sizeof(idx_t))
-    cdef idx_t head = 0, tail = 0, nhead = 0, ntail = 0, t, ws
-    cdef bint is_max = op == MAX or op == IDXMAX
+    # Rows are cut into blocks of w. g[t] = best row of x[block start .. t], h[t] = best row of
+    # x[t .. block end]; a window [ws, t] that does not start a block spans two blocks and its best
+    # row is the better of h[ws] and g[t]. Three branch-free comparisons per row for any window
+    # (a monotonic deque mispredicts about once per row on noisy prices).
+    # Keys: +x for Max, -x for Min, NaN -> -inf; ties keep the earliest row, as np.argmax does.
+    # qlib's IdxMax is np.argmax over the raw window, so a NaN in the window wins: its position
+    # comes from next_nan[ws], the first NaN row at or after ws.
+    cdef double* key = <double*>malloc(n * sizeof(double))
+    cdef idx_t* g = <idx_t*>malloc(n * sizeof(idx_t))
+    cdef idx_t* h = <idx_t*>malloc(n * sizeof(idx_t))
+    cdef idx_t* next_nan = NULL
     cdef bint want_index = op == IDXMAX or op == IDXMIN
     cdef bint nan_first = want_index and compat
-    cdef double v
-    if dq == NULL or nanq == NULL:
-        free(dq)
-        free(nanq)
+    cdef double sign = 1.0 if (op == MAX or op == IDXMAX) else -1.0
+    cdef idx_t t, ws, a, b, best, bs, be, c, cnt = 0
+    if key == NULL or g == NULL or h == NULL:
+        free(key); free(g); free(h)
         return 1
+    if nan_first:
+        next_nan = <idx_t*>malloc((n + 1) * sizeof(idx_t))
+        if next_nan == NULL:
+            free(key); free(g); free(h)
+            return 1
+        next_nan[n] = n
+        for t in range(n - 1, -1, -1):
+            next_nan[t] = t if x[t] != x[t] else next_nan[t + 1]
+    for t in range(n):
+        key[t] = sign * x[t] if x[t] == x[t] else -INFINITY
+    # (block boundaries come from counters: an integer division per row would cost more than
+    # the comparisons themselves)
+    c = 0
+    for t in range(n):
+        if c == 0:
+            g[t] = t
+        else:
+            g[t] = t if key[t] > key[g[t - 1]] else g[t - 1]
+        c += 1
+        if c == w:
+            c = 0
+    bs = ((n - 1) // w) * w
+    while bs >= 0:
+        be = bs + w - 1 if bs + w - 1 < n - 1 else n - 1
+        h[be] = be
+        for t in range(be - 1, bs - 1, -1):
+            h[t] = t if key[t] >= key[h[t + 1]] else h[t + 1]
+        bs -= w
+    c = 0
     for t in range(n):
         ws = win_start(t, w)
-        v = x[t]
-        if v == v:
-            if is_max:
-                while tail > head and x[dq[tail - 1]] < v:
-                    tail -= 1
-            else:
-                while tail > head and x[dq[tail - 1]] > v:
-                    tail -= 1
-            dq[tail] = t
-            tail += 1
-        elif nan_first:
-            nanq[ntail] = t
-            ntail += 1
-        while tail > head and dq[head] < ws:
-            head += 1
-        while ntail > nhead and nanq[nhead] < ws:
-            nhead += 1
-        if tail == head:
+        cnt += x[t] == x[t]
+        if t >= w:
+            cnt -= x[t - w] == x[t - w]
+        if cnt == 0:
             out[t] = NAN  # no valid value in the window (pandas min_periods=1)
-        elif not want_index:
-            out[t] = x[dq[head]]
-        elif nan_first and ntail > nhead:
-            out[t] = nanq[nhead] - ws + 1
         else:
-            out[t] = dq[head] - ws + 1
-    free(dq)
-    free(nanq)
+            if t < w or c == w - 1:
+                best = g[t]  # the window starts a block
+            else:
+                a = h[ws]
+                b = g[t]
+                best = a if key[a] >= key[b] else b
+            if not want_index:
+                out[t] = x[best]
+            elif nan_first and next_nan[ws] <= t:
+                out[t] = next_nan[ws] - ws + 1
+            else:
+                out[t] = best - ws + 1
+        c += 1
+        if c == w:
+            c = 0
+    free(key); free(g); free(h); free(next_nan)
     return 0
 
 
@@ -361,50 +409,92 @@ cdef inline double sorted_median(const double* a, idx_t cnt) noexcept nogil:
     return (a[cnt // 2 - 1] + a[cnt // 2]) / 2.0
 
 
-cdef int ordered_small_row(const double* x, double* out, idx_t n, idx_t w, int op,
+cdef int sorted_window_row(const double* x, double* out, idx_t n, idx_t w, int op,
                            double q) noexcept nogil:
-    cdef idx_t cap = w if w < n else n
-    cdef double* buf = <double*>malloc((cap + 1) * sizeof(double))
-    cdef idx_t t, j, pos, lo, hi, cnt = 0
-    cdef double v, m, s
+    # Med/Quantile/Rank over a sorted buffer of the window's valid values. Each step drops the
+    # oldest value and inserts the newest with one shift of the values between their two slots.
+    cdef double* buf = <double*>malloc(((w if w < n else n) + 1) * sizeof(double))
+    cdef idx_t t, k, p_out, p_in = 0, cnt = 0
+    cdef double v, old
     if buf == NULL:
         return 1
     for t in range(n):
-        if t >= w:
-            v = x[t - w]
-            if v == v:
-                pos = lower_bound(buf, cnt, v)
-                memmove(buf + pos, buf + pos + 1, (cnt - pos - 1) * sizeof(double))
-                cnt -= 1
         v = x[t]
-        if v == v:
-            pos = upper_bound(buf, cnt, v)
-            memmove(buf + pos + 1, buf + pos, (cnt - pos) * sizeof(double))
-            buf[pos] = v
+        old = x[t - w] if t >= w else NAN
+        if old == old and v == v:
+            p_out = lower_bound(buf, cnt, old)
+            p_in = lower_bound(buf, cnt, v)
+            if old < v:
+                p_in -= 1
+                memmove(buf + p_out, buf + p_out + 1, (p_in - p_out) * sizeof(double))
+            else:
+                memmove(buf + p_in + 1, buf + p_in, (p_out - p_in) * sizeof(double))
+            buf[p_in] = v
+        elif old == old:
+            p_out = lower_bound(buf, cnt, old)
+            memmove(buf + p_out, buf + p_out + 1, (cnt - p_out - 1) * sizeof(double))
+            cnt -= 1
+        elif v == v:
+            p_in = lower_bound(buf, cnt, v)
+            memmove(buf + p_in + 1, buf + p_in, (cnt - p_in) * sizeof(double))
+            buf[p_in] = v
             cnt += 1
         if op == RANK:
             if v != v:
                 out[t] = NAN
             else:
-                lo = lower_bound(buf, cnt, v)
-                hi = upper_bound(buf, cnt, v)
-                out[t] = (lo + hi + 1) / (2.0 * cnt)  # average rank / count
+                # v sits at p_in, the first of its equals: average rank = p_in + (ties + 1) / 2
+                k = p_in + 1
+                while k < cnt and buf[k] == v:
+                    k += 1
+                out[t] = (p_in + k + 1) / (2.0 * cnt)  # pandas pct: average rank / valid count
         elif cnt == 0:
             out[t] = NAN
-        elif op == QUANTILE:
-            out[t] = sorted_quantile(buf, cnt, q)
         elif op == MED:
             out[t] = sorted_median(buf, cnt)
-        else:  # MAD, as qlib: mean(|x - mean(x)|) over the valid values
-            s = 0.0
-            for j in range(cnt):
-                s += buf[j]
-            m = s / cnt
-            s = 0.0
-            for j in range(cnt):
-                s += fabs(buf[j] - m)
-            out[t] = s / cnt
+        else:
+            out[t] = sorted_quantile(buf, cnt, q)
     free(buf)
+    return 0
+
+
+cdef int mad_window_row(const double* x, double* out, idx_t n, idx_t w) noexcept nogil:
+    # qlib Mad: mean(|x - mean(x)|) over the window's valid values. The mean comes from a
+    # compensated running sum; the deviations need one pass over the raw window, with four
+    # partial sums so the adds overlap (the compiler may not reassociate them itself).
+    cdef idx_t t, j, ws, cnt = 0
+    cdef double v, mean, s = 0.0, c = 0.0, s0, s1, s2, s3
+    for t in range(n):
+        ws = win_start(t, w)
+        if t >= w:
+            v = x[t - w]
+            if v == v:
+                cnt -= 1
+                if cnt == 0:
+                    s = 0.0
+                    c = 0.0
+                else:
+                    neumaier_add(&s, &c, -v)
+        v = x[t]
+        if v == v:
+            neumaier_add(&s, &c, v)
+            cnt += 1
+        if cnt == 0:
+            out[t] = NAN
+            continue
+        mean = (s + c) / cnt
+        s0 = s1 = s2 = s3 = 0.0
+        j = ws
+        while j + 4 <= t + 1:
+            s0 += fabs(x[j] - mean) if x[j] == x[j] else 0.0
+            s1 += fabs(x[j + 1] - mean) if x[j + 1] == x[j + 1] else 0.0
+            s2 += fabs(x[j + 2] - mean) if x[j + 2] == x[j + 2] else 0.0
+            s3 += fabs(x[j + 3] - mean) if x[j + 3] == x[j + 3] else 0.0
+            j += 4
+        while j <= t:
+            s0 += fabs(x[j] - mean) if x[j] == x[j] else 0.0
+            j += 1
+        out[t] = ((s0 + s1) + (s2 + s3)) / cnt
     return 0
 
 
@@ -558,7 +648,7 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
     # i.e. the row index up to a shift.
     cdef double ref = first_valid(x, n), v, p, d
     cdef double sx = 0.0, sxx = 0.0, sy = 0.0, syy = 0.0, sxy = 0.0
-    cdef double cn, mx, my, vx, vy, cxy, slope, sd, r2
+    cdef double inv, mx, my, vx, vy, cxy, r2
     cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0
     cdef bint flat
     cdef Run run
@@ -611,33 +701,31 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
             out[t] = NAN  # one point fixes no line (qlib: 0/0)
             continue
         flat = run_flat(&run, ws)
-        cn = <double>cnt
-        mx = sx / cn
-        my = sy / cn
+        if flat and op != RSQUARE:
+            out[t] = 0.0  # a flat window: slope 0, every residual 0
+            continue
+        inv = 1.0 / cnt
+        mx = sx * inv
+        my = sy * inv
         vx = sxx - sx * mx
+        cxy = sxy - sx * my
         if op == SLOPE:
-            out[t] = 0.0 if flat else (sxy - sx * my) / vx
+            out[t] = cxy / vx
         elif op == RESI:
-            if flat:
-                out[t] = 0.0
-            else:
-                slope = (sxy - sx * my) / vx
-                out[t] = (v - ref) - my - slope * ((t - anchor) - mx)
+            out[t] = (v - ref) - my - cxy / vx * ((t - anchor) - mx)
         else:
             vy = syy - sy * my
             if flat or vy <= 0.0:
                 out[t] = NAN
                 continue
-            sd = sqrt(vy / (cn - 1.0))
             if compat:
-                # qlib masks only the rolling form (ops.Rsquare), with pandas' std
-                if not expanding and sd <= QLIB_STD_ATOL:
+                # qlib masks only the rolling form (ops.Rsquare): pandas std <= 2e-5
+                if not expanding and vy <= QLIB_STD_ATOL * QLIB_STD_ATOL * (cnt - 1):
                     out[t] = NAN
                     continue
-            elif sd <= FLAT_RTOL * fabs(ref + my):
-                out[t] = NAN
+            elif vy <= (FLAT_RTOL * (ref + my)) * (FLAT_RTOL * (ref + my)) * (cnt - 1):
+                out[t] = NAN  # std <= FLAT_RTOL * |mean|
                 continue
-            cxy = sxy - sx * my
             r2 = cxy * cxy / (vx * vy)
             out[t] = r2 if r2 < 1.0 else 1.0
     return 0
@@ -830,24 +918,22 @@ cdef int ewm_expanding_row(const double* x, double* out, idx_t n) noexcept nogil
 # Corr, Cov: pairwise-complete rows
 # ---------------------------------------------------------------------------------------------
 
-cdef inline double own_std(idx_t c, double s, double ss, bint flat) noexcept nogil:
+cdef inline bint own_std_small(idx_t c, double s, double ss, bint flat) noexcept nogil:
+    """pandas' rolling std (ddof=1) of one side within QLIB_STD_ATOL of 0 (NaN std is not)."""
     if c < 2:
-        return NAN
-    if flat:
-        return 0.0
-    cdef double var = (ss - s * s / c) / (c - 1.0)
-    return sqrt(var) if var > 0.0 else 0.0
+        return False
+    return flat or (c * ss - s * s) <= QLIB_STD_ATOL * QLIB_STD_ATOL * c * (c - 1.0)
 
 
 cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t w, int op,
                   bint compat) noexcept nogil:
-    # Pairwise sums (rows where both are valid) drive the statistic; compat also keeps each
-    # side's own sums, because qlib masks Corr by each side's own rolling std (ops.Corr).
-    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, cn, mx, my, vx, vy, cxy, r
+    # Sums over paired rows (both valid) of dx = x - rx, dy = y - ry drive the statistic; compat
+    # also keeps each side's own sums, because qlib masks Corr by each side's own rolling std
+    # (ops.Corr), not the paired one.
+    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, inv, mx, my, vx, vy, cxy, r, tol
     cdef double px = 0.0, py = 0.0, pxx = 0.0, pyy = 0.0, pxy = 0.0
     cdef double ox = 0.0, oxx = 0.0, oy = 0.0, oyy = 0.0
     cdef idx_t t, j, ws, pn = 0, xn = 0, yn = 0, since = 0
-    cdef bint first = True
     cdef Run run_x, run_y, run_px, run_py
     run_init(&run_x); run_init(&run_y); run_init(&run_px); run_init(&run_py)
     for t in range(n):
@@ -859,18 +945,19 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
         ws = win_start(t, w)
         a = x[t]
         b = y[t]
-        if a == a:
-            run_push(&run_x, a, t)
-        if b == b:
-            run_push(&run_y, b, t)
         if a == a and b == b:
             run_push(&run_px, a, t)
             run_push(&run_py, b, t)
+        if compat:
+            if a == a:
+                run_push(&run_x, a, t)
+            if b == b:
+                run_push(&run_y, b, t)
         since += 1
         if rebuild_due(since, t - ws + 1):
             since = 0
-            pn = xn = yn = 0
-            px = py = pxx = pyy = pxy = 0.0
+            px = py = 0.0
+            pn = 0
             for j in range(ws, t + 1):
                 if x[j] == x[j] and y[j] == y[j]:
                     px += x[j]
@@ -879,78 +966,100 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
             if pn > 0:
                 rx = px / pn
                 ry = py / pn
-            px = py = 0.0
-            pn = 0
-            ox = oxx = oy = oyy = 0.0
+            pn = xn = yn = 0
+            px = py = pxx = pyy = pxy = ox = oxx = oy = oyy = 0.0
             for j in range(ws, t + 1):
-                pair_add(x[j], y[j], rx, ry, 1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy, &pxy,
-                         &ox, &oxx, &oy, &oyy)
+                dx = x[j] - rx
+                dy = y[j] - ry
+                if dx == dx and dy == dy:
+                    px += dx
+                    py += dy
+                    pxx += dx * dx
+                    pyy += dy * dy
+                    pxy += dx * dy
+                    pn += 1
+                if compat:
+                    if dx == dx:
+                        ox += dx
+                        oxx += dx * dx
+                        xn += 1
+                    if dy == dy:
+                        oy += dy
+                        oyy += dy * dy
+                        yn += 1
         else:
             if t >= w:
-                pair_add(x[t - w], y[t - w], rx, ry, -1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy,
-                         &pxy, &ox, &oxx, &oy, &oyy)
-                if pn == 0:
-                    px = py = pxx = pyy = pxy = 0.0
-                if xn == 0:
-                    ox = oxx = 0.0
-                if yn == 0:
-                    oy = oyy = 0.0
-            pair_add(a, b, rx, ry, 1.0, &pn, &xn, &yn, &px, &py, &pxx, &pyy, &pxy,
-                     &ox, &oxx, &oy, &oyy)
+                dx = x[t - w] - rx
+                dy = y[t - w] - ry
+                if dx == dx and dy == dy:
+                    pn -= 1
+                    if pn == 0:
+                        px = py = pxx = pyy = pxy = 0.0
+                    else:
+                        px -= dx
+                        py -= dy
+                        pxx -= dx * dx
+                        pyy -= dy * dy
+                        pxy -= dx * dy
+                if compat:
+                    if dx == dx:
+                        xn -= 1
+                        ox -= dx
+                        oxx -= dx * dx
+                        if xn == 0:
+                            ox = oxx = 0.0
+                    if dy == dy:
+                        yn -= 1
+                        oy -= dy
+                        oyy -= dy * dy
+                        if yn == 0:
+                            oy = oyy = 0.0
+            dx = a - rx
+            dy = b - ry
+            if dx == dx and dy == dy:
+                px += dx
+                py += dy
+                pxx += dx * dx
+                pyy += dy * dy
+                pxy += dx * dy
+                pn += 1
+            if compat:
+                if dx == dx:
+                    ox += dx
+                    oxx += dx * dx
+                    xn += 1
+                if dy == dy:
+                    oy += dy
+                    oyy += dy * dy
+                    yn += 1
         if pn < 2:
             out[t] = NAN  # pandas: one observation has no covariance
             continue
-        cn = <double>pn
-        mx = px / cn
-        my = py / cn
-        if op == COV:
-            if run_flat(&run_px, ws) or run_flat(&run_py, ws):
-                out[t] = 0.0
-            else:
-                out[t] = (pxy - px * my) / (cn - 1.0)
-            continue
         if run_flat(&run_px, ws) or run_flat(&run_py, ws):
-            out[t] = NAN
+            out[t] = 0.0 if op == COV else NAN  # a flat side: no co-movement, no correlation
             continue
+        inv = 1.0 / pn
+        my = py * inv
+        cxy = pxy - px * my
+        if op == COV:
+            out[t] = cxy / (pn - 1.0)
+            continue
+        mx = px * inv
         vx = pxx - px * mx
         vy = pyy - py * my
-        if (vx <= 0.0 or vy <= 0.0
-                or sqrt(vx / (cn - 1.0)) <= FLAT_RTOL * fabs(rx + mx)
-                or sqrt(vy / (cn - 1.0)) <= FLAT_RTOL * fabs(ry + my)):
-            out[t] = NAN  # numerically flat pair: no meaningful correlation
-            continue
-        if compat and (own_std(xn, ox, oxx, run_flat(&run_x, ws)) <= QLIB_STD_ATOL
-                       or own_std(yn, oy, oyy, run_flat(&run_y, ws)) <= QLIB_STD_ATOL):
+        # numerically flat paired side (std <= FLAT_RTOL * |mean|): no meaningful correlation
+        tol = FLAT_RTOL * FLAT_RTOL * (pn - 1.0)
+        if (vx <= tol * (rx + mx) * (rx + mx) or vy <= tol * (ry + my) * (ry + my)
+                or vx <= 0.0 or vy <= 0.0):
             out[t] = NAN
             continue
-        cxy = pxy - px * my
+        if compat and (own_std_small(xn, ox, oxx, run_flat(&run_x, ws))
+                       or own_std_small(yn, oy, oyy, run_flat(&run_y, ws))):
+            out[t] = NAN
+            continue
         r = cxy / sqrt(vx * vy)
         out[t] = 1.0 if r > 1.0 else (-1.0 if r < -1.0 else r)
     return 0
-
-
-cdef inline void pair_add(double a, double b, double rx, double ry, double sign, idx_t* pn,
-                          idx_t* xn, idx_t* yn, double* px, double* py, double* pxx, double* pyy,
-                          double* pxy, double* ox, double* oxx, double* oy,
-                          double* oyy) noexcept nogil:
-    """Add (sign=1) or remove (sign=-1) one row's contribution."""
-    cdef double dx = a - rx, dy = b - ry
-    cdef idx_t step = 1 if sign > 0 else -1
-    if a == a:
-        xn[0] += step
-        ox[0] += sign * dx
-        oxx[0] += sign * dx * dx
-    if b == b:
-        yn[0] += step
-        oy[0] += sign * dy
-        oyy[0] += sign * dy * dy
-    if a == a and b == b:
-        pn[0] += step
-        px[0] += sign * dx
-        py[0] += sign * dy
-        pxx[0] += sign * dx * dx
-        pyy[0] += sign * dy * dy
-        pxy[0] += sign * dx * dy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -958,7 +1067,7 @@ cdef inline void pair_add(double a, double b, double rx, double ry, double sign,
 # ---------------------------------------------------------------------------------------------
 
 cdef inline int rolling_one(int op, const double* x, double* out, idx_t n, idx_t window,
-                            double param, bint compat) noexcept nogil:
+                            double param, bint compat, idx_t short_max) noexcept nogil:
     cdef bint expanding = window == 0
     cdef idx_t w = n if (expanding or window > n) else window
     if n == 0:
@@ -970,9 +1079,11 @@ cdef inline int rolling_one(int op, const double* x, double* out, idx_t n, idx_t
     if op == MAX or op == MIN or op == IDXMAX or op == IDXMIN:
         return extreme_row(x, out, n, w, op, compat)
     if op == MED or op == QUANTILE or op == RANK or op == MAD:
-        if w <= SORTED_WINDOW_MAX:
-            return ordered_small_row(x, out, n, w, op, param)
-        return ordered_fenwick_row(x, out, n, w, op, param)
+        if w > short_max:
+            return ordered_fenwick_row(x, out, n, w, op, param)
+        if op == MAD:
+            return mad_window_row(x, out, n, w)
+        return sorted_window_row(x, out, n, w, op, param)
     if op == SLOPE or op == RSQUARE or op == RESI:
         return regression_row(x, out, n, w, op, compat, expanding)
     if op == WMA:
@@ -987,8 +1098,13 @@ cdef inline int resolve_threads(int threads) noexcept nogil:
 
 
 def rolling(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
-            const int64_t[::1] ends, Py_ssize_t window, double param, bint compat, int threads):
-    """Fill out[i, s:e] with operator `op` (index into ROLLING_OPS) over each row's span."""
+            const int64_t[::1] ends, Py_ssize_t window, double param, bint compat, int threads,
+            Py_ssize_t short_window_max=SHORT_WINDOW_MAX):
+    """Fill out[i, s:e] with operator `op` (index into ROLLING_OPS) over each row's span.
+
+    Med/Quantile/Rank/Mad windows longer than `short_window_max` rows use the Fenwick-tree path
+    (tests lower it to cover that path on small data).
+    """
     cdef idx_t N = x.shape[0], T = x.shape[1], i
     cdef int failed = 0, nth = resolve_threads(threads)
     if N == 0 or T == 0:
@@ -998,7 +1114,7 @@ def rolling(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::
     with nogil:
         for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
             failed += rolling_one(op, xp + i * T + starts[i], op_ + i * T + starts[i],
-                                  ends[i] - starts[i], window, param, compat)
+                                  ends[i] - starts[i], window, param, compat, short_window_max)
     if failed:
         raise MemoryError("rolling kernel could not allocate its window buffers")
 

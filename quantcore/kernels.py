@@ -1,0 +1,287 @@
+"""Public entry to the compiled kernels: validate once, convert once, pick the kernel.
+
+Every function takes a float64 (instruments, days) array and the listing spans `starts`/`ends`
+(int64, one per instrument) and returns a new (instruments, days) float64 array that is NaN outside
+each row's span [start, end). Each row's series is x[i, start:end], exactly the series qlib computes
+on for an instrument, so partial windows at listing start are partial windows and positions count
+from the span's first row; values outside the span are ignored.
+
+`compat=True` (the default) reproduces qlib 0.9.7 numbers, quirks included; `compat=False` gives the
+corrected definition where qlib is plainly wrong (see `rolling`). `threads=None` uses OpenMP's
+default thread count; rows (or days) are independent, so results never depend on `threads`.
+The slow twin with the same API lives in `quantcore._ext.reference`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from quantcore._ext import cross_section as _cs
+from quantcore._ext import rolling as _roll
+from quantcore.errors import KernelArgumentError
+
+__all__ = [
+    "ROLLING_OPS",
+    "PAIR_OPS",
+    "CROSS_SECTION_OPS",
+    "rolling",
+    "pair_rolling",
+    "ema",
+    "shift",
+    "cross_section",
+]
+
+#: Operators accepted by `rolling`, `pair_rolling` and `cross_section`.
+ROLLING_OPS: tuple[str, ...] = tuple(_roll.ROLLING_OPS)
+PAIR_OPS: tuple[str, ...] = tuple(_roll.PAIR_OPS)
+CROSS_SECTION_OPS: tuple[str, ...] = tuple(_cs.CROSS_SECTION_OPS)
+
+
+def rolling(
+    op: str,
+    x: np.ndarray,
+    window: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    param: float | None = None,
+    compat: bool = True,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Rolling (window > 0) or expanding (window == 0) operator `op` over each row's span.
+
+    Windows are pandas `rolling(window, min_periods=1)`: they count NaN rows and skip NaN values.
+    `param` is Quantile's q in [0, 1]. compat=False changes three qlib quirks: IdxMax/IdxMin ignore
+    NaNs (qlib returns the first NaN's position), WMA is the true weighted mean over valid values
+    (qlib divides it again by the valid count), and Rsquare treats a window as flat when its std is
+    <= 1e-10 * |mean| (qlib: std within 2e-5 of 0, rolling form only).
+    """
+    code = _op_code(op, ROLLING_OPS, "rolling")
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    w = _window(window)
+    _flag(compat, "compat")
+    nth = _threads(threads)
+    if op == "Quantile":
+        if param is None:
+            raise KernelArgumentError("Quantile needs param=q, a quantile in [0, 1]")
+        q = _real(param, "param")
+        if not 0.0 <= q <= 1.0:
+            raise KernelArgumentError(f"param (q={param}) must be in [0, 1] for Quantile")
+    elif param is not None:
+        raise KernelArgumentError(f"param is only used by Quantile; got param={param!r} for {op}")
+    else:
+        q = math.nan
+    out = np.full(xa.shape, np.nan)
+    _roll.rolling(code, xa, out, st, en, w, q, compat, nth)
+    return out
+
+
+def pair_rolling(
+    op: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    window: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    compat: bool = True,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Rolling/expanding Corr or Cov (ddof=1) over rows where both x and y are valid.
+
+    A window with fewer than 2 such rows is NaN. Corr is NaN where either side is flat over the
+    paired rows (std <= 1e-10 * |mean|, both modes); compat=True also masks it, like qlib, where
+    either side's own rolling std (its own valid rows) is within 2e-5 of 0. window == 0 is the
+    natural expanding form (qlib's own Corr(x, y, 0) raises inside pandas).
+    """
+    code = _op_code(op, PAIR_OPS, "pair_rolling")
+    xa = _panel_array(x, "x")
+    ya = _panel_array(y, "y")
+    if ya.shape != xa.shape:
+        raise KernelArgumentError(f"x and y must have the same shape, got {xa.shape} and {ya.shape}")
+    st, en = _spans(starts, ends, xa.shape)
+    w = _window(window)
+    _flag(compat, "compat")
+    nth = _threads(threads)
+    out = np.full(xa.shape, np.nan)
+    _roll.pair_rolling(code, xa, ya, out, st, en, w, compat, nth)
+    return out
+
+
+def ema(
+    x: np.ndarray,
+    spec: float,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Exponential moving average, qlib EMA(x, spec).
+
+    spec >= 1 is a span and 0 < spec < 1 an alpha, both pandas `ewm(..., adjust=True,
+    ignore_na=False, min_periods=1).mean()` (NaN rows still decay the weights; the value carries
+    through them). spec == 0 is qlib's expanding variant: weights a**k with a = 1 - 2/(1+L) over the
+    L rows so far, normalised over all L rows, NaN values left out of the sum (O(L) per row).
+    """
+    s = _real(spec, "spec")
+    if not (s >= 0.0) or math.isinf(s):
+        raise KernelArgumentError(
+            f"spec ({spec}) must be >= 0: a span >= 1, an alpha in (0, 1), or 0 for qlib's expanding EMA"
+        )
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    nth = _threads(threads)
+    if s == 0.0:
+        alpha = 0.0
+    else:
+        # same arithmetic as pandas: span/alpha -> centre of mass -> alpha
+        com = (s - 1.0) / 2.0 if s >= 1.0 else (1.0 - s) / s
+        alpha = 1.0 / (1.0 + com)
+    out = np.full(xa.shape, np.nan)
+    _roll.ema(xa, out, st, en, alpha, nth)
+    return out
+
+
+def shift(
+    x: np.ndarray,
+    periods: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    threads: int | None = None,
+) -> np.ndarray:
+    """qlib Ref(x, periods) within each span: positive reads the past, negative the future.
+
+    Rows shifted in from outside the span are NaN. periods == 0 is qlib's Ref(x, 0): the span's
+    first value on every row (same as rolling("First", ...)).
+    """
+    p = _integer(periods, "periods")
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    nth = _threads(threads)
+    out = np.full(xa.shape, np.nan)
+    _roll.shift(xa, out, st, en, p, nth)
+    return out
+
+
+def cross_section(
+    op: str,
+    x: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    param: float | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Per-day operator over the day's listed, non-NaN values; a day with none stays NaN.
+
+    CSRank: pct rank, average ties (pandas rank(pct=True)). CSZScore: (x - mean) / std, ddof=1;
+    NaN when the day has < 2 values or all are equal. CSDemean: x - mean. CSWinsorize: clip to the
+    day's [q, 1-q] quantiles (numpy linear), param q in [0, 0.5), default 0.05. CSNeutralize: x minus
+    the mean of its group that day; `groups` is a float (instruments, days) array of group codes,
+    NaN group -> NaN.
+    """
+    code = _op_code(op, CROSS_SECTION_OPS, "cross_section")
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    nth = _threads(threads)
+    if op == "CSWinsorize":
+        q = 0.05 if param is None else _real(param, "param")
+        if not 0.0 <= q < 0.5:
+            raise KernelArgumentError(f"param (q={param}) must be in [0, 0.5) for CSWinsorize")
+    elif param is not None:
+        raise KernelArgumentError(f"param is only used by CSWinsorize; got param={param!r} for {op}")
+    else:
+        q = math.nan
+    if op == "CSNeutralize":
+        if groups is None:
+            raise KernelArgumentError("CSNeutralize needs groups=, a float (instruments, days) array of group codes")
+        ga = _panel_array(groups, "groups")
+        if ga.shape != xa.shape:
+            raise KernelArgumentError(f"groups must have the shape of x {xa.shape}, got {ga.shape}")
+    elif groups is not None:
+        raise KernelArgumentError(f"groups is only used by CSNeutralize, not {op}")
+    else:
+        ga = xa  # unused by the kernel
+    out = np.full(xa.shape, np.nan)
+    _cs.cross_section(code, xa, out, st, en, ga, q, nth)
+    return out
+
+
+# ---- argument checks (the only ones: kernels trust their inputs) ----------------------------------
+
+
+def _op_code(op: str, names: tuple[str, ...], func: str) -> int:
+    if not isinstance(op, str) or op not in names:
+        raise KernelArgumentError(f"unknown {func} op {op!r}; expected one of: {', '.join(names)}")
+    return names.index(op)
+
+
+def _panel_array(a, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise KernelArgumentError(f"{name} must be a 2-D (instruments, days) array, got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise KernelArgumentError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def _spans(starts, ends, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    n, t = shape
+    out = []
+    for name, a in (("starts", starts), ("ends", ends)):
+        arr = np.asarray(a)
+        if arr.shape != (n,):
+            raise KernelArgumentError(f"{name} must have shape ({n},), one entry per instrument, got {arr.shape}")
+        if n and not np.issubdtype(arr.dtype, np.integer):
+            raise KernelArgumentError(f"{name} must be an integer array, got dtype {arr.dtype}")
+        out.append(np.ascontiguousarray(arr, dtype=np.int64))
+    st, en = out
+    bad = np.flatnonzero((st < 0) | (st > en) | (en > t))
+    if bad.size:
+        i = int(bad[0])
+        raise KernelArgumentError(
+            f"spans must satisfy 0 <= start <= end <= n_days ({t}); instrument {i} has [{st[i]}, {en[i]})"
+        )
+    return st, en
+
+
+def _integer(v, name: str) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise KernelArgumentError(f"{name} must be an int, got {v!r}")
+    return int(v)
+
+
+def _window(window) -> int:
+    w = _integer(window, "window")
+    if w < 0:
+        raise KernelArgumentError(f"window ({w}) must be >= 0")
+    return w
+
+
+def _real(v, name: str) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise KernelArgumentError(f"{name} must be a number, got {v!r}")
+    f = float(v)
+    if math.isnan(f):
+        raise KernelArgumentError(f"{name} must not be NaN")
+    return f
+
+
+def _flag(v, name: str) -> None:
+    if not isinstance(v, (bool, np.bool_)):
+        raise KernelArgumentError(f"{name} must be True or False, got {v!r}")
+
+
+def _threads(threads) -> int:
+    if threads is None:
+        return 0
+    t = _integer(threads, "threads")
+    if t < 1:
+        raise KernelArgumentError(f"threads ({t}) must be >= 1, or None for the OpenMP default")
+    return t

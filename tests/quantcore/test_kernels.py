@@ -1,0 +1,400 @@
+"""The compiled kernels (`quantcore.kernels`) against their slow pandas twin (`quantcore._ext.reference`).
+
+One parametrised equivalence test runs every operator x window x compat mode over one panel whose
+rows carry every NaN pattern that matters (scattered NaNs, suspensions, an all-NaN row, listing
+mid-calendar with junk outside the span, spans of length 0 and 1, flat runs, ties). Then closed-form
+spot checks of the qlib semantics, a numerical-stability check against a long-double two-pass
+computation, argument validation, and thread-count independence. Expected values come from the
+reference or from closed forms, never from the kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from quantcore import kernels as K
+from quantcore._ext import reference as R
+from quantcore._ext import rolling as _roll
+from quantcore.errors import KernelArgumentError
+
+T = 260  # calendar length of the pattern panel
+WINDOWS = (1, 2, 3, 5, 20, 300, 0)  # 300 > any span (pure partial windows); 0 = expanding
+COMPAT_OPS = {"IdxMax", "IdxMin", "WMA", "Rsquare"}  # rolling ops whose result depends on compat
+ORDERED_OPS = ("Med", "Quantile", "Rank", "Mad")
+# Skewness and kurtosis of a short window are ill-conditioned (a spread that is small next to the
+# window's level loses (level/spread)**k digits in any float64 method, pandas' included); against a
+# long-double two-pass our kernels are at least as close as pandas (see test_moments_stay_accurate...).
+LOOSE = {"Skew": 1e-7, "Kurt": 1e-7}
+RTOL = 1e-9
+
+
+def _pattern_panel():
+    """(x, y, groups, starts, ends, row names): one row per NaN pattern."""
+    rng = np.random.default_rng(20240917)
+    rows, spans = {}, {}
+
+    def walk(level=50.0, scale=1.0):
+        return level + np.cumsum(rng.normal(0, scale, T))
+
+    rows["none"] = walk()
+    spans["none"] = (0, T)
+    v = walk()
+    v[rng.random(T) < 0.15] = np.nan
+    rows["scattered"] = v
+    spans["scattered"] = (0, T)
+    v = walk()
+    for a, b in ((10, 13), (40, 65), (100, 101), (150, 180)):
+        v[a:b] = np.nan
+    rows["suspensions"] = v
+    spans["suspensions"] = (0, T)
+    rows["all_nan"] = np.full(T, np.nan)
+    spans["all_nan"] = (0, T)
+    v = walk()  # junk outside the span must be ignored (and NaN in the output)
+    v[70:75] = np.nan
+    rows["mid_listing"] = v
+    spans["mid_listing"] = (37, 201)
+    rows["span_0"] = walk()
+    spans["span_0"] = (120, 120)
+    rows["span_1"] = walk()
+    spans["span_1"] = (250, 251)
+    v = walk()
+    v[30:60] = 10.0  # a suspension at a fixed price: flat windows
+    v[45:48] = np.nan
+    v[200:230] = -3.25
+    rows["flat_runs"] = v
+    spans["flat_runs"] = (5, T)
+    v = np.round(walk(5.0, 0.6))  # few distinct levels: ties everywhere
+    v[rng.random(T) < 0.1] = np.nan
+    rows["ties"] = v
+    spans["ties"] = (0, T)
+    v = walk()
+    v[:3] = np.nan  # leading NaN rows inside the span
+    rows["short"] = v
+    spans["short"] = (0, 9)
+    names = tuple(rows)
+    x = np.stack([rows[k] for k in names])
+    starts = np.array([spans[k][0] for k in names], dtype=np.int64)
+    ends = np.array([spans[k][1] for k in names], dtype=np.int64)
+    y = 0.5 * np.nan_to_num(x, nan=0.0) + rng.normal(0, 3, x.shape)
+    y[rng.random(x.shape) < 0.1] = np.nan
+    y[names.index("flat_runs"), 100:130] = 7.0
+    groups = rng.integers(0, 3, x.shape).astype(float)
+    groups[rng.random(x.shape) < 0.1] = np.nan
+    return x, y, groups, starts, ends, names
+
+
+X, Y, GROUPS, STARTS, ENDS, ROWS = _pattern_panel()
+
+
+def _cases():
+    for op in K.ROLLING_OPS:
+        for w in WINDOWS:
+            for compat in (True, False):
+                yield pytest.param("rolling", op, w, compat, id=f"{op}-w{w}-{'qlib' if compat else 'fixed'}")
+    for op in K.PAIR_OPS:
+        for w in WINDOWS:
+            for compat in (True, False):
+                yield pytest.param("pair", op, w, compat, id=f"{op}-w{w}-{'qlib' if compat else 'fixed'}")
+    for spec in (1, 2, 5, 20, 0.3, 0):
+        yield pytest.param("ema", "EMA", spec, True, id=f"EMA-{spec}")
+    for periods in (-300, -3, -1, 0, 1, 2, 5, 300):
+        yield pytest.param("shift", "Ref", periods, True, id=f"Ref-{periods}")
+    for op in K.CROSS_SECTION_OPS:
+        for param in ((0.0, 0.05, 0.25) if op == "CSWinsorize" else (None,)):
+            yield pytest.param("cs", op, param, True, id=f"{op}-{param}")
+
+
+def _call(lib, api, op, arg, compat):
+    if api == "rolling":
+        param = 0.3 if op == "Quantile" else None
+        return lib.rolling(op, X, arg, STARTS, ENDS, param=param, compat=compat)
+    if api == "pair":
+        return lib.pair_rolling(op, X, Y, arg, STARTS, ENDS, compat=compat)
+    if api == "ema":
+        return lib.ema(X, arg, STARTS, ENDS)
+    if api == "shift":
+        return lib.shift(X, arg, STARTS, ENDS)
+    groups = GROUPS if op == "CSNeutralize" else None
+    return lib.cross_section(op, X, STARTS, ENDS, groups=groups, param=arg)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(api, op, arg, compat):
+    if api == "rolling" and op not in COMPAT_OPS:
+        compat = True  # same numbers either way: compute once
+    return _call(R, api, op, arg, compat)
+
+
+def assert_same(got, want, rtol=RTOL, rows=ROWS):
+    """Same NaN positions, values within rtol relative (absolute below magnitude 1)."""
+    assert got.shape == want.shape and got.dtype == np.float64
+    nan_diff = np.isnan(got) != np.isnan(want)
+    ok = ~np.isnan(want) & ~np.isnan(got)
+    err = np.zeros(got.shape)
+    err[ok] = np.abs(got[ok] - want[ok]) / np.maximum(1.0, np.abs(want[ok]))
+    bad = nan_diff | (err > rtol)
+    if bad.any():
+        i, t = np.argwhere(bad)[0]
+        where = sorted({rows[r] for r in np.flatnonzero(bad.any(axis=1))})
+        raise AssertionError(
+            f"{int(bad.sum())} mismatches in rows {where}; first at row {rows[i]!r}, day {t}: "
+            f"got {got[i, t]!r}, want {want[i, t]!r} (max rel err {err[ok].max() if ok.any() else 0:.2e})"
+        )
+
+
+@pytest.mark.parametrize("api, op, arg, compat", list(_cases()))
+def test_matches_reference(api, op, arg, compat):
+    got = _call(K, api, op, arg, compat)
+    assert_same(got, _reference(api, op, arg, compat), LOOSE.get(op, RTOL))
+    assert np.isnan(got[np.arange(T)[None, :] < STARTS[:, None]]).all()
+    assert np.isnan(got[np.arange(T)[None, :] >= ENDS[:, None]]).all()
+
+
+@pytest.mark.parametrize("short_max", [0, 10**6], ids=["fenwick", "short-window"])
+@pytest.mark.parametrize("w", WINDOWS)
+@pytest.mark.parametrize("op", ORDERED_OPS)
+def test_ordered_kernels_agree_on_both_paths(op, w, short_max):
+    """Med/Quantile/Rank/Mad have a short-window path and a Fenwick-tree path; force each."""
+    out = np.full(X.shape, np.nan)
+    code = K.ROLLING_OPS.index(op)
+    _roll.rolling(code, X, out, STARTS, ENDS, w, 0.3, True, 0, short_max)
+    assert_same(out, _reference("rolling", op, w, True), RTOL)
+
+
+# ---- closed-form spot checks (qlib-semantics.md) ------------------------------------------------
+
+
+def one(values):
+    x = np.asarray(values, dtype=np.float64)[None, :]
+    return x, np.array([0]), np.array([x.shape[1]])
+
+
+def test_rank_example_from_qlib():
+    x, s, e = one([1, 1, 2, np.nan, 2])
+    np.testing.assert_allclose(K.rolling("Rank", x, 3, s, e)[0], [1, 0.75, 1, np.nan, 0.75])
+
+
+def test_partial_windows_at_listing_start():
+    x = np.array([[np.nan, np.nan, 5.0, 7.0, 6.0]])
+    s, e = np.array([2]), np.array([5])
+    assert K.rolling("Mean", x, 20, s, e)[0, 2] == 5.0
+    assert np.isnan(K.rolling("Std", x, 20, s, e)[0, 2])
+    assert K.rolling("Rank", x, 20, s, e)[0, 2] == 1.0
+    assert K.rolling("IdxMax", x, 20, s, e)[0, 2] == 1.0
+    np.testing.assert_array_equal(K.rolling("IdxMax", x, 20, s, e)[0, 2:], [1, 2, 2])  # from the span start
+
+
+def test_idxmax_nan_behaviour():
+    x, s, e = one([1, np.nan, 3, 2, 0])
+    # qlib: np.argmax over the raw window, so a NaN in the window wins
+    np.testing.assert_array_equal(K.rolling("IdxMax", x, 3, s, e)[0], [1, 2, 2, 1, 1])
+    np.testing.assert_array_equal(K.rolling("IdxMin", x, 3, s, e)[0], [1, 2, 2, 1, 3])
+    np.testing.assert_array_equal(K.rolling("IdxMax", x, 3, s, e, compat=False)[0], [1, 1, 3, 2, 1])
+    np.testing.assert_array_equal(K.rolling("IdxMin", x, 3, s, e, compat=False)[0], [1, 1, 1, 3, 3])
+    x, s, e = one([np.nan, np.nan, 4])
+    np.testing.assert_array_equal(K.rolling("IdxMax", x, 2, s, e, compat=False)[0], [np.nan, np.nan, 2])
+
+
+def test_wma_scale():
+    x, s, e = one([2.0, 2.0, 2.0, np.nan, 2.0])
+    # qlib: weights (1..L)/sum, then nanmean divides by the valid count again
+    want = [2, 2 * (1 + 2) / 3 / 2, 2 * (1 + 2 + 3) / 6 / 3, 2 * (1 + 2) / 6 / 2, 2 * (1 + 3) / 6 / 2]
+    np.testing.assert_allclose(K.rolling("WMA", x, 3, s, e)[0], want)
+    np.testing.assert_allclose(K.rolling("WMA", x, 3, s, e, compat=False)[0], [2, 2, 2, 2, 2])
+    x, s, e = one([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(K.rolling("WMA", x, 3, s, e, compat=False)[0, 2], (1 + 4 + 9) / 6)
+
+
+def test_ema_through_gaps():
+    x, s, e = one([1.0, np.nan, np.nan, 3.0, np.nan])
+    a = 0.5  # span 3
+    want_3 = ((1 - a) ** 3 * 1 + 3) / ((1 - a) ** 3 + 1)  # decay counts the NaN rows
+    np.testing.assert_allclose(K.ema(x, 3, s, e)[0], [1, 1, 1, want_3, want_3])
+    x, s, e = one([np.nan, 2.0, 4.0])
+    np.testing.assert_allclose(K.ema(x, 0.25, s, e)[0], [np.nan, 2, (0.75 * 2 + 4) / 1.75])
+
+
+def test_ema_expanding_is_qlibs_exp_weighted_mean():
+    x, s, e = one([np.nan, 2.0, 4.0])
+    a2, a3 = 1 - 2 / 3, 1 - 2 / 4  # a = 1 - 2/(1+L) for L rows
+    want = [np.nan, 2 / (1 + a2), (a3 * 2 + 4) / (1 + a3 + a3**2)]
+    np.testing.assert_allclose(K.ema(x, 0, s, e)[0], want)
+
+
+def test_regression_one_and_two_points():
+    x, s, e = one([np.nan, 1.0, np.nan, 5.0, np.nan])
+    slope = K.rolling("Slope", x, 4, s, e)[0]
+    assert np.isnan(slope[:3]).all()  # no point, then one point: NaN
+    assert slope[3] == pytest.approx(2.0)  # (5 - 1) / (3 - 1): x is the row position
+    assert K.rolling("Rsquare", x, 4, s, e)[0, 3] == pytest.approx(1.0)
+    assert K.rolling("Resi", x, 4, s, e)[0, 3] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(K.rolling("Resi", x, 4, s, e)[0, 4])  # today is NaN
+    x, s, e = one([1.0, 2.0, 4.0])
+    assert K.rolling("Slope", x, 3, s, e)[0, 2] == pytest.approx(1.5)
+    assert K.rolling("Resi", x, 3, s, e)[0, 2] == pytest.approx(4 - (7 / 3 + 1.5))
+
+
+def test_rsquare_threshold_is_absolute_in_qlib_and_relative_when_fixed():
+    base = np.array([0.0, 1e-6, 3e-6, 2e-6, 5e-6])  # std ~ 2e-6 < 2e-5
+    x, s, e = one(base)
+    assert np.isnan(K.rolling("Rsquare", x, 5, s, e)[0, 4])
+    assert 0 < K.rolling("Rsquare", x, 5, s, e, compat=False)[0, 4] <= 1
+    x, s, e = one(1000.0 + base * 1e-4)  # std / mean ~ 2e-13: numerically flat
+    assert np.isnan(K.rolling("Rsquare", x, 5, s, e, compat=False)[0, 4])
+
+
+def test_delta_first_and_ref():
+    x = np.array([[np.nan, 3.0, 5.0, np.nan, 10.0, 99.0]])
+    s, e = np.array([1]), np.array([5])
+    np.testing.assert_array_equal(K.rolling("Delta", x, 1, s, e)[0], [np.nan, np.nan, 2, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(K.rolling("Delta", x, 0, s, e)[0], [np.nan, 0, 2, np.nan, 7, np.nan])
+    np.testing.assert_array_equal(K.rolling("First", x, 0, s, e)[0], [np.nan, 3, 3, 3, 3, np.nan])
+    np.testing.assert_array_equal(K.shift(x, 2, s, e)[0], [np.nan, np.nan, np.nan, 3, 5, np.nan])
+    np.testing.assert_array_equal(K.shift(x, -1, s, e)[0], [np.nan, 5, np.nan, 10, np.nan, np.nan])
+    np.testing.assert_array_equal(K.shift(x, 0, s, e)[0], [np.nan, 3, 3, 3, 3, np.nan])
+
+
+def test_corr_and_cov_closed_forms():
+    x, s, e = one([1.0, 2.0, np.nan, 4.0, 5.0, 5.0, 5.0])
+    y = 3 * x[0] + 1
+    y[1] = np.nan
+    y = y[None, :]
+    corr = K.pair_rolling("Corr", x, y, 3, s, e)[0]
+    assert np.isnan(corr[:3]).all()  # at most one paired row
+    assert corr[4] == pytest.approx(1.0)
+    assert np.isnan(corr[6])  # a flat window
+    cov = K.pair_rolling("Cov", x, y, 0, s, e)[0]
+    px = np.array([1.0, 4, 5, 5, 5])
+    assert cov[6] == pytest.approx(np.cov(px, 3 * px + 1)[0, 1])  # expanding, paired rows only
+    assert K.pair_rolling("Corr", x, y, 0, s, e)[0, 6] == pytest.approx(1.0)
+
+
+def test_cross_section_closed_forms():
+    x = np.array([[1.0, 5.0], [2.0, np.nan], [2.0, 5.0], [4.0, 6.0]])
+    s, e = np.zeros(4, dtype=np.int64), np.array([2, 2, 2, 1])  # row 3 delisted on day 1
+    np.testing.assert_allclose(K.cross_section("CSRank", x, s, e)[:, 0], [0.25, 0.625, 0.625, 1.0])
+    np.testing.assert_allclose(K.cross_section("CSRank", x, s, e)[:, 1], [0.75, np.nan, 0.75, np.nan])
+    np.testing.assert_allclose(K.cross_section("CSDemean", x, s, e)[:, 0], [-1.25, -0.25, -0.25, 1.75])
+    z = K.cross_section("CSZScore", x, s, e)
+    np.testing.assert_allclose(z[:, 0], (x[:, 0] - 2.25) / np.std(x[:, 0], ddof=1))
+    assert np.isnan(z[:, 1]).all()  # all values equal: std 0
+    g = np.array([[0.0, 1], [1, 1], [0, np.nan], [1, 1]])
+    np.testing.assert_allclose(K.cross_section("CSNeutralize", x, s, e, groups=g)[:, 0], [-0.5, -1, 0.5, 1])
+    w = K.cross_section("CSWinsorize", x, s, e, param=0.25)[:, 0]
+    np.testing.assert_allclose(w, np.clip(x[:, 0], *np.quantile(x[:, 0], [0.25, 0.75])))
+
+
+# ---- numerical stability --------------------------------------------------------------------------
+
+
+def _exact_window_stats(x, y, ws, t):
+    """Two-pass long-double statistics of the window rows [ws, t] (both series valid)."""
+    a = x[ws : t + 1].astype(np.longdouble)
+    b = y[ws : t + 1].astype(np.longdouble)
+    n = len(a)
+    da, db = a - a.mean(), b - b.mean()
+    m2, m3, m4 = (da**2).mean(), (da**3).mean(), (da**4).mean()
+    pos = np.arange(n, dtype=np.longdouble)
+    dp = pos - pos.mean()
+    return {
+        "Var": da.dot(da) / (n - 1),
+        "Std": np.sqrt(da.dot(da) / (n - 1)),
+        "Skew": np.sqrt(n * (n - 1.0)) / (n - 2) * m3 / m2**1.5,
+        "Kurt": ((n * n - 1.0) * m4 / m2**2 - 3 * (n - 1.0) ** 2) / ((n - 2.0) * (n - 3.0)),
+        "Slope": dp.dot(da) / dp.dot(dp),
+        "Rsquare": dp.dot(da) ** 2 / (dp.dot(dp) * da.dot(da)),
+        "Corr": da.dot(db) / np.sqrt(da.dot(da) * db.dot(db)),
+        "Cov": da.dot(db) / (n - 1),
+    }
+
+
+@pytest.mark.parametrize("window", [1000, 0])
+def test_moments_stay_accurate_on_large_prices(window):
+    """Prices ~1e6 with ~1e-2 noise: no catastrophic cancellation, long windows and expanding."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    x = 1e6 + np.cumsum(rng.normal(0, 1e-2, n)) + rng.normal(0, 1e-2, n)
+    y = 2e6 - 0.5 * x + rng.normal(0, 1e-2, n)
+    xs, s, e = one(x)
+    got = {op: K.rolling(op, xs, window, s, e, compat=False)[0] for op in ("Var", "Std", "Skew", "Kurt", "Slope", "Rsquare")}
+    for op in ("Corr", "Cov"):
+        got[op] = K.pair_rolling(op, xs, y[None, :], window, s, e, compat=False)[0]
+    for t in range(40, n, 97):
+        ws = 0 if window == 0 else max(0, t - window + 1)
+        want = _exact_window_stats(x, y, ws, t)
+        for op, value in got.items():
+            assert value[t] == pytest.approx(float(want[op]), rel=1e-6), (op, t)
+
+
+# ---- argument validation ------------------------------------------------------------------------
+
+
+X3, S3, E3 = one([1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: K.rolling("Mean", X3, -3, S3, E3), "window (-3) must be >= 0"),
+        (lambda: K.rolling("Mean", X3, 2.5, S3, E3), "window must be an int, got 2.5"),
+        (lambda: K.rolling("Median", X3, 3, S3, E3), "unknown rolling op 'Median'; expected one of: Sum, Mean"),
+        (lambda: K.rolling("Quantile", X3, 3, S3, E3), "Quantile needs param=q, a quantile in [0, 1]"),
+        (lambda: K.rolling("Quantile", X3, 3, S3, E3, param=1.5), "param (q=1.5) must be in [0, 1] for Quantile"),
+        (lambda: K.rolling("Mean", X3, 3, S3, E3, param=0.5), "param is only used by Quantile; got param=0.5 for Mean"),
+        (lambda: K.rolling("Mean", X3[0], 3, S3, E3), "x must be a 2-D (instruments, days) array, got shape (3,)"),
+        (lambda: K.rolling("Mean", X3, 3, np.array([0, 0]), E3), "starts must have shape (1,), one entry per instrument"),
+        (lambda: K.rolling("Mean", X3, 3, S3, np.array([4])), "spans must satisfy 0 <= start <= end <= n_days (3); instrument 0 has [0, 4)"),
+        (lambda: K.rolling("Mean", X3, 3, np.array([0.0]), E3), "starts must be an integer array"),
+        (lambda: K.rolling("Mean", X3, 3, S3, E3, threads=0), "threads (0) must be >= 1, or None for the OpenMP default"),
+        (lambda: K.rolling("Mean", X3, 3, S3, E3, compat=1), "compat must be True or False, got 1"),
+        (lambda: K.pair_rolling("Beta", X3, X3, 3, S3, E3), "unknown pair_rolling op 'Beta'"),
+        (lambda: K.pair_rolling("Corr", X3, np.ones((2, 3)), 3, S3, E3), "x and y must have the same shape, got (1, 3) and (2, 3)"),
+        (lambda: K.ema(X3, -1, S3, E3), "spec (-1) must be >= 0: a span >= 1, an alpha in (0, 1), or 0"),
+        (lambda: K.ema(X3, float("nan"), S3, E3), "spec must not be NaN"),
+        (lambda: K.shift(X3, 1.0, S3, E3), "periods must be an int, got 1.0"),
+        (lambda: K.cross_section("CSNeutralize", X3, S3, E3), "CSNeutralize needs groups="),
+        (lambda: K.cross_section("CSRank", X3, S3, E3, groups=X3), "groups is only used by CSNeutralize, not CSRank"),
+        (lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5), "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
+        (lambda: K.cross_section("CSRank", X3, S3, E3, param=0.1), "param is only used by CSWinsorize"),
+    ],
+)
+def test_argument_errors(call, message):
+    with pytest.raises(KernelArgumentError) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_inputs_are_converted_once():
+    ints = np.arange(12).reshape(2, 6)[:, ::2]  # int, non-contiguous
+    s, e = [0, 1], [3, 3]
+    got = K.rolling("Sum", ints, 2, s, e)
+    np.testing.assert_array_equal(got, [[0, 2, 6], [np.nan, 8, 18]])
+    assert K.rolling("Mean", np.zeros((0, 5)), 3, np.zeros(0, int), np.zeros(0, int)).shape == (0, 5)
+
+
+# ---- threads --------------------------------------------------------------------------------------
+
+
+def test_thread_count_does_not_change_results():
+    rng = np.random.default_rng(3)
+    x = 20 + np.cumsum(rng.normal(size=(64, 400)), axis=1)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y = rng.normal(size=x.shape)
+    s = rng.integers(0, 100, 64)
+    e = 400 - rng.integers(0, 100, 64)
+    g = rng.integers(0, 4, x.shape).astype(float)
+    for op in K.ROLLING_OPS:
+        p = 0.3 if op == "Quantile" else None
+        for w in (5, 0):
+            a = K.rolling(op, x, w, s, e, param=p, threads=1)
+            assert np.array_equal(a, K.rolling(op, x, w, s, e, param=p), equal_nan=True), op
+            assert np.array_equal(a, K.rolling(op, x, w, s, e, param=p, threads=2), equal_nan=True), op
+    for op in K.PAIR_OPS:
+        assert np.array_equal(K.pair_rolling(op, x, y, 10, s, e, threads=1), K.pair_rolling(op, x, y, 10, s, e), equal_nan=True)
+    assert np.array_equal(K.ema(x, 0, s, e, threads=1), K.ema(x, 0, s, e), equal_nan=True)
+    for op in K.CROSS_SECTION_OPS:
+        kw = {"groups": g} if op == "CSNeutralize" else {}
+        assert np.array_equal(K.cross_section(op, x, s, e, threads=1, **kw), K.cross_section(op, x, s, e, **kw), equal_nan=True)
