@@ -144,7 +144,8 @@ def synth_market(n_instruments: int = 300, n_days: int = 2520, seed: int = 0, co
     log_volume = (
         np.log(1e6) + rng.standard_normal(n)[None, :]
         + _ar1(cfg.volume_shock * rng.standard_normal((t, n)), cfg.volume_persistence)
-        + cfg.volume_news * (np.abs(eps) - 0.8)
+        # capped: Student-t tails would otherwise give absurd one-day volumes (e^25 x normal)
+        + cfg.volume_news * (np.minimum(np.abs(eps), 6.0) - 0.8)
     )
     price0 = np.exp(np.log(30.0) + 0.8 * rng.standard_normal(n))
 
