@@ -28,3 +28,14 @@ def user_errors(func: F) -> F:
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def parse_pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+    """Parse repeated `KEY=VALUE` options (split at the first '='); `form` is shown in the error."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{option} takes {form}, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from quantcore.cli._common import console, user_errors
+from quantcore.cli._common import console, parse_pairs, user_errors
 from quantcore.data.importer import DefectPolicy, ImportReport, import_bars
 from quantcore.data.panel import Panel
 from quantcore.data.qlib_format import write_qlib
@@ -54,7 +54,7 @@ def import_command(
     force: bool = typer.Option(False, "--force", help="Replace qlib data already in --out."),
 ) -> None:
     """Import daily bars, print the import report, and write a qlib directory."""
-    column_map = _parse_mapping(mapping)
+    column_map = parse_pairs(mapping, "--map", "SRC=DST (e.g. Name=instrument)")
     policy = DefectPolicy.RAISE if strict else DefectPolicy.KEEP
     panel, report = import_bars(file, column_map, policy)
     _print_report(report)
@@ -105,16 +105,6 @@ def market_info(panel: Panel) -> dict:
         "version": panel.version,
         "meta": dict(panel.meta),
     }
-
-
-def _parse_mapping(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        src, sep, dst = item.partition("=")
-        if not sep or not src.strip() or not dst.strip():
-            raise ValueError(f"--map takes SRC=DST (e.g. Name=instrument), got {item!r}")
-        out[src.strip()] = dst.strip()
-    return out
 
 
 def _print_report(report: ImportReport) -> None:

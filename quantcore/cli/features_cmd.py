@@ -13,22 +13,12 @@ from typing import Optional
 
 import typer
 
-from quantcore.cli._common import console, user_errors
+from quantcore.cli._common import console, parse_pairs, user_errors
 from quantcore.data.sources import load_market
 from quantcore.expr.cache import DiskCache
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL, FEATURE_SETS, feature_set
 from quantcore.frame_io import write_parquet
-
-
-def _parse_named_expressions(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, expr = item.partition("=")
-        if not sep or not name.strip() or not expr.strip():
-            raise ValueError(f"--expr takes NAME=EXPRESSION, got {item!r}")
-        out[name.strip()] = expr.strip()
-    return out
 
 
 @user_errors
@@ -50,7 +40,7 @@ def features_command(
 ) -> None:
     """Compute features over a market and write them to Parquet, indexed by (datetime, instrument)."""
     expressions: dict[str, str] = {} if set_name.lower() == "none" else feature_set(set_name)
-    extra = _parse_named_expressions(expr)
+    extra = parse_pairs(expr, "--expr", "NAME=EXPRESSION")
     clash = sorted(set(extra) & set(expressions))
     if clash:
         raise ValueError(f"--expr names clash with the {set_name} feature set: {', '.join(clash)}")
