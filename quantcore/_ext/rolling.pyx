@@ -149,7 +149,7 @@ cdef inline idx_t lower_bound(const double* a, idx_t n, double v) noexcept nogil
         return 0
     while n > 1:
         half = n >> 1
-        base = base + half if base[half - 1] < v else base
+        base += half * (base[half - 1] < v)  # arithmetic, not `x if c else y`: gcc keeps a jump for that
         n -= half
     return (base - a) + (base[0] < v)
 
@@ -350,7 +350,8 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
         if c == 0:
             g[t] = t
         else:
-            g[t] = t if key[t] > key[g[t - 1]] else g[t - 1]
+            b = g[t - 1]
+            g[t] = b + (t - b) * (key[t] > key[b])  # branch-free select
         c += 1
         if c == w:
             c = 0
@@ -359,7 +360,8 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
         be = bs + w - 1 if bs + w - 1 < n - 1 else n - 1
         h[be] = be
         for t in range(be - 1, bs - 1, -1):
-            h[t] = t if key[t] >= key[h[t + 1]] else h[t + 1]
+            b = h[t + 1]
+            h[t] = b + (t - b) * (key[t] >= key[b])
         bs -= w
     c = 0
     for t in range(n):
@@ -375,7 +377,7 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
             else:
                 a = h[ws]
                 b = g[t]
-                best = a if key[a] >= key[b] else b
+                best = b + (a - b) * (key[a] >= key[b])
             if not want_index:
                 out[t] = x[best]
             elif nan_first and next_nan[ws] <= t:
@@ -648,8 +650,8 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
     # i.e. the row index up to a shift.
     cdef double ref = first_valid(x, n), v, p, d
     cdef double sx = 0.0, sxx = 0.0, sy = 0.0, syy = 0.0, sxy = 0.0
-    cdef double inv, mx, my, vx, vy, cxy, r2
-    cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0
+    cdef double inv = 0.0, inv_full_vx = 0.0, mx, my, vx, vy, cxy, slope, r2
+    cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0, cached_n = -1
     cdef bint flat
     cdef Run run
     run_init(&run)
@@ -704,15 +706,24 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
         if flat and op != RSQUARE:
             out[t] = 0.0  # a flat window: slope 0, every residual 0
             continue
-        inv = 1.0 / cnt
+        if cnt != cached_n:  # reciprocals change only with the valid count
+            cached_n = cnt
+            inv = 1.0 / cnt
+            inv_full_vx = 12.0 / (cnt * (cnt * cnt - 1.0))
         mx = sx * inv
         my = sy * inv
-        vx = sxx - sx * mx
         cxy = sxy - sx * my
+        if cnt == t - ws + 1:
+            # no gap: the positions are consecutive, sum((p - mean p)^2) = n (n^2 - 1) / 12
+            vx = cnt * (cnt * cnt - 1.0) / 12.0
+            slope = cxy * inv_full_vx
+        else:
+            vx = sxx - sx * mx
+            slope = cxy / vx
         if op == SLOPE:
-            out[t] = cxy / vx
+            out[t] = slope
         elif op == RESI:
-            out[t] = (v - ref) - my - cxy / vx * ((t - anchor) - mx)
+            out[t] = (v - ref) - my - slope * ((t - anchor) - mx)
         else:
             vy = syy - sy * my
             if flat or vy <= 0.0:
@@ -726,7 +737,7 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
             elif vy <= (FLAT_RTOL * (ref + my)) * (FLAT_RTOL * (ref + my)) * (cnt - 1):
                 out[t] = NAN  # std <= FLAT_RTOL * |mean|
                 continue
-            r2 = cxy * cxy / (vx * vy)
+            r2 = slope * cxy / vy
             out[t] = r2 if r2 < 1.0 else 1.0
     return 0
 
@@ -918,24 +929,36 @@ cdef int ewm_expanding_row(const double* x, double* out, idx_t n) noexcept nogil
 # Corr, Cov: pairwise-complete rows
 # ---------------------------------------------------------------------------------------------
 
-cdef inline bint own_std_small(idx_t c, double s, double ss, bint flat) noexcept nogil:
-    """pandas' rolling std (ddof=1) of one side within QLIB_STD_ATOL of 0 (NaN std is not)."""
+cdef bint own_std_small(const double* v, idx_t ws, idx_t t) noexcept nogil:
+    """pandas' rolling std (ddof=1) of v's own valid values in [ws, t] within QLIB_STD_ATOL of 0
+    (a NaN std, from fewer than two values, is not). Exact two-pass; called only near flat windows."""
+    cdef idx_t j, c = 0
+    cdef double m = 0.0, ss = 0.0
+    for j in range(ws, t + 1):
+        if v[j] == v[j]:
+            m += v[j]
+            c += 1
     if c < 2:
         return False
-    return flat or (c * ss - s * s) <= QLIB_STD_ATOL * QLIB_STD_ATOL * c * (c - 1.0)
+    m /= c
+    for j in range(ws, t + 1):
+        if v[j] == v[j]:
+            ss += (v[j] - m) * (v[j] - m)
+    return ss <= QLIB_STD_ATOL * QLIB_STD_ATOL * (c - 1.0)
 
 
 cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t w, int op,
                   bint compat) noexcept nogil:
-    # Sums over paired rows (both valid) of dx = x - rx, dy = y - ry drive the statistic; compat
-    # also keeps each side's own sums, because qlib masks Corr by each side's own rolling std
-    # (ops.Corr), not the paired one.
-    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, inv, mx, my, vx, vy, cxy, r, tol
+    # Sums over paired rows (both valid) of dx = x - rx, dy = y - ry drive the statistic.
+    # qlib masks Corr by each side's *own* rolling std (ops.Corr). A side's own sum of squares is
+    # at least its paired one, so own std > 2e-5 follows from the paired sums unless the side is
+    # nearly flat; only then is the own std computed, exactly, from the window.
+    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, inv = 0.0, inv_nm1 = 0.0, mx, my, vx, vy, cxy, r, tol
     cdef double px = 0.0, py = 0.0, pxx = 0.0, pyy = 0.0, pxy = 0.0
-    cdef double ox = 0.0, oxx = 0.0, oy = 0.0, oyy = 0.0
-    cdef idx_t t, j, ws, pn = 0, xn = 0, yn = 0, since = 0
-    cdef Run run_x, run_y, run_px, run_py
-    run_init(&run_x); run_init(&run_y); run_init(&run_px); run_init(&run_py)
+    cdef double atol2 = QLIB_STD_ATOL * QLIB_STD_ATOL
+    cdef idx_t t, j, ws, pn = 0, xn = 0, yn = 0, since = 0, cached_n = -1
+    cdef Run run_px, run_py
+    run_init(&run_px); run_init(&run_py)
     for t in range(n):
         if x[t] == x[t] and y[t] == y[t]:
             rx = x[t]
@@ -948,11 +971,11 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
         if a == a and b == b:
             run_push(&run_px, a, t)
             run_push(&run_py, b, t)
-        if compat:
-            if a == a:
-                run_push(&run_x, a, t)
-            if b == b:
-                run_push(&run_y, b, t)
+        xn += a == a
+        yn += b == b
+        if t >= w:
+            xn -= x[t - w] == x[t - w]
+            yn -= y[t - w] == y[t - w]
         since += 1
         if rebuild_due(since, t - ws + 1):
             since = 0
@@ -966,8 +989,8 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
             if pn > 0:
                 rx = px / pn
                 ry = py / pn
-            pn = xn = yn = 0
-            px = py = pxx = pyy = pxy = ox = oxx = oy = oyy = 0.0
+            pn = 0
+            px = py = pxx = pyy = pxy = 0.0
             for j in range(ws, t + 1):
                 dx = x[j] - rx
                 dy = y[j] - ry
@@ -978,15 +1001,6 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
                     pyy += dy * dy
                     pxy += dx * dy
                     pn += 1
-                if compat:
-                    if dx == dx:
-                        ox += dx
-                        oxx += dx * dx
-                        xn += 1
-                    if dy == dy:
-                        oy += dy
-                        oyy += dy * dy
-                        yn += 1
         else:
             if t >= w:
                 dx = x[t - w] - rx
@@ -1001,19 +1015,6 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
                         pxx -= dx * dx
                         pyy -= dy * dy
                         pxy -= dx * dy
-                if compat:
-                    if dx == dx:
-                        xn -= 1
-                        ox -= dx
-                        oxx -= dx * dx
-                        if xn == 0:
-                            ox = oxx = 0.0
-                    if dy == dy:
-                        yn -= 1
-                        oy -= dy
-                        oyy -= dy * dy
-                        if yn == 0:
-                            oy = oyy = 0.0
             dx = a - rx
             dy = b - ry
             if dx == dx and dy == dy:
@@ -1023,26 +1024,20 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
                 pyy += dy * dy
                 pxy += dx * dy
                 pn += 1
-            if compat:
-                if dx == dx:
-                    ox += dx
-                    oxx += dx * dx
-                    xn += 1
-                if dy == dy:
-                    oy += dy
-                    oyy += dy * dy
-                    yn += 1
         if pn < 2:
             out[t] = NAN  # pandas: one observation has no covariance
             continue
         if run_flat(&run_px, ws) or run_flat(&run_py, ws):
             out[t] = 0.0 if op == COV else NAN  # a flat side: no co-movement, no correlation
             continue
-        inv = 1.0 / pn
+        if pn != cached_n:  # reciprocals change only with the paired count
+            cached_n = pn
+            inv = 1.0 / pn
+            inv_nm1 = 1.0 / (pn - 1.0)
         my = py * inv
         cxy = pxy - px * my
         if op == COV:
-            out[t] = cxy / (pn - 1.0)
+            out[t] = cxy * inv_nm1
             continue
         mx = px * inv
         vx = pxx - px * mx
@@ -1053,8 +1048,8 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
                 or vx <= 0.0 or vy <= 0.0):
             out[t] = NAN
             continue
-        if compat and (own_std_small(xn, ox, oxx, run_flat(&run_x, ws))
-                       or own_std_small(yn, oy, oyy, run_flat(&run_y, ws))):
+        if compat and ((vx <= atol2 * (xn - 1.0) and own_std_small(x, ws, t))
+                       or (vy <= atol2 * (yn - 1.0) and own_std_small(y, ws, t))):
             out[t] = NAN
             continue
         r = cxy / sqrt(vx * vy)
