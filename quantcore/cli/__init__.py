@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from quantcore.cli.data_cmd import data_app
+from quantcore.cli.factor_cmd import factor_app
 from quantcore.cli.features_cmd import features_command
 
 app = typer.Typer(
@@ -14,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(factor_app, name="factor")
 app.command("features")(features_command)
 
 
