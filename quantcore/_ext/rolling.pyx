@@ -3,7 +3,8 @@
 
 Layout: x and out are (instruments, days) C-contiguous float64, so a row's span x[i, s:e] is one
 contiguous run of doubles. Every kernel below is a flat, GIL-free loop over one span (`x`, `n` rows)
-that writes `out[0:n]`; `_run_rows` fans the rows out over OpenMP threads. Windows follow pandas
+that writes `out[0:n]`; the Python entry points at the bottom (`rolling`, `pair_rolling`, `ema`,
+`shift`) fan the rows out over OpenMP threads (`prange`; serial when built without OpenMP). Windows follow pandas
 `rolling(w, min_periods=1)` over the span's rows: a window covers w rows (fewer at the span's start),
 counts NaN rows and skips NaN values. Expanding windows (qlib's N=0) are passed as `w = n`.
 
@@ -17,7 +18,7 @@ so that their variance is exactly 0, as in pandas.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, fabs, sqrt
+from libc.math cimport INFINITY, NAN, fabs, pow, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memmove
@@ -862,61 +863,39 @@ cdef int ewm_row(const double* x, double* out, idx_t n, double alpha) noexcept n
 
 cdef int ewm_expanding_row(const double* x, double* out, idx_t n) noexcept nogil:
     # qlib EMA(x, 0): over the expanding window of L rows, a = 1 - 2/(1+L) and weights a**k
-    # (k = 0 for today) normalised over all L rows, NaN values dropped from the sum (nansum).
-    # `a` changes with L, so every row is a fresh polynomial evaluation: O(n^2), by Horner,
-    # four windows at a time so the multiply-add chains overlap.
-    cdef idx_t t0, t, k, kk
-    cdef double a0, a1, a2, a3, n0, n1, n2, n3, d0, d1, d2, d3, v, a, nm, dn
-    cdef double[4] nums
-    cdef double[4] dens
-    cdef double[4] alph
+    # (k = 0 for today) normalised over all L rows, NaN values left out of the sum (nansum).
+    # `a` changes with L, so every row is a fresh polynomial evaluation: O(n^2) in all. The
+    # numerator runs by Horner for LANES windows at once (independent chains the compiler can
+    # vectorise); the weight sum is geometric: (1 - a^L) / (1 - a) = (1 - a^L) (L + 1) / 2.
+    cdef double acc[8]
+    cdef double base[8]
+    cdef idx_t t0, t, k, lane, big_l
+    cdef double v, a, nm
     t0 = 0
-    while t0 + 4 <= n:
-        a0 = 1.0 - 2.0 / (t0 + 2.0)
-        a1 = 1.0 - 2.0 / (t0 + 3.0)
-        a2 = 1.0 - 2.0 / (t0 + 4.0)
-        a3 = 1.0 - 2.0 / (t0 + 5.0)
-        n0 = n1 = n2 = n3 = 0.0
-        d0 = d1 = d2 = d3 = 0.0
+    while t0 + 8 <= n:
+        for lane in range(8):
+            base[lane] = 1.0 - 2.0 / (t0 + lane + 2.0)
+            acc[lane] = 0.0
         for k in range(t0 + 1):
-            v = x[k]
-            if v == v:
-                n0 = n0 * a0 + v
-                n1 = n1 * a1 + v
-                n2 = n2 * a2 + v
-                n3 = n3 * a3 + v
-            else:
-                n0 = n0 * a0
-                n1 = n1 * a1
-                n2 = n2 * a2
-                n3 = n3 * a3
-            d0 = d0 * a0 + 1.0
-            d1 = d1 * a1 + 1.0
-            d2 = d2 * a2 + 1.0
-            d3 = d3 * a3 + 1.0
-        nums[0] = n0; nums[1] = n1; nums[2] = n2; nums[3] = n3
-        dens[0] = d0; dens[1] = d1; dens[2] = d2; dens[3] = d3
-        alph[0] = a0; alph[1] = a1; alph[2] = a2; alph[3] = a3
-        for k in range(4):
-            t = t0 + k
-            nm = nums[k]
-            dn = dens[k]
-            a = alph[k]
-            for kk in range(t0 + 1, t + 1):
-                v = x[kk]
-                nm = nm * a + (v if v == v else 0.0)
-                dn = dn * a + 1.0
-            out[t] = nm / dn
-        t0 += 4
+            v = x[k] if x[k] == x[k] else 0.0
+            for lane in range(8):
+                acc[lane] = acc[lane] * base[lane] + v
+        for lane in range(8):
+            t = t0 + lane
+            nm = acc[lane]
+            a = base[lane]
+            for k in range(t0 + 1, t + 1):
+                nm = nm * a + (x[k] if x[k] == x[k] else 0.0)
+            big_l = t + 1
+            out[t] = nm / ((1.0 - pow(a, <double>big_l)) * (big_l + 1.0) / 2.0)
+        t0 += 8
     for t in range(t0, n):
         a = 1.0 - 2.0 / (t + 2.0)
         nm = 0.0
-        dn = 0.0
         for k in range(t + 1):
-            v = x[k]
-            nm = nm * a + (v if v == v else 0.0)
-            dn = dn * a + 1.0
-        out[t] = nm / dn
+            nm = nm * a + (x[k] if x[k] == x[k] else 0.0)
+        big_l = t + 1
+        out[t] = nm / ((1.0 - pow(a, <double>big_l)) * (big_l + 1.0) / 2.0)
     # rows before the first valid value: pandas apply is not called (min_periods=1) -> NaN
     for t in range(n):
         if x[t] == x[t]:
