@@ -72,10 +72,10 @@ def align(
     fx = np.where(both, x, np.nan)
     fy = np.where(both, y, np.nan)
     count = both.sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        spread = (np.max(fx, axis=0, initial=-np.inf, where=both) > np.min(fx, axis=0, initial=np.inf, where=both)) & (
-            np.max(fy, axis=0, initial=-np.inf, where=both) > np.min(fy, axis=0, initial=np.inf, where=both)
-        )
+    # a day needs some spread on both sides: a constant cross-section has no order to correlate
+    spread = (np.max(fx, axis=0, initial=-np.inf, where=both) > np.min(fx, axis=0, initial=np.inf, where=both)) & (
+        np.max(fy, axis=0, initial=-np.inf, where=both) > np.min(fy, axis=0, initial=np.inf, where=both)
+    )
     days_used = (count >= min_pairs) & spread
     fx[:, ~days_used] = np.nan
     fy[:, ~days_used] = np.nan

@@ -4,7 +4,7 @@ once into a `FactorData`, and summarise IC, RankIC, quantile returns, turnover a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -82,7 +82,9 @@ class FactorReport:
             "turnover": {"top": _num(self.turnover_top), "bottom": _num(self.turnover_bottom)},
             "autocorr": _num(self.autocorr),
             "decay": {str(h): _num(v) for h, v in self.decay.items()},
-            "correlations": {k: {"daily_mean": _num(c.daily_mean), "pooled": _num(c.pooled)} for k, c in self.correlations.items()},
+            "correlations": {
+                k: {"daily_mean": _num(c.daily_mean), "pooled": _num(c.pooled)} for k, c in self.correlations.items()
+            },
         }
 
 
@@ -99,7 +101,9 @@ def evaluate_arrays(
     min_days: int = MIN_DAYS,
 ) -> tuple[FactorReport, FactorData]:
     """Report for (N, T) factor and label arrays already restricted to the days to score."""
-    data = align(factor, label, calendar=calendar, min_pairs=min_pairs, max_loss=max_loss, min_days=min_days, name=expression)
+    data = align(
+        factor, label, calendar=calendar, min_pairs=min_pairs, max_loss=max_loss, min_days=min_days, name=expression
+    )
     ic = ic_stats(daily_ic(data.factor, data.label, min_pairs))
     # ranks over the common set are already in `data`, so RankIC is Pearson of them
     rank_ic = ic_stats(daily_ic(data.factor_rank, data.label_rank, min_pairs))
@@ -149,7 +153,8 @@ def evaluate_expression(
     days = panel.date_index(start, end)
     if days.stop <= days.start:
         cover = f"{str(panel.calendar[0])[:10]} .. {str(panel.calendar[-1])[:10]}" if panel.n_days else "no days"
-        raise FactorEvaluationError(f"no trading days between {start} and {end}; the market covers {cover}")
+        asked = " and ".join(f"{w} {d}" for w, d in (("from", start), ("to", end)) if d is not None) or "at all"
+        raise FactorEvaluationError(f"no trading days {asked}; the market covers {cover}")
     factor = ev.evaluate({"factor": expr}, dtype=np.float64)["factor"][:, days]
     y = ev.evaluate({"label": label}, allow_future=True, dtype=np.float64)["label"][:, days]
     report, data = evaluate_arrays(
@@ -166,13 +171,7 @@ def evaluate_expression(
     if library:
         arrays = ev.evaluate(dict(library), dtype=np.float64)
         correlations = library_correlation(factor, {k: v[:, days] for k, v in arrays.items()}, min_pairs)
-    return _replace(report, decay=decay, correlations=correlations)
-
-
-def _replace(report: FactorReport, **changes) -> FactorReport:
-    from dataclasses import replace
-
-    return replace(report, **changes)
+    return replace(report, decay=decay, correlations=correlations)
 
 
 def _nanmean(x: np.ndarray) -> float:
