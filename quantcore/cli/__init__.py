@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from quantcore.cli.backtest_cmd import backtest_command
 from quantcore.cli.data_cmd import data_app
 from quantcore.cli.factor_cmd import factor_app
 from quantcore.cli.features_cmd import features_command
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(factor_app, name="factor")
 app.command("features")(features_command)
+app.command("backtest")(backtest_command)
 
 
 def main() -> None:
