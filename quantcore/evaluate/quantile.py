@@ -12,16 +12,17 @@ __all__ = ["quantile_buckets", "quantile_returns", "long_short"]
 def quantile_buckets(data: FactorData, quantiles: int = 5) -> np.ndarray:
     """Bucket 0 (lowest factor) .. quantiles-1 (highest) per usable cell, -1 elsewhere; int (N, T).
 
-    Buckets cut the day's ranks into equal counts (like pd.qcut on ranks); tied factor values share
-    a rank and so a bucket."""
+    Cuts the day's ranks where pd.qcut (alphalens' binning) cuts distinct values: edge k sits at
+    rank position k * (count - 1) / quantiles, intervals closed on the right. Tied factor values
+    share an average rank and so a bucket (where qcut on values would refuse duplicate edges)."""
     if quantiles < 2:
         raise ValueError(f"quantiles must be at least 2, got {quantiles}")
     valid = ~np.isnan(data.factor_rank)
     count = np.where(data.count > 0, data.count, 1)
     # the kernel's pct rank is rank / count; doubling and rounding recovers the exact (half-)integer
-    # average rank, so the floor below is exact arithmetic, never a rounding accident at a boundary
-    rank = np.round(np.where(valid, data.factor_rank, 0.0) * count * 2.0) / 2.0
-    bucket = np.floor((rank - 1.0) * quantiles / count).astype(np.int64)
+    # average rank, so the ceil below is exact arithmetic, never a rounding accident at an edge
+    position = np.round(np.where(valid, data.factor_rank, 0.0) * count * 2.0) / 2.0 - 1.0
+    bucket = np.ceil(position * quantiles / np.maximum(count - 1, 1)).astype(np.int64) - 1
     return np.where(valid, np.clip(bucket, 0, quantiles - 1), -1)
 
 

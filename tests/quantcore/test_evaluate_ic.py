@@ -109,6 +109,16 @@ def test_quantile_returns_on_a_hand_example():
     assert report.turnover_top == 0.0 and report.autocorr == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("n, quantiles", [(7, 3), (10, 5), (23, 4), (50, 10)])
+def test_buckets_match_pandas_qcut_of_distinct_values(n, quantiles):
+    rng = np.random.default_rng(n)
+    f = rng.standard_normal((n, 3))
+    data = align(f, rng.standard_normal((n, 3)), min_pairs=2)
+    got = quantile_buckets(data, quantiles)
+    for t in range(3):
+        np.testing.assert_array_equal(got[:, t], pd.qcut(f[:, t], quantiles, labels=False))
+
+
 def test_turnover_counts_replaced_members():
     buckets = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]])
     got = bucket_turnover(buckets, 1, np.array([True, True, True]))
