@@ -56,19 +56,21 @@ def align(
     x = np.asarray(factor, dtype=np.float64)
     y = np.asarray(label, dtype=np.float64)
     if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}")
+        raise ValueError(
+            f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}"
+        )
     if x.shape[1] == 0:
         raise FactorEvaluationError(f"{name}: the date range holds no trading days")
-    has_x = ~np.isnan(x)
+    has_x = np.isfinite(x)  # +/-inf (a division by zero) is missing, as in alphalens' cleaning
     n_factor = int(has_x.sum())
     if n_factor == 0:
-        raise FactorEvaluationError(f"{name} is NaN on every instrument and day in the range; nothing to score")
+        raise FactorEvaluationError(f"{name} is NaN on every instrument and day in the range (inf counts as NaN); nothing to score")
     first = x[has_x][0]
     if np.all(x[has_x] == first):
         raise FactorEvaluationError(
             f"{name} is constant ({first:g} wherever defined); a constant has no cross-sectional order to score"
         )
-    both = has_x & ~np.isnan(y)
+    both = has_x & np.isfinite(y)
     fx = np.where(both, x, np.nan)
     fy = np.where(both, y, np.nan)
     count = both.sum(axis=0)

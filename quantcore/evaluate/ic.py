@@ -35,8 +35,10 @@ def _common(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}")
-    both = ~(np.isnan(x) | np.isnan(y))
+        raise ValueError(
+            f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}"
+        )
+    both = np.isfinite(x) & np.isfinite(y)  # inf (a division by zero) counts as missing
     return x, y, both
 
 
@@ -67,7 +69,7 @@ def daily_ic(factor: np.ndarray, label: np.ndarray, min_pairs: int = MIN_PAIRS) 
 def daily_rank_ic(factor: np.ndarray, label: np.ndarray, min_pairs: int = MIN_PAIRS) -> np.ndarray:
     """Spearman RankIC per day (T,): Pearson of the ranks over each day's common valid set."""
     x, y, both = _common(factor, label)
-    rx = cs_rank(np.where(both, x, np.nan))
+    rx = cs_rank(np.where(both, x, np.nan))  # rank over the common set only, as pandas' pairwise corr
     ry = cs_rank(np.where(both, y, np.nan))
     return _pearson_days(rx, ry, both, min_pairs)
 

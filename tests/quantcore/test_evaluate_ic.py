@@ -53,6 +53,10 @@ def test_factor_equal_to_label_and_monotone_transform():
     np.testing.assert_allclose(daily_rank_ic(np.exp(3 * y), y), 1.0)
     assert np.all(daily_ic(np.exp(3 * y), y) < 0.999)
     np.testing.assert_allclose(daily_rank_ic(-y, y), -1.0)
+    z = y.copy()
+    z[0] = np.inf  # inf counts as missing, not as the largest value
+    np.testing.assert_allclose(daily_ic(z, y), 1.0)
+    np.testing.assert_allclose(daily_rank_ic(z, y), 1.0)
 
 
 def test_hand_computed_three_day_example():
