@@ -18,6 +18,7 @@ from quantcore.backtest import (
     Exchange,
     SignalError,
     TopkDropout,
+    WeightStrategy,
     align_signal,
     equal_weight_benchmark,
     simulate,
@@ -141,6 +142,19 @@ def test_strategy_sees_only_rows_before_t():
     scores = np.array([[1.0], [1.0], [NAN], [NAN]])
     rep = simulate(Exchange.from_panel(panel), Spy(), scores, panel.calendar, 1, 2, 1e4)
     assert seen == [1, 2] and (rep["account"] == 1e4).all()
+
+
+def test_weight_strategy_rebalances_to_target_weights_in_lots():
+    panel = market([[10, 10, 10], [20, 20, 20]])
+    scores = np.array([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # day 1: half each; day 2: all in A
+    rep = simulate(Exchange.from_panel(panel), WeightStrategy(), scores, panel.calendar, 1, 2, 10_000.0)
+    # Day 1: 0.475 x 10000 -> A 475 -> 400 shares (4000), B 237.5 -> 200 shares (4000); 5 + 5 cost.
+    assert rep.iloc[0]["value"] == pytest.approx(8000) and rep.iloc[0]["cash"] == pytest.approx(1990)
+    # Day 2: target A = 0.95 x 9990 / 10 = 949 -> 900 shares: sell all B (4000, cost 6), buy 500 A (cost 5).
+    assert rep.iloc[1]["value"] == pytest.approx(9000)
+    assert rep.iloc[1]["cash"] == pytest.approx(1990 + 4000 - 6 - 5000 - 5)
+    with pytest.raises(BacktestError, match="long-only"):
+        WeightStrategy().decide(np.array([[-1.0, 2.0]]), np.zeros(2, bool))
 
 
 # --- TopkDropout by hand -------------------------------------------------------------------------------------
