@@ -219,17 +219,14 @@ def _problem(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozens
     w = cp.Variable(n)
     d = w - inp.bench if inp.has_bench else w
     objective = inp.alpha @ w
-    terms = None
-    if config.risk_aversion > 0 or (config.tracking_error is not None and "tracking_error" not in relaxed):
-        terms = risk.cvx_terms(d)
     if config.risk_aversion > 0:
-        objective = objective - config.risk_aversion * cp.sum_squares(terms)
+        objective = objective - config.risk_aversion * risk.cvx_variance(d)
     if config.turnover_penalty > 0:
         objective = objective - config.turnover_penalty * cp.norm1(w - inp.prev)
     cons = [w >= inp.lb, w <= inp.ub]
     cons.append(cp.sum(w) <= config.budget if config.allow_cash else cp.sum(w) == config.budget)
     if config.tracking_error is not None and "tracking_error" not in relaxed:
-        cons.append(cp.norm(terms, 2) <= config.tracking_error)
+        cons.append(cp.norm(risk.cvx_terms(d), 2) <= config.tracking_error)
     if inp.exposures is not None and "factor_deviation" not in relaxed:
         cons.append(cp.abs(inp.exposures.T @ d) <= config.factor_deviation)
     if _turnover_capped(inp, config) and "max_turnover" not in relaxed:

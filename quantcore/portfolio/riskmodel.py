@@ -59,8 +59,14 @@ class CovarianceRisk:
         return vecs[:, keep] * np.sqrt(vals[keep])
 
     def cvx_terms(self, x):
-        """A cvxpy vector y(x) with xᵀΣx = ||y||²: the optimiser builds risk and tracking error from it."""
+        """A cvxpy vector y(x) with xᵀΣx = ||y||²: the optimiser builds the tracking-error cap from it."""
         return self.sqrt.T @ x
+
+    def cvx_variance(self, x):
+        """xᵀΣx as a cvxpy expression; a quadratic form (not ||Gᵀx||²) solves ~2x faster for dense Σ."""
+        import cvxpy as cp
+
+        return cp.quad_form(x, cp.psd_wrap(self.cov))
 
     def subset(self, idx: np.ndarray) -> "CovarianceRisk":
         return CovarianceRisk(self.cov[np.ix_(idx, idx)])
@@ -113,6 +119,12 @@ class FactorRisk:
         import cvxpy as cp
 
         return cp.hstack([self._loading_sqrt @ x, cp.multiply(np.sqrt(self.specific_var), x)])
+
+    def cvx_variance(self, x):
+        """||F^{1/2} Bᵀ x||² + Σ specific·x²: K + N terms, never the dense N x N matrix."""
+        import cvxpy as cp
+
+        return cp.sum_squares(self.cvx_terms(x))
 
     def subset(self, idx: np.ndarray) -> "FactorRisk":
         return FactorRisk(self.exposures[idx], self.factor_cov, self.specific_var[idx])
