@@ -174,7 +174,8 @@ class Run:
             logged[key] = text
         items = [Param(k, v) for k, v in logged.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            self._call("log params", self.client.log_batch, self.run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+            batch = items[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            self._call("log params", self.client.log_batch, self.run_id, params=batch)
         return logged
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, str]:
@@ -364,9 +365,8 @@ class Recorder:
         ends FAILED (KILLED for Ctrl-C) with the exception in `failure_reason` and its traceback as
         the artifact `failure/traceback.txt`, and the exception propagates unchanged."""
         try:
-            info = self.client.create_run(
-                self.experiment_id, run_name=name, tags={str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
-            ).info
+            tags = {str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in (tags or {}).items()}
+            info = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info
         except MlflowException as e:
             raise RecordingError(f"cannot start run {name!r} in {self.store.tracking_uri}: {e.message}") from e
         run = Run(self.client, info.run_id, self.experiment_id, info.run_name, info.artifact_uri)

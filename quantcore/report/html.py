@@ -138,11 +138,29 @@ def _render(s: Section) -> str:
         cap = f"<p class=\"cap\">{_e(s.caption)}</p>" if s.caption else ""
         return head + f"<img alt=\"{_e(s.title)}\" src=\"data:image/png;base64,{data}\">{cap}\n</section>"
     if isinstance(s, MetricsSection):
-        rows = "".join(f"<tr><td class=\"k\">{_e(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in s.metrics.items())
-        return head + f"<table><tr><th class=\"k\">metric</th><th>value</th></tr>{rows}</table>\n</section>"
+        return head + _metrics_table(s.metrics) + "\n</section>"
     if isinstance(s, TableSection):
         return head + s.frame.to_html(border=0, float_format=_fmt, na_rep="NaN", escape=True) + "\n</section>"
     return head + f"<pre>{_e(s.text)}</pre>\n</section>"
+
+
+def _metrics_table(metrics: Mapping[str, object]) -> str:
+    """Keys "group.metric" over several groups (portfolio_analysis) become a metric x group grid,
+    like qlib's printed risk frames; anything else is a two-column table."""
+    split = [str(k).rsplit(".", 1) for k in metrics]
+    groups = list(dict.fromkeys(p[0] for p in split if len(p) == 2))
+    if len(groups) > 1 and all(len(p) == 2 for p in split):
+        names = list(dict.fromkeys(p[1] for p in split))
+        cell = {tuple(p): v for p, v in zip(split, metrics.values())}
+        header = "".join(f"<th>{_e(g)}</th>" for g in groups)
+        rows = "".join(
+            f"<tr><td class=\"k\">{_e(n)}</td>" + "".join(f"<td>{_fmt(cell.get((g, n), ''))}</td>" for g in groups)
+            + "</tr>"
+            for n in names
+        )
+        return f"<table><tr><th class=\"k\">metric</th>{header}</tr>{rows}</table>"
+    rows = "".join(f"<tr><td class=\"k\">{_e(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
+    return f"<table><tr><th class=\"k\">metric</th><th>value</th></tr>{rows}</table>"
 
 
 def _fmt(v: object) -> str:

@@ -78,15 +78,21 @@ def drawdown_figure(report: pd.DataFrame, title: str = "Drawdown of excess retur
 
 
 def ic_figure(
-    ic: pd.Series, rank_ic: pd.Series | None = None, window: int = 20, title: str = "IC over time"
+    ic: pd.Series | np.ndarray,
+    rank_ic: pd.Series | np.ndarray | None = None,
+    window: int = 20,
+    title: str = "IC over time",
+    *,
+    dates: Sequence | pd.Index | None = None,
 ) -> Figure:
-    """Daily IC (and RankIC) as thin bars with their `window`-day rolling means as lines. Series are
-    indexed by date; NaN days (too few pairs) are left as gaps."""
+    """Daily IC (and RankIC) as faint points with their `window`-day rolling means as lines. Pass
+    date-indexed Series, or (T,) arrays such as `evaluate.daily_ic` returns together with `dates`;
+    NaN days (too few pairs) are left as gaps."""
     if window < 1:
         raise ReportError(f"rolling window must be >= 1 day, got {window}")
-    series = {"IC": _series(ic, "ic")}
+    series = {"IC": _series(ic, "ic", dates)}
     if rank_ic is not None:
-        series["RankIC"] = _series(rank_ic, "rank_ic")
+        series["RankIC"] = _series(rank_ic, "rank_ic", dates)
     fig = _figure()
     ax = fig.subplots()
     colors = {"IC": "tab:blue", "RankIC": "tab:orange"}
@@ -142,9 +148,15 @@ def save_png(fig: Figure, path: str | Path, dpi: int = _DPI) -> Path:
     return path
 
 
-def _series(s, name: str) -> pd.Series:
+def _series(s, name: str, dates=None) -> pd.Series:
+    if isinstance(s, np.ndarray):
+        if s.ndim != 1:
+            raise ReportError(f"{name} must be one value per day (T,), got shape {s.shape}")
+        if dates is not None and len(dates) != s.size:
+            raise ReportError(f"{name} has {s.size} days but {len(dates)} dates were given; pass the scored calendar")
+        s = pd.Series(s, index=pd.Index(dates) if dates is not None else None)
     if not isinstance(s, pd.Series):
-        raise ReportError(f"{name} must be a pandas Series indexed by date, got {type(s).__name__}")
+        raise ReportError(f"{name} must be a Series indexed by date or a (T,) array, got {type(s).__name__}")
     s = s.astype(np.float64)
     if s.empty or s.isna().all():
         raise ReportError(f"{name} has no values to draw; the factor evaluation produced no usable days")

@@ -18,7 +18,7 @@ from quantcore.report.errors import ReportError
 
 __all__ = [
     "Accumulation", "RiskMetrics", "periods_per_year", "risk_analysis", "excess_returns", "portfolio_analysis",
-    "PORTFOLIO_COLUMNS",
+    "PORTFOLIO_COLUMNS", "analysis_frame",
 ]
 
 #: Periods per year by frequency unit, as qlib 0.9.7 `cal_risk_analysis_scaler` has them: 238 trading
@@ -128,6 +128,16 @@ def portfolio_analysis(
         for key, value in risk_analysis(s, freq, mode, n=n).to_dict().items():
             out[f"{name}.{key}"] = value
     return out
+
+
+def analysis_frame(analysis: dict[str, float]) -> pd.DataFrame:
+    """`portfolio_analysis` output in qlib's `port_analysis` layout: rows (series, metric), one
+    column "risk"."""
+    keys = [tuple(k.rsplit(".", 1)) for k in analysis]
+    if not keys or any(len(k) != 2 for k in keys):
+        raise ReportError("expected keys like 'excess_return_with_cost.mean', as portfolio_analysis returns")
+    index = pd.MultiIndex.from_tuples(keys)
+    return pd.DataFrame({"risk": list(analysis.values())}, index=index)
 
 
 def _mode(mode: Accumulation | str) -> Accumulation:

@@ -93,20 +93,24 @@ def test_run_is_readable_back_through_a_fresh_client(tmp_path, empty_db):
         run.log_artifact(tmp_path / "notes.txt")
         run.log_artifact(tmp_path / "extra")
         assert run.log_model(model_dir) == "model"
-    assert logged == {"model.lr": "0.05", "model.depth": "6", "model.kind": "lgbm", "topk": "50", "fields": '["a", "b"]'}
+    assert logged == {
+        "model.lr": "0.05", "model.depth": "6", "model.kind": "lgbm", "topk": "50", "fields": '["a", "b"]',
+    }
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.info.run_name == "first"
     assert got.data.params == logged
     assert got.data.metrics == {"ic": 0.031, "risk.ir": 1.25, "loss": 0.6}
-    assert [m.value for m in sorted(client.get_metric_history(run.run_id, "loss"), key=lambda m: m.step)] == [0.9, 0.7, 0.6]
+    history = sorted(client.get_metric_history(run.run_id, "loss"), key=lambda m: m.step)
+    assert [m.value for m in history] == [0.9, 0.7, 0.6]
     assert got.data.tags["seed"] == "7" and got.data.tags[MODEL_TAG] == "model"
     assert got.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
 
-    files = rec.list_artifacts(run.run_id)
-    assert files == sorted(["report_normal.parquet", "plots/cumulative_return.png", "report.html", "analysis.json",
-                            "notes.txt", "extra/a.csv", "model/model.txt", "model/sub/meta.json"])
+    assert rec.list_artifacts(run.run_id) == sorted([
+        "report_normal.parquet", "plots/cumulative_return.png", "report.html", "analysis.json", "notes.txt",
+        "extra/a.csv", "model/model.txt", "model/sub/meta.json",
+    ])
     back = pd.read_parquet(rec.download_artifact(run.run_id, "report_normal.parquet", tmp_path / "dl"))
     pd.testing.assert_frame_equal(back, frame, check_freq=False)
     png = rec.download_artifact(run.run_id, "plots/cumulative_return.png", tmp_path / "dl").read_bytes()
@@ -137,7 +141,11 @@ def test_an_escaping_exception_marks_the_run_failed_and_propagates(tmp_path, emp
         run2.set_failed("no trades in range")
     record = rec.get_run(run2.run_id)
     assert record.status == "FAILED" and record.failure_reason == "no trades in range"
-    assert [r.name for r in rec.list_runs()] == ["broken", "gave up"]
+    with pytest.raises(KeyboardInterrupt):
+        with rec.start_run("interrupted"):
+            raise KeyboardInterrupt
+    assert rec.list_runs()[-1].status == "KILLED" and rec.list_runs()[-1].failure_reason == "KeyboardInterrupt: "
+    assert [r.name for r in rec.list_runs()] == ["broken", "gave up", "interrupted"]
     assert [r.name for r in rec.list_runs("attributes.status = 'FAILED'", max_results=1)] == ["broken"]
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from quantcore.errors import QuantcoreError
 from quantcore.report import (
+    analysis_frame,
     FigureSection,
     MetricsSection,
     ReportError,
@@ -141,6 +142,14 @@ def test_portfolio_analysis_uses_qlib_names_and_excess_returns():
     assert out["excess_return_with_cost.mean"] < out["excess_return_without_cost.mean"]
 
 
+def test_analysis_frame_has_qlibs_port_analysis_layout():
+    frame = analysis_frame(portfolio_analysis(_report()))
+    assert list(frame.columns) == ["risk"] and frame.shape == (15, 1)
+    assert frame.loc[("excess_return_with_cost", "max_drawdown"), "risk"] <= 0
+    with pytest.raises(ReportError, match="expected keys"):
+        analysis_frame({"mean": 1.0})
+
+
 def test_portfolio_analysis_refuses_bad_reports():
     with pytest.raises(ReportError, match=r"lacks column\(s\) \['cost'\]"):
         portfolio_analysis(_report().drop(columns="cost"))
@@ -231,6 +240,17 @@ def test_figure_inputs_are_checked():
         quantile_returns_figure([])
     with pytest.raises(ReportError, match="window"):
         ic_figure(_ic_series()[0], window=0)
+    with pytest.raises(ReportError, match="3 dates"):
+        ic_figure(np.zeros(4), dates=pd.bdate_range("2021-01-04", periods=3))
+    with pytest.raises(ReportError, match=r"\(T,\)"):
+        ic_figure(np.zeros((2, 4)))
+
+
+def test_ic_figure_takes_daily_arrays_with_dates():
+    ic, ric = _ic_series(30)
+    fig = ic_figure(ic.to_numpy(), ric.to_numpy(), window=5, dates=ic.index)
+    assert figure_png(fig).startswith(PNG)
+    assert fig.axes[0].get_lines()[0].get_xdata()[0] == ic.index[0]
 
 
 def test_html_report_is_self_contained(tmp_path, figures):
@@ -249,7 +269,8 @@ def test_html_report_is_self_contained(tmp_path, figures):
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(images) == len(figs)
     assert all(base64.b64decode(b).startswith(PNG) for b in images)
-    assert "excess_return_with_cost.information_ratio" in text and "<table" in text
+    grid = re.search(r"<h2>Portfolio &lt;risk&gt;</h2>\s*<table>(.*?)</table>", text, re.S).group(1)
+    assert "<th>excess_return_with_cost</th>" in grid and grid.count("<tr>") == 6  # header + 5 metrics
 
 
 def test_html_report_from_a_mapping_and_bad_sections(figures):
