@@ -32,7 +32,7 @@ from quantcore.report.risk import (
 
 __all__ = [
     "Accumulation", "FigureSection", "MetricsSection", "PORTFOLIO_COLUMNS", "ReportError", "RiskMetrics", "Section",
-    "TableSection", "TextSection", "analysis_frame", "cumulative_return_figure", "drawdown_figure", "excess_returns", "figure_png",
-    "html_report", "ic_figure", "periods_per_year", "portfolio_analysis", "quantile_returns_figure", "risk_analysis",
-    "save_png", "write_html_report",
+    "TableSection", "TextSection", "analysis_frame", "cumulative_return_figure", "drawdown_figure", "excess_returns",
+    "figure_png", "html_report", "ic_figure", "periods_per_year", "portfolio_analysis", "quantile_returns_figure",
+    "risk_analysis", "save_png", "write_html_report",
 ]

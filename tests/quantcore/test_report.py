@@ -150,6 +150,13 @@ def test_analysis_frame_has_qlibs_port_analysis_layout():
         analysis_frame({"mean": 1.0})
 
 
+def test_portfolio_analysis_reads_columns_the_backtest_writes():
+    from quantcore.backtest import REPORT_COLUMNS
+    from quantcore.report import PORTFOLIO_COLUMNS
+
+    assert set(PORTFOLIO_COLUMNS) <= set(REPORT_COLUMNS)
+
+
 def test_portfolio_analysis_refuses_bad_reports():
     with pytest.raises(ReportError, match=r"lacks column\(s\) \['cost'\]"):
         portfolio_analysis(_report().drop(columns="cost"))
@@ -224,7 +231,7 @@ def test_figures_save_as_png_without_touching_pyplot_or_the_backend(tmp_path, fi
 
     backend, open_figures = matplotlib.get_backend(), plt.get_fignums()
     for name, fig in figures.items():
-        path = save_png(fig, tmp_path / "png" / f"{name}.png")
+        path = save_png(fig, tmp_path / "png" / f"{name}.png", dpi=50)
         data = path.read_bytes()
         assert data.startswith(PNG) and len(data) > 5_000, name
     assert plt.get_fignums() == open_figures
@@ -257,7 +264,7 @@ def test_html_report_is_self_contained(tmp_path, figures):
     figs = figures
     sections = [
         MetricsSection("Portfolio <risk>", portfolio_analysis(_report())),
-        *[FigureSection.of(title, fig, caption="summed returns") for title, fig in figs.items()],
+        *[FigureSection.of(title, fig, caption="summed returns", dpi=40) for title, fig in figs.items()],
         TableSection("Daily report", _report().head()),
         TextSection("Expression", "Rank($close) < 3 & <script>alert(1)</script>"),
     ]
