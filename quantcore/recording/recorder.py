@@ -269,15 +269,18 @@ class Run:
             return f"{artifact_path}/{path.name}" if artifact_path else path.name
         raise RecordingError(f"cannot log {path}: no such file or directory")
 
-    def log_model(self, directory: str | Path, name: str = "model") -> str:
-        """Store a directory written by a model's `save` as the artifact folder `name` and tag the run
-        with it (`model_artifact_path`). Returns the artifact path."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise RecordingError(f"log_model needs the directory a model's save wrote; {directory} is not a directory")
-        if not any(p.is_file() for p in directory.rglob("*")):
-            raise RecordingError(f"model directory {directory} has no files; call the model's save first")
-        self._call("log model", self.client.log_artifacts, self.run_id, str(directory), name)
+    def log_model(self, path: str | Path, name: str = "model") -> str:
+        """Store what a model's `save` wrote (one file, or a directory) under the artifact folder
+        `name` and tag the run with it (`model_artifact_path`). Returns the artifact folder."""
+        path = Path(path)
+        if path.is_file():
+            self._call("log model", self.client.log_artifact, self.run_id, str(path), name)
+        elif path.is_dir():
+            if not any(p.is_file() for p in path.rglob("*")):
+                raise RecordingError(f"model directory {path} has no files; call the model's save first")
+            self._call("log model", self.client.log_artifacts, self.run_id, str(path), name)
+        else:
+            raise RecordingError(f"no saved model at {path}; call the model's save(path) first and pass that path")
         self.set_tags({MODEL_TAG: name})
         return name
 
