@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from quantcore.portfolio.errors import OptimizerConfigError, RiskModelError
-from quantcore.portfolio.optimizer import OptimizationResult, OptimizerConfig, optimize_weights
+from quantcore.portfolio.optimizer import OptimizationResult, OptimizerConfig, ProblemCache, optimize_weights
 from quantcore.portfolio.riskmodel import FactorRiskModel, Risk
 
 __all__ = ["AlphaScaling", "OptimizedPolicy", "PolicyStep", "PolicyStrategy", "RiskEstimator", "daily_returns"]
@@ -73,6 +73,7 @@ class OptimizedPolicy:
         self.fitted_at_: int | None = None
         self.steps_: list[PolicyStep] = []
         self.last_result_: OptimizationResult | None = None
+        self.cache_ = ProblemCache()  # one compiled problem per risk-model fit
 
     def target_weights(self, t: int, alpha: np.ndarray, past_returns: np.ndarray, weights: np.ndarray | None,
                        tradable: np.ndarray | None = None, benchmark: np.ndarray | None = None) -> np.ndarray:
@@ -91,7 +92,8 @@ class OptimizedPolicy:
         a = self._scale(np.asarray(alpha, dtype=np.float64))
         if not np.isfinite(a).any():
             return self._skip(t, prev, "no_signal", "no finite score today; kept previous weights")
-        res = optimize_weights(a, self.risk_, prev, self.config, tradable=tradable, benchmark=benchmark)
+        res = optimize_weights(a, self.risk_, prev, self.config, tradable=tradable, benchmark=benchmark,
+                               cache=self.cache_)
         self.last_result_ = res
         self.steps_.append(PolicyStep(t, res.status.value, res.solver, res.fallback, res.objective,
                                       float(np.abs(res.weights - prev).sum()), refit))

@@ -47,6 +47,10 @@ class CovarianceRisk:
         """wᵀ Σ w."""
         return float(w @ self.cov @ w)
 
+    def times(self, x: np.ndarray) -> np.ndarray:
+        """Σ x, (N,)."""
+        return self.cov @ x
+
     def variances(self) -> np.ndarray:
         """diag(Σ), (N,)."""
         return np.diag(self.cov).copy()
@@ -98,6 +102,10 @@ class FactorRisk:
     def variance(self, w: np.ndarray) -> float:
         f = self.exposures.T @ w
         return float(f @ self.factor_cov @ f + self.specific_var @ (w * w))
+
+    def times(self, x: np.ndarray) -> np.ndarray:
+        """Σ x, (N,), without forming Σ."""
+        return self.exposures @ (self.factor_cov @ (self.exposures.T @ x)) + self.specific_var * x
 
     def variances(self) -> np.ndarray:
         """diag(Σ), (N,), without forming Σ."""

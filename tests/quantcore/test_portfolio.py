@@ -15,6 +15,7 @@ from quantcore.portfolio import (
     OptimizerConfig,
     OptimizerConfigError,
     PolicyStrategy,
+    ProblemCache,
     RiskModelError,
     ShrinkageCovariance,
     ShrinkageTarget,
@@ -81,6 +82,25 @@ def test_cash_allowed_and_all_alphas_negative_holds_cash():
     res = optimize_weights(-np.ones(5), DIAG, None, OptimizerConfig(risk_aversion=0.0, allow_cash=True, budget=0.95))
     assert res.ok
     np.testing.assert_allclose(res.weights, 0.0, atol=1e-7)
+
+
+def test_problem_cache_reuses_the_compiled_problem_and_gives_the_same_answer():
+    x, _, _ = factor_data(n=30)
+    risk = FactorRiskModel(n_factors=3).fit(x).risk_
+    bench = np.full(30, 1 / 30)
+    cfg = OptimizerConfig(risk_aversion=1.0, max_weight=0.1, turnover_penalty=1e-4, tracking_error=0.004)
+    cache, rng, prev = ProblemCache(), np.random.default_rng(3), None
+    for _ in range(3):
+        alpha = rng.normal(size=30) * 1e-3
+        cached = optimize_weights(alpha, risk, prev, cfg, benchmark=bench, cache=cache)
+        fresh = optimize_weights(alpha, risk, prev, cfg, benchmark=bench)
+        # the L1 turnover term makes the optimum flat in some directions: compare objectives tightly
+        assert cached.objective == pytest.approx(fresh.objective, rel=1e-5)
+        np.testing.assert_allclose(cached.weights, fresh.weights, atol=1e-3)
+        prev = cached.weights
+    assert (cache.misses_, cache.hits_) == (1, 2)
+    optimize_weights(alpha, FactorRiskModel(n_factors=2).fit(x).risk_, prev, cfg, benchmark=bench, cache=cache)
+    assert cache.misses_ == 2  # a new risk model compiles a new problem
 
 
 # --- constraints -----------------------------------------------------------------------------------------------
