@@ -27,7 +27,7 @@ from quantcore.dataset.tsview import TSFill, TSView
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL
 
-__all__ = ["DataKey", "DatasetConfig", "Dataset", "build_dataset", "TRAIN", "VALID", "TEST"]
+__all__ = ["DataKey", "DatasetConfig", "Dataset", "build_dataset", "process", "resolve_segments", "TRAIN", "VALID", "TEST"]
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 
@@ -176,8 +176,7 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
 
     train = segment_days[TRAIN]
     _check_train(raw, train)
-    infer, infer_states = _run(config.infer_processors, raw, train, "infer")
-    learn, learn_states = _run(config.learn_processors, infer, train, "learn")
+    infer, learn, infer_states, learn_states = process(raw, config.infer_processors, config.learn_processors, train)
     for seg in segment_days:
         if seg in (TRAIN, VALID) and not learn.rows[segment_days[seg]].any():
             raise SegmentError(f"segment {seg!r} has no rows left after the learn processors")
@@ -195,7 +194,17 @@ def _check_train(raw: P.Block, train: slice) -> None:
         raise DatasetError("the label is all-NaN in the train segment; check the label expression")
 
 
-def _run(procs: Sequence[P.Processor], block: P.Block, train: slice, stage: str) -> tuple[P.Block, tuple]:
+def process(
+    raw: P.Block, infer_processors: Sequence[P.Processor], learn_processors: Sequence[P.Processor], train: slice
+) -> tuple[P.Block, P.Block, tuple, tuple]:
+    """(infer block, learn block, infer states, learn states): qlib DataHandlerLP's "append" order, each
+    fitted processor seeing only the train days."""
+    infer, infer_states = _run(infer_processors, raw, train)
+    learn, learn_states = _run(learn_processors, infer, train)
+    return infer, learn, infer_states, learn_states
+
+
+def _run(procs: Sequence[P.Processor], block: P.Block, train: slice) -> tuple[P.Block, tuple]:
     """Fit each processor on the train rows of the block so far, then apply it to all days."""
     states = []
     for proc in procs:
