@@ -63,7 +63,11 @@ def _wma(compat: bool):
 
 
 def _regression(values: np.ndarray, window: int, op: str, compat: bool) -> np.ndarray:
-    """Least squares of value on row position per window, NaN rows dropped (qlib Slope/Rsquare/Resi)."""
+    """Least squares of value on row position per window, NaN rows dropped (qlib Slope/Rsquare/Resi).
+
+    +-inf counts as missing, as in every pandas window function (qlib's own Cython would carry it
+    into its running sums and return NaN for the rest of the series)."""
+    values = np.where(np.isinf(values), np.nan, values)
     out = np.full(len(values), np.nan)
     for t, (ws, a) in enumerate(_windows(values, window)):
         pos = np.arange(ws, t + 1, dtype=np.float64)
@@ -132,7 +136,7 @@ def rolling(op, x, window, starts, ends, *, param=None, compat=True, threads=Non
 
 def _pair_series(op: str, sx: pd.Series, sy: pd.Series, window: int, compat: bool) -> np.ndarray:
     n = len(sx)
-    xv, yv = sx.to_numpy(), sy.to_numpy()
+    xv, yv = (np.where(np.isinf(v), np.nan, v) for v in (sx.to_numpy(), sy.to_numpy()))  # as pandas
     out = np.full(n, np.nan)
     for t in range(n):
         ws = 0 if window == 0 else max(0, t - window + 1)
@@ -208,33 +212,39 @@ def shift(x, periods, starts, ends, *, threads=None) -> np.ndarray:
 
 def cross_section(op, x, starts, ends, *, groups=None, param=None, threads=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    n, t_days = x.shape
     out = np.full(x.shape, np.nan)
-    days = np.arange(t_days)[None, :]
+    days = np.arange(x.shape[1])[None, :]
     inside = (days >= np.asarray(starts)[:, None]) & (days < np.asarray(ends)[:, None])
-    for t in range(t_days):
+    for t in range(x.shape[1]):
         rows = np.flatnonzero(inside[:, t])
         s = pd.Series(x[rows, t], index=rows).dropna()
+        g = None
         if op == "CSNeutralize":
-            g = pd.Series(np.asarray(groups, dtype=np.float64)[rows, t], index=rows)
-            s = s[g.reindex(s.index).notna()]
+            g = pd.Series(np.asarray(groups, dtype=np.float64)[rows, t], index=rows).reindex(s.index)
+            s, g = s[g.notna()], g[g.notna()]
         if s.empty:
             continue
-        if op == "CSRank":
-            res = s.rank(pct=True)
-        elif op == "CSDemean":
-            res = s - s.mean()
-        elif op == "CSZScore":
-            if len(s) < 2 or s.nunique() == 1:
-                continue
-            res = (s - s.mean()) / s.std(ddof=1)
-        elif op == "CSWinsorize":
-            q = 0.05 if param is None else param
-            lo, hi = np.quantile(s.to_numpy(), [q, 1 - q])
-            res = s.clip(lo, hi)
-        elif op == "CSNeutralize":
-            res = s - s.groupby(g.reindex(s.index)).transform("mean")
-        else:
-            raise ValueError(f"unknown cross_section op {op!r}")
-        out[res.index.to_numpy(), t] = res.to_numpy()
+        with np.errstate(invalid="ignore"):  # inf - inf in a day's mean/std/quantile is NaN, as in pandas
+            res = _one_day(op, s, g, param)
+        if res is not None:
+            out[res.index.to_numpy(), t] = res.to_numpy()
     return out
+
+
+def _one_day(op: str, s: pd.Series, g: pd.Series | None, param) -> pd.Series | None:
+    """One day's values (indexed by row) -> the operator's values, or None for an all-NaN day."""
+    if op == "CSRank":
+        return s.rank(pct=True)
+    if op == "CSDemean":
+        return s - s.mean()
+    if op == "CSZScore":
+        if len(s) < 2 or s.nunique() == 1:
+            return None
+        return (s - s.mean()) / s.std(ddof=1)
+    if op == "CSWinsorize":
+        q = 0.05 if param is None else param
+        lo, hi = np.quantile(s.to_numpy(), [q, 1 - q])
+        return s.clip(lo, hi)
+    if op == "CSNeutralize":
+        return s - s.groupby(g).transform("mean")
+    raise ValueError(f"unknown cross_section op {op!r}")

@@ -4,9 +4,10 @@
 Layout: x and out are (instruments, days) C-contiguous float64, so a row's span x[i, s:e] is one
 contiguous run of doubles. Every kernel below is a flat, GIL-free loop over one span (`x`, `n` rows)
 that writes `out[0:n]`; the Python entry points at the bottom (`rolling`, `pair_rolling`, `ema`,
-`shift`) fan the rows out over OpenMP threads (`prange`; serial when built without OpenMP). Windows follow pandas
-`rolling(w, min_periods=1)` over the span's rows: a window covers w rows (fewer at the span's start),
-counts NaN rows and skips NaN values. Expanding windows (qlib's N=0) are passed as `w = n`.
+`shift`) fan the rows out over OpenMP threads (`prange`; serial when built without OpenMP).
+Windows follow pandas `rolling(w, min_periods=1)` over the span's rows: a window covers w rows
+(fewer at the span's start), counts NaN rows and skips NaN values. Expanding windows (qlib's N=0)
+are passed as `w = n`.
 
 Arguments are validated once, in `quantcore.kernels`; nothing here checks them again.
 
@@ -140,6 +141,32 @@ cdef inline void neumaier_add(double* s, double* c, double v) noexcept nogil:
     else:
         c[0] += (v - t) + s[0]
     s[0] = t
+
+
+cdef inline bint has_inf(const double* x, idx_t n) noexcept nogil:
+    """Whether x[0:n] holds +-inf (four float accumulators so the scan vectorises)."""
+    cdef double c0 = 0.0, c1 = 0.0, c2 = 0.0, c3 = 0.0
+    cdef idx_t j = 0
+    while j + 4 <= n:
+        c0 += 1.0 if fabs(x[j]) == INFINITY else 0.0
+        c1 += 1.0 if fabs(x[j + 1]) == INFINITY else 0.0
+        c2 += 1.0 if fabs(x[j + 2]) == INFINITY else 0.0
+        c3 += 1.0 if fabs(x[j + 3]) == INFINITY else 0.0
+        j += 4
+    while j < n:
+        c0 += 1.0 if fabs(x[j]) == INFINITY else 0.0
+        j += 1
+    return (c0 + c1) + (c2 + c3) > 0.0
+
+
+cdef double* without_inf(const double* x, idx_t n) noexcept nogil:
+    """A malloc'ed copy of x[0:n] with +-inf as NaN (NULL if out of memory)."""
+    cdef double* c = <double*>malloc((n if n > 0 else 1) * sizeof(double))
+    cdef idx_t j
+    if c != NULL:
+        for j in range(n):
+            c[j] = NAN if fabs(x[j]) == INFINITY else x[j]
+    return c
 
 
 cdef inline idx_t lower_bound(const double* a, idx_t n, double v) noexcept nogil:
@@ -319,50 +346,63 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
     # Rows are cut into blocks of w. g[t] = best row of x[block start .. t], h[t] = best row of
     # x[t .. block end]; a window [ws, t] that does not start a block spans two blocks and its best
     # row is the better of h[ws] and g[t]. Three branch-free comparisons per row for any window
-    # (a monotonic deque mispredicts about once per row on noisy prices).
+    # (a monotonic deque mispredicts about once per row on noisy prices). The best key rides along
+    # in gk/hk so no step waits on a load through an index.
     # Keys: +x for Max, -x for Min, NaN -> -inf; ties keep the earliest row, as np.argmax does.
     # qlib's IdxMax is np.argmax over the raw window, so a NaN in the window wins: its position
     # comes from next_nan[ws], the first NaN row at or after ws.
-    cdef double* key = <double*>malloc(n * sizeof(double))
+    cdef double* gk = <double*>malloc(n * sizeof(double))
+    cdef double* hk = <double*>malloc(n * sizeof(double))
     cdef idx_t* g = <idx_t*>malloc(n * sizeof(idx_t))
     cdef idx_t* h = <idx_t*>malloc(n * sizeof(idx_t))
     cdef idx_t* next_nan = NULL
     cdef bint want_index = op == IDXMAX or op == IDXMIN
     cdef bint nan_first = want_index and compat
     cdef double sign = 1.0 if (op == MAX or op == IDXMAX) else -1.0
-    cdef idx_t t, ws, a, b, best, bs, be, c, cnt = 0
-    if key == NULL or g == NULL or h == NULL:
-        free(key); free(g); free(h)
+    cdef double k, bk
+    cdef idx_t t, ws, bi, bs, be, c, take, best, cnt = 0
+    if gk == NULL or hk == NULL or g == NULL or h == NULL:
+        free(gk); free(hk); free(g); free(h)
         return 1
     if nan_first:
         next_nan = <idx_t*>malloc((n + 1) * sizeof(idx_t))
         if next_nan == NULL:
-            free(key); free(g); free(h)
+            free(gk); free(hk); free(g); free(h)
             return 1
         next_nan[n] = n
         for t in range(n - 1, -1, -1):
             next_nan[t] = t if x[t] != x[t] else next_nan[t + 1]
-    for t in range(n):
-        key[t] = sign * x[t] if x[t] == x[t] else -INFINITY
     # (block boundaries come from counters: an integer division per row would cost more than
     # the comparisons themselves)
     c = 0
+    bk = -INFINITY
+    bi = 0
     for t in range(n):
+        k = sign * x[t] if x[t] == x[t] else -INFINITY
         if c == 0:
-            g[t] = t
+            bk = k
+            bi = t
         else:
-            b = g[t - 1]
-            g[t] = b + (t - b) * (key[t] > key[b])  # branch-free select
+            take = k > bk  # strict: an earlier equal key stays best
+            bi += (t - bi) * take
+            bk = k if k > bk else bk
+        g[t] = bi
+        gk[t] = bk
         c += 1
         if c == w:
             c = 0
     bs = ((n - 1) // w) * w
     while bs >= 0:
         be = bs + w - 1 if bs + w - 1 < n - 1 else n - 1
-        h[be] = be
-        for t in range(be - 1, bs - 1, -1):
-            b = h[t + 1]
-            h[t] = b + (t - b) * (key[t] >= key[b])
+        bk = -INFINITY
+        bi = be
+        for t in range(be, bs - 1, -1):
+            k = sign * x[t] if x[t] == x[t] else -INFINITY
+            take = k >= bk  # going backwards, an equal key further left wins
+            bi += (t - bi) * take
+            bk = k if k > bk else bk
+            h[t] = bi
+            hk[t] = bk
         bs -= w
     c = 0
     for t in range(n):
@@ -376,9 +416,7 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
             if t < w or c == w - 1:
                 best = g[t]  # the window starts a block
             else:
-                a = h[ws]
-                b = g[t]
-                best = b + (a - b) * (key[a] >= key[b])
+                best = g[t] + (h[ws] - g[t]) * (hk[ws] >= gk[t])
             if not want_index:
                 out[t] = x[best]
             elif nan_first and next_nan[ws] <= t:
@@ -388,7 +426,7 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
         c += 1
         if c == w:
             c = 0
-    free(key); free(g); free(h); free(next_nan)
+    free(gk); free(hk); free(g); free(h); free(next_nan)
     return 0
 
 
@@ -1040,8 +1078,24 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
 # drivers: one call per public entry, rows in parallel
 # ---------------------------------------------------------------------------------------------
 
-cdef inline int rolling_one(int op, const double* x, double* out, idx_t n, idx_t window,
-                            double param, bint compat, idx_t short_max) noexcept nogil:
+cdef int rolling_one(int op, const double* x, double* out, idx_t n, idx_t window, double param,
+                     bint compat, idx_t short_max) noexcept nogil:
+    # pandas window functions (hence qlib) treat +-inf as missing; only count (notna) and plain
+    # arithmetic (Delta, Ref, First) keep it. A row holding inf runs on a sanitised copy.
+    cdef double* clean
+    cdef int rc
+    if op == COUNT or op == DELTA or op == FIRST or not has_inf(x, n):
+        return rolling_span(op, x, out, n, window, param, compat, short_max)
+    clean = without_inf(x, n)
+    if clean == NULL:
+        return 1
+    rc = rolling_span(op, clean, out, n, window, param, compat, short_max)
+    free(clean)
+    return rc
+
+
+cdef inline int rolling_span(int op, const double* x, double* out, idx_t n, idx_t window,
+                             double param, bint compat, idx_t short_max) noexcept nogil:
     cdef bint expanding = window == 0
     cdef idx_t w = n if (expanding or window > n) else window
     if n == 0:
@@ -1065,6 +1119,46 @@ cdef inline int rolling_one(int op, const double* x, double* out, idx_t n, idx_t
     if op == DELTA:
         return delta_row(x, out, n, window, expanding)
     return first_row(x, out, n)
+
+
+cdef int pair_one(int op, const double* x, const double* y, double* out, idx_t n, idx_t window,
+                  bint compat) noexcept nogil:
+    cdef double* cx = NULL
+    cdef double* cy = NULL
+    if n == 0:
+        return 0
+    if has_inf(x, n):  # infinities are missing to pandas' rolling corr/cov, as everywhere else
+        cx = without_inf(x, n)
+        if cx == NULL:
+            return 1
+        x = cx
+    if has_inf(y, n):
+        cy = without_inf(y, n)
+        if cy == NULL:
+            free(cx)
+            return 1
+        y = cy
+    pair_row(x, y, out, n, n if (window == 0 or window > n) else window, op, compat)
+    free(cx)
+    free(cy)
+    return 0
+
+
+cdef int ema_one(const double* x, double* out, idx_t n, double alpha) noexcept nogil:
+    cdef double* clean = NULL
+    if n == 0:
+        return 0
+    if has_inf(x, n):  # pandas ewm treats infinities as missing
+        clean = without_inf(x, n)
+        if clean == NULL:
+            return 1
+        x = clean
+    if alpha == 0.0:
+        ewm_expanding_row(x, out, n)
+    else:
+        ewm_row(x, out, n, alpha)
+    free(clean)
+    return 0
 
 
 cdef inline int resolve_threads(int threads) noexcept nogil:
@@ -1097,8 +1191,8 @@ def pair_rolling(int op, const double[:, ::1] x, const double[:, ::1] y, double[
                  const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t window,
                  bint compat, int threads):
     """Fill out[i, s:e] with Corr/Cov (index into PAIR_OPS) of x and y over each row's span."""
-    cdef idx_t N = x.shape[0], T = x.shape[1], i, n, s
-    cdef int nth = resolve_threads(threads)
+    cdef idx_t N = x.shape[0], T = x.shape[1], i
+    cdef int nth = resolve_threads(threads), failed = 0
     if N == 0 or T == 0:
         return
     cdef const double* xp = &x[0, 0]
@@ -1106,31 +1200,26 @@ def pair_rolling(int op, const double[:, ::1] x, const double[:, ::1] y, double[
     cdef double* op_ = &out[0, 0]
     with nogil:
         for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
-            s = starts[i]
-            n = ends[i] - s
-            if n > 0:
-                pair_row(xp + i * T + s, yp + i * T + s, op_ + i * T + s, n,
-                         n if (window == 0 or window > n) else window, op, compat)
+            failed += pair_one(op, xp + i * T + starts[i], yp + i * T + starts[i],
+                               op_ + i * T + starts[i], ends[i] - starts[i], window, compat)
+    if failed:
+        raise MemoryError("pair kernel could not allocate a scratch row")
 
 
 def ema(const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
         const int64_t[::1] ends, double alpha, int threads):
     """pandas-style EMA with smoothing `alpha`; alpha == 0 selects qlib's expanding EMA."""
-    cdef idx_t N = x.shape[0], T = x.shape[1], i, n, s
-    cdef int nth = resolve_threads(threads)
+    cdef idx_t N = x.shape[0], T = x.shape[1], i
+    cdef int nth = resolve_threads(threads), failed = 0
     if N == 0 or T == 0:
         return
     cdef const double* xp = &x[0, 0]
     cdef double* op_ = &out[0, 0]
     with nogil:
         for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=1):
-            s = starts[i]
-            n = ends[i] - s
-            if n > 0:
-                if alpha == 0.0:
-                    ewm_expanding_row(xp + i * T + s, op_ + i * T + s, n)
-                else:
-                    ewm_row(xp + i * T + s, op_ + i * T + s, n, alpha)
+            failed += ema_one(xp + i * T + starts[i], op_ + i * T + starts[i], ends[i] - starts[i], alpha)
+    if failed:
+        raise MemoryError("EMA kernel could not allocate a scratch row")
 
 
 def shift(const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
