@@ -3,6 +3,7 @@
 from quantcore.backtest.account import Account
 from quantcore.backtest.errors import BacktestError, SignalError
 from quantcore.backtest.exchange import CostModel, Exchange
+from quantcore.backtest.run import backtest_scores, benchmark_returns, trading_range
 from quantcore.backtest.simulate import (
     REPORT_COLUMNS,
     align_signal,
@@ -15,5 +16,5 @@ from quantcore.backtest.strategy import DropoutOrders, Strategy, TargetWeights, 
 __all__ = [
     "Account", "BacktestError", "SignalError", "CostModel", "Exchange", "REPORT_COLUMNS", "align_signal",
     "equal_weight_benchmark", "instrument_benchmark", "simulate", "DropoutOrders", "Strategy",
-    "TargetWeights", "TopkDropout", "WeightStrategy",
+    "TargetWeights", "TopkDropout", "WeightStrategy", "backtest_scores", "benchmark_returns", "trading_range",
 ]

@@ -13,20 +13,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import typer
 
-from quantcore.backtest import (
-    Exchange,
-    SignalError,
-    TopkDropout,
-    WeightStrategy,
-    align_signal,
-    equal_weight_benchmark,
-    instrument_benchmark,
-    simulate,
-)
+from quantcore.backtest import SignalError, TopkDropout, WeightStrategy, align_signal
+from quantcore.backtest.run import backtest_scores
 from quantcore.cli._common import console, user_errors
 from quantcore.data.sources import load_market
 from quantcore.frame_io import write_parquet
@@ -77,20 +68,9 @@ def backtest_command(
     t0 = time.perf_counter()
     panel = load_market(data)
     scores = align_signal(read_signal(signal), panel)
-    days = np.flatnonzero(~np.isnan(scores).all(axis=1))
-    window = panel.date_index(start, end)
-    first = max(window.start, int(days[0]) + 1) if start is None else window.start
-    last = min(window.stop - 1, int(days[-1]) + 1) if end is None else window.stop - 1
-    first = max(first, 1)  # day 0 has no earlier signal to trade on
-    if first > last:
-        raise SignalError(f"no trading day in the backtest range: the signal covers "
-                          f"{str(panel.calendar[days[0]])[:10]} .. {str(panel.calendar[days[-1]])[:10]}, "
-                          f"the market {str(panel.calendar[0])[:10]} .. {str(panel.calendar[-1])[:10]}")
-    bench = (equal_weight_benchmark(panel) if benchmark.lower() == "equal-weight"
-             else instrument_benchmark(panel, benchmark))
     policy = TopkDropout(topk, n_drop) if strategy is StrategyName.topk else WeightStrategy()
     t1 = time.perf_counter()
-    report = simulate(Exchange.from_panel(panel), policy, scores, panel.calendar, first, last, account, bench)
+    report = backtest_scores(panel, scores, policy, start=start, end=end, account=account, benchmark=benchmark)
     t2 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(report, out)
