@@ -1,0 +1,190 @@
+"""The model interface every family implements, the fit record, and the shared checks.
+
+A model follows the skfolio pattern: `__init__(**params)` only validates and stores a frozen config,
+`fit(dataset)` trains on the LEARN block of "train" (early-stopping on "valid") and returns self,
+`predict(dataset, segment)` scores the INFER block. Learned state ends in `_`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from quantcore.dataset import DataKey, Dataset
+from quantcore.models.errors import ModelConfigError, ModelFitError, ModelInputError
+
+__all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "learn_arrays", "check_predictions"]
+
+#: bump when the saved layout changes; load refuses other versions rather than misreading them
+FORMAT_VERSION = 1
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class FitInfo:
+    """What happened during fit: loss curves per iteration/epoch, the kept iteration, sizes, device."""
+
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    best_iteration: int = -1  # 0-based index into the curves of the kept model
+    best_valid_loss: float = float("nan")
+    n_train: int = 0
+    n_valid: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+    seed: int = 0
+    stopped_early: bool = False
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What the workflow runner relies on."""
+
+    fit_info_: FitInfo
+
+    def fit(self, dataset: Dataset) -> "Model": ...
+
+    def predict(self, dataset: Dataset, segment: str = "test") -> pd.Series: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Model": ...
+
+
+class BaseModel:
+    """Shared plumbing: config from kwargs, feature-name checks, save/load of (config, state, record)."""
+
+    family: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, **params: Any):
+        valid = {f.name for f in fields(self.Config)}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise ModelConfigError(
+                f"{self.family}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
+        self.config = self.Config(**params)
+        self.feature_names_: tuple[str, ...] | None = None
+        self.fit_info_ = FitInfo()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+    # ---- subclasses implement ----------------------------------------------------------------
+    def _fit(self, dataset: Dataset, info: FitInfo) -> None:
+        raise NotImplementedError
+
+    def _predict(self, dataset: Dataset, segment: str) -> tuple[np.ndarray, pd.MultiIndex]:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    # ---- public API --------------------------------------------------------------------------
+    def fit(self, dataset: Dataset) -> "BaseModel":
+        """Train on the LEARN block's "train" rows, early-stop on "valid"; returns self."""
+        info = FitInfo(seed=getattr(self.config, "seed", 0))
+        start = time.perf_counter()
+        self._fit(dataset, info)
+        info.seconds = time.perf_counter() - start
+        self.feature_names_ = dataset.feature_names
+        self.fit_info_ = info
+        return self
+
+    def predict(self, dataset: Dataset, segment: str = "test") -> pd.Series:
+        """Scores for the segment's INFER rows as a Series named "score" indexed by (datetime, instrument)."""
+        if self.feature_names_ is None:
+            raise ModelInputError(f"{self.family} model is not fitted; call fit(dataset) first")
+        if tuple(dataset.feature_names) != tuple(self.feature_names_):
+            raise ModelInputError(
+                f"dataset features {list(dataset.feature_names)[:5]}... differ from the "
+                f"{len(self.feature_names_)} features the model was fitted on {list(self.feature_names_)[:5]}..."
+            )
+        scores, index = self._predict(dataset, segment)
+        return pd.Series(np.asarray(scores, dtype=np.float64), index=index, name="score")
+
+    def save(self, path: str | Path) -> None:
+        """One file holding the family, config, learned state and fit record (a pickle: load trusted files only)."""
+        if self.feature_names_ is None:
+            raise ModelInputError(f"{self.family} model is not fitted; nothing to save")
+        payload = {
+            "format": FORMAT_VERSION,
+            "family": self.family,
+            "config": asdict(self.config),
+            "feature_names": list(self.feature_names_),
+            "fit_info": asdict(self.fit_info_),
+            "state": self._state(),
+        }
+        with open(path, "wb") as fh:
+            pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BaseModel":
+        """A model saved by `save`; on BaseModel itself, the family recorded in the file is used."""
+        with open(path, "rb") as fh:
+            payload = pickle.load(fh)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+            raise ModelInputError(f"{path} is not a saved quantcore model (format {FORMAT_VERSION})")
+        target = cls
+        if cls is BaseModel:
+            from quantcore.models.registry import FAMILIES
+
+            target = FAMILIES[payload["family"]]
+        elif payload["family"] != cls.family:
+            raise ModelInputError(f"{path} holds a {payload['family']!r} model, not {cls.family!r}")
+        config = dict(payload["config"])
+        for key, value in config.items():  # tuples come back from asdict as tuples; lists stay lists
+            if isinstance(value, list):
+                config[key] = tuple(value)
+        model = target(**config)
+        model.feature_names_ = tuple(payload["feature_names"])
+        model.fit_info_ = FitInfo(**payload["fit_info"])
+        model._set_state(payload["state"])
+        return model
+
+
+def learn_arrays(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray]:
+    """(X (R, F) float32, y (R,) float32) of the segment's LEARN rows with a finite label."""
+    b = dataset.learn
+    day, inst = dataset.rows(segment, DataKey.LEARN)
+    x, y = b.features[day, inst], b.label[day, inst]
+    keep = np.isfinite(y)
+    if not keep.any():
+        raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
+    return x[keep], y[keep]
+
+
+def check_predictions(family: str, scores: np.ndarray, where: str) -> None:
+    """Refuse a degenerate model: NaN/inf or constant scores mean it learned nothing usable."""
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise ModelFitError(
+            f"{family}: {bad} of {scores.size} predictions on {where} are NaN/inf; the fit diverged "
+            "(lower the learning rate, normalise features/label, or fill NaN features)"
+        )
+    if scores.size > 1 and np.ptp(scores) == 0:
+        raise ModelFitError(
+            f"{family}: predictions on {where} are constant ({scores[0]:.6g}); the model learned nothing "
+            "(a label too small for the regularisation, e.g. LightGBM's lambda_l1=205.7 on raw returns: "
+            "normalise the label with CSRankNorm/CSZScoreNorm, or lower the penalties)"
+        )
