@@ -36,6 +36,15 @@ class CovarianceRisk:
 
     cov: np.ndarray  # float64 (N, N), symmetric PSD
 
+    def __post_init__(self) -> None:
+        c = np.asarray(self.cov, dtype=np.float64)
+        if c.ndim != 2 or c.shape[0] != c.shape[1] or not np.all(np.isfinite(c)):
+            raise RiskModelError(f"covariance must be a finite square (N, N) matrix, got shape {c.shape}; "
+                                 "fit ShrinkageCovariance on returns with NaNs instead of np.cov")
+        if not np.allclose(c, c.T, rtol=1e-8, atol=1e-12 * max(1.0, float(np.abs(c).max()))):
+            raise RiskModelError("covariance is not symmetric; pass (cov + cov.T) / 2")
+        object.__setattr__(self, "cov", c)
+
     @property
     def n(self) -> int:
         return self.cov.shape[0]

@@ -205,6 +205,23 @@ def test_untradable_and_nan_alpha_names_keep_previous_weight_or_stay_out():
     assert held_nan.weights[0] == 0.3
 
 
+def test_nothing_tradable_keeps_the_book_and_says_so():
+    prev = np.array([0.5, 0.3, 0.0, 0.0, 0.0])
+    res = optimize_weights(np.ones(5), DIAG, prev, OptimizerConfig(), tradable=np.zeros(5, bool))
+    assert res.status is Status.INFEASIBLE and "0 tradable names" in res.fallback
+    np.testing.assert_array_equal(res.weights, prev)
+    cash_ok = optimize_weights(np.ones(5), DIAG, prev, OptimizerConfig(allow_cash=True), tradable=np.zeros(5, bool))
+    assert cash_ok.ok
+    np.testing.assert_array_equal(cash_ok.weights, prev)
+
+
+def test_bad_covariance_is_refused_with_a_fix():
+    with pytest.raises(RiskModelError, match="square"):
+        CovarianceRisk(np.ones((3, 2)))
+    with pytest.raises(RiskModelError, match="symmetric"):
+        CovarianceRisk(np.array([[1.0, 0.5], [0.0, 1.0]]))
+
+
 # --- risk models -----------------------------------------------------------------------------------------------
 
 
