@@ -64,12 +64,11 @@ class DatasetConfig(_Strict):
         ProcessorConfig(name="DropnaLabel"),
         ProcessorConfig(name="CSZScoreNorm", fields_group="label"),
     )  # qlib's Alpha158 defaults
-    step_len: int = Field(20, ge=1, le=500)  # look-back of the time-series view (sequence models)
 
 
 class ModelConfig(_Strict):
     family: str = "lightgbm"  # lightgbm | linear | mlp | gru
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)  # the family's options (e.g. gru: step_len); seed comes from the top level
 
 
 class OptimizerConfig(_Strict):
