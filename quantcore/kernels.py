@@ -76,7 +76,7 @@ def rolling(
     else:
         q = math.nan
     out = np.full(xa.shape, np.nan)
-    _roll.rolling(code, xa, out, st, en, w, q, compat, nth)
+    _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
     return out
 
 
@@ -108,7 +108,7 @@ def pair_rolling(
     _flag(compat, "compat")
     nth = _threads(threads)
     out = np.full(xa.shape, np.nan)
-    _roll.pair_rolling(code, xa, ya, out, st, en, w, compat, nth)
+    _roll.pair_rolling(code, xa, ya, out, st, en, min(w, xa.shape[1] + 1), compat, nth)
     return out
 
 
@@ -164,7 +164,8 @@ def shift(
     st, en = _spans(starts, ends, xa.shape)
     nth = _threads(threads)
     out = np.full(xa.shape, np.nan)
-    _roll.shift(xa, out, st, en, p, nth)
+    t = xa.shape[1]
+    _roll.shift(xa, out, st, en, max(-t - 1, min(p, t + 1)), nth)  # further is all-NaN all the same
     return out
 
 

@@ -172,6 +172,19 @@ def test_ordered_kernels_agree_on_both_paths(op, w, short_max):
     assert_same(out, _reference("rolling", op, w, True), RTOL)
 
 
+@pytest.mark.parametrize("w", [3, 20, 0])
+def test_quantile_edges_are_min_median_max(w):
+    for q, op in ((0.0, "Min"), (0.5, "Med"), (1.0, "Max")):
+        assert_same(K.rolling("Quantile", X, w, STARTS, ENDS, param=q), _reference("rolling", op, w, True))
+
+
+def test_windows_and_shifts_beyond_the_calendar():
+    assert_same(K.rolling("Mean", X, 10**30, STARTS, ENDS), _reference("rolling", "Mean", 300, True))
+    assert_same(K.pair_rolling("Cov", X, Y, 10**30, STARTS, ENDS), _reference("pair", "Cov", 300, True))
+    assert np.isnan(K.shift(X, -(10**30), STARTS, ENDS)).all()
+    assert np.isnan(K.shift(X, 10**30, STARTS, ENDS)).all()
+
+
 # ---- closed-form spot checks (qlib-semantics.md) ------------------------------------------------
 
 
@@ -409,7 +422,8 @@ def test_moments_stay_accurate_on_large_prices(window):
     x = 1e6 + np.cumsum(rng.normal(0, 1e-2, n)) + rng.normal(0, 1e-2, n)
     y = 2e6 - 0.5 * x + rng.normal(0, 1e-2, n)
     xs, s, e = one(x)
-    got = {op: K.rolling(op, xs, window, s, e, compat=False)[0] for op in ("Var", "Std", "Skew", "Kurt", "Slope", "Rsquare")}
+    singles = ("Var", "Std", "Skew", "Kurt", "Slope", "Rsquare")
+    got = {op: K.rolling(op, xs, window, s, e, compat=False)[0] for op in singles}
     for op in ("Corr", "Cov"):
         got[op] = K.pair_rolling(op, xs, y[None, :], window, s, e, compat=False)[0]
     for t in range(40, n, 97):
@@ -435,19 +449,24 @@ X3, S3, E3 = one([1.0, 2.0, 3.0])
         (lambda: K.rolling("Quantile", X3, 3, S3, E3, param=1.5), "param (q=1.5) must be in [0, 1] for Quantile"),
         (lambda: K.rolling("Mean", X3, 3, S3, E3, param=0.5), "param is only used by Quantile; got param=0.5 for Mean"),
         (lambda: K.rolling("Mean", X3[0], 3, S3, E3), "x must be a 2-D (instruments, days) array, got shape (3,)"),
-        (lambda: K.rolling("Mean", X3, 3, np.array([0, 0]), E3), "starts must have shape (1,), one entry per instrument"),
-        (lambda: K.rolling("Mean", X3, 3, S3, np.array([4])), "spans must satisfy 0 <= start <= end <= n_days (3); instrument 0 has [0, 4)"),
+        (lambda: K.rolling("Mean", X3, 3, np.array([0, 0]), E3),
+         "starts must have shape (1,), one entry per instrument"),
+        (lambda: K.rolling("Mean", X3, 3, S3, np.array([4])),
+         "spans must satisfy 0 <= start <= end <= n_days (3); instrument 0 has [0, 4)"),
         (lambda: K.rolling("Mean", X3, 3, np.array([0.0]), E3), "starts must be an integer array"),
-        (lambda: K.rolling("Mean", X3, 3, S3, E3, threads=0), "threads (0) must be >= 1, or None for the OpenMP default"),
+        (lambda: K.rolling("Mean", X3, 3, S3, E3, threads=0),
+         "threads (0) must be >= 1, or None for the OpenMP default"),
         (lambda: K.rolling("Mean", X3, 3, S3, E3, compat=1), "compat must be True or False, got 1"),
         (lambda: K.pair_rolling("Beta", X3, X3, 3, S3, E3), "unknown pair_rolling op 'Beta'"),
-        (lambda: K.pair_rolling("Corr", X3, np.ones((2, 3)), 3, S3, E3), "x and y must have the same shape, got (1, 3) and (2, 3)"),
+        (lambda: K.pair_rolling("Corr", X3, np.ones((2, 3)), 3, S3, E3),
+         "x and y must have the same shape, got (1, 3) and (2, 3)"),
         (lambda: K.ema(X3, -1, S3, E3), "spec (-1) must be >= 0: a span >= 1, an alpha in (0, 1), or 0"),
         (lambda: K.ema(X3, float("nan"), S3, E3), "spec must not be NaN"),
         (lambda: K.shift(X3, 1.0, S3, E3), "periods must be an int, got 1.0"),
         (lambda: K.cross_section("CSNeutralize", X3, S3, E3), "CSNeutralize needs groups="),
         (lambda: K.cross_section("CSRank", X3, S3, E3, groups=X3), "groups is only used by CSNeutralize, not CSRank"),
-        (lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5), "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
+        (lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5),
+         "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
         (lambda: K.cross_section("CSRank", X3, S3, E3, param=0.1), "param is only used by CSWinsorize"),
     ],
 )
@@ -483,11 +502,13 @@ def test_thread_count_does_not_change_results():
             assert np.array_equal(a, K.rolling(op, x, w, s, e, param=p), equal_nan=True), op
             assert np.array_equal(a, K.rolling(op, x, w, s, e, param=p, threads=2), equal_nan=True), op
     for op in K.PAIR_OPS:
-        assert np.array_equal(K.pair_rolling(op, x, y, 10, s, e, threads=1), K.pair_rolling(op, x, y, 10, s, e), equal_nan=True)
+        one = K.pair_rolling(op, x, y, 10, s, e, threads=1)
+        assert np.array_equal(one, K.pair_rolling(op, x, y, 10, s, e), equal_nan=True)
     assert np.array_equal(K.ema(x, 0, s, e, threads=1), K.ema(x, 0, s, e), equal_nan=True)
     for op in K.CROSS_SECTION_OPS:
         kw = {"groups": g} if op == "CSNeutralize" else {}
-        assert np.array_equal(K.cross_section(op, x, s, e, threads=1, **kw), K.cross_section(op, x, s, e, **kw), equal_nan=True)
+        one = K.cross_section(op, x, s, e, threads=1, **kw)
+        assert np.array_equal(one, K.cross_section(op, x, s, e, **kw), equal_nan=True)
 
 
 # ---- timings (slow: `pytest -m slow -s tests/quantcore/test_kernels.py -k timings`) --------------
@@ -523,17 +544,20 @@ def test_kernel_timings_on_300x2520():
         p = 0.25 if op == "Quantile" else None
         for w in (20, 60, 0):
             reps = 3 if (w == 0 and op in ORDERED_OPS) else 15
-            rows.append((op, w, *(best(lambda: K.rolling(op, x, w, s, e, param=p, threads=th), reps) for th in (None, 1))))
+            times = [best(lambda: K.rolling(op, x, w, s, e, param=p, threads=th), reps) for th in (None, 1)]
+            rows.append((op, w, *times))
     for op in K.PAIR_OPS:
         for w in (20, 60, 0):
             rows.append((op, w, *(best(lambda: K.pair_rolling(op, x, y, w, s, e, threads=th), 15) for th in (None, 1))))
     for spec in (20, 0.1, 0):
-        rows.append((f"EMA({spec})", "", *(best(lambda: K.ema(x, spec, s, e, threads=th), 3 if spec == 0 else 15) for th in (None, 1))))
+        times = [best(lambda: K.ema(x, spec, s, e, threads=th), 3 if spec == 0 else 15) for th in (None, 1)]
+        rows.append((f"EMA({spec})", "", *times))
     rows.append(("Ref(5)", "", *(best(lambda: K.shift(x, 5, s, e, threads=th), 15) for th in (None, 1))))
     for op in K.CROSS_SECTION_OPS:
         kw = {"groups": g} if op == "CSNeutralize" else {}
         rows.append((op, "", *(best(lambda: K.cross_section(op, x, s, e, threads=th, **kw), 7) for th in (None, 1))))
-    print(f"\n{'op':14s}{'window':>7s}{'default ms':>12s}{'1 thread ms':>13s}   ({_roll.openmp_threads()} OpenMP threads)")
+    head = f"{'op':14s}{'window':>7s}{'default ms':>12s}{'1 thread ms':>13s}"
+    print(f"\n{head}   ({_roll.openmp_threads()} OpenMP threads)")
     for op, w, ms_default, ms_one in rows:
         print(f"{op:14s}{w!s:>7s}{ms_default:12.2f}{ms_one:13.2f}")
     # the pandas twin runs qlib's per-instrument pandas calls: the speed-up the kernels buy
