@@ -7,7 +7,9 @@ on for an instrument, so partial windows at listing start are partial windows an
 from the span's first row; values outside the span are ignored.
 
 `compat=True` (the default) reproduces qlib 0.9.7 numbers, quirks included; `compat=False` gives the
-corrected definition where qlib is plainly wrong (see `rolling`). `threads=None` uses OpenMP's
+corrected definition where qlib is plainly wrong (see `rolling`). As in pandas' window functions (which
+qlib's operators are), +-inf counts as missing in rolling, pair and EMA kernels, except in Count (which
+counts it), Delta and First; cross-sectional operators treat it as a value. `threads=None` uses OpenMP's
 default thread count; rows (or days) are independent, so results never depend on `threads`.
 The slow twin with the same API lives in `quantcore._ext.reference`.
 """
