@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,7 @@ from quantcore.evaluate.report import evaluate_arrays
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import feature_set
 from quantcore.models import make_model
+from quantcore.models.registry import FAMILIES
 from quantcore.portfolio import FactorRiskModel, OptimizedPolicy, ShrinkageCovariance
 from quantcore.portfolio.optimizer import OptimizerConfig as SolverSettings
 from quantcore.portfolio.policy import AlphaScaling, PolicyStrategy, daily_returns
@@ -147,8 +149,7 @@ def run_workflow(
         dataset = build_dataset(panel, _dataset_config(cfg))
         lap("dataset")
 
-        params = {"seed": cfg.seed, **cfg.model.params}
-        model = make_model(cfg.model.family, **params).fit(dataset)
+        model = make_model(cfg.model.family, **_model_params(cfg)).fit(dataset)
         lap("fit")
         pred = model.predict(dataset, "test").rename("score")
         lap("predict")
@@ -220,6 +221,15 @@ def run_workflow(
         lap("record")
         run_id = run.run_id
     return WorkflowResult(run_id, headline, pred, report, seconds)
+
+
+def _model_params(cfg: WorkflowConfig) -> dict:
+    """The model section's params, plus the workflow seed for families that take one."""
+    params = dict(cfg.model.params)
+    family = FAMILIES.get(cfg.model.family.lower())
+    if family is not None and "seed" in {f.name for f in dataclass_fields(family.Config)}:
+        params.setdefault("seed", cfg.seed)
+    return params
 
 
 def _fit_numbers(model) -> dict[str, float]:
