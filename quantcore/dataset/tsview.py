@@ -58,14 +58,29 @@ class TSView:
         offsets = np.arange(1 - self.step_len, 1)  # (L,): oldest first, the sample's day last
         days = day[:, None] + offsets  # (B, L)
         safe = np.maximum(days, 0)
-        x = self.features[safe, inst[:, None]]  # (B, L, F) gather: the only copy, one batch big
-        present = (days >= 0) & self.listed[safe, inst[:, None]]
-        x[~present] = np.nan
-        if self.fill is not TSFill.NONE:
+        present = (days >= 0) & self.listed[safe, inst[:, None]]  # (B, L): a real day of this instrument
+        if self.fill is TSFill.NONE:
+            x = self.features[safe, inst[:, None]]  # (B, L, F) gather: the only copy, one batch big
+            x[~present] = np.nan
+            return x, self.label[day, inst]
+        # Fill whole padded days first, by choosing which day each window step reads (index arithmetic on
+        # (B, L), not (B, L, F)); value-level NaN left inside real days is filled element-wise after. The
+        # two steps give pandas' ffill(+bfill) of the NaN-padded window, since a padded day has no values.
+        src = _ffill_index(present)
+        if self.fill is TSFill.FFILL_BFILL:
+            rev = _ffill_index(present[:, ::-1])[:, ::-1]  # positions counted from the window's end
+            back = np.where(rev < 0, -1, self.step_len - 1 - rev)  # first present step at or after
+            src = np.where(src < 0, back, src)
+        ok = src >= 0  # False only for FFILL's leading padding, or a window with no real day
+        src_days = np.take_along_axis(safe, np.maximum(src, 0), axis=1)
+        x = self.features[src_days, inst[:, None]]
+        if not ok.all():
+            x[~ok] = np.nan
+        if np.isnan(x).any():
             x = _ffill(x)
             if self.fill is TSFill.FFILL_BFILL:
-                x = _ffill(x[:, ::-1])[:, ::-1]
-        return np.ascontiguousarray(x), self.label[day, inst]
+                x = np.ascontiguousarray(_ffill(x[:, ::-1])[:, ::-1])
+        return x, self.label[day, inst]
 
     def iter_batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0
@@ -76,6 +91,12 @@ class TSView:
             idx = order[lo : lo + batch_size]
             x, y = self.batch(idx)
             yield idx, x, y
+
+
+def _ffill_index(present: np.ndarray) -> np.ndarray:
+    """(B, L) position of the last present step at or before each step; -1 where there is none."""
+    pos = np.where(present, np.arange(present.shape[1])[None, :], -1)
+    return np.maximum.accumulate(pos, axis=1)
 
 
 def _ffill(x: np.ndarray) -> np.ndarray:

@@ -346,10 +346,12 @@ def _direct_window(ds, day, inst, step_len, fill):
     return frame.to_numpy(np.float32)
 
 
+@pytest.mark.parametrize("processed", [False, True], ids=["raw", "filled"])
 @pytest.mark.parametrize("fill", list(TSFill))
-def test_ts_windows_equal_direct_slices(panel, fill):
-    # raw features (no Fillna) so padding and filling are visible; a late-listed instrument included
-    ds = build_dataset(panel, _config(infer_processors=(), learn_processors=()))
+def test_ts_windows_equal_direct_slices(panel, fill, processed):
+    # raw features keep NaN inside listed days (element-wise filling); filled ones only pad around the
+    # listing span (whole-day filling); a late-listed instrument is included
+    ds = build_dataset(panel, _config(learn_processors=()) if processed else _config(infer_processors=(), learn_processors=()))
     step_len = 15
     view = ds.ts_view("train", step_len, DataKey.INFER, fill)
     day, inst = ds.rows("train")
