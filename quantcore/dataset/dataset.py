@@ -27,9 +27,10 @@ from quantcore.dataset.tsview import TSFill, TSView
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL
 
-__all__ = ["DataKey", "DatasetConfig", "Dataset", "build_dataset", "process", "resolve_segments", "TRAIN", "VALID", "TEST"]
+__all__ = ["DataKey", "DatasetConfig", "dataset_config", "Dataset", "build_dataset", "process", "resolve_segments", "TRAIN", "VALID", "TEST"]
 
 TRAIN, VALID, TEST = "train", "valid", "test"
+_EVAL_CHUNK = 64  # features per evaluator batch when building
 
 
 class DataKey(str, Enum):
@@ -50,6 +51,42 @@ class DatasetConfig:
     # qlib's Alpha158 handler default learn processors: drop NaN labels, then rank-normalise the label
     # per day (a unit-scale label also keeps LightGBM's large L1/L2 penalties from flattening the trees)
     learn_processors: Sequence[P.Processor] = (P.DropnaLabel(), P.CSRankNorm(P.FieldGroup.LABEL))
+
+
+def dataset_config(
+    features: str | Mapping[str, str],
+    segments: Mapping[str, Sequence],
+    label: str = DEFAULT_LABEL,
+    infer_processors: Sequence | None = None,
+    learn_processors: Sequence | None = None,
+) -> DatasetConfig:
+    """A config from plain (YAML-shaped) data: `features` a named set ("alpha158") or name -> expression;
+    processors as configs, names, or qlib-style {"class": name, "kwargs": {...}} entries."""
+    from quantcore.features import feature_set
+
+    feats = feature_set(features) if isinstance(features, str) else dict(features)
+    segs = {name: tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds for name, bounds in segments.items()}
+    out = DatasetConfig(feats, segs, label, infer_processors=_processors(infer_processors or ()))
+    if learn_processors is not None:
+        out = DatasetConfig(feats, segs, label, out.infer_processors, _processors(learn_processors))
+    return out
+
+
+def _processors(specs: Sequence) -> tuple[P.Processor, ...]:
+    out = []
+    for i, spec in enumerate(specs):
+        if isinstance(spec, str):
+            out.append(P.make_processor(spec))
+        elif isinstance(spec, Mapping):
+            extra = sorted(set(spec) - {"class", "kwargs"})
+            if "class" not in spec or extra:
+                raise DatasetError(f"processor #{i} must be {{class: NAME, kwargs: {{...}}}}, got keys {sorted(spec)}")
+            out.append(P.make_processor(spec["class"], **dict(spec.get("kwargs") or {})))
+        elif type(spec) in P.PROCESSORS.values():
+            out.append(spec)
+        else:
+            raise DatasetError(f"processor #{i} is {spec!r}; use a processor config, a name or a {{class, kwargs}} map")
+    return tuple(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,8 +205,12 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
     names = list(config.features)
     n, t, f = panel.n_instruments, panel.n_days, len(names)
     feats = np.empty((t, n, f), dtype=np.float32)
-    for j, arr in enumerate(ev.evaluate(config.features, dtype=np.float32).values()):
-        feats[:, :, j] = arr.T  # one feature at a time: peak memory is the store plus one (N, T)
+    # evaluate in chunks: peak memory is the store plus one chunk of (N, T) outputs, while a chunk
+    # still shares its common sub-expressions (Alpha158's 158 features in three evaluator batches)
+    for lo in range(0, f, _EVAL_CHUNK):
+        chunk = {k: config.features[k] for k in names[lo : lo + _EVAL_CHUNK]}
+        for j, arr in enumerate(ev.evaluate(chunk, dtype=np.float32).values(), start=lo):
+            feats[:, :, j] = arr.T
     label = np.ascontiguousarray(ev.evaluate({"label": config.label}, allow_future=True, dtype=np.float32)["label"].T)
     listed = np.ascontiguousarray(~panel.outside_span.T)
     raw = P.Block(feats, label, listed, listed, tuple(names))

@@ -194,7 +194,10 @@ def dataset(panel):
     return build_dataset(panel, _config())
 
 
-def test_tabular_rows_and_raw_values_match_the_evaluator(panel):
+def test_tabular_rows_and_raw_values_match_the_evaluator(panel, monkeypatch):
+    import quantcore.dataset.dataset as D
+
+    monkeypatch.setattr(D, "_EVAL_CHUNK", 4)  # 6 features: two evaluator batches, one partial
     ds = build_dataset(panel, _config(infer_processors=(), learn_processors=()))
     x, y = ds.prepare("valid")
     want = Evaluator(panel).frame(FEATURES, start="2011-01-01", end="2011-03-31")
@@ -398,3 +401,28 @@ def test_ts_view_memory_does_not_scale_with_step_len(dataset):
 def test_ts_view_rejects_bad_step_len(dataset):
     with pytest.raises(DatasetError, match="step_len must be >= 1"):
         dataset.ts_view("train", 0)
+
+
+def test_dataset_config_from_yaml_shaped_data(panel):
+    from quantcore.dataset import dataset_config
+
+    cfg = dataset_config(
+        FEATURES,
+        {k: list(v) for k, v in SEGMENTS.items()},
+        infer_processors=[
+            {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+            {"class": "Fillna", "kwargs": {"fields_group": "feature"}},
+        ],
+        learn_processors=["DropnaLabel", {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}],
+    )
+    assert cfg.infer_processors == (RobustZScoreNorm(FieldGroup.FEATURE), Fillna(FieldGroup.FEATURE))
+    assert cfg.learn_processors == (DropnaLabel(), CSRankNorm(FieldGroup.LABEL))
+    assert cfg.segments["train"] == ("2010-01-01", "2010-12-31")
+    assert dataset_config("alpha158", SEGMENTS).learn_processors == DatasetConfig({}, {}).learn_processors
+    assert len(dataset_config("alpha158", SEGMENTS).features) == 158
+    with pytest.raises(DatasetError, match="processor #0 must be"):
+        dataset_config(FEATURES, SEGMENTS, infer_processors=[{"klass": "Fillna"}])
+    with pytest.raises(ProcessorError, match="unknown processor 'Nope'"):
+        dataset_config(FEATURES, SEGMENTS, infer_processors=["Nope"])
+    ds = build_dataset(panel, cfg)
+    assert ds.feature_names == tuple(FEATURES)
