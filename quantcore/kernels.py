@@ -31,6 +31,8 @@ __all__ = [
     "CROSS_SECTION_OPS",
     "rolling",
     "pair_rolling",
+    "gather_rows",
+    "listed_counts",
     "ema",
     "shift",
     "cross_section",
@@ -77,7 +79,7 @@ def rolling(
         raise KernelArgumentError(f"param is only used by Quantile; got param={param!r} for {op}")
     else:
         q = math.nan
-    out = np.full(xa.shape, np.nan)
+    out = _output(xa.shape, st, en)
     _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
     return out
 
@@ -109,7 +111,7 @@ def pair_rolling(
     w = _window(window)
     _flag(compat, "compat")
     nth = _threads(threads)
-    out = np.full(xa.shape, np.nan)
+    out = _output(xa.shape, st, en)
     _roll.pair_rolling(code, xa, ya, out, st, en, min(w, xa.shape[1] + 1), compat, nth)
     return out
 
@@ -143,7 +145,7 @@ def ema(
         # same arithmetic as pandas: span/alpha -> centre of mass -> alpha
         com = (s - 1.0) / 2.0 if s >= 1.0 else (1.0 - s) / s
         alpha = 1.0 / (1.0 + com)
-    out = np.full(xa.shape, np.nan)
+    out = _output(xa.shape, st, en)
     _roll.ema(xa, out, st, en, alpha, nth)
     return out
 
@@ -165,7 +167,7 @@ def shift(
     xa = _panel_array(x, "x")
     st, en = _spans(starts, ends, xa.shape)
     nth = _threads(threads)
-    out = np.full(xa.shape, np.nan)
+    out = _output(xa.shape, st, en)
     t = xa.shape[1]
     _roll.shift(xa, out, st, en, max(-t - 1, min(p, t + 1)), nth)  # further is all-NaN all the same
     return out
@@ -211,7 +213,7 @@ def cross_section(
         raise KernelArgumentError(f"groups is only used by CSNeutralize, not {op}")
     else:
         ga = xa  # unused by the kernel
-    out = np.full(xa.shape, np.nan)
+    out = np.full(xa.shape, np.nan)  # days without values are skipped, not written
     _cs.cross_section(code, xa, out, st, en, ga, q, nth)
     return out
 
@@ -288,3 +290,38 @@ def _threads(threads) -> int:
     if t < 1:
         raise KernelArgumentError(f"threads ({t}) must be >= 1, or None for the OpenMP default")
     return t
+
+
+def _output(shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """An output panel whose outside-of-span cells are NaN; the kernels write every in-span cell, so
+    the rest is left uninitialised (filling all of it first would double the memory traffic)."""
+    out = np.empty(shape)
+    for i in range(shape[0]):
+        out[i, : starts[i]] = np.nan
+        out[i, ends[i] :] = np.nan
+    return out
+
+
+def listed_counts(starts: np.ndarray, ends: np.ndarray, n_days: int) -> np.ndarray:
+    """Number of instruments inside their listing span on each day, (T,) int64."""
+    events = np.zeros(n_days + 1, dtype=np.int64)
+    np.add.at(events, np.clip(starts, 0, n_days), 1)
+    np.add.at(events, np.clip(ends, 0, n_days), -1)
+    return np.cumsum(events[:-1])
+
+
+def gather_rows(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, days: slice, out: np.ndarray | None = None,
+                threads: int | None = None) -> np.ndarray:
+    """The in-span cells of x (N, T) for calendar slice `days`, in (day, instrument) order, as float32:
+    one column of a long (datetime, instrument) frame. `out` (float32, contiguous) may be given."""
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    day0, day1, _ = days.indices(xa.shape[1])
+    counts = listed_counts(st, en, xa.shape[1])[day0:day1]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if out is None:
+        out = np.empty(int(offsets[-1]), dtype=np.float32)
+    elif out.dtype != np.float32 or out.ndim != 1 or out.shape[0] != offsets[-1] or not out.flags.c_contiguous:
+        raise KernelArgumentError(f"out must be a contiguous float32 vector of {int(offsets[-1])} rows")
+    _cs.gather_rows(xa, out, st, en, offsets, day0, _threads(threads))
+    return out

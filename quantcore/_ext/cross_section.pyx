@@ -205,3 +205,23 @@ def cross_section(int op, const double[:, ::1] x, double[:, ::1] out, const int6
             free(tidx)
     if failed:
         raise MemoryError("cross-section kernel could not allocate its day buffers")
+
+
+def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] starts, const int64_t[::1] ends,
+                const int64_t[::1] offsets, idx_t day0, int nth):
+    """Copy the in-span cells of x (instruments, days), days day0 .. day0 + len(offsets) - 2, into
+    `out` in (day, instrument) order, as float32: the rows of a long (datetime, instrument) frame.
+
+    offsets[d] is the output position of day day0 + d's first row (a running count of listed
+    instruments), so days are independent and split across threads. This replaces an index-array
+    gather, which reads an int64 index per cell on top of the value."""
+    cdef idx_t N = x.shape[0], n_days = offsets.shape[0] - 1
+    cdef idx_t d, t, i, k
+    with nogil:
+        for d in prange(n_days, num_threads=nth, schedule="static"):
+            t = day0 + d
+            k = offsets[d]
+            for i in range(N):
+                if starts[i] <= t < ends[i]:
+                    out[k] = <float>x[i, t]
+                    k = k + 1

@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from quantcore import kernels
 from quantcore.errors import DataError
 
 __all__ = ["Panel", "PRICE_FIELDS"]
@@ -183,12 +184,27 @@ class Panel:
     ) -> pd.DataFrame:
         """Long frame indexed by (datetime, instrument): one row per in-span day within `days`, one
         column per (N, T) array. Built as a single column-major block so pandas does not copy it."""
-        inside = ~self.outside_span[:, days].T
-        n_rows = int(inside.sum())
-        block = np.empty((n_rows, len(columns)), dtype=dtype, order="F")
+        block = self.empty_block(len(columns), days, dtype)
         for j, arr in enumerate(columns.values()):
-            block[:, j] = np.asarray(arr)[:, days].T[inside]
+            self.fill_column(block, j, arr, days)
         return pd.DataFrame(block, index=self.frame_index(days), columns=list(columns), copy=False)
+
+    def empty_block(self, n_columns: int, days: slice = slice(None), dtype=np.float32) -> np.ndarray:
+        """An uninitialised column-major (rows, n_columns) block for `to_frame`-shaped output."""
+        return np.empty((len(self.frame_cells(days)), n_columns), dtype=dtype, order="F")
+
+    def fill_column(self, block: np.ndarray, j: int, arr: np.ndarray, days: slice = slice(None)) -> None:
+        """Write the in-span cells of an (N, T) array within `days` into column j of a frame block."""
+        if block.dtype == np.float32:
+            kernels.gather_rows(np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j])
+        else:
+            block[:, j] = np.ascontiguousarray(arr).reshape(-1)[self.frame_cells(days)]
+
+    def frame_cells(self, days: slice = slice(None)) -> np.ndarray:
+        """Flat positions in an (N, T) array of the frame's rows, in (datetime, instrument) order."""
+        inside = ~self.outside_span[:, days].T  # (T', N)
+        day_idx, inst_idx = np.nonzero(inside)
+        return inst_idx * self.n_days + (day_idx + (days.start or 0))
 
     def describe(self) -> dict:
         """Summary used by `rdquant data info`."""

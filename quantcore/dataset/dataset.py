@@ -48,9 +48,10 @@ class DatasetConfig:
     segments: Mapping[str, tuple]  # e.g. {"train": ("2008-01-01", "2014-12-31"), "valid": ..., "test": ...}
     label: str = DEFAULT_LABEL  # qlib's default label: next-day-to-day-after close return
     infer_processors: Sequence[P.Processor] = ()  # qlib's Alpha158 handler default: none
-    # qlib's Alpha158 handler default learn processors: drop NaN labels, then rank-normalise the label
-    # per day (a unit-scale label also keeps LightGBM's large L1/L2 penalties from flattening the trees)
-    learn_processors: Sequence[P.Processor] = (P.DropnaLabel(), P.CSRankNorm(P.FieldGroup.LABEL))
+    # qlib's Alpha158 handler default learn processors (contrib/data/handler.py): drop NaN labels, then
+    # z-score the label per day (a unit-scale label also keeps LightGBM's large L1/L2 penalties from
+    # flattening the trees)
+    learn_processors: Sequence[P.Processor] = (P.DropnaLabel(), P.CSZScoreNorm(P.FieldGroup.LABEL))
 
 
 def dataset_config(

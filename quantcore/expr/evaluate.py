@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -138,10 +138,15 @@ class Evaluator:
                 results[item.name] = hit
             else:
                 pending.append(item)
-        computed = self._evaluate_nodes([item.node for item in pending], dtype)
-        for item, arr in zip(pending, computed):
-            self._cache_put(keys[item.name], arr)
-            results[item.name] = arr
+        computed: dict[int, np.ndarray] = {}
+
+        def keep(i: int, arr: np.ndarray) -> None:
+            computed[i] = arr.astype(dtype, copy=True)
+
+        self._evaluate_nodes([item.node for item in pending], keep)
+        for i, item in enumerate(pending):
+            self._cache_put(keys[item.name], computed[i])
+            results[item.name] = computed[i]
         return {item.name: results[item.name] for item in compiled}
 
     def frame(
@@ -155,9 +160,20 @@ class Evaluator:
     ) -> pd.DataFrame:
         """Evaluate on the full history (so look-backs are warm) and return in-span rows in [start, end]
         as a frame indexed by (datetime, instrument), one column per expression."""
-        arrays = self.evaluate(expressions, allow_future=allow_future, dtype=dtype)
         window = self.panel.date_index(start, end)
-        return self.panel.to_frame(arrays, days=window, dtype=dtype)
+        if self.memory_cache is not None or self.disk_cache is not None:
+            arrays = self.evaluate(expressions, allow_future=allow_future, dtype=dtype)
+            return self.panel.to_frame(arrays, days=window, dtype=dtype)
+        # No cache to fill: copy each result into its frame column the moment it is computed, while
+        # it is still in cache, instead of keeping (N, T) copies and gathering them afterwards.
+        compiled = self.compile(expressions, allow_future=allow_future)
+        block = self.panel.empty_block(len(compiled), window, dtype)
+
+        def gather(i: int, arr: np.ndarray) -> None:
+            self.panel.fill_column(block, i, arr, window)
+
+        self._evaluate_nodes([item.node for item in compiled], gather)
+        return pd.DataFrame(block, index=self.panel.frame_index(window), columns=[c.name for c in compiled], copy=False)
 
     # ---- caches ----------------------------------------------------------------------------------
     def _cache_get(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
@@ -180,10 +196,13 @@ class Evaluator:
             self.memory_cache.put(key, arr)
 
     # ---- DAG evaluation --------------------------------------------------------------------------
-    def _evaluate_nodes(self, roots: Sequence[Node], dtype: np.dtype) -> list[np.ndarray]:
-        """Post-order evaluation of the union DAG of `roots`, freeing intermediates by reference count."""
+    def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None]) -> None:
+        """Post-order evaluation of the union DAG of `roots`; `emit(i, values)` receives root i's result
+        (float64, valid only during the call). Intermediates are freed by reference count, and an
+        intermediate used for the last time is handed to its consumer as the output buffer, so most
+        element-wise steps allocate nothing."""
         if not roots:
-            return []
+            return
         refs: dict[Node, int] = {}
         order: list[Node] = []
         seen: set[Node] = set()
@@ -203,53 +222,63 @@ class Evaluator:
                     refs[child] = refs.get(child, 0) + 1
                     if child not in seen:
                         stack.append((child, False))
-        values: dict[Node, np.ndarray] = {}
-        outputs: dict[Node, np.ndarray] = {}
-        root_uses = Counter(roots)
+        positions: dict[Node, list[int]] = {}
+        for i, root in enumerate(roots):
+            positions.setdefault(root, []).append(i)
+        values: dict[Node, np.ndarray | float] = {}
         for node in order:
-            values[node] = self._compute(node, values)
-            for child in children(node):
+            kids = children(node)
+            uses = Counter(kids)
+            spare = next(
+                (values[k] for k in kids if refs[k] == uses[k] and _owned(k, values[k])), None
+            )  # a child this node consumes for the last time: its buffer can take the result
+            values[node] = self._compute(node, values, spare)
+            for child in kids:
                 refs[child] -= 1
                 if refs[child] == 0:
                     del values[child]
-            if node in root_uses:
-                outputs[node] = values[node].astype(dtype, copy=True)
-                refs[node] -= root_uses[node]
+            if node in positions:
+                result = self._array(values[node])
+                for i in positions[node]:
+                    emit(i, result)
+                refs[node] -= len(positions[node])
                 if refs[node] == 0:
                     del values[node]
-        return [outputs[root] for root in roots]
 
-    def _compute(self, node: Node, values: Mapping[Node, np.ndarray]) -> np.ndarray:
+    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], spare: np.ndarray | None = None):
+        """One node's value: an (N, T) float64 array, or a float for constant sub-expressions (numpy
+        broadcasts them, so `x / 2` never materialises a panel of 2s). `spare` is a float64 panel the
+        caller no longer needs, usable as the output of element-wise steps."""
         p = self.panel
         starts, ends = p.starts, p.ends
         if isinstance(node, Field):
-            return p.field(node.name)  # read-only use: every op below allocates a new array
+            return p.field(node.name)  # the panel's own array: read-only, never a `spare`
         if isinstance(node, Const):
-            return self._masked(np.full((p.n_instruments, p.n_days), node.value))
+            return node.value
         if isinstance(node, Unary):
             x = values[node.x]
             if node.op == "Not":
                 return self._masked((~_truthy(x)).astype(np.float64))
             with np.errstate(all="ignore"):
-                return _UNARY[node.op](x)
+                return _UNARY[node.op](x, **_out(spare, x))
         if isinstance(node, Binary):
             a, b = values[node.left], values[node.right]
             with np.errstate(all="ignore"):
                 if node.op in _ARITH:
-                    return _ARITH[node.op](a, b)
+                    return _ARITH[node.op](a, b, **_out(spare, a, b))
                 if node.op in _COMPARE:
-                    return self._masked(_COMPARE[node.op](a, b).astype(np.float64))
+                    return self._masked(self._array(_COMPARE[node.op](a, b)).astype(np.float64))
                 if node.op in _LOGIC:
-                    return self._masked(_LOGIC[node.op](_truthy(a), _truthy(b)).astype(np.float64))
+                    return self._masked(self._array(_LOGIC[node.op](_truthy(a), _truthy(b))).astype(np.float64))
             raise ExpressionError(f"unknown binary operator {node.op!r}")
         if isinstance(node, If):
             cond = _truthy(values[node.cond])
-            return self._masked(np.where(cond, values[node.then], values[node.otherwise]))
+            return self._masked(self._array(np.where(cond, values[node.then], values[node.otherwise])).copy())
         if isinstance(node, Ref):
-            return self.backend.shift(values[node.x], node.periods, starts, ends)
+            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends)
         if isinstance(node, (Rolling, Expanding)):
             window = node.window if isinstance(node, Rolling) else 0
-            inputs = [values[i] for i in node.inputs]
+            inputs = [self._array(values[i]) for i in node.inputs]
             if len(inputs) == 2:
                 return self.backend.pair_rolling(
                     node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=self.threads
@@ -258,7 +287,7 @@ class Evaluator:
                 node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=self.threads
             )
         if isinstance(node, EMA):
-            return self.backend.ema(values[node.x], node.spec, starts, ends)
+            return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends)
         if isinstance(node, Mask):
             try:
                 row = p.instruments.index(node.instrument)
@@ -266,17 +295,37 @@ class Evaluator:
                 raise ExpressionError(
                     f"Mask refers to instrument {node.instrument!r}, which is not in panel {p.name!r}"
                 ) from None
-            x = values[node.x]
+            x = self._array(values[node.x])
             return self._masked(np.broadcast_to(x[row], x.shape).copy())
         if isinstance(node, CrossSection):
-            groups = values[node.group] if node.group is not None else None
-            return self.backend.cross_section(node.op, values[node.x], starts, ends, groups=groups, param=node.param)
+            groups = self._array(values[node.group]) if node.group is not None else None
+            return self.backend.cross_section(
+                node.op, self._array(values[node.x]), starts, ends, groups=groups, param=node.param
+            )
         raise ExpressionError(f"cannot evaluate node {node!r}")
+
+    def _array(self, value: np.ndarray | float) -> np.ndarray:
+        """A full (N, T) panel for a value that may be a constant (NaN outside listing spans)."""
+        if isinstance(value, np.ndarray) and value.ndim == 2:
+            return value
+        return self._masked(np.full((self.panel.n_instruments, self.panel.n_days), float(value)))
 
     def _masked(self, arr: np.ndarray) -> np.ndarray:
         """Blank the outside of listing spans (for ops that make numbers out of NaN: comparisons, ...)."""
         np.copyto(arr, np.nan, where=self.panel.outside_span)
         return arr
+
+
+def _owned(node: Node, value) -> bool:
+    """Whether a node's value is an array the evaluator made (so it may be overwritten once unused)."""
+    return isinstance(value, np.ndarray) and value.ndim == 2 and not isinstance(node, Field)
+
+
+def _out(spare: np.ndarray | None, *operands) -> dict:
+    """`out=spare` for a numpy ufunc when its result is a full panel (some operand is one)."""
+    if spare is None or not any(isinstance(o, np.ndarray) and o.ndim == 2 for o in operands):
+        return {}
+    return {"out": spare}
 
 
 def _truthy(x: np.ndarray) -> np.ndarray:
