@@ -89,6 +89,7 @@ class Evaluator:
         panel: Panel,
         *,
         compat: bool = True,
+        float32_arithmetic: bool = False,
         threads: int | None = None,
         memory_cache: MemoryCache | None = None,
         disk_cache: DiskCache | None = None,
@@ -97,10 +98,14 @@ class Evaluator:
         self.panel = panel
         self.backend = backend  # `quantcore.kernels`, or its slow pandas twin for checks and benchmarks
         self.compat = compat
+        # qlib stores fields as float32 and numpy keeps element-wise results on them in float32 (pandas
+        # window functions return float64). True rounds exactly those results to float32, reproducing
+        # qlib's numbers bit for bit where float32 rounding shows; False keeps float64 throughout.
+        self.float32_arithmetic = float32_arithmetic
         self.threads = threads
         self.memory_cache = memory_cache
         self.disk_cache = disk_cache
-        self._semantics = "qlib" if compat else "corrected"
+        self._semantics = ("qlib" if compat else "corrected") + ("-f32" if float32_arithmetic else "")
 
     # ---- public API ------------------------------------------------------------------------------
     def compile(self, expressions: Mapping[str, str | Node], *, allow_future: bool = False) -> list[_Compiled]:
@@ -226,13 +231,18 @@ class Evaluator:
         for i, root in enumerate(roots):
             positions.setdefault(root, []).append(i)
         values: dict[Node, np.ndarray | float] = {}
+        single: set[Node] = set()  # nodes whose qlib dtype is float32 (see float32_arithmetic)
         for node in order:
             kids = children(node)
             uses = Counter(kids)
             spare = next(
                 (values[k] for k in kids if refs[k] == uses[k] and _owned(k, values[k])), None
             )  # a child this node consumes for the last time: its buffer can take the result
-            values[node] = self._compute(node, values, spare)
+            if self.float32_arithmetic and _float32_in_qlib(node, single):
+                single.add(node)
+                values[node] = self._compute_float32(node, values)
+            else:
+                values[node] = self._compute(node, values, spare)
             for child in kids:
                 refs[child] -= 1
                 if refs[child] == 0:
@@ -304,6 +314,18 @@ class Evaluator:
             )
         raise ExpressionError(f"cannot evaluate node {node!r}")
 
+    def _compute_float32(self, node: Node, values: Mapping[Node, np.ndarray | float]):
+        """An element-wise node computed the way qlib does on float32 data: the numpy op runs in
+        float32 (Python-number operands do not widen it), then the result is held as float64."""
+        if isinstance(node, Field):  # qlib stores fields as float32 (a no-op for data read from qlib files)
+            return self.panel.field(node.name).astype(np.float32).astype(np.float64)
+        if isinstance(node, Ref):
+            return self._compute(node, values)  # shifting float32 values does not round
+        f32 = [values[k].astype(np.float32) if isinstance(values[k], np.ndarray) else values[k] for k in children(node)]
+        with np.errstate(all="ignore"):
+            result = _UNARY[node.op](f32[0]) if isinstance(node, Unary) else _ARITH[node.op](f32[0], f32[1])
+        return np.asarray(result, dtype=np.float64) if isinstance(result, np.ndarray) else float(result)
+
     def _array(self, value: np.ndarray | float) -> np.ndarray:
         """A full (N, T) panel for a value that may be a constant (NaN outside listing spans)."""
         if isinstance(value, np.ndarray) and value.ndim == 2:
@@ -314,6 +336,22 @@ class Evaluator:
         """Blank the outside of listing spans (for ops that make numbers out of NaN: comparisons, ...)."""
         np.copyto(arr, np.nan, where=self.panel.outside_span)
         return arr
+
+
+def _float32_in_qlib(node: Node, single: set) -> bool:
+    """Whether qlib's value for `node` is float32: a field, or an element-wise op whose array operands
+    are all float32 (Python-number operands do not widen under numpy's promotion rules). Window
+    operators return pandas' float64; comparisons are booleans."""
+    if isinstance(node, Field):
+        return True
+    if isinstance(node, Unary) and node.op != "Not":
+        return node.x in single
+    if isinstance(node, Binary) and node.op in _ARITH:
+        operands = [k for k in (node.left, node.right) if not isinstance(k, Const)]
+        return bool(operands) and all(k in single for k in operands)
+    if isinstance(node, Ref):
+        return node.x in single
+    return False
 
 
 def _owned(node: Node, value) -> bool:

@@ -203,3 +203,20 @@ def test_frame_rows_columns_and_date_window(small_panel):
     expected = full[(dates >= "2020-01-06") & (dates <= "2020-01-10")]
     pd.testing.assert_frame_equal(window, expected)
     assert window.dtypes.tolist() == [np.float32, np.float32]
+
+
+def test_float32_arithmetic_reproduces_numpy_float32_steps(small_panel):
+    """qlib keeps element-wise results on its float32 fields in float32; window operators give float64."""
+    exprs = {"x": "($close - $open) * 3 / $open", "m": "Mean($close, 3) / $close", "l": "Log($volume + 1)"}
+    got = Evaluator(small_panel, float32_arithmetic=True).evaluate(exprs, dtype=np.float64)
+    c, o, v = (small_panel.fields[k].astype(np.float32) for k in ("close", "open", "volume"))
+    inside = ~small_panel.outside_span
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(got["x"][inside], ((c - o) * 3 / o)[inside].astype(np.float64))
+        np.testing.assert_array_equal(got["l"][inside], np.log(v + 1)[inside].astype(np.float64))
+        s = _span_series(small_panel, "close", 0)
+        s32 = s.astype(np.float32)  # qlib's series
+        mean64 = s32.rolling(3, min_periods=1).mean().to_numpy()  # pandas: float64 result
+        np.testing.assert_allclose(got["m"][0], mean64 / c[0].astype(np.float64), rtol=1e-15)
+    default = Evaluator(small_panel).evaluate(exprs, dtype=np.float64)
+    assert not np.array_equal(default["x"][inside], got["x"][inside])  # float64 differs in the last bits
