@@ -36,6 +36,9 @@ def features_command(
     qlib_compat: bool = typer.Option(
         True, "--qlib-compat/--corrected", help="qlib 0.9.7's exact operator quirks, or the corrected definitions."
     ),
+    float32_arithmetic: bool = typer.Option(
+        False, "--float32-arithmetic", help="Element-wise steps in float32 as qlib does (bit-level parity)."
+    ),
     threads: Optional[int] = typer.Option(None, help="Kernel threads (default: all cores)."),
 ) -> None:
     """Compute features over a market and write them to Parquet, indexed by (datetime, instrument)."""
@@ -51,7 +54,11 @@ def features_command(
     panel = load_market(data)
     t1 = time.perf_counter()
     evaluator = Evaluator(
-        panel, compat=qlib_compat, threads=threads, disk_cache=DiskCache(cache) if cache else None
+        panel,
+        compat=qlib_compat,
+        float32_arithmetic=float32_arithmetic,
+        threads=threads,
+        disk_cache=DiskCache(cache) if cache else None,
     )
     arrays = evaluator.evaluate(expressions)
     if label:

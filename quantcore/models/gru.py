@@ -21,6 +21,10 @@ class GRUConfig:
     """Defaults: examples/benchmarks/GRU/workflow_config_gru_Alpha158.yaml (TSDatasetH, step_len 20)."""
 
     step_len: int = 20  # days per window (qlib TSDatasetH step_len in the GRU benchmark)
+    # > 0: qlib's GRU on flat rows (pytorch_gru.py): each row's F = d_feat x L features are read as a
+    # sequence of L steps of d_feat values, field-major as Alpha360 lays them out (d_feat 6, L 60).
+    # The time-series view is then not used (step_len is ignored).
+    d_feat: int = 0
     hidden_size: int = 64
     num_layers: int = 2
     dropout: float = 0.0
@@ -41,10 +45,13 @@ class GRUConfig:
 class _GRUNet(nn.Module):
     def __init__(self, n_features: int, c: GRUConfig):
         super().__init__()
-        self.rnn = nn.GRU(n_features, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
+        self.d_feat = c.d_feat
+        self.rnn = nn.GRU(c.d_feat or n_features, c.hidden_size, c.num_layers, batch_first=True, dropout=c.dropout)
         self.fc_out = nn.Linear(c.hidden_size, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, L, F)
+        if self.d_feat:  # (B, 1, d_feat * L) -> (B, d_feat, L) -> (B, L, d_feat), oldest step first
+            x = x.reshape(x.shape[0], self.d_feat, -1).permute(0, 2, 1)
         out, _ = self.rnn(x)  # (B, L, H)
         return self.fc_out(out[:, -1, :]).squeeze(-1)  # (B,)
 
@@ -67,12 +74,13 @@ class GRUModel(BaseModel):
     def __init__(self, **params):
         super().__init__(**params)
         c = self.config
-        if c.n_epochs < 1 or c.early_stop < 1 or c.batch_size < 1 or c.step_len < 1:
-            raise ModelConfigError("gru: n_epochs, early_stop, batch_size and step_len must be >= 1")
+        if c.n_epochs < 1 or c.early_stop < 1 or c.batch_size < 1 or c.step_len < 1 or c.d_feat < 0:
+            raise ModelConfigError("gru: n_epochs, early_stop, batch_size and step_len must be >= 1, d_feat >= 0")
 
     def _view(self, dataset: Dataset, segment: str, key: DataKey) -> TSView:
         # qlib's GRU fills windows with "ffill+bfill" before the net sees them
-        return dataset.ts_view(segment, self.config.step_len, key, TSFill.FFILL_BFILL)
+        step_len = 1 if self.config.d_feat else self.config.step_len
+        return dataset.ts_view(segment, step_len, key, TSFill.FFILL_BFILL)
 
     def _fit(self, dataset: Dataset, info: FitInfo) -> None:
         c = self.config
@@ -81,6 +89,8 @@ class GRUModel(BaseModel):
         valid = _labelled(self._view(dataset, "valid", DataKey.LEARN))
         if len(train) == 0 or len(valid) == 0:
             raise ModelInputError("gru: the train and valid segments need rows with a finite label")
+        if c.d_feat and train.n_features % c.d_feat:
+            raise ModelConfigError(f"gru: d_feat ({c.d_feat}) must divide the number of features ({train.n_features})")
         with T.torch_session(c.seed, device, c.num_threads):
             net = _GRUNet(train.n_features, c)
             self.net_ = T.train_loop(

@@ -199,3 +199,25 @@ def test_cuda_path(name, dataset, tmp_path):
     pd.testing.assert_series_equal(type(model).load(tmp_path / "m").predict(dataset, "test"), score)
     cpu = make_model(name, **(PARAMS[name] | {"device": "cpu"})).fit(dataset).predict(dataset, "test")
     assert np.corrcoef(cpu, score)[0, 1] > 0.9  # same seed, same data: close to the CPU fit
+
+
+def test_gru_reads_flat_alpha360_rows_as_sequences():
+    """qlib's GRU on Alpha360: a row of d_feat x L field-major features is a sequence of L steps."""
+    from quantcore.features import alpha360
+    from quantcore.models.gru import GRUConfig, _GRUNet
+
+    net = _GRUNet(12, GRUConfig(d_feat=3, hidden_size=4))
+    assert net.rnn.input_size == 3
+    x = torch.arange(12, dtype=torch.float32).reshape(1, 1, 12)  # fields a, b, c x 4 steps, oldest first
+    seen = []
+    net.rnn.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    net(x)
+    assert seen[0].shape == (1, 4, 3)
+    assert seen[0][0, 0].tolist() == [0.0, 4.0, 8.0] and seen[0][0, -1].tolist() == [3.0, 7.0, 11.0]
+
+    panel = synth_market(40, 420, 0)
+    ds = build_dataset(panel, _config(features=alpha360(days=5)))
+    model = make_model("gru", d_feat=6, hidden_size=8, n_epochs=1, num_threads=1, device="cpu").fit(ds)
+    assert np.isfinite(model.predict(ds, "test").to_numpy()).all()
+    with pytest.raises(ModelConfigError, match="d_feat"):
+        make_model("gru", d_feat=7, n_epochs=1, num_threads=1, device="cpu").fit(ds)
