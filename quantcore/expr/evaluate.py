@@ -11,7 +11,9 @@ which is what makes whole-panel arithmetic agree with qlib's per-instrument seri
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Mapping, Sequence
@@ -202,60 +204,92 @@ class Evaluator:
 
     # ---- DAG evaluation --------------------------------------------------------------------------
     def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None]) -> None:
-        """Post-order evaluation of the union DAG of `roots`; `emit(i, values)` receives root i's result
-        (float64, valid only during the call). Intermediates are freed by reference count, and an
-        intermediate used for the last time is handed to its consumer as the output buffer, so most
-        element-wise steps allocate nothing."""
+        """Evaluate the union DAG of `roots`; `emit(i, values)` receives root i's result (float64, valid
+        only during the call). Intermediates are freed by reference count, and an intermediate used for
+        the last time is handed to its consumer as the output buffer, so most element-wise steps
+        allocate nothing. With more than one core, independent nodes run on two worker threads (numpy
+        and the kernels release the GIL), each kernel then single-threaded."""
         if not roots:
             return
-        refs: dict[Node, int] = {}
-        order: list[Node] = []
-        seen: set[Node] = set()
-        for root in roots:
-            refs[root] = refs.get(root, 0) + 1
-            stack: list[tuple[Node, bool]] = [(root, False)]
-            while stack:
-                node, expanded = stack.pop()
-                if expanded:
-                    order.append(node)
-                    continue
-                if node in seen:
-                    continue
-                seen.add(node)
-                stack.append((node, True))
-                for child in children(node):
-                    refs[child] = refs.get(child, 0) + 1
-                    if child not in seen:
-                        stack.append((child, False))
-        positions: dict[Node, list[int]] = {}
-        for i, root in enumerate(roots):
-            positions.setdefault(root, []).append(i)
+        plan = _plan(roots)
+        workers = 1 if self.threads == 1 else min(2, available_cores())
+        if workers > 1 and len(plan.order) > 8:
+            self._run_parallel(plan, emit, workers)
+        else:
+            self._run_sequential(plan, emit)
+
+    def _step(self, node: Node, values, plan: "_Plan", single: set, threads: int | None):
+        """Compute one node (its children are done); picks a spare buffer among last-use children."""
+        kids = children(node)
+        uses = Counter(kids)
+        spare = next((values[k] for k in kids if plan.refs[k] == uses[k] and _owned(k, values[k])), None)
+        if self.float32_arithmetic and _float32_in_qlib(node, single):
+            single.add(node)
+            return self._compute_float32(node, values)
+        return self._compute(node, values, spare, threads)
+
+    def _finish(self, node: Node, values, plan: "_Plan", emit) -> None:
+        """After `node` is computed: release children it used last, hand out root results."""
+        for child in children(node):
+            plan.refs[child] -= 1
+            if plan.refs[child] == 0:
+                del values[child]
+        if node in plan.positions:
+            result = self._array(values[node])
+            for i in plan.positions[node]:
+                emit(i, result)
+            plan.refs[node] -= len(plan.positions[node])
+            if plan.refs[node] == 0:
+                del values[node]
+
+    def _run_sequential(self, plan: "_Plan", emit) -> None:
         values: dict[Node, np.ndarray | float] = {}
         single: set[Node] = set()  # nodes whose qlib dtype is float32 (see float32_arithmetic)
-        for node in order:
-            kids = children(node)
-            uses = Counter(kids)
-            spare = next(
-                (values[k] for k in kids if refs[k] == uses[k] and _owned(k, values[k])), None
-            )  # a child this node consumes for the last time: its buffer can take the result
-            if self.float32_arithmetic and _float32_in_qlib(node, single):
-                single.add(node)
-                values[node] = self._compute_float32(node, values)
-            else:
-                values[node] = self._compute(node, values, spare)
-            for child in kids:
-                refs[child] -= 1
-                if refs[child] == 0:
-                    del values[child]
-            if node in positions:
-                result = self._array(values[node])
-                for i in positions[node]:
-                    emit(i, result)
-                refs[node] -= len(positions[node])
-                if refs[node] == 0:
-                    del values[node]
+        for node in plan.order:
+            values[node] = self._step(node, values, plan, single, None)
+            self._finish(node, values, plan, emit)
 
-    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], spare: np.ndarray | None = None):
+    def _run_parallel(self, plan: "_Plan", emit, workers: int) -> None:
+        """Ready-list scheduling: bookkeeping stays on this thread; only `_step` runs on workers.
+        A child's buffer is offered as spare only when every other consumer has finished, so a
+        running consumer never sees its input overwritten."""
+        values: dict[Node, np.ndarray | float] = {}
+        single: set[Node] = set()
+        waiting = {node: len(set(children(node))) for node in plan.order}
+        consumers: dict[Node, list[Node]] = {}
+        for node in plan.order:
+            for child in set(children(node)):
+                consumers.setdefault(child, []).append(node)
+        rank = {node: i for i, node in enumerate(plan.order)}  # keep post-order priority: frees memory early
+        ready = [node for node in plan.order if waiting[node] == 0]
+        running: dict = {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            while ready or running:
+                ready.sort(key=rank.__getitem__, reverse=True)
+                while ready and len(running) < workers:
+                    node = ready.pop()
+                    if isinstance(node, (Field, Const)):  # free: no need for a worker
+                        values[node] = self._step(node, values, plan, single, 1)
+                        self._complete(node, values, plan, emit, consumers, waiting, ready)
+                        continue
+                    running[pool.submit(self._step, node, values, plan, single, 1)] = node
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    node = running.pop(fut)
+                    values[node] = fut.result()
+                    self._complete(node, values, plan, emit, consumers, waiting, ready)
+
+    def _complete(self, node, values, plan, emit, consumers, waiting, ready) -> None:
+        self._finish(node, values, plan, emit)
+        for parent in consumers.get(node, ()):
+            waiting[parent] -= 1
+            if waiting[parent] == 0:
+                ready.append(parent)
+
+    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], spare: np.ndarray | None = None,
+                 threads: int | None = None):
         """One node's value: an (N, T) float64 array, or a float for constant sub-expressions (numpy
         broadcasts them, so `x / 2` never materialises a panel of 2s). `spare` is a float64 panel the
         caller no longer needs, usable as the output of element-wise steps."""
@@ -291,10 +325,10 @@ class Evaluator:
             inputs = [self._array(values[i]) for i in node.inputs]
             if len(inputs) == 2:
                 return self.backend.pair_rolling(
-                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=self.threads
+                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=threads or self.threads
                 )
             return self.backend.rolling(
-                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=self.threads
+                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=threads or self.threads
             )
         if isinstance(node, EMA):
             return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends)
@@ -336,6 +370,47 @@ class Evaluator:
         """Blank the outside of listing spans (for ops that make numbers out of NaN: comparisons, ...)."""
         np.copyto(arr, np.nan, where=self.panel.outside_span)
         return arr
+
+
+@dataclass
+class _Plan:
+    order: list  # unique nodes in post-order (children first)
+    refs: dict  # node -> consumers still to run (parent edges + root uses)
+    positions: dict  # root node -> its positions in the requested list
+
+
+def _plan(roots: Sequence[Node]) -> _Plan:
+    """The union DAG of `roots`: post-order of unique nodes and reference counts."""
+    refs: dict[Node, int] = {}
+    order: list[Node] = []
+    seen: set[Node] = set()
+    for root in roots:
+        refs[root] = refs.get(root, 0) + 1
+        stack: list[tuple[Node, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in seen:
+                continue
+            seen.add(node)
+            stack.append((node, True))
+            for child in children(node):
+                refs[child] = refs.get(child, 0) + 1
+                if child not in seen:
+                    stack.append((child, False))
+    positions: dict[Node, list[int]] = {}
+    for i, root in enumerate(roots):
+        positions.setdefault(root, []).append(i)
+    return _Plan(order, refs, positions)
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _float32_in_qlib(node: Node, single: set) -> bool:
