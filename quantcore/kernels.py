@@ -17,6 +17,7 @@ The slow twin with the same API lives in `quantcore._ext.reference`.
 from __future__ import annotations
 
 import math
+import os
 import numbers
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "rolling",
     "pair_rolling",
     "gather_rows",
+    "available_cores",
     "listed_counts",
     "ema",
     "shift",
@@ -325,3 +327,11 @@ def gather_rows(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, days: slice
         raise KernelArgumentError(f"out must be a contiguous float32 vector of {int(offsets[-1])} rows")
     _cs.gather_rows(xa, out, st, en, offsets, day0, _threads(threads))
     return out
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)

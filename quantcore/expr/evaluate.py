@@ -11,7 +11,6 @@ which is what makes whole-panel arithmetic agree with qlib's per-instrument seri
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from quantcore import kernels
+from quantcore.kernels import available_cores
 from quantcore.data.panel import Panel
 from quantcore.errors import ExpressionError
 from quantcore.expr.ast import (
@@ -404,13 +404,6 @@ def _plan(roots: Sequence[Node]) -> _Plan:
     for i, root in enumerate(roots):
         positions.setdefault(root, []).append(i)
     return _Plan(order, refs, positions)
-
-
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _float32_in_qlib(node: Node, single: set) -> bool:

@@ -7,7 +7,6 @@ A model follows the skfolio pattern: `__init__(**params)` only validates and sto
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -18,20 +17,13 @@ import numpy as np
 import pandas as pd
 
 from quantcore.dataset import DataKey, Dataset
+from quantcore.kernels import available_cores
 from quantcore.models.errors import ModelConfigError, ModelFitError, ModelInputError
 
 __all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "learn_arrays", "check_predictions"]
 
 #: bump when the saved layout changes; load refuses other versions rather than misreading them
 FORMAT_VERSION = 1
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
