@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml setup.py $(KERNEL_SOURCES)
 run: $(STAMP)
 	$(VENV)/bin/rdquant data info sp500
 	$(VENV)/bin/rdquant features --data sp500 --set alpha158 --out runs/alpha158_sp500.parquet
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/rdquant run examples/alpha158_lightgbm_sp500.yaml
 
 test: $(STAMP)
 	@# pytest exits 5 when nothing was collected: report it, do not fail on it
