@@ -197,7 +197,10 @@ class Panel:
     def fill_column(self, block: np.ndarray, j: int, arr: np.ndarray, days: slice = slice(None)) -> None:
         """Write the in-span cells of an (N, T) array within `days` into column j of a frame block."""
         if block.dtype == np.float32:
-            kernels.gather_rows(np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j])
+            # one thread: columns are filled while other work runs (the evaluator's DAG workers), and
+            # an OpenMP team on busy cores waits at every barrier
+            kernels.gather_rows(np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j],
+                                threads=1)
         else:
             block[:, j] = np.ascontiguousarray(arr).reshape(-1)[self.frame_cells(days)]
 
