@@ -186,23 +186,29 @@ class Panel:
         """Long frame indexed by (datetime, instrument): one row per in-span day within `days`, one
         column per (N, T) array. Built as a single column-major block so pandas does not copy it."""
         block = self.empty_block(len(columns), days, dtype)
+        cells = None if block.dtype == np.float32 else self.frame_cells(days)  # once, not per column
         for j, arr in enumerate(columns.values()):
-            self.fill_column(block, j, arr, days)
+            self.fill_column(block, j, arr, days, cells)
         return pd.DataFrame(block, index=self.frame_index(days), columns=list(columns), copy=False)
 
     def empty_block(self, n_columns: int, days: slice = slice(None), dtype=np.float32) -> np.ndarray:
         """An uninitialised column-major (rows, n_columns) block for `to_frame`-shaped output."""
-        return prefaulted_empty((len(self.frame_cells(days)), n_columns), dtype)
+        n_rows = int(kernels.listed_counts(self.starts, self.ends, self.n_days)[days].sum())
+        return prefaulted_empty((n_rows, n_columns), dtype)
 
-    def fill_column(self, block: np.ndarray, j: int, arr: np.ndarray, days: slice = slice(None)) -> None:
-        """Write the in-span cells of an (N, T) array within `days` into column j of a frame block."""
+    def fill_column(
+        self, block: np.ndarray, j: int, arr: np.ndarray, days: slice = slice(None), cells: np.ndarray | None = None
+    ) -> None:
+        """Write the in-span cells of an (N, T) array within `days` into column j of a frame block
+        (`cells`: `frame_cells(days)`, if already at hand, for non-float32 blocks)."""
         if block.dtype == np.float32:
             # one thread: columns are filled while other work runs (the evaluator's DAG workers), and
             # an OpenMP team on busy cores waits at every barrier
             kernels.gather_rows(np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j],
                                 threads=1)
         else:
-            block[:, j] = np.ascontiguousarray(arr).reshape(-1)[self.frame_cells(days)]
+            cells = self.frame_cells(days) if cells is None else cells
+            block[:, j] = np.ascontiguousarray(arr).reshape(-1)[cells]
 
     def frame_cells(self, days: slice = slice(None)) -> np.ndarray:
         """Flat positions in an (N, T) array of the frame's rows, in (datetime, instrument) order."""
