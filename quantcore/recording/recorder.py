@@ -42,7 +42,10 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
+from quantcore.recording.capture import CAPTURE_FILE
 from quantcore.recording.errors import RecordingError
+from quantcore.recording.jsonable import flatten
+from quantcore.recording.jsonable import jsonable as _jsonable
 
 __all__ = [
     "ARTIFACT_DIR", "DB_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ROOT", "FAILURE_TAG", "MODEL_TAG", "NONFINITE_TAG",
@@ -111,18 +114,6 @@ def resolve_store(
     else:
         art = default_art.as_uri() if default_art is not None else None
     return StoreLocation(uri, art)
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings flattened to dotted keys: {"model": {"lr": 0.1}} -> {"model.lr": 0.1}."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 @dataclass(frozen=True)
@@ -387,6 +378,33 @@ class Recorder:
         else:
             run._finish()
 
+    def import_capture(self, folder: str | Path) -> str:
+        """Replay a folder written by `CaptureRecorder` as a new run of this experiment; returns its id.
+        A folder without a finished capture (its writer was killed) is refused, not half-imported."""
+        folder = Path(folder)
+        doc_path = folder / CAPTURE_FILE
+        if not doc_path.is_file():
+            raise RecordingError(f"{folder} holds no finished capture ({CAPTURE_FILE} is missing)")
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, ValueError) as e:
+            raise RecordingError(f"{doc_path} is unreadable: {e}") from e
+        tags = {k: v for k, v in doc.get("tags", {}).items() if k != FAILURE_TAG}
+        with self.start_run(doc.get("name"), tags=tags) as run:
+            if doc.get("params"):
+                run.log_params(doc["params"])
+            for entry in doc.get("metrics", []):
+                values = {k: (float(v) if isinstance(v, str) else v) for k, v in entry["values"].items()}
+                run.log_metrics(values, step=entry.get("step"))
+            artifacts = folder / "artifacts"
+            if artifacts.is_dir() and any(artifacts.iterdir()):
+                run._call("log artifacts", run.client.log_artifacts, run.run_id, str(artifacts), None)
+            if doc.get("model"):
+                run.set_tags({MODEL_TAG: doc["model"]})
+            if doc.get("status") in (RunStatus.FAILED.value, RunStatus.KILLED.value):
+                run.set_failed(doc.get("tags", {}).get(FAILURE_TAG, "failed"), RunStatus(doc["status"]))
+        return run.run_id
+
     # ---- reading back --------------------------------------------------------------------------
 
     def list_runs(self, filter_string: str = "", max_results: int | None = None) -> list[RunRecord]:
@@ -460,21 +478,4 @@ def _param_text(value: Any) -> str:
         value = value.value
     if isinstance(value, (list, tuple)):
         return json.dumps(_jsonable(list(value)), default=str)
-    return str(value)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        x = float(value)
-        return x if math.isfinite(x) else None
     return str(value)

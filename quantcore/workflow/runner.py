@@ -27,6 +27,7 @@ from quantcore.evaluate.report import evaluate_arrays
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import feature_set
 from quantcore.models import make_model
+from quantcore.models.base import BaseModel
 from quantcore.models.registry import FAMILIES
 from quantcore.portfolio import FactorRiskModel, OptimizedPolicy, ShrinkageCovariance
 from quantcore.portfolio.optimizer import OptimizerConfig as SolverSettings
@@ -125,9 +126,12 @@ def run_workflow(
     recorder: Recorder | None = None,
     *,
     panel: Panel | None = None,
+    model: BaseModel | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> WorkflowResult:
-    """Run `cfg` end to end; a failure inside marks the MLflow run FAILED with the reason and re-raises."""
+    """Run `cfg` end to end; a failure inside marks the MLflow run FAILED with the reason and re-raises.
+    `recorder` may be any object with `Recorder.start_run`'s shape (e.g. a `CaptureRecorder`); `model`,
+    an unfitted model, replaces the one `cfg.model` describes."""
     recorder = recorder or Recorder.open(cfg.record.root, cfg.record.experiment)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -149,7 +153,7 @@ def run_workflow(
         dataset = build_dataset(panel, _dataset_config(cfg))
         lap("dataset")
 
-        model = make_model(cfg.model.family, **_model_params(cfg)).fit(dataset)
+        model = (model if model is not None else make_model(cfg.model.family, **_model_params(cfg))).fit(dataset)
         lap("fit")
         pred = model.predict(dataset, "test").rename("score")
         lap("predict")

@@ -1,0 +1,174 @@
+"""What every executor does around the workers: validate specs, export markets once, serve cached
+results, give each experiment its own folder, and record results in MLflow (one writer: this process).
+
+Subclasses (`LocalExecutor`, `RayExecutor`) only implement `_dispatch`: run prepared tasks on workers
+and yield each task's result as it arrives."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from sandbox.failures import classify
+from sandbox.limits import Limits
+from sandbox.market import export_market
+from sandbox.result import ExperimentResult, Failure, FailureCategory
+from sandbox.spec import WorkflowSpec, parse_spec, spec_hash, spec_json
+from sandbox.store import SandboxStore
+
+__all__ = ["Task", "BaseExecutor", "market_of", "DEFAULT_SANDBOX_ROOT"]
+
+DEFAULT_SANDBOX_ROOT = Path("runs") / "sandbox"
+
+
+@dataclass
+class Task:
+    """One experiment ready for a worker."""
+
+    task_id: int
+    spec_json: str
+    spec_hash: str
+    kind: str
+    workdir: str
+    markets: dict[str, str]  # market spec -> exported folder
+    key: str  # result cache key
+    name: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> tuple:
+        return (self.task_id, self.spec_json, self.workdir, self.markets)
+
+
+def market_of(spec) -> str:
+    if isinstance(spec, WorkflowSpec):
+        return str(spec.workflow.get("data", {}).get("market", "sp500")) if isinstance(spec.workflow.get("data"), dict) else "sp500"
+    return spec.market
+
+
+class BaseExecutor:
+    """Shared parent-side logic. `recorder`: a quantcore `Recorder` to log every result to, or None."""
+
+    def __init__(self, *, root: str | Path = DEFAULT_SANDBOX_ROOT, limits: Limits | None = None, recorder=None,
+                 use_cache: bool = True):
+        self.store = SandboxStore.at(root)
+        self.limits = limits or Limits()
+        self.recorder = recorder
+        self.use_cache = use_cache
+        self._markets: dict[str, tuple[str, str]] = {}  # market spec -> (folder, data version)
+        self._next_id = 0
+        self.stats = {"submitted": 0, "cached": 0, "run": 0, "worker_restarts": 0}
+
+    # ---- public API -----------------------------------------------------------------------------
+    def run(self, spec: Any) -> ExperimentResult:
+        """Run one spec (dict, JSON text or spec object); never raises for a bad experiment."""
+        return self.run_many([spec])[0]
+
+    def run_many(self, specs: Sequence[Any]) -> list[ExperimentResult]:
+        """Run specs in parallel; results in input order. Identical specs run once."""
+        return [r for _, r in sorted(self.iter_results(specs), key=lambda pair: pair[0])]
+
+    def iter_results(self, specs: Iterable[Any]) -> Iterator[tuple[int, ExperimentResult]]:
+        """(input index, result) pairs as results arrive."""
+        owners: dict[str, list[int]] = {}  # cache key -> input indices sharing that experiment
+        tasks: dict[str, Task] = {}
+        for i, raw in enumerate(specs):
+            self.stats["submitted"] += 1
+            prepared = self._prepare(raw)
+            if isinstance(prepared, ExperimentResult):
+                yield i, prepared
+            elif prepared.key in owners:
+                owners[prepared.key].append(i)
+            else:
+                owners[prepared.key] = [i]
+                tasks[prepared.key] = prepared
+        to_run = []
+        for key, task in tasks.items():
+            cached = self.store.cached(key) if self.use_cache else None
+            if cached is None:
+                to_run.append(task)
+                continue
+            self.stats["cached"] += len(owners[key])
+            for i in owners[key]:
+                yield i, cached
+        by_id = {t.task_id: t for t in to_run}
+        for task_id, result in self._dispatch(to_run):
+            task = by_id[task_id]
+            self.stats["run"] += 1
+            result = self._record(task, result)
+            if self.use_cache and result.spec_hash:
+                self.store.put(task.key, result)
+            for n, i in enumerate(owners[task.key]):
+                yield i, result if n == 0 else result.with_(cached=True)
+
+    def close(self) -> None:
+        """Stop the workers."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- for subclasses --------------------------------------------------------------------------
+    def _dispatch(self, tasks: list[Task]) -> Iterator[tuple[int, ExperimentResult]]:
+        raise NotImplementedError
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _prepare(self, raw: Any) -> Task | ExperimentResult:
+        try:
+            spec = parse_spec(raw)
+            key_hash = spec_hash(spec)
+        except Exception as exc:  # noqa: BLE001 - a bad spec is a result, not an exception
+            return ExperimentResult(spec_hash="", kind=_kind_of(raw), failure=classify(exc))
+        market = market_of(spec)
+        try:
+            folder, version = self._market(market)
+        except Exception as exc:  # noqa: BLE001
+            return ExperimentResult(spec_hash=key_hash, kind=spec.kind, failure=Failure(
+                FailureCategory.INVALID_SPEC, f"market {market!r} cannot be loaded: {exc}"))
+        self._next_id += 1
+        return Task(task_id=self._next_id, spec_json=spec_json(spec), spec_hash=key_hash, kind=spec.kind,
+                    workdir=str(self.store.workdir(key_hash)), markets={market: folder},
+                    key=self.store.result_key(key_hash, version), name=f"{spec.kind}-{key_hash[:8]}")
+
+    def _market(self, market: str) -> tuple[str, str]:
+        if market not in self._markets:
+            folder, version = export_market(self.store.root, market)
+            self._markets[market] = (str(folder), version)
+        return self._markets[market]
+
+    def _record(self, task: Task, result: ExperimentResult) -> ExperimentResult:
+        """Log the result to MLflow (if a recorder is set); a store error is noted, never fatal."""
+        if self.recorder is None:
+            return result
+        try:
+            capture = result.artifacts.get("mlflow_capture")
+            if result.ok and capture and Path(capture, "capture.json").exists():
+                run_id = self.recorder.import_capture(capture)
+                self._tag(run_id, task, result)
+                return result.with_(mlflow_run_id=run_id)
+            with self.recorder.start_run(task.name, tags={"kind": task.kind, "spec_hash": task.spec_hash}) as run:
+                run.log_params({"spec": json.loads(task.spec_json)})
+                if result.metrics:
+                    run.log_metrics(result.metrics)
+                run.log_metrics({"sandbox.seconds": result.seconds})
+                if result.failure is not None:
+                    run.set_tags({"failure_category": result.failure.category.value})
+                    run.log_text(result.failure.for_llm(), "failure.txt")
+                    run.set_failed(f"{result.failure.category.value}: {result.failure.message}")
+                return result.with_(mlflow_run_id=run.run_id)
+        except Exception as exc:  # noqa: BLE001 - the result itself is still good
+            return result.with_(details={**result.details, "recording_error": f"{type(exc).__name__}: {exc}"})
+
+    def _tag(self, run_id: str, task: Task, result: ExperimentResult) -> None:
+        self.recorder.client.set_tag(run_id, "spec_hash", task.spec_hash)
+        self.recorder.client.set_tag(run_id, "kind", task.kind)
+
+
+def _kind_of(raw: Any) -> str:
+    if isinstance(raw, dict):
+        return str(raw.get("kind", "?"))
+    return str(getattr(raw, "kind", "?"))
+

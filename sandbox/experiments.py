@@ -1,0 +1,240 @@
+"""Run one experiment spec inside a worker: factor scoring, model training, or a whole workflow.
+
+Everything here runs in the worker process; `run_spec` never raises - every problem becomes a
+structured `Failure` (see `sandbox.failures`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from quantcore.data.panel import Panel
+from quantcore.evaluate.ic import MIN_PAIRS
+from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
+from quantcore.expr.cache import MemoryCache
+from quantcore.expr.evaluate import Evaluator
+from sandbox.failures import DegenerateOutput, classify
+from sandbox.guard import Guard, load_generated
+from sandbox.result import ExperimentResult
+from sandbox.spec import FactorSpec, ModelSpec, RLSpec, WorkflowSpec, parse_spec, spec_hash
+
+__all__ = ["WorkerContext", "run_spec", "SCREEN_METRICS"]
+
+#: Per-factor metrics a factor experiment reports (validation-segment numbers).
+SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "n_days", "loss", "long_short",
+                  "long_short_t", "autocorr")
+
+
+@dataclass
+class WorkerContext:
+    """What a worker keeps between experiments: attached markets, one evaluator (with a bounded
+    memory cache, so labels are computed once) per market, and the audit-hook guard."""
+
+    attach: Callable[[str], Panel]  # market spec -> panel (memory-mapped in the pool)
+    guard: Guard = field(default_factory=Guard)
+    cache_bytes: int = 256 << 20
+    output_chars: int = 1 << 20
+    _panels: dict[str, Panel] = field(default_factory=dict)
+    _evaluators: dict[str, Evaluator] = field(default_factory=dict)
+
+    def panel(self, market: str) -> Panel:
+        if market not in self._panels:
+            self._panels[market] = self.attach(market)
+        return self._panels[market]
+
+    def evaluator(self, market: str) -> Evaluator:
+        if market not in self._evaluators:
+            # threads=1: the pool runs one experiment per core
+            self._evaluators[market] = Evaluator(self.panel(market), threads=1,
+                                                 memory_cache=MemoryCache(self.cache_bytes))
+        return self._evaluators[market]
+
+
+def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> ExperimentResult:
+    """Run a spec (dict/JSON/spec object) with `workdir` as the experiment's own folder."""
+    start = time.perf_counter()
+    try:
+        spec = parse_spec(raw_spec)
+        key = spec_hash(spec)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a structured result
+        return ExperimentResult(spec_hash="", kind=str(getattr(raw_spec, "get", lambda *_: "?")("kind", "?")),
+                                failure=classify(exc), seconds=time.perf_counter() - start)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        runner = {FactorSpec: _factor, ModelSpec: _model, WorkflowSpec: _workflow, RLSpec: _rl}[type(spec)]
+        metrics, details, artifacts, version = runner(spec, ctx, workdir)
+        return ExperimentResult(spec_hash=key, kind=spec.kind, metrics=metrics, details=details, artifacts=artifacts,
+                                seconds=time.perf_counter() - start, data_version=version)
+    except BaseException as exc:  # noqa: BLE001 - includes the CPU-limit signal's exception
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not ctx.guard.refusals:
+            raise
+        failure = classify(exc, refusals=ctx.guard.refusals, source=getattr(spec, "code", None))
+        return ExperimentResult(spec_hash=key, kind=spec.kind, failure=failure, seconds=time.perf_counter() - start)
+
+
+# ---- factor ----------------------------------------------------------------------------------------
+
+def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
+    panel = ctx.panel(spec.market)
+    ev = ctx.evaluator(spec.market)
+    ev.compile(spec.expressions)  # parse + validate all first: one bad expression fails the experiment early
+    ev.compile({"label": spec.label}, allow_future=True)
+    if spec.segment is not None:
+        days = panel.date_index(*spec.segment)
+    elif spec.pipeline is not None:
+        days = panel.date_index(*spec.pipeline.segments.valid)
+    else:
+        days = slice(0, panel.n_days)
+    if days.stop <= days.start:
+        raise DegenerateOutput(f"no trading days in the scoring segment {spec.segment}")
+    factors = ev.evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
+    if spec.code is not None:
+        factors[spec.code_name] = _code_factor(spec, panel, ctx, workdir)
+    label = ev.evaluate({"label": spec.label}, allow_future=True, dtype=np.float64)["label"][:, days]
+    library = ev.evaluate(spec.library, dtype=np.float64) if spec.library else {}
+    metrics: dict[str, float] = {}
+    details: dict[str, Any] = {"segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]}
+    for name, values in factors.items():
+        window = values[:, days]
+        _check_degenerate(name, window, spec.max_inf_share)
+        report, _ = evaluate_arrays(np.where(np.isinf(window), np.nan, window), label,
+                                    calendar=panel.calendar[days], expression=spec.expressions.get(name, name))
+        row = report.to_dict()
+        if spec.decay:
+            full = evaluate_expression(panel, spec.expressions[name], spec.label, panel.calendar[days.start],
+                                       panel.calendar[days.stop - 1], evaluator=ev,
+                                       decay_horizons=DECAY_HORIZONS) if name in spec.expressions else None
+            row["decay"] = full.to_dict()["decay"] if full else {}
+        if library:
+            from quantcore.evaluate.correlation import library_correlation
+
+            corr = library_correlation(window, {k: v[:, days] for k, v in library.items()}, MIN_PAIRS)
+            row["correlations"] = {k: c.daily_mean for k, c in corr.items()}
+        details[name] = row
+        for m in SCREEN_METRICS:
+            v = row.get(m)
+            metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
+    artifacts: dict[str, str] = {}
+    if spec.pipeline is not None:
+        metrics_p, details_p, artifacts = _pipeline(spec, panel, factors, ctx, workdir)
+        metrics.update(metrics_p)
+        details["pipeline"] = details_p
+    return metrics, details, artifacts, panel.version
+
+
+def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Path) -> np.ndarray:
+    """Run generated `factor(fields)` under the guard; returns its (N, T) float64 output."""
+    guard = ctx.guard
+    with guard.active(workdir, ctx.output_chars):
+        namespace = load_generated(spec.code)
+        fn = namespace.get("factor")
+        if not callable(fn):
+            raise DegenerateOutput("the code defines no function `factor(fields)`")
+        out = fn(_ReadOnlyFields(panel.fields))
+        del namespace, fn
+    if guard.refusals:
+        from sandbox.guard import ForbiddenOperation
+
+        raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
+    try:
+        arr = np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DegenerateOutput(f"factor() returned a {type(out).__name__} that is not numeric: {e}") from None
+    if arr.shape != (panel.n_instruments, panel.n_days):
+        raise DegenerateOutput(f"factor() returned shape {arr.shape}; expected (instruments, days) = "
+                               f"{(panel.n_instruments, panel.n_days)}")
+    arr = np.array(arr, copy=True)
+    arr[panel.outside_span] = np.nan
+    return arr
+
+
+class _ReadOnlyFields(dict):
+    """The panel's fields as a plain read-only mapping (the arrays themselves are read-only maps)."""
+
+    def __setitem__(self, key, value):
+        raise TypeError("fields are read-only; build new arrays instead")
+
+
+def _check_degenerate(name: str, x: np.ndarray, max_inf_share: float) -> None:
+    finite = np.isfinite(x)
+    n_finite = int(finite.sum())
+    n_inf = int(np.isinf(x).sum())
+    cells = int((~np.isnan(x)).sum())
+    if cells == 0:
+        raise DegenerateOutput(f"factor {name!r} is all NaN on the scoring segment")
+    if n_finite == 0:
+        raise DegenerateOutput(f"factor {name!r} has no finite value on the scoring segment (all +-inf: a division "
+                               "by zero?)")
+    if n_inf and n_inf / cells > max_inf_share:
+        raise DegenerateOutput(f"factor {name!r} has {n_inf} infinite values ({n_inf / cells:.1%} of its values; "
+                               "guard divisions, e.g. x / (y + 1e-12))")
+    vals = x[finite]
+    if vals.max() == vals.min():
+        raise DegenerateOutput(f"factor {name!r} is constant ({vals[0]:g}) on the scoring segment")
+
+
+# ---- model / workflow ----------------------------------------------------------------------------------
+
+def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ctx: WorkerContext, workdir: Path):
+    """Base features + the factors -> model -> TopkDropout, via the workflow runner."""
+    p = spec.pipeline
+    extra = dict(spec.expressions)
+    if spec.code is not None:  # a generated factor enters the feature set as a panel field
+        panel = panel.with_fields(**{spec.code_name: factors[spec.code_name]})
+        extra[spec.code_name] = f"${spec.code_name}"
+    cfg = {"name": f"factor-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
+           "dataset": {"features": p.features, "extra_features": extra, "label": spec.label,
+                       "segments": p.segments.model_dump(mode="json")},
+           "model": {"family": p.family, "params": p.params}, "backtest": p.backtest.model_dump(),
+           "record": {"plots": False}}
+    return _run_workflow_doc(cfg, panel, workdir, ctx)
+
+
+def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
+    panel = ctx.panel(spec.market)
+    cfg = {"name": f"model-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
+           "dataset": {"features": spec.features, "extra_features": spec.extra_features, "label": spec.label,
+                       "segments": spec.segments.model_dump(mode="json")},
+           "model": {"family": spec.family, "params": spec.params}, "backtest": spec.backtest.model_dump(),
+           "record": {"plots": False}}
+    model = None
+    if spec.code is not None:
+        from sandbox.generated_model import GeneratedModel
+
+        model = GeneratedModel(spec.code, ctx.guard, workdir, ctx.output_chars)
+    metrics, details, artifacts = _run_workflow_doc(cfg, panel, workdir, ctx, model=model)
+    return metrics, details, artifacts, panel.version
+
+
+def _workflow(spec: WorkflowSpec, ctx: WorkerContext, workdir: Path):
+    from quantcore.workflow.config import parse_workflow
+
+    cfg = parse_workflow(spec.workflow, "spec.workflow")
+    panel = ctx.panel(cfg.data.market)
+    metrics, details, artifacts = _run_workflow_doc(cfg.model_dump(mode="json"), panel, workdir, ctx)
+    return metrics, details, artifacts, panel.version
+
+
+def _run_workflow_doc(doc: dict, panel: Panel, workdir: Path, ctx: WorkerContext, model=None):
+    from quantcore.recording.capture import CaptureRecorder
+    from quantcore.workflow.config import parse_workflow
+    from quantcore.workflow.runner import run_workflow
+
+    cfg = parse_workflow(doc, "spec")
+    capture = workdir / "mlflow"
+    result = run_workflow(cfg, CaptureRecorder(capture), panel=panel, model=model)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    details = {"seconds": result.seconds}
+    return metrics, details, {"mlflow_capture": str(capture)}
+
+
+def _rl(spec: RLSpec, ctx: WorkerContext, workdir: Path):
+    from sandbox.failures import SpecNotRunnable
+
+    raise SpecNotRunnable("rl experiments are not runnable yet (the spec kind is reserved for the RL work)")

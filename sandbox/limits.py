@@ -1,0 +1,83 @@
+"""Process limits for a worker: wall clock (enforced by the parent), CPU time and address space
+(rlimits, set in the worker), and what the machine allows beyond that (a network namespace)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import resource
+import signal
+from dataclasses import dataclass
+
+__all__ = ["Limits", "apply_process_limits", "arm_cpu_limit", "isolate_network", "address_space_bytes"]
+
+_CLONE_NEWNET = 0x40000000
+_CLONE_NEWUSER = 0x10000000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-experiment limits. `memory_mb` is address space the worker may grow by beyond what it
+    holds when it starts (the interpreter, numpy and the mapped market); `cpu_seconds` is CPU time
+    of all its threads."""
+
+    wall_seconds: float = 120.0
+    cpu_seconds: float = 240.0
+    memory_mb: int = 4096
+    output_chars: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.wall_seconds <= 0 or self.cpu_seconds <= 0 or self.memory_mb <= 0:
+            raise ValueError(f"limits must be positive: {self}")
+
+
+def address_space_bytes() -> int:
+    """This process's current virtual size (VmSize)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def apply_process_limits(limits: Limits) -> None:
+    """Whole-worker limits: no core files, and an address-space cap of current size + memory_mb."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    cap = address_space_bytes() + limits.memory_mb * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def arm_cpu_limit(cpu_seconds: float, on_exceed) -> None:
+    """Deliver SIGXCPU once this process has used `cpu_seconds` more CPU from now; `on_exceed` is the
+    signal handler (it raises, so Python code stops at its next bytecode; C loops are the parent's
+    wall clock's job). The hard limit stays 10 s above, so a process that ignores it is killed."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    soft = int(used + cpu_seconds) + 1
+    signal.signal(signal.SIGXCPU, on_exceed)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    new_hard = soft + 10
+    if hard != resource.RLIM_INFINITY and hard < new_hard:
+        new_hard = hard  # cannot raise the hard limit without privileges; stay within it
+        soft = min(soft, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, new_hard))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def isolate_network() -> str | None:
+    """Move this process into a fresh network namespace (no interfaces: no network at all).
+    Returns None on success, else why not (unprivileged containers usually refuse)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return "no C library to call unshare(2)"
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) == 0:
+        return None
+    err = ctypes.get_errno()
+    # an unprivileged user may still create one inside a new user namespace
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
+        return None
+    return f"unshare(CLONE_NEWNET) refused: {os.strerror(err)}"

@@ -1,0 +1,76 @@
+"""Share a market between worker processes: exported once as .npy files, memory-mapped by each worker.
+
+The OS page cache holds one copy of the data however many workers read it, and a worker attaches in
+milliseconds instead of re-importing or re-generating the market."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from quantcore.data.panel import Panel
+from quantcore.data.sources import load_market
+
+__all__ = ["export_market", "attach_market", "market_dir"]
+
+_FORMAT = 1
+
+
+def market_dir(root: str | Path, market: str) -> Path:
+    """Where `export_market` puts `market` under `root` (one folder per market spec)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in market)[:80]
+    return Path(root) / "markets" / safe
+
+
+def export_market(root: str | Path, market: str, panel: Panel | None = None) -> tuple[Path, str]:
+    """Export `market` (loaded unless given) under `root` once; returns (folder, data version).
+    Written to a temporary folder and renamed, so a reader never sees half a market."""
+    target = market_dir(root, market)
+    meta_path = target / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") == _FORMAT:
+            return target, meta["version"]
+    panel = panel if panel is not None else load_market(market)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".export-"))
+    try:
+        np.save(tmp / "calendar.npy", panel.calendar.astype("datetime64[ns]").astype(np.int64))
+        np.save(tmp / "starts.npy", np.asarray(panel.starts, dtype=np.int64))
+        np.save(tmp / "ends.npy", np.asarray(panel.ends, dtype=np.int64))
+        for name, arr in panel.fields.items():
+            np.save(tmp / f"field.{name}.npy", np.ascontiguousarray(arr, dtype=np.float64))
+        meta = {"format": _FORMAT, "market": market, "name": panel.name, "version": panel.version,
+                "instruments": list(panel.instruments), "fields": list(panel.fields), "meta": dict(panel.meta)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process exported it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, panel.version
+
+
+def attach_market(folder: str | Path) -> Panel:
+    """The exported market in `folder`, its fields memory-mapped read-only."""
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    fields = {name: np.load(folder / f"field.{name}.npy", mmap_mode="r") for name in meta["fields"]}
+    panel = Panel(
+        calendar=np.load(folder / "calendar.npy").astype("datetime64[ns]"),
+        instruments=tuple(meta["instruments"]),
+        fields=fields,
+        starts=np.load(folder / "starts.npy"),
+        ends=np.load(folder / "ends.npy"),
+        name=meta["name"],
+        meta=meta["meta"],
+    )
+    panel.__dict__["version"] = meta["version"]  # known from the export; hashing again would read every page
+    return panel

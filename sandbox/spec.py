@@ -1,0 +1,221 @@
+"""Experiment specs: what to run, as versioned JSON-serialisable pydantic models.
+
+A spec names its market, so a result is reproducible from the spec alone; `spec_hash` identifies it
+(canonical JSON, expressions in canonical form, so whitespace or redundant brackets do not make a new
+experiment). Kinds: `factor`, `model`, `workflow`, and `rl` (reserved for the RL work; refused for now).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from quantcore.errors import ExpressionError
+from quantcore.expr.canonical import canonical
+from quantcore.expr.parser import parse
+from quantcore.features import DEFAULT_LABEL
+
+__all__ = [
+    "SPEC_VERSION", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
+    "SpecError", "parse_spec", "spec_hash", "spec_json",
+]
+
+#: Bumped when the meaning of a field changes; a spec of another version is refused, not guessed at.
+SPEC_VERSION = 1
+
+#: The validation segment used when a spec gives none (the synthetic and S&P 500 markets cover it).
+DEFAULT_SEGMENTS = {
+    "train": ("2010-01-04", "2015-12-31"),
+    "valid": ("2016-01-01", "2016-12-31"),
+    "test": ("2017-01-01", "2019-08-30"),
+}
+
+MAX_CODE_CHARS = 20_000
+MAX_EXPRESSIONS = 64
+
+
+class SpecError(ValueError):
+    """A spec is not valid JSON, not a known kind, or has bad fields; the message names each problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Segments(_Strict):
+    train: tuple[dt.date, dt.date]
+    valid: tuple[dt.date, dt.date]
+    test: tuple[dt.date, dt.date]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Segments":
+        for name in ("train", "valid", "test"):
+            start, end = getattr(self, name)
+            if start > end:
+                raise ValueError(f"{name} starts ({start}) after it ends ({end})")
+        if not (self.train[1] < self.valid[0] and self.valid[1] < self.test[0]):
+            raise ValueError("segments must be in time order without overlap: train < valid < test")
+        return self
+
+
+def _default_segments() -> Segments:
+    return Segments.model_validate(DEFAULT_SEGMENTS)
+
+
+class BacktestSettings(_Strict):
+    topk: int = Field(50, ge=1)
+    n_drop: int = Field(5, ge=0)
+    open_cost: float = Field(0.0005, ge=0)
+    close_cost: float = Field(0.0015, ge=0)
+    min_cost: float = Field(5.0, ge=0)
+
+
+class PipelineConfig(_Strict):
+    """Model + backtest run for a factor experiment: base features (plus the factors) -> model -> TopkDropout."""
+
+    features: str | dict[str, str] = "alpha158"
+    family: str = "lightgbm"
+    params: dict[str, Any] = Field(default_factory=dict)
+    segments: Segments = Field(default_factory=_default_segments)
+    backtest: BacktestSettings = Field(default_factory=BacktestSettings)
+
+
+class _Base(_Strict):
+    version: Literal[1] = SPEC_VERSION
+    market: str = "sp500"  # sp500 | synthetic[:N:T:SEED] | qlib directory | bars file (quantcore.data.sources)
+    seed: int = 0
+
+
+class FactorSpec(_Base):
+    """Score factor expressions (and/or one generated factor function) against a label on a segment."""
+
+    kind: Literal["factor"] = "factor"
+    expressions: dict[str, str] = Field(default_factory=dict)  # name -> expression
+    code: str | None = None  # Python defining `def factor(fields) -> (N, T) array`, scored as `code_name`
+    code_name: str = "code_factor"
+    library: dict[str, str] = Field(default_factory=dict)  # name -> expression; value correlation is reported
+    label: str = DEFAULT_LABEL
+    segment: tuple[dt.date, dt.date] | None = None  # scoring days; None = the pipeline's valid segment, else all
+    decay: bool = False  # IC decay over 20 horizons (costs ~20 label evaluations)
+    max_inf_share: float = Field(0.0, ge=0, le=1)  # share of +-inf values tolerated before "degenerate"
+    pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
+
+    @field_validator("expressions")
+    @classmethod
+    def _expressions(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > MAX_EXPRESSIONS:
+            raise ValueError(f"at most {MAX_EXPRESSIONS} expressions per experiment, got {len(v)}")
+        for name in v:
+            if not name or not name.replace("_", "").isalnum():
+                raise ValueError(f"factor name {name!r} must be letters, digits and underscores")
+        return v
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str | None) -> str | None:
+        if v is not None and len(v) > MAX_CODE_CHARS:
+            raise ValueError(f"code is {len(v)} characters; at most {MAX_CODE_CHARS}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> "FactorSpec":
+        if not self.expressions and self.code is None:
+            raise ValueError("a factor experiment needs `expressions` or `code`")
+        if self.code is not None and self.code_name in self.expressions:
+            raise ValueError(f"code_name {self.code_name!r} is also an expression name")
+        return self
+
+
+class ModelSpec(_Base):
+    """Train a model family with hyperparameters (or a generated model class) on a feature set, then backtest."""
+
+    kind: Literal["model"] = "model"
+    features: str | dict[str, str] = "alpha158"
+    extra_features: dict[str, str] = Field(default_factory=dict)
+    family: str = "lightgbm"
+    params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = None  # Python defining `class Model` with fit(x_train, y_train, x_valid, y_valid), predict(x)
+    label: str = DEFAULT_LABEL
+    segments: Segments = Field(default_factory=_default_segments)
+    backtest: BacktestSettings = Field(default_factory=BacktestSettings)
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, v: str | None) -> str | None:
+        if v is not None and len(v) > MAX_CODE_CHARS:
+            raise ValueError(f"code is {len(v)} characters; at most {MAX_CODE_CHARS}")
+        return v
+
+
+class WorkflowSpec(_Base):
+    """A whole workflow document (the content of a workflow YAML), run as `rdquant run` would."""
+
+    kind: Literal["workflow"] = "workflow"
+    workflow: dict[str, Any]
+
+
+class RLSpec(_Base):
+    """Reserved for reinforcement-learning execution experiments (not runnable yet)."""
+
+    kind: Literal["rl"] = "rl"
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+ExperimentSpec = Annotated[Union[FactorSpec, ModelSpec, WorkflowSpec, RLSpec], Field(discriminator="kind")]
+_ADAPTER: TypeAdapter = TypeAdapter(ExperimentSpec)
+
+
+def parse_spec(raw: Any) -> FactorSpec | ModelSpec | WorkflowSpec | RLSpec:
+    """Validate a spec given as a dict, a JSON string or an already-built spec."""
+    if isinstance(raw, (FactorSpec, ModelSpec, WorkflowSpec, RLSpec)):
+        return raw
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"spec is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"a spec must be a JSON object, got {type(raw).__name__}")
+    if raw.get("version", SPEC_VERSION) != SPEC_VERSION:
+        raise SpecError(f"spec version {raw.get('version')!r} is not supported (this is version {SPEC_VERSION})")
+    if "kind" not in raw:
+        raise SpecError("spec has no `kind`; expected one of factor, model, workflow, rl")
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            loc = [str(p) for p in e["loc"]]
+            if loc and loc[0] in ("factor", "model", "workflow", "rl"):
+                loc = loc[1:]  # the discriminator's branch name adds nothing
+            msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+            lines.append(f"{'.'.join(loc) or '(top level)'}: {msg}")
+        raise SpecError("invalid spec\n  - " + "\n  - ".join(lines)) from None
+
+
+def spec_json(spec) -> str:
+    """Canonical JSON of a spec (sorted keys, defaults filled, expressions in canonical form where they parse)."""
+    data = spec.model_dump(mode="json")
+    if isinstance(spec, FactorSpec):
+        data["expressions"] = {k: _canonical_or_raw(v) for k, v in data["expressions"].items()}
+        data["library"] = {k: _canonical_or_raw(v) for k, v in data["library"].items()}
+        data["label"] = _canonical_or_raw(data["label"])
+    elif isinstance(spec, ModelSpec):
+        data["extra_features"] = {k: _canonical_or_raw(v) for k, v in data["extra_features"].items()}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def spec_hash(spec) -> str:
+    """Stable content hash of a spec (hex, 32 characters)."""
+    return hashlib.sha256(spec_json(parse_spec(spec)).encode()).hexdigest()[:32]
+
+
+def _canonical_or_raw(text: str) -> str:
+    try:
+        return canonical(parse(text))
+    except (ExpressionError, RecursionError):
+        return text  # the experiment will fail with a parse error; the raw text still identifies it
