@@ -21,7 +21,7 @@ from quantcore.expr.evaluate import Evaluator
 from sandbox.failures import DegenerateOutput, classify
 from sandbox.guard import Guard, load_generated
 from sandbox.result import ExperimentResult
-from sandbox.spec import FactorSpec, ModelSpec, RLSpec, WorkflowSpec, parse_spec, spec_hash
+from sandbox.spec import FactorSpec, ModelSpec, RLSpec, WorkflowSpec, default_segments, parse_spec, spec_hash
 
 __all__ = ["WorkerContext", "run_spec", "SCREEN_METRICS"]
 
@@ -87,10 +87,8 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     ev.compile({"label": spec.label}, allow_future=True)
     if spec.segment is not None:
         days = panel.date_index(*spec.segment)
-    elif spec.pipeline is not None:
-        days = panel.date_index(*spec.pipeline.segments.valid)
     else:
-        days = slice(0, panel.n_days)
+        days = panel.date_index(*_segments(spec.segments or (spec.pipeline and spec.pipeline.segments), panel)["valid"])
     if days.stop <= days.start:
         raise DegenerateOutput(f"no trading days in the scoring segment {spec.segment}")
     factors = ev.evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
@@ -190,7 +188,7 @@ def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ct
         extra[spec.code_name] = f"${spec.code_name}"
     cfg = {"name": f"factor-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
            "dataset": {"features": p.features, "extra_features": extra, "label": spec.label,
-                       "segments": p.segments.model_dump(mode="json")},
+                       "segments": _segments(p.segments or spec.segments, panel)},
            "model": {"family": p.family, "params": p.params}, "backtest": p.backtest.model_dump(),
            "record": {"plots": False}}
     return _run_workflow_doc(cfg, panel, workdir, ctx)
@@ -200,7 +198,7 @@ def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
     panel = ctx.panel(spec.market)
     cfg = {"name": f"model-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
            "dataset": {"features": spec.features, "extra_features": spec.extra_features, "label": spec.label,
-                       "segments": spec.segments.model_dump(mode="json")},
+                       "segments": _segments(spec.segments, panel)},
            "model": {"family": spec.family, "params": spec.params}, "backtest": spec.backtest.model_dump(),
            "record": {"plots": False}}
     model = None
@@ -232,6 +230,11 @@ def _run_workflow_doc(doc: dict, panel: Panel, workdir: Path, ctx: WorkerContext
     metrics = {k: float(v) for k, v in result.metrics.items()}
     details = {"seconds": result.seconds}
     return metrics, details, {"mlflow_capture": str(capture)}
+
+
+def _segments(segments, panel: Panel) -> dict:
+    """The spec's segments as JSON, or the market's default 60/20/20 split."""
+    return segments.model_dump(mode="json") if segments is not None else default_segments(panel.calendar)
 
 
 def _rl(spec: RLSpec, ctx: WorkerContext, workdir: Path):

@@ -20,22 +20,25 @@ from quantcore.expr.parser import parse
 from quantcore.features import DEFAULT_LABEL
 
 __all__ = [
-    "SPEC_VERSION", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
+    "SPEC_VERSION", "Segments", "default_segments", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
     "SpecError", "parse_spec", "spec_hash", "spec_json",
 ]
 
 #: Bumped when the meaning of a field changes; a spec of another version is refused, not guessed at.
 SPEC_VERSION = 1
 
-#: The validation segment used when a spec gives none (the synthetic and S&P 500 markets cover it).
-DEFAULT_SEGMENTS = {
-    "train": ("2010-01-04", "2015-12-31"),
-    "valid": ("2016-01-01", "2016-12-31"),
-    "test": ("2017-01-01", "2019-08-30"),
-}
-
 MAX_CODE_CHARS = 20_000
 MAX_EXPRESSIONS = 64
+
+
+def default_segments(calendar) -> dict[str, tuple[str, str]]:
+    """A market's calendar split 60/20/20 into train/valid/test (ISO dates), for specs that give none."""
+    n = len(calendar)
+    if n < 10:
+        raise ValueError(f"a market of {n} days is too short to split into train/valid/test")
+    a, b = int(n * 0.6), int(n * 0.8)
+    day = lambda i: str(calendar[i])[:10]  # noqa: E731
+    return {"train": (day(0), day(a - 1)), "valid": (day(a), day(b - 1)), "test": (day(b), day(n - 1))}
 
 
 class SpecError(ValueError):
@@ -62,10 +65,6 @@ class Segments(_Strict):
         return self
 
 
-def _default_segments() -> Segments:
-    return Segments.model_validate(DEFAULT_SEGMENTS)
-
-
 class BacktestSettings(_Strict):
     topk: int = Field(50, ge=1)
     n_drop: int = Field(5, ge=0)
@@ -80,7 +79,7 @@ class PipelineConfig(_Strict):
     features: str | dict[str, str] = "alpha158"
     family: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
-    segments: Segments = Field(default_factory=_default_segments)
+    segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
 
 
@@ -99,9 +98,10 @@ class FactorSpec(_Base):
     code_name: str = "code_factor"
     library: dict[str, str] = Field(default_factory=dict)  # name -> expression; value correlation is reported
     label: str = DEFAULT_LABEL
-    segment: tuple[dt.date, dt.date] | None = None  # scoring days; None = the pipeline's valid segment, else all
+    segment: tuple[dt.date, dt.date] | None = None  # scoring days; None = the valid segment (see `segments`)
     decay: bool = False  # IC decay over 20 horizons (costs ~20 label evaluations)
     max_inf_share: float = Field(0.0, ge=0, le=1)  # share of +-inf values tolerated before "degenerate"
+    segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
 
     @field_validator("expressions")
@@ -140,7 +140,7 @@ class ModelSpec(_Base):
     params: dict[str, Any] = Field(default_factory=dict)
     code: str | None = None  # Python defining `class Model` with fit(x_train, y_train, x_valid, y_valid), predict(x)
     label: str = DEFAULT_LABEL
-    segments: Segments = Field(default_factory=_default_segments)
+    segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
 
     @field_validator("code")
