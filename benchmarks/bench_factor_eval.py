@@ -4,8 +4,9 @@
     python benchmarks/bench_factor_eval.py [--instruments 300 --days 2520] [--repeat 7] [--expr EXPR]
 
 One warm process; every run builds a fresh Evaluator (no expression cache), so the factor is computed
-from scratch. The label is evaluated once up front: in a research loop it is shared by every candidate
-(the time including it is printed too). Reported: median over runs, against the 50 ms target. The
+from scratch. The label is evaluated and ranked once up front (`daily_ranks`): in a research loop it is
+shared by every candidate, so RankIC ranks only the factor (the times with the label evaluated and
+ranked per call are printed too). Reported: median over runs, against the 50 ms target. The
 pandas baseline takes the same arrays as a long (datetime, instrument) frame and does what qlib's
 `calc_ic` does: groupby(datetime) -> corr, and rank within the day then corr for RankIC.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from quantcore.data.synthetic import synth_market
-from quantcore.evaluate import cs_rank, daily_ic, daily_rank_ic, evaluate_expression, ic_stats
+from quantcore.evaluate import cs_rank, daily_ic, daily_rank_ic, daily_ranks, evaluate_expression, ic_stats
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL
 
@@ -46,13 +47,14 @@ def main() -> None:
 
     panel = synth_market(args.instruments, args.days, 0)
     label = Evaluator(panel).evaluate({"y": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["y"]
+    ranked_label = daily_ranks(label)
 
     def factor() -> np.ndarray:
         return Evaluator(panel).evaluate({"f": args.expr}, dtype=np.float64)["f"]
 
     def score() -> tuple:
         f = factor()
-        return ic_stats(daily_ic(f, label)), ic_stats(daily_rank_ic(f, label))
+        return ic_stats(daily_ic(f, ranked_label)), ic_stats(daily_rank_ic(f, ranked_label))
 
     def score_with_label() -> tuple:
         ev = Evaluator(panel)
@@ -73,10 +75,13 @@ def main() -> None:
     ic, ric = score()
     pic, pric = pandas_ic()
     assert abs(ic.mean - pic) < 1e-9 and abs(ric.mean - pric) < 1e-9, (ic.mean, pic, ric.mean, pric)
+    # the cached label ranks change nothing: same daily RankIC bit for bit
+    assert np.array_equal(daily_rank_ic(f0, ranked_label), daily_rank_ic(f0, label), equal_nan=True)
 
     t_factor = _median_ms(factor, args.repeat)
     t_ic = _median_ms(lambda: daily_ic(f0, label), args.repeat)
-    t_ric = _median_ms(lambda: daily_rank_ic(f0, label), args.repeat)
+    t_ric = _median_ms(lambda: daily_rank_ic(f0, ranked_label), args.repeat)
+    t_ric_raw = _median_ms(lambda: daily_rank_ic(f0, label), args.repeat)
     t_rank = _median_ms(lambda: cs_rank(f0), args.repeat)
     t_score = _median_ms(score, args.repeat)
     t_score_label = _median_ms(score_with_label, args.repeat)
@@ -85,11 +90,12 @@ def main() -> None:
     print(f"synth_market({args.instruments}, {args.days}); expression {args.expr!r}; median of {args.repeat} runs")
     print(f"  evaluate factor (fresh Evaluator)  {t_factor:8.1f} ms")
     print(f"  daily IC                           {t_ic:8.1f} ms")
-    print(f"  daily RankIC                       {t_ric:8.1f} ms")
-    print(f"    of which one CSRank kernel call  {t_rank:8.1f} ms   (RankIC ranks factor and label on the common set)")
+    print(f"  daily RankIC, label ranked once    {t_ric:8.1f} ms")
+    print(f"    of which one CSRank kernel call  {t_rank:8.1f} ms   (the factor's ranks on the common set)")
+    print(f"  daily RankIC, label ranked too     {t_ric_raw:8.1f} ms")
     verdict = "meets" if t_score <= TARGET_MS else "misses"
     print(f"  score = evaluate + IC + RankIC     {t_score:8.1f} ms   ({verdict} the {TARGET_MS:.0f} ms target)")
-    print(f"  score, label evaluated too         {t_score_label:8.1f} ms")
+    print(f"  score, label evaluated + ranked    {t_score_label:8.1f} ms")
     print(f"  pandas groupby IC + RankIC         {t_pandas:8.1f} ms   (arrays already a frame; "
           f"{t_pandas / (t_ic + t_ric):.0f}x the array IC + RankIC, {t_pandas / t_score:.1f}x the whole score)")
     print(f"  full report (quantiles, turnover, autocorr, 20-horizon decay)  {t_report:8.1f} ms")

@@ -38,6 +38,7 @@ __all__ = [
     "ema",
     "shift",
     "cross_section",
+    "pearson_moments",
 ]
 
 #: Operators accepted by `rolling`, `pair_rolling` and `cross_section`.
@@ -217,6 +218,22 @@ def cross_section(
         ga = xa  # unused by the kernel
     out = np.full(xa.shape, np.nan)  # days without values are skipped, not written
     _cs.cross_section(code, xa, out, st, en, ga, q, nth)
+    return out
+
+
+def pearson_moments(x: np.ndarray, y: np.ndarray, both: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+    """Per-day moments over the cells where `both` is True, float64 (6, days): count, mean of x,
+    mean of y, and the centred sums xx, yy, xy (two-pass, summed in instrument order, so equal to
+    the NumPy expressions of the reference twin bit for bit). A day without cells has NaN means."""
+    xa = _panel_array(x, "x")
+    ya = _panel_array(y, "y")
+    mask = np.asarray(both)
+    if mask.dtype != bool:
+        raise KernelArgumentError(f"both must be a bool (instruments, days) array, got dtype {mask.dtype}")
+    if ya.shape != xa.shape or mask.shape != xa.shape:
+        raise KernelArgumentError(f"x, y and both must have one shape, got {xa.shape}, {ya.shape} and {mask.shape}")
+    out = np.empty((6, xa.shape[1]))
+    _cs.pearson_moments(xa, ya, np.ascontiguousarray(mask).view(np.uint8), out, _threads(threads))
     return out
 
 

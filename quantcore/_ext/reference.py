@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["rolling", "pair_rolling", "ema", "shift", "cross_section"]
+__all__ = ["rolling", "pair_rolling", "ema", "shift", "cross_section", "pearson_moments"]
 
 QLIB_STD_ABS_TOL = 2e-5  # qlib ops.py: np.isclose(std, 0, atol=2e-05)
 FLAT_STD_REL_TOL = 1e-10  # compat=False: flat when std <= 1e-10 * |mean|
@@ -229,6 +229,19 @@ def cross_section(op, x, starts, ends, *, groups=None, param=None, threads=None)
         if res is not None:
             out[res.index.to_numpy(), t] = res.to_numpy()
     return out
+
+
+def pearson_moments(x, y, both, *, threads=None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    count = both.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = np.where(both, x, 0.0).sum(axis=0) / count
+        my = np.where(both, y, 0.0).sum(axis=0) / count
+        dx = np.where(both, x - mx, 0.0)
+        dy = np.where(both, y - my, 0.0)
+    return np.stack([count.astype(np.float64), mx, my, (dx * dx).sum(axis=0), (dy * dy).sum(axis=0),
+                     (dx * dy).sum(axis=0)])
 
 
 def _one_day(op: str, s: pd.Series, g: pd.Series | None, param) -> pd.Series | None:

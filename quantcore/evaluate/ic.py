@@ -16,7 +16,7 @@ import numpy as np
 
 from quantcore import kernels
 
-__all__ = ["ICStats", "cs_rank", "daily_ic", "daily_rank_ic", "ic_stats", "pooled_corr"]
+__all__ = ["DailyRanks", "ICStats", "cs_rank", "daily_ic", "daily_rank_ic", "daily_ranks", "ic_stats", "pooled_corr"]
 
 #: Fewer valid (factor, label) pairs than this on a day and the day is skipped: a correlation over a
 #: handful of names is noise, and qlib's own reports drop such days the same way.
@@ -31,9 +31,12 @@ def cs_rank(x: np.ndarray) -> np.ndarray:
     return kernels.cross_section("CSRank", x, np.zeros(n, np.int64), np.full(n, t, np.int64))
 
 
-def _common(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+def _panel(a) -> np.ndarray:
+    return a.values if isinstance(a, DailyRanks) else np.asarray(a, dtype=np.float64)
+
+
+def _common(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y = _panel(x), _panel(y)
     if x.shape != y.shape or x.ndim != 2:
         raise ValueError(
             f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}"
@@ -43,16 +46,11 @@ def _common(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _pearson_days(x: np.ndarray, y: np.ndarray, both: np.ndarray, min_pairs: int) -> np.ndarray:
-    # two-pass (demean, then sum products): one pass of sums of squares loses digits on prices
-    count = both.sum(axis=0)
+    # two-pass moments (demean, then sum products) in one compiled sweep: one pass of sums of
+    # squares loses digits on prices
+    count, mx, my, sxx, syy, sxy = kernels.pearson_moments(x, y, both)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx = np.where(both, x, 0.0).sum(axis=0) / count
-        my = np.where(both, y, 0.0).sum(axis=0) / count
-        dx = np.where(both, x - mx, 0.0)
-        dy = np.where(both, y - my, 0.0)
-        sxx = np.einsum("ij,ij->j", dx, dx)
-        syy = np.einsum("ij,ij->j", dy, dy)
-        r = np.einsum("ij,ij->j", dx, dy) / np.sqrt(sxx * syy)
+        r = sxy / np.sqrt(sxx * syy)
     # a day whose values are all equal has no cross-section to correlate; the demeaned values are then
     # rounding noise of the mean (about count * eps * |mean| each), so compare against that scale
     flat = (sxx <= count * (1e-12 * mx) ** 2) | (syy <= count * (1e-12 * my) ** 2)
@@ -60,17 +58,57 @@ def _pearson_days(x: np.ndarray, y: np.ndarray, both: np.ndarray, min_pairs: int
     return np.clip(r, -1.0, 1.0)
 
 
-def daily_ic(factor: np.ndarray, label: np.ndarray, min_pairs: int = MIN_PAIRS) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class DailyRanks:
+    """An (N, T) array ranked once per day over its own finite cells, for scoring many factors
+    against one label (or one factor against many labels) without re-ranking it every time."""
+
+    values: np.ndarray  # float64 (N, T), a read-only copy: the ranks stay true to it
+    valid: np.ndarray  # bool (N, T): finite cells
+    rank: np.ndarray  # (N, T) cs_rank over `valid`, NaN elsewhere
+
+    def within(self, common: np.ndarray) -> np.ndarray:
+        """Ranks over each day's `common` cells (a subset of `valid`), equal to
+        cs_rank(np.where(common, values, nan)) on those cells: the cached ranks, except on days where
+        `common` drops a valid cell, which are ranked again."""
+        stale = (self.valid & ~common).any(axis=0)
+        if not stale.any():
+            return self.rank
+        out = self.rank.copy()
+        out[:, stale] = cs_rank(np.where(common[:, stale], self.values[:, stale], np.nan))
+        return out
+
+
+def daily_ranks(x: np.ndarray) -> DailyRanks:
+    """Rank `x` (N, T) once per day, for repeated `daily_rank_ic` calls against it."""
+    values = np.array(x, dtype=np.float64)  # a copy: a later change to x must not stale the ranks
+    if values.ndim != 2:
+        raise ValueError(f"daily_ranks needs an (instruments, days) array, got shape {values.shape}")
+    values.flags.writeable = False
+    valid = np.isfinite(values)
+    rank = cs_rank(np.where(valid, values, np.nan))
+    rank.flags.writeable = False
+    return DailyRanks(values, valid, rank)
+
+
+def _ranks_within(a, x: np.ndarray, both: np.ndarray) -> np.ndarray:
+    return a.within(both) if isinstance(a, DailyRanks) else cs_rank(np.where(both, x, np.nan))
+
+
+def daily_ic(factor: np.ndarray | DailyRanks, label: np.ndarray | DailyRanks, min_pairs: int = MIN_PAIRS) -> np.ndarray:
     """Pearson IC per day (T,) between factor and label across instruments; NaN on skipped days."""
     x, y, both = _common(factor, label)
     return _pearson_days(x, y, both, min_pairs)
 
 
-def daily_rank_ic(factor: np.ndarray, label: np.ndarray, min_pairs: int = MIN_PAIRS) -> np.ndarray:
-    """Spearman RankIC per day (T,): Pearson of the ranks over each day's common valid set."""
+def daily_rank_ic(
+    factor: np.ndarray | DailyRanks, label: np.ndarray | DailyRanks, min_pairs: int = MIN_PAIRS
+) -> np.ndarray:
+    """Spearman RankIC per day (T,): Pearson of the ranks over each day's common valid set. Either
+    side may be a `DailyRanks` (see `daily_ranks`), whose cached ranks are then reused."""
     x, y, both = _common(factor, label)
-    rx = cs_rank(np.where(both, x, np.nan))  # rank over the common set only, as pandas' pairwise corr
-    ry = cs_rank(np.where(both, y, np.nan))
+    rx = _ranks_within(factor, x, both)  # rank over the common set only, as pandas' pairwise corr
+    ry = _ranks_within(label, y, both)
     return _pearson_days(rx, ry, both, min_pairs)
 
 

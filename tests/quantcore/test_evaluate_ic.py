@@ -19,6 +19,7 @@ from quantcore.evaluate import (
     bucket_turnover,
     daily_ic,
     daily_rank_ic,
+    daily_ranks,
     decay_label,
     evaluate_arrays,
     evaluate_expression,
@@ -94,6 +95,23 @@ def test_nan_pairs_ties_and_skipped_days_match_pandas():
         ref[9] = NAN
         assert np.isnan(got[5]) and np.isnan(got[9])
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_ranked_label_gives_the_same_rank_ic_bit_for_bit():
+    rng = np.random.default_rng(11)
+    f = rng.standard_normal((40, 30)).round(1)
+    y = rng.standard_normal((40, 30)).round(1)
+    y[rng.random(y.shape) < 0.1] = NAN
+    y[3, 4] = np.inf  # inf is missing on either side
+    f[:, :5] = NAN  # warm-up days: no pairs
+    f[rng.random(f.shape) < 0.05] = NAN  # days where the common set is smaller than the label's
+    ranked = daily_ranks(y)
+    want = daily_rank_ic(f, y)
+    assert np.array_equal(daily_rank_ic(f, ranked), want, equal_nan=True)
+    assert np.array_equal(daily_rank_ic(daily_ranks(f), ranked), want, equal_nan=True)
+    assert np.array_equal(daily_ic(f, ranked), daily_ic(f, y), equal_nan=True)
+    y[:] = 0.0  # the ranks hold a copy: changing the source afterwards does not stale them
+    assert np.array_equal(daily_rank_ic(f, ranked), want, equal_nan=True)
 
 
 def test_quantile_returns_on_a_hand_example():

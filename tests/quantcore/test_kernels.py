@@ -308,6 +308,19 @@ def test_cross_section_closed_forms():
     np.testing.assert_allclose(w, np.clip(x[:, 0], *np.quantile(x[:, 0], [0.25, 0.75])))
 
 
+@pytest.mark.parametrize("n, days", [(1, 1), (7, 3), (300, 130), (65, 64)])
+def test_pearson_moments_equal_the_numpy_twin_bit_for_bit(n, days):
+    rng = np.random.default_rng(n * 1000 + days)
+    x = rng.normal(100.0, 5.0, (n, days)).round(1)  # a price level: the two-pass case
+    y = rng.standard_normal((n, days))
+    both = rng.random((n, days)) < 0.8
+    both[:, 0] = False  # a day without pairs: NaN means, zero sums
+    x[~both & (rng.random((n, days)) < 0.5)] = np.nan  # values outside `both` are never read
+    want = R.pearson_moments(x, y, both)
+    for threads in (None, 1, 2):
+        assert np.array_equal(K.pearson_moments(x, y, both, threads=threads), want, equal_nan=True)
+
+
 # ---- parity with qlib's own operator code (needs RDQUANT_QLIB_PYTHON) ----------------------------
 
 _QLIB_SCRIPT = """
