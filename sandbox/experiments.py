@@ -98,12 +98,18 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     library = ev.evaluate(spec.library, dtype=np.float64) if spec.library else {}
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {"segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]}
+    if spec.lookahead_check:
+        _check_no_look_ahead(spec, panel, factors, days, ctx, workdir)
     for name, values in factors.items():
         window = values[:, days]
         _check_degenerate(name, window, spec.max_inf_share)
-        report, _ = evaluate_arrays(np.where(np.isinf(window), np.nan, window), label,
-                                    calendar=panel.calendar[days], expression=spec.expressions.get(name, name))
-        row = report.to_dict()
+        clean = np.where(np.isinf(window), np.nan, window)
+        if spec.report == "screen":
+            row = _screen(clean, label, panel.calendar[days], spec.expressions.get(name, name))
+        else:
+            report, _ = evaluate_arrays(clean, label, calendar=panel.calendar[days],
+                                        expression=spec.expressions.get(name, name))
+            row = report.to_dict()
         if spec.decay:
             full = evaluate_expression(panel, spec.expressions[name], spec.label, panel.calendar[days.start],
                                        panel.calendar[days.stop - 1], evaluator=ev,
@@ -117,13 +123,26 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         details[name] = row
         for m in SCREEN_METRICS:
             v = row.get(m)
-            metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
+            if m in row:
+                metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
     artifacts: dict[str, str] = {}
     if spec.pipeline is not None:
         metrics_p, details_p, artifacts = _pipeline(spec, panel, factors, ctx, workdir)
         metrics.update(metrics_p)
         details["pipeline"] = details_p
     return metrics, details, artifacts, panel.version
+
+
+def _screen(factor: np.ndarray, label: np.ndarray, calendar: np.ndarray, expression: str) -> dict:
+    """IC and RankIC with their ICIR and t-statistics only: the bulk-screening subset of the report."""
+    from quantcore.evaluate.factor_data import align
+    from quantcore.evaluate.ic import daily_ic, ic_stats
+
+    data = align(factor, label, calendar=calendar, name=expression)
+    ic = ic_stats(daily_ic(data.factor, data.label))
+    rank_ic = ic_stats(daily_ic(data.factor_rank, data.label_rank))
+    return {"expression": expression, "ic": ic.mean, "rank_ic": rank_ic.mean, "icir": ic.icir, "rank_icir": rank_ic.icir,
+            "ic_t": ic.t_stat, "rank_ic_t": rank_ic.t_stat, "n_days": data.n_days, "loss": data.loss}
 
 
 def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Path) -> np.ndarray:
@@ -150,6 +169,33 @@ def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Pa
     arr = np.array(arr, copy=True)
     arr[panel.outside_span] = np.nan
     return arr
+
+
+def _check_no_look_ahead(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], days: slice,
+                         ctx: WorkerContext, workdir: Path) -> None:
+    """Perturbation test: scramble every field after a cutoff day inside the scoring segment; a factor
+    that reads only the past keeps every value up to the cutoff bit for bit."""
+    from quantcore.errors import LookAheadError
+
+    cut = days.start + (days.stop - days.start) // 2
+    rng = np.random.default_rng(12345)
+    perturbed = {}
+    for key, arr in panel.fields.items():
+        x = np.array(arr, copy=True)
+        x[:, cut + 1:] *= rng.uniform(0.5, 1.5, size=x[:, cut + 1:].shape)
+        perturbed[key] = x
+    shadow = Panel(panel.calendar, panel.instruments, perturbed, panel.starts, panel.ends, panel.name, panel.meta)
+    again = Evaluator(shadow, threads=1).evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
+    if spec.code is not None:
+        again[spec.code_name] = _code_factor(spec, shadow, ctx, workdir)
+    for name, values in factors.items():
+        before, after = values[:, : cut + 1], again[name][:, : cut + 1]
+        same = (before == after) | (np.isnan(before) & np.isnan(after))
+        if not same.all():
+            bad = int((~same).sum())
+            day = str(panel.calendar[int(np.nonzero(~same)[1].min())])[:10]
+            raise LookAheadError(f"factor {name!r} changed on {bad} cells up to {str(panel.calendar[cut])[:10]} when "
+                                 f"only later data changed (first on {day}): it reads the future")
 
 
 class _ReadOnlyFields(dict):

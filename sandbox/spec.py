@@ -101,6 +101,8 @@ class FactorSpec(_Base):
     segment: tuple[dt.date, dt.date] | None = None  # scoring days; None = the valid segment (see `segments`)
     decay: bool = False  # IC decay over 20 horizons (costs ~20 label evaluations)
     max_inf_share: float = Field(0.0, ge=0, le=1)  # share of +-inf values tolerated before "degenerate"
+    lookahead_check: bool = False  # perturb data after a cutoff and require identical values up to it
+    report: Literal["full", "screen"] = "full"  # screen: IC, RankIC and their ICIR/t only (bulk screening)
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
 
