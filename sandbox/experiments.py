@@ -19,7 +19,7 @@ from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_
 from quantcore.expr.cache import MemoryCache
 from quantcore.expr.evaluate import Evaluator
 from sandbox.failures import DegenerateOutput, classify
-from sandbox.guard import Guard, load_generated
+from sandbox.guard import ForbiddenOperation, Guard, load_generated
 from sandbox.result import ExperimentResult
 from sandbox.spec import FactorSpec, ModelSpec, RLSpec, WorkflowSpec, default_segments, parse_spec, spec_hash
 
@@ -66,9 +66,12 @@ def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> Experime
                                 failure=classify(exc), seconds=time.perf_counter() - start)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    ctx.guard.refusals = []
     try:
         runner = {FactorSpec: _factor, ModelSpec: _model, WorkflowSpec: _workflow, RLSpec: _rl}[type(spec)]
         metrics, details, artifacts, version = runner(spec, ctx, workdir)
+        if ctx.guard.refusals:  # refused after its guarded blocks (a finaliser, say): blocked, and still reported
+            raise ForbiddenOperation(f"the sandbox refused {ctx.guard.refusals[0]}")
         return ExperimentResult(spec_hash=key, kind=spec.kind, metrics=metrics, details=details, artifacts=artifacts,
                                 seconds=time.perf_counter() - start, data_version=version)
     except BaseException as exc:  # noqa: BLE001 - includes the CPU-limit signal's exception
@@ -154,15 +157,15 @@ def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Pa
         if not callable(fn):
             raise DegenerateOutput("the code defines no function `factor(fields)`")
         out = fn(_ReadOnlyFields(panel.fields))
-        del namespace, fn
+        # converted (and the output released) while still guarded: a returned object's `__array__`,
+        # `__float__` or `__del__` is generated code too
+        try:
+            arr = np.asarray(out, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise DegenerateOutput(f"factor() returned a {type(out).__name__} that is not numeric: {e}") from None
+        del namespace, fn, out
     if guard.refusals:
-        from sandbox.guard import ForbiddenOperation
-
         raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
-    try:
-        arr = np.asarray(out, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise DegenerateOutput(f"factor() returned a {type(out).__name__} that is not numeric: {e}") from None
     if arr.shape != (panel.n_instruments, panel.n_days):
         raise DegenerateOutput(f"factor() returned shape {arr.shape}; expected (instruments, days) = "
                                f"{(panel.n_instruments, panel.n_days)}")
@@ -274,8 +277,20 @@ def _run_workflow_doc(doc: dict, panel: Panel, workdir: Path, ctx: WorkerContext
     capture = workdir / "mlflow"
     result = run_workflow(cfg, CaptureRecorder(capture), panel=panel, model=model)
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    details = {"seconds": result.seconds}
+    details = {"seconds": result.seconds, "daily_rank_ic": _daily_rank_ic(result.prediction, panel, cfg)}
     return metrics, details, {"mlflow_capture": str(capture)}
+
+
+def _daily_rank_ic(prediction, panel: Panel, cfg) -> list[float | None]:
+    """The evaluated segment's daily RankIC of the predictions (for noise-band comparisons of models)."""
+    from quantcore.backtest import align_signal
+    from quantcore.evaluate.ic import daily_rank_ic
+
+    days = panel.date_index(*cfg.dataset.segments.test)
+    label = Evaluator(panel, threads=1).evaluate({"y": cfg.dataset.label}, allow_future=True, dtype=np.float64)["y"]
+    scores = align_signal(prediction, panel).T
+    series = daily_rank_ic(scores[:, days], label[:, days])
+    return [None if not math.isfinite(v) else float(v) for v in series]
 
 
 def _segments(segments, panel: Panel) -> dict:

@@ -1,0 +1,98 @@
+"""Deterministic decisions on validation metrics: factor admission and "replace the best model".
+
+No LLM decides anything here. A factor enters the library only if it passes the cheap gates and the
+admission rules; a model replaces the best only if a block bootstrap of its daily RankIC advantage
+over the best model excludes zero (the noise band), net of a cost check on turnover."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.contracts import Verdict
+from sandbox.result import ExperimentResult
+
+__all__ = ["AdmissionRules", "admit_factor", "compare_models", "bootstrap_mean_interval"]
+
+
+@dataclass(frozen=True)
+class AdmissionRules:
+    """Configurable thresholds (validation segment)."""
+
+    min_abs_rank_ic: float = 0.01
+    min_abs_rank_icir: float = 0.08
+    max_library_corr: float = 0.7
+    max_loss: float = 0.35  # share of values missing after cleaning (coverage)
+    max_nodes: int = 40
+    max_depth: int = 10
+    bootstrap_samples: int = 1000
+    bootstrap_block: int = 10  # days: keeps autocorrelation inside a resampled block
+    confidence: float = 0.9
+
+
+def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, library_corr: dict[str, float],
+                 complexity: tuple[int, int]) -> Verdict:
+    """accept/reject a factor experiment's result with every reason that applied."""
+    if not result.ok:
+        f = result.failure
+        return Verdict(candidate=name, verdict="reject", reasons=[f"{f.category.value}: {f.message}"])
+    m = {k.split(".", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"{name}.")}
+    reasons = []
+    nodes, depth = complexity
+    if nodes > rules.max_nodes or depth > rules.max_depth:
+        reasons.append(f"complexity: {nodes} nodes / depth {depth} exceeds {rules.max_nodes} / {rules.max_depth}")
+    rank_ic, icir = m.get("rank_ic", math.nan), m.get("rank_icir", math.nan)
+    if not (abs(rank_ic) >= rules.min_abs_rank_ic):
+        reasons.append(f"weak: |RankIC| {abs(rank_ic):.4f} < {rules.min_abs_rank_ic}")
+    if not (abs(icir) >= rules.min_abs_rank_icir):
+        reasons.append(f"unstable: |RankICIR| {abs(icir):.3f} < {rules.min_abs_rank_icir}")
+    if m.get("loss", 0.0) > rules.max_loss:
+        reasons.append(f"coverage: {m['loss']:.0%} of values lost to NaN/inf (max {rules.max_loss:.0%})")
+    dup = {k: c for k, c in library_corr.items() if c is not None and abs(c) >= rules.max_library_corr}
+    if dup:
+        k = max(dup, key=lambda key: abs(dup[key]))
+        reasons.append(f"duplicate: value correlation {dup[k]:+.2f} with library factor {k} (max {rules.max_library_corr})")
+    metrics = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
+    if reasons:
+        return Verdict(candidate=name, verdict="reject", reasons=reasons, metrics=metrics)
+    return Verdict(candidate=name, verdict="accept", metrics=metrics,
+                   reasons=[f"passes: RankIC {rank_ic:+.4f}, RankICIR {icir:+.3f}, max |corr| with library "
+                            f"{max((abs(c) for c in library_corr.values() if c is not None), default=0):.2f}"])
+
+
+def bootstrap_mean_interval(diff: np.ndarray, samples: int, block: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Moving-block bootstrap interval of the mean of a daily series (NaN days dropped)."""
+    x = np.asarray(diff, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 2 * block:
+        return -math.inf, math.inf
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - block + 1, size=(samples, math.ceil(n / block)))
+    idx = (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(samples, -1)[:, :n]
+    means = x[idx].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def compare_models(name: str, candidate: ExperimentResult, best_daily: list[float] | None, best_metrics: dict,
+                   rules: AdmissionRules, seed: int) -> Verdict:
+    """replace_best only when the daily RankIC advantage's bootstrap interval lies above zero and the
+    with-cost excess return does not get worse; keep_best otherwise (with the numbers)."""
+    if not candidate.ok:
+        f = candidate.failure
+        return Verdict(candidate=name, verdict="reject", reasons=[f"{f.category.value}: {f.message}"])
+    m = {k: v for k, v in candidate.metrics.items() if math.isfinite(v)}
+    daily = candidate.details.get("daily_rank_ic")
+    if best_daily is None:
+        return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=["first model: becomes the best"])
+    diff = np.asarray(daily, dtype=np.float64) - np.asarray(best_daily, dtype=np.float64)
+    lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed)
+    band = f"RankIC advantage {np.nanmean(diff):+.4f}, {rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]"
+    arr, best_arr = m.get("ARR.with_cost", math.nan), best_metrics.get("ARR.with_cost", math.nan)
+    if lo > 0 and not (arr < best_arr):
+        return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=[f"better beyond noise: {band}"])
+    why = f"within noise: {band}" if lo <= 0 else f"higher RankIC but lower with-cost ARR ({arr:+.3f} < {best_arr:+.3f})"
+    return Verdict(candidate=name, verdict="keep_best", metrics=m, reasons=[why])

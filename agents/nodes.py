@@ -1,0 +1,423 @@
+"""The loop's nodes: plain functions from the iteration state to its update, given the services.
+
+scheduler -> proposer -> coder -> review -> runner -> critic -> update (see `agents.graph`)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+from agents.backend import Backend
+from agents.config import LoopConfig
+from agents.contracts import (
+    CodedCandidate,
+    CoderOutput,
+    CriticOutput,
+    FactorCandidate,
+    Hypothesis,
+    ProposalContext,
+    Review,
+    TraceSummary,
+    Verdict,
+)
+from agents.decide import AdmissionRules, admit_factor, compare_models
+from agents.scheduler import choose_direction, update_scheduler
+from agents.store import (
+    DecisionRow,
+    EdgeRow,
+    ExperimentRow,
+    HypothesisRow,
+    IterationRow,
+    LibraryFactorRow,
+    LLMCallRow,
+    ReviewRow,
+    RunRow,
+    Store,
+    dumps,
+)
+from quantcore.data.panel import Panel
+from quantcore.errors import ExpressionError
+from quantcore.expr.ast import depth, node_count
+from quantcore.expr.canonical import canonical
+from quantcore.expr.parser import parse
+from quantcore.expr.validate import validate
+from sandbox.executor import BaseExecutor
+from sandbox.result import ExperimentResult
+
+__all__ = ["IterationState", "Services", "RunMemory", "inner_segments"]
+
+
+class IterationState(BaseModel):
+    """What flows through the graph for one iteration (typed: a misspelt key is an error)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    iteration: int
+    direction: str | None = None
+    context: ProposalContext | None = None
+    hypothesis: Hypothesis | None = None
+    coded: CoderOutput | None = None
+    review: Review | None = None
+    results: dict[str, dict] = {}  # candidate -> ExperimentResult.to_dict()
+    critic: CriticOutput | None = None
+    stop: bool = False
+    started: float = 0.0
+
+
+@dataclass
+class RunMemory:
+    """The run's state between iterations (restored from the store on resume)."""
+
+    run_id: str
+    iterations_done: int = 0
+    best: dict = field(default_factory=dict)  # {"name", "family", "params", "metrics", "daily_rank_ic"}
+    scheduler: dict = field(default_factory=dict)
+    library: dict[str, str] = field(default_factory=dict)  # name -> expression (project-wide)
+    library_metrics: dict[str, dict] = field(default_factory=dict)
+    tried: set[str] = field(default_factory=set)  # canonical forms tried in this run
+    families: dict[str, int] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    lessons: list[str] = field(default_factory=list)
+    tokens: int = 0
+    cost_usd: float = 0.0
+    cpu_seconds: float = 0.0
+    stopped: bool = False
+
+
+@dataclass
+class Services:
+    """Everything the nodes use, passed explicitly (no globals)."""
+
+    config: LoopConfig
+    store: Store
+    executor: BaseExecutor
+    backend: Backend
+    panel: Panel
+    segments: dict[str, tuple[str, str]]
+    memory: RunMemory
+    reviewer: Callable[[Hypothesis, CoderOutput, Callable[[str], str | None]], Review] | None = None
+    on_event: Callable[[str, dict], None] = lambda kind, data: None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rules(self) -> AdmissionRules:
+        c = self.config
+        return AdmissionRules(min_abs_rank_ic=c.min_abs_rank_ic, min_abs_rank_icir=c.min_abs_rank_icir,
+                              max_library_corr=c.max_library_corr, max_nodes=c.max_nodes, max_depth=c.max_depth)
+
+
+def inner_segments(segments: dict[str, tuple[str, str]], panel: Panel) -> dict[str, tuple[str, str]]:
+    """Segments for model experiments inside the loop: train split 80/20 into fit / early-stopping,
+    and the loop's validation segment as the scored one. The sealed test segment is never used."""
+    days = panel.date_index(*segments["train"])
+    n = days.stop - days.start
+    cut = days.start + int(n * 0.8)
+    day = lambda i: str(panel.calendar[i])[:10]  # noqa: E731
+    return {"train": (day(days.start), day(cut - 1)), "valid": (day(cut), day(days.stop - 1)),
+            "test": tuple(segments["valid"])}
+
+
+# ---- nodes ----------------------------------------------------------------------------------------------
+
+def scheduler_node(state: IterationState, s: Services) -> dict:
+    m = s.memory
+    direction = choose_direction(m.scheduler, state.iteration, model_ready=bool(m.best))
+    ctx = ProposalContext(run_id=m.run_id, iteration=state.iteration, direction=direction,
+                          fields=sorted(s.panel.field_names), trace=trace_summary(m),
+                          library_names=sorted(m.library), families_tried=dict(m.families),
+                          n_candidates=s.config.n_factor_candidates if direction == "factor" else s.config.n_model_candidates)
+    s.on_event("direction", {"iteration": state.iteration, "direction": direction})
+    return {"direction": direction, "context": ctx, "started": time.monotonic()}
+
+
+def proposer_node(state: IterationState, s: Services) -> dict:
+    hyp = s.backend.propose(state.context, s.memory.tried, s.memory.library)
+    if hyp.direction != state.direction:
+        raise ValueError(f"the proposer answered a {hyp.direction} hypothesis for a {state.direction} iteration")
+    if hyp.direction == "factor":
+        hyp = hyp.model_copy(update={"factors": hyp.factors[: s.config.n_factor_candidates]})
+    else:
+        hyp = hyp.model_copy(update={"models": hyp.models[: s.config.n_model_candidates]})
+    s.on_event("hypothesis", {"iteration": state.iteration, "text": hyp.text})
+    return {"hypothesis": hyp}
+
+
+def coder_node(state: IterationState, s: Services) -> dict:
+    """Hypothesis -> experiment specs. A candidate that does not validate goes back to the back-end with
+    the structured failure, up to `repair_attempts` times."""
+    hyp = state.hypothesis
+    if hyp.direction == "model":
+        return {"coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s) for c in hyp.models])}
+    coded, refused = [], {}
+    seen = set(s.memory.tried)
+    for cand in hyp.factors:
+        current, attempt = cand, 0
+        while True:
+            problem, expr, key = _check_factor(current, s, seen)
+            if problem is None:
+                seen.add(key)
+                coded.append(CodedCandidate(name=current.name, expression=expr, spec={}))
+                break
+            if attempt >= s.config.repair_attempts:
+                refused[current.name] = problem
+                break
+            attempt += 1
+            fixed = s.backend.repair(state.context, current, problem, attempt, seen)
+            if fixed is None:
+                refused[current.name] = problem
+                break
+            current = fixed
+    names = [c.name for c in coded]
+    batch = {c.name: c.expression for c in coded}
+    out = []
+    for c in coded:
+        others = {k: v for k, v in batch.items() if k != c.name}
+        spec = {"kind": "factor", "market": s.config.data, "expressions": {c.name: c.expression},
+                "segment": list(s.segments["valid"]), "library": {**s.memory.library, **others},
+                "lookahead_check": True, "seed": s.config.seed}
+        out.append(c.model_copy(update={"spec": spec}))
+    assert len(out) == len(names)
+    return {"coded": CoderOutput(coded=out, refused=refused)}
+
+
+def review_node(state: IterationState, s: Services) -> dict:
+    if not s.config.review or s.reviewer is None or not state.coded.coded:
+        return {}
+    review = s.reviewer(state.hypothesis, state.coded, lambda expr: _validate_edit(expr, s))
+    if review.action == "edit" and review.edits:
+        coded = []
+        for c in state.coded.coded:
+            if c.name in review.edits and c.expression is not None:
+                expr = _inline_library(review.edits[c.name], s)
+                spec = {**c.spec, "expressions": {c.name: expr}}
+                c = c.model_copy(update={"expression": expr, "spec": spec})
+            coded.append(c)
+        return {"review": review, "coded": CoderOutput(coded=coded, refused=state.coded.refused)}
+    return {"review": review, "stop": review.action == "stop"}
+
+
+def runner_node(state: IterationState, s: Services) -> dict:
+    if state.review is not None and state.review.action in ("reject", "stop"):
+        return {"results": {}}
+    specs = [c.spec for c in state.coded.coded]
+    results = s.executor.run_many(specs)
+    return {"results": {c.name: r.to_dict() for c, r in zip(state.coded.coded, results)}}
+
+
+def critic_node(state: IterationState, s: Services) -> dict:
+    m, rules = s.memory, s.rules
+    verdicts: list[Verdict] = []
+    results = {k: ExperimentResult.from_dict(v) for k, v in state.results.items()}
+    reward = 0.0
+    if state.review is not None and state.review.action in ("reject", "stop"):
+        why = f"rejected by the reviewer: {state.review.reason or 'no reason given'}"
+        verdicts = [Verdict(candidate=c.name, verdict="reject", reasons=[why]) for c in state.coded.coded]
+    elif state.direction == "factor":
+        accepted_now: list[str] = []
+        by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
+        for name in by_strength:
+            r = results[name]
+            corr = {}
+            if r.ok:
+                corr_all = r.details.get(name, {}).get("correlations", {})
+                corr = {k: v for k, v in corr_all.items() if k in m.library or k in accepted_now}
+            node = parse(next(c.expression for c in state.coded.coded if c.name == name))
+            v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)))
+            verdicts.append(v)
+            if v.verdict == "accept":
+                accepted_now.append(name)
+        best_before = max((abs(x.get("rank_ic", 0.0)) for x in m.library_metrics.values()), default=0.0)
+        best_new = max((abs(v.metrics.get("rank_ic", 0.0)) for v in verdicts if v.verdict == "accept"), default=0.0)
+        reward = max(0.0, best_new - best_before)
+    else:
+        for name, r in results.items():
+            v = compare_models(name, r, m.best.get("daily_rank_ic"), m.best.get("metrics", {}), rules,
+                               seed=s.config.seed * 1000 + state.iteration)
+            verdicts.append(v)
+        wins = [v for v in verdicts if v.verdict == "replace_best"]
+        if wins:
+            best_v = max(wins, key=lambda v: v.metrics.get("Rank IC", -math.inf))
+            reward = max(0.0, best_v.metrics.get("Rank IC", 0.0) - m.best.get("metrics", {}).get("Rank IC", 0.0))
+    for name, reason in state.coded.refused.items():
+        verdicts.append(Verdict(candidate=name, verdict="reject", reasons=[f"refused by the coder: {reason}"]))
+    analysis, feedback = s.backend.analyse(state.context, state.hypothesis, verdicts)
+    return {"critic": CriticOutput(verdicts=verdicts, reward=reward, analysis=analysis, feedback=feedback)}
+
+
+def update_node(state: IterationState, s: Services) -> dict:
+    """Write the whole iteration in one transaction, then update the in-memory run state."""
+    m, hyp, critic = s.memory, state.hypothesis, state.critic
+    results = {k: ExperimentResult.from_dict(v) for k, v in state.results.items()}
+    verdict_of = {v.candidate: v for v in critic.verdicts}
+    accepted = [v.candidate for v in critic.verdicts if v.verdict == "accept"]
+    new_best = None
+    if state.direction == "model":
+        wins = [v for v in critic.verdicts if v.verdict == "replace_best"]
+        if wins:
+            w = max(wins, key=lambda v: v.metrics.get("Rank IC", -math.inf))
+            coded = next(c for c in state.coded.coded if c.name == w.candidate)
+            new_best = {"name": w.candidate, "family": coded.family, "params": coded.params, "metrics": w.metrics,
+                        "daily_rank_ic": results[w.candidate].details.get("daily_rank_ic")}
+    calls = s.backend.drain_calls()
+    seconds = time.monotonic() - state.started
+    cpu = sum(r.seconds for r in results.values())
+    status = ("rejected" if state.review and state.review.action in ("reject", "stop") else
+              "accepted" if accepted or new_best else "rejected")
+    if accepted and len(accepted) < len(critic.verdicts):
+        status = "partial"
+    scheduler = update_scheduler(m.scheduler, state.direction, critic.reward)
+    new_library = {name: next(c.expression for c in state.coded.coded if c.name == name) for name in accepted}
+    new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items() if not r.ok]
+    new_failures += [{"candidate": k, "failure": v[:400]} for k, v in state.coded.refused.items()]
+    lessons = list(m.lessons)
+    if critic.feedback and critic.feedback not in lessons:
+        lessons = (lessons + [critic.feedback])[-8:]
+    with s.store.session() as db:
+        run = db.get(RunRow, m.run_id)
+        h = HypothesisRow(run_id=m.run_id, iteration=state.iteration, direction=state.direction, family=hyp.family,
+                          text=hyp.text, candidates_json=dumps(hyp.model_dump()["factors" if hyp.direction == "factor" else "models"]),
+                          feedback=f"{critic.analysis}\n{critic.feedback}".strip(), status=status)
+        db.add(h)
+        db.flush()
+        for parent_id, relation in _edges(hyp, m, s, db, state):
+            db.add(EdgeRow(run_id=m.run_id, source=h.id, target=parent_id, relation=relation))
+        for c in state.coded.coded:
+            r = results.get(c.name)
+            if r is None:
+                continue
+            db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=c.name,
+                                 spec_hash=r.spec_hash, spec_json=dumps(c.spec), ok=r.ok, result_json=dumps(r.to_dict()),
+                                 mlflow_run_id=r.mlflow_run_id))
+        for v in critic.verdicts:
+            db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
+                               reasons_json=dumps(v.reasons), metrics_json=dumps(v.metrics)))
+        for name, expr in new_library.items():
+            db.add(LibraryFactorRow(name=name, expression=expr, canonical=canonical(parse(expr)), run_id=m.run_id,
+                                    iteration=state.iteration, metrics_json=dumps(verdict_of[name].metrics)))
+        for call in calls:
+            db.add(LLMCallRow(run_id=m.run_id, iteration=state.iteration, **call))
+        if state.review is not None:
+            db.add(ReviewRow(run_id=m.run_id, iteration=state.iteration, action=state.review.action,
+                             reason=state.review.reason, edits_json=dumps(state.review.edits)))
+        db.add(IterationRow(run_id=m.run_id, number=state.iteration, direction=state.direction, reward=critic.reward,
+                            summary=critic.analysis, seconds=seconds))
+        run.iterations_done = state.iteration
+        run.tokens += sum(c.get("prompt_tokens", 0) + c.get("completion_tokens", 0) for c in calls)
+        run.cost_usd += sum(c.get("cost_usd", 0.0) for c in calls)
+        run.cpu_seconds += cpu
+        run.scheduler_json = dumps(scheduler)
+        run.lessons_json = dumps(lessons)
+        if new_best is not None:
+            run.best_json = dumps(new_best)
+        if state.stop:
+            run.status = "stopped"
+        db.add(run)
+        tokens, cost = run.tokens, run.cost_usd
+    # committed: now the in-memory state may move on
+    m.iterations_done, m.scheduler, m.lessons = state.iteration, scheduler, lessons
+    m.tokens, m.cost_usd, m.cpu_seconds = tokens, cost, m.cpu_seconds + cpu
+    m.library.update(new_library)
+    m.library_metrics.update({k: verdict_of[k].metrics for k in new_library})
+    if new_best is not None:
+        m.best = new_best
+    for c in state.coded.coded:
+        if c.expression:
+            m.tried.add(canonical(parse(c.expression)))
+    m.families[hyp.family] = m.families.get(hyp.family, 0) + 1
+    m.failures = (m.failures + new_failures)[-10:]
+    m.stopped = m.stopped or state.stop
+    s.on_event("iteration", {"iteration": state.iteration, "direction": state.direction, "hypothesis": hyp.text,
+                             "accepted": accepted, "best": m.best.get("metrics", {}), "library": len(m.library),
+                             "reward": critic.reward, "seconds": seconds, "tokens": tokens, "cost_usd": cost,
+                             "analysis": critic.analysis})
+    return {}
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+def trace_summary(m: RunMemory, top_k: int = 8, last_failures: int = 5) -> TraceSummary:
+    top = sorted(m.library, key=lambda k: -abs(m.library_metrics.get(k, {}).get("rank_ic", 0.0)))[:top_k]
+    best = {k: v for k, v in m.best.items() if k != "daily_rank_ic"}
+    return TraceSummary(
+        accepted=[{"name": k, "expression": m.library[k], **{x: m.library_metrics.get(k, {}).get(x) for x in
+                                                              ("rank_ic", "rank_icir", "ic")}} for k in top],
+        failures=m.failures[-last_failures:], lessons=m.lessons[-5:], best_model=best,
+    )
+
+
+_REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _inline_library(expr: str, s: Services) -> str:
+    """`$name` of an accepted factor (not a market field) becomes that factor's expression."""
+    fields = set(s.panel.field_names)
+
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
+        if name in fields or name not in s.memory.library:
+            return match.group(0)
+        return f"({s.memory.library[name]})"
+
+    return _REF.sub(sub, expr)
+
+
+def _check_factor(cand: FactorCandidate, s: Services, seen: set[str]) -> tuple[str | None, str, str]:
+    """(problem or None, expression with library names inlined, canonical form)."""
+    expr = _inline_library(cand.expression, s)
+    try:
+        node = parse(expr)
+        validate(node, s.panel.field_names)
+    except ExpressionError as e:
+        kind = type(e).__name__
+        return f"{kind}: {e}", expr, ""
+    key = canonical(node)
+    if node_count(node) > s.config.max_nodes or depth(node) > s.config.max_depth:
+        return (f"too complex: {node_count(node)} nodes, depth {depth(node)} (caps {s.config.max_nodes} nodes, "
+                f"depth {s.config.max_depth})"), expr, key
+    library_keys = {canonical(parse(e)) for e in s.memory.library.values()}
+    if key in library_keys:
+        return "duplicate: already in the factor library (same canonical form)", expr, key
+    if key in seen:
+        return "duplicate: already tried in this run (same canonical form)", expr, key
+    return None, expr, key
+
+
+def _validate_edit(expr: str, s: Services) -> str | None:
+    """A reviewer's edited expression: None if valid, else the problem."""
+    try:
+        validate(parse(_inline_library(expr, s)), s.panel.field_names)
+    except ExpressionError as e:
+        return str(e)
+    return None
+
+
+def _model_spec(name: str, family: str, params: dict, s: Services) -> CodedCandidate:
+    spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features,
+            "extra_features": dict(s.memory.library), "family": family, "params": params,
+            "segments": {k: list(v) for k, v in inner_segments(s.segments, s.panel).items()}, "seed": s.config.seed}
+    return CodedCandidate(name=name, spec=spec, family=family, params=params)
+
+
+def _edges(hyp: Hypothesis, m: RunMemory, s: Services, db, state: IterationState) -> list[tuple[int, str]]:
+    """Graph edges: an explicit parent, else the latest hypothesis of the same family (refines) or, for
+    mutations of accepted factors, the hypotheses that produced them (derived_from)."""
+    from sqlmodel import select
+
+    if hyp.parent is not None:
+        return [(hyp.parent, hyp.relation or "derived_from")]
+    rows = list(db.exec(select(HypothesisRow).where(HypothesisRow.run_id == m.run_id)
+                        .where(HypothesisRow.iteration < state.iteration).order_by(HypothesisRow.iteration.desc())))
+    if hyp.family == "mutation":
+        parents = [r.id for r in rows if r.direction == "factor" and r.status in ("accepted", "partial")][:2]
+        return [(p, "derived_from") for p in parents]
+    same = [r for r in rows if r.family == hyp.family and r.direction == hyp.direction]
+    if same:
+        relation = "contradicts" if same[0].status == "accepted" and state.critic and not any(
+            v.verdict in ("accept", "replace_best") for v in state.critic.verdicts) else "refines"
+        return [(same[0].id, relation)]
+    return []

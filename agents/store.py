@@ -1,0 +1,228 @@
+"""The project store: one SQLite file (SQLModel) holding every run of a project.
+
+Tables: runs, iterations, hypotheses (+ edges: derived_from, refines, contradicts), experiments
+(spec, result, MLflow run id), the accepted factor library (shared by all runs of the project),
+decisions with reasons, every LLM call, every human review. An iteration is written in one
+transaction by `commit_iteration`: a loop killed mid-iteration leaves no trace of it, so
+`--resume` redoes exactly that iteration (its experiments come back from the sandbox cache).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from sqlalchemy import event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+__all__ = [
+    "Store", "RunRow", "IterationRow", "HypothesisRow", "EdgeRow", "ExperimentRow", "LibraryFactorRow",
+    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "now",
+]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunRow(SQLModel, table=True):
+    __tablename__ = "runs"
+    id: str = Field(primary_key=True)
+    created: str = Field(default_factory=now)
+    status: str = "running"  # running | finished | stopped | failed
+    config_json: str  # the loop settings (budget, backend, seed, market, segments, thresholds...)
+    iterations_done: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    cpu_seconds: float = 0.0
+    best_json: str = "{}"  # current best model config + valid metrics
+    scheduler_json: str = "{}"  # bandit state
+    lessons_json: str = "[]"  # distilled lessons kept for prompts
+
+
+class IterationRow(SQLModel, table=True):
+    __tablename__ = "iterations"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True, foreign_key="runs.id")
+    number: int
+    direction: str  # factor | model
+    reward: float = 0.0
+    summary: str = ""
+    seconds: float = 0.0
+    created: str = Field(default_factory=now)
+
+
+class HypothesisRow(SQLModel, table=True):
+    __tablename__ = "hypotheses"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    direction: str
+    family: str = ""
+    text: str
+    candidates_json: str
+    feedback: str = ""  # the critic's analysis and next-step advice
+    status: str = "proposed"  # proposed | accepted | rejected | partial | skipped
+
+
+class EdgeRow(SQLModel, table=True):
+    __tablename__ = "hypothesis_edges"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    source: int  # hypothesis id
+    target: int
+    relation: str  # derived_from | refines | contradicts
+
+
+class ExperimentRow(SQLModel, table=True):
+    __tablename__ = "experiments"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    hypothesis_id: Optional[int] = None
+    candidate: str
+    spec_hash: str = Field(index=True)
+    spec_json: str
+    ok: bool
+    result_json: str
+    mlflow_run_id: Optional[str] = None
+
+
+class LibraryFactorRow(SQLModel, table=True):
+    __tablename__ = "library"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    expression: str
+    canonical: str = Field(index=True)
+    run_id: str
+    iteration: int
+    metrics_json: str  # validation metrics at admission
+    created: str = Field(default_factory=now)
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decisions"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    candidate: str
+    verdict: str  # accept | reject | replace_best | keep_best
+    reasons_json: str
+    metrics_json: str = "{}"
+
+
+class LLMCallRow(SQLModel, table=True):
+    __tablename__ = "llm_calls"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    node: str  # proposer | coder | critic
+    attempt: int
+    model: str
+    request_json: str
+    response_text: str
+    ok: bool
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    created: str = Field(default_factory=now)
+
+
+class ReviewRow(SQLModel, table=True):
+    __tablename__ = "reviews"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    action: str  # approve | edit | reject | stop
+    reason: str = ""
+    edits_json: str = "{}"
+    created: str = Field(default_factory=now)
+
+
+class EvaluationRow(SQLModel, table=True):
+    """Sealed test-segment results, computed once per run for the report (never shown to agents)."""
+
+    __tablename__ = "evaluations"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    name: str  # baseline | final
+    metrics_json: str
+    detail_json: str = "{}"
+
+
+class Store:
+    """Explicit handle on one project database; open with `Store.open(path)`."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Store":
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # WAL: readers (runs show) never block the loop's writes
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        SQLModel.metadata.create_all(engine)
+        return cls(engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any exception."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    # ---- reads ---------------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunRow | None:
+        with self.session() as s:
+            return s.get(RunRow, run_id)
+
+    def runs(self) -> list[RunRow]:
+        with self.session() as s:
+            return list(s.exec(select(RunRow).order_by(RunRow.created)))
+
+    def rows(self, table, run_id: str | None = None, **where: Any) -> list:
+        with self.session() as s:
+            q = select(table)
+            if run_id is not None:
+                q = q.where(table.run_id == run_id)
+            for key, value in where.items():
+                q = q.where(getattr(table, key) == value)
+            order = getattr(table, "id", None)
+            return list(s.exec(q.order_by(order) if order is not None else q))
+
+    def library(self) -> list[LibraryFactorRow]:
+        return self.rows(LibraryFactorRow)
+
+    def find_run(self, prefix: str) -> RunRow:
+        """A run by id or unique id prefix; KeyError naming the candidates otherwise."""
+        with self.session() as s:
+            exact = s.get(RunRow, prefix)
+            if exact is not None:
+                return exact
+            found = list(s.exec(select(RunRow).where(RunRow.id.startswith(prefix))))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise KeyError(f"no run {prefix!r} in this project")
+        raise KeyError(f"run id prefix {prefix!r} is ambiguous: {', '.join(r.id for r in found)}")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
