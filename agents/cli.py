@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from agents.cli_loop import loop_command, replay_command, report_command, runs_app
 from quantcore.cli import app
 from sandbox.cli import sandbox_app
 
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(runs_app, name="runs")
+app.command("loop")(loop_command)
+app.command("replay")(replay_command)
+app.command("report")(report_command)
 
 __all__ = ["app", "main"]
 

@@ -51,12 +51,14 @@ def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool
 
 def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None = None, reviewer=None,
               on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-              record: bool = True, run_id: str | None = None) -> str:
-    """A new run: store its settings (and the library it starts from), run the baseline, loop."""
+              record: bool = True, run_id: str | None = None, library: dict[str, str] | None = None) -> str:
+    """A new run: store its settings (and the library it starts from, by default the project's), run
+    the baseline, loop."""
     store = open_project(root)
     panel = load_market(config.data)
     segments = dict(config.segments) if config.segments else default_segments(panel.calendar)
-    library = {row.name: row.expression for row in store.library()}
+    if library is None:
+        library = {row.name: row.expression for row in store.library()}
     run_id = run_id or uuid.uuid4().hex[:12]
     with store.session() as db:
         db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,

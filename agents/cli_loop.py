@@ -1,0 +1,233 @@
+"""`rdquant loop`, `rdquant runs list|show`, `rdquant replay`, `rdquant report`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from agents.config import LoopConfig
+from agents.contracts import CoderOutput, Hypothesis, Review
+from agents.loop import open_project, resume_run, start_run
+from agents.runs import run_summary, runs_overview
+
+__all__ = ["loop_command", "runs_app", "replay_command", "report_command"]
+
+console = Console()
+err = Console(stderr=True)
+DEFAULT_ROOT = Path("runs")
+
+
+def loop_command(
+    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="Iterations to run (default 5; on --resume, the run's own)."),
+    offline: bool = typer.Option(True, "--offline/--llm", help="Offline back-end (default) or an OpenAI-compatible LLM."),
+    model: str = typer.Option("gpt-4o-mini", "--model", envvar="RDQUANT_MODEL", help="LLM model name."),
+    fallback_offline: bool = typer.Option(False, "--fallback-offline", help="On LLM failure, fall back to offline."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Sandbox worker processes."),
+    data: str = typer.Option("sp500", "--data", help="sp500 | synthetic[:N:T:SEED] | qlib dir | bars file."),
+    seed: int = typer.Option(0, "--seed"),
+    review: bool = typer.Option(False, "--review", help="Approve, edit or reject each batch before it runs."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run id."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Token budget for the run."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.1, help="Time budget in minutes."),
+    candidates: int = typer.Option(4, "--candidates", min=1, max=16, help="Factor candidates per iteration."),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
+) -> None:
+    """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
+    display = _Display(budget or 5)
+    reviewer = _prompt_review if review else None
+    try:
+        with Live(display.render(), console=console, refresh_per_second=4, transient=False) as live:
+            display.live = live
+            if resume:
+                run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget)
+            else:
+                config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
+                                    fallback_offline=fallback_offline, workers=workers, data=data, seed=seed,
+                                    review=review, max_tokens=max_tokens, max_minutes=max_minutes,
+                                    n_factor_candidates=candidates)
+                run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
+    except KeyError as e:
+        err.print(f"[bold red]error:[/] {e.args[0]}")
+        raise typer.Exit(2) from None
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    print(f"\n{run_id}")  # the run id alone on the last line (for scripts)
+
+
+class _Display:
+    """The live panel: iteration, hypothesis, best valid IC, accepted factors, tokens/cost, elapsed, ETA."""
+
+    def __init__(self, budget: int):
+        self.budget, self.start, self.live = budget, time.monotonic(), None
+        self.state = {"iteration": 0, "direction": "-", "hypothesis": "baseline model", "best_ic": None,
+                      "library": 0, "tokens": 0, "cost": 0.0, "done": 0}
+        self.log: list[str] = []
+
+    def event(self, kind: str, data: dict) -> None:
+        st = self.state
+        if kind == "direction":
+            st["iteration"], st["direction"] = data["iteration"], data["direction"]
+        elif kind == "hypothesis":
+            st["hypothesis"] = data["text"]
+        elif kind == "best":
+            st["best_ic"] = data["metrics"].get("Rank IC")
+        elif kind == "iteration":
+            st["done"] = data["iteration"]
+            st["library"], st["tokens"], st["cost"] = data["library"], data["tokens"], data["cost_usd"]
+            st["best_ic"] = data["best"].get("Rank IC", st["best_ic"])
+            acc = ", ".join(data["accepted"]) or "none"
+            self.log.append(f"#{data['iteration']} {data['direction']}: accepted {acc}; {data['analysis']} "
+                            f"({data['seconds']:.1f}s)")
+        elif kind == "done":
+            self.log.append(f"done: {data['reason']}")
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def render(self):
+        st = self.state
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / st["done"] * (self.budget - st["done"]) if st["done"] else None
+        t = Table.grid(padding=(0, 2))
+        t.add_row("iteration", f"{st['iteration']}/{self.budget} ({st['direction']})")
+        t.add_row("hypothesis", st["hypothesis"][:110])
+        t.add_row("best valid RankIC", "-" if st["best_ic"] is None else f"{st['best_ic']:.4f}")
+        t.add_row("accepted factors", str(st["library"]))
+        t.add_row("tokens / cost", f"{st['tokens']} / ${st['cost']:.4f}")
+        t.add_row("elapsed / ETA", f"{elapsed:.0f}s / " + ("-" if eta is None else f"{eta:.0f}s"))
+        return Group(t, *self.log[-6:])
+
+
+def _prompt_review(hypothesis: Hypothesis, coded: CoderOutput, validate) -> Review:
+    """typer prompts: approve, edit (with validation), reject with a reason, or stop."""
+    console.print(f"\n[bold]Hypothesis[/] ({hypothesis.direction}): {hypothesis.text}")
+    for c in coded.coded:
+        console.print(f"  {c.name}: {c.expression or json.dumps(c.params)}")
+    action = typer.prompt("approve, edit, reject or stop", default="approve").strip().lower()
+    while action not in ("approve", "edit", "reject", "stop", "a", "e", "r", "s"):
+        action = typer.prompt("please answer approve, edit, reject or stop").strip().lower()
+    action = {"a": "approve", "e": "edit", "r": "reject", "s": "stop"}.get(action, action)
+    if action == "edit":
+        edits = {}
+        for c in coded.coded:
+            if c.expression is None:
+                continue
+            while True:
+                new = typer.prompt(f"{c.name} (enter keeps it)", default=c.expression).strip()
+                if new == c.expression:
+                    break
+                problem = validate(new)
+                if problem is None:
+                    edits[c.name] = new
+                    break
+                console.print(f"[red]invalid:[/] {problem}")
+        return Review(action="edit", edits=edits)
+    if action in ("reject", "stop"):
+        return Review(action=action, reason=typer.prompt("reason", default="").strip())
+    return Review(action="approve")
+
+
+# ---- runs ---------------------------------------------------------------------------------------------
+
+runs_app = typer.Typer(help="List and inspect research runs.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every run of the project, oldest first."""
+    rows = runs_overview(open_project(root))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("run", "created", "status", "iterations", "accepted", "best valid RankIC", "tokens", "cost $")
+    for r in rows:
+        table.add_row(r["run_id"], r["created"], r["status"], str(r["iterations"]), str(r["accepted"]),
+                      "-" if r["best_valid_rank_ic"] is None else f"{r['best_valid_rank_ic']:.4f}",
+                      str(r["tokens"]), f"{r['cost_usd']:.4f}")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """The hypothesis graph as a tree and the accepted factors with their validation metrics."""
+    try:
+        summary = run_summary(open_project(root), run_id)
+    except KeyError as e:
+        err.print(f"[bold red]error:[/] {e.args[0]}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(summary, default=str))
+        return
+    console.print(f"[bold]run {summary['run_id']}[/] ({summary['status']}, {summary['iterations']} iterations, "
+                  f"data {summary['config']['data']}, backend {summary['config']['backend']})")
+    tree = Tree("hypotheses")
+    nodes = {}
+    for h in summary["hypotheses"]:
+        label = escape(f"#{h['iteration']} [{h['direction']}/{h['family']}] {h['status']}: {h['text'][:90]}")
+        parent = nodes.get(h["parent"]) if h["parent"] else None
+        nodes[h["id"]] = (parent or tree).add(label + (f" ({h['relation']})" if h["relation"] else ""))
+    # (a parent that is not shown - e.g. from another run - leaves the hypothesis at the top level)
+    console.print(tree)
+    table = Table("factor", "expression", "RankIC", "RankICIR", "IC", "iteration")
+    for f in summary["accepted"]:
+        m = f["metrics"]
+        table.add_row(f["name"], f["expression"][:60], _fmt(m.get("rank_ic")), _fmt(m.get("rank_icir")),
+                      _fmt(m.get("ic")), str(f["iteration"]))
+    console.print(table)
+    best = summary["best_model"]
+    console.print(f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "
+                  f"valid RankIC {_fmt(best.get('metrics', {}).get('Rank IC'))}")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:+.4f}"
+
+
+# ---- replay and report ------------------------------------------------------------------------------------
+
+def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+                   workers: int = typer.Option(2, "--workers", min=1)) -> None:
+    """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
+    from agents.replay import replay_run
+
+    try:
+        report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
+    except KeyError as e:
+        err.print(f"[bold red]error:[/] {e.args[0]}")
+        raise typer.Exit(2) from None
+    for line in report.divergences:
+        console.print(f"[red]diverged:[/] {line}")
+    if report.divergences:
+        console.print(f"[bold red]replay of {report.run_id} diverged[/] ({len(report.divergences)} difference(s))")
+        raise typer.Exit(1)
+    console.print(f"[bold green]replay of {report.run_id} matches[/]: {report.iterations} iterations, "
+                  f"{report.decisions} decisions, {report.metrics} metric values identical")
+
+
+def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+                   out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
+                   workers: int = typer.Option(2, "--workers", min=1)) -> None:
+    """A self-contained HTML report; the sealed test segment is evaluated here, once per run."""
+    from agents.report import build_report
+
+    try:
+        path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers,
+                                      log=lambda m: console.print(f"  [dim]{m}[/]"))
+    except KeyError as e:
+        err.print(f"[bold red]error:[/] {e.args[0]}")
+        raise typer.Exit(2) from None
+    table = Table("test segment", "baseline", "final")
+    for key in headline["baseline"]:
+        table.add_row(key, f"{headline['baseline'][key]:.4f}", f"{headline['final'].get(key, float('nan')):.4f}")
+    console.print(table)
+    console.print(f"report: {path}")
