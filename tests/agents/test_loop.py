@@ -1,0 +1,164 @@
+"""The offline research loop end to end: real sandbox workers, a real SQLite store, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agents.cli import app
+from agents.config import LoopConfig
+from agents.loop import open_project, start_run
+from agents.replay import compare, replay_run
+from agents.store import DecisionRow, ExperimentRow, HypothesisRow, IterationRow, LibraryFactorRow, ReviewRow
+from quantcore.data.sources import load_market
+from sandbox.spec import default_segments
+
+MARKET = "synthetic:60:500:0"
+CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    run_id = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), root, record=False)
+    return root, run_id
+
+
+def test_offline_loop_commits_every_iteration(finished_run):
+    root, run_id = finished_run
+    store = open_project(root)
+    run = store.run(run_id)
+    assert run.status == "finished" and run.iterations_done == 3
+    assert [r.number for r in store.rows(IterationRow, run_id)] == [1, 2, 3]
+    hyps = store.rows(HypothesisRow, run_id)
+    assert len(hyps) == 3 and hyps[0].direction == "factor"
+    decisions = store.rows(DecisionRow, run_id)
+    assert decisions[0].iteration == 0 and decisions[0].candidate == "baseline"
+    assert all(json.loads(d.reasons_json) for d in decisions)  # every verdict carries its reasons
+    keys = [(e.iteration, e.candidate) for e in store.rows(ExperimentRow, run_id)]
+    assert len(keys) == len(set(keys))
+    accepted = store.rows(LibraryFactorRow, run_id=run_id)
+    for f in accepted:  # admission rules held for everything in the library
+        m = json.loads(f.metrics_json)
+        assert abs(m["rank_ic"]) >= 0.01 and abs(m["rank_icir"]) >= 0.08
+
+
+def test_model_experiments_never_touch_the_sealed_test_segment(finished_run):
+    root, run_id = finished_run
+    store = open_project(root)
+    test_start, test_end = default_segments(load_market(MARKET).calendar)["test"]
+    for e in store.rows(ExperimentRow, run_id):
+        spec = json.loads(e.spec_json)
+        text = json.dumps(spec)
+        assert test_start not in text and test_end not in text, (e.candidate, text[:300])
+
+
+def test_runs_list_and_show_json(finished_run):
+    root, run_id = finished_run
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list", "--root", str(root), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["run_id"] for r in json.loads(listed.output)] == [run_id]
+    shown = runner.invoke(app, ["runs", "show", run_id[:6], "--root", str(root), "--json"])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.output)
+    library = {f.name: f for f in open_project(root).rows(LibraryFactorRow, run_id=run_id)}
+    assert {a["name"] for a in doc["accepted"]} == set(library)
+    for a in doc["accepted"]:
+        assert a["expression"] == library[a["name"]].expression and "rank_ic" in a["metrics"]
+    assert "test" not in doc["segments"]
+    missing = runner.invoke(app, ["runs", "show", "nope", "--root", str(root)])
+    assert missing.exit_code == 2 and "no run" in missing.output
+
+
+def test_replay_reproduces_decisions_and_metrics_and_reports_divergence(finished_run, tmp_path):
+    root, run_id = finished_run
+    report = replay_run(open_project(root), run_id, workers=2)
+    assert report.divergences == [] and report.decisions >= 4 and report.metrics > 50
+    # tamper with one stored metric: the replay must name the iteration, candidate and value
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    db = sqlite3.connect(tampered / "rdquant.db")
+    with sqlite3.connect(Path(root) / "rdquant.db") as src:  # the backup API includes the WAL's content
+        src.backup(db)
+    row_id, iteration, candidate, metrics = db.execute(
+        "select id, iteration, candidate, metrics_json from decisions where iteration > 0 and metrics_json != '{}' "
+        "order by id limit 1").fetchone()
+    m = json.loads(metrics)
+    key = sorted(m)[0]
+    m[key] = m[key] + 1.0
+    db.execute("update decisions set metrics_json = ? where id = ?", (json.dumps(m), row_id))
+    db.commit()
+    db.close()
+    result = CliRunner().invoke(app, ["replay", run_id, "--root", str(tampered)])
+    assert result.exit_code == 1
+    assert f"iteration {iteration}" in result.output and candidate in result.output and key in result.output
+
+
+def test_review_through_the_cli_with_scripted_input(tmp_path):
+    root = tmp_path / "proj"
+    # iteration 1 (factor): edit - first an invalid expression (re-asked), then a valid one; keep the others
+    # iteration 2 (model): reject with a reason
+    script = "edit\nMean($close, 7\nMean($close, 7)/$close - 1\nreject\ntoo slow for today\n"
+    result = CliRunner().invoke(app, ["loop", "--budget", "2", "--data", MARKET, "--review", "--root", str(root),
+                                      "--workers", "1", "--candidates", "1"], input=script)
+    assert result.exit_code == 0, result.output
+    run_id = result.output.strip().splitlines()[-1]
+    store = open_project(root)
+    reviews = store.rows(ReviewRow, run_id)
+    assert [r.action for r in reviews] == ["edit", "reject"]
+    assert reviews[1].reason == "too slow for today"
+    assert "invalid" in result.output  # the bad edit was refused and asked again
+    specs = [json.loads(e.spec_json) for e in store.rows(ExperimentRow, run_id) if e.iteration == 1]
+    assert any("Mean($close, 7)/$close - 1" in s["expressions"].values() for s in specs)
+    assert not [e for e in store.rows(ExperimentRow, run_id) if e.iteration == 2]  # rejected: nothing ran
+    rejected = [d for d in store.rows(DecisionRow, run_id) if d.iteration == 2]
+    assert rejected and all("too slow for today" in d.reasons_json for d in rejected)
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
+    root = tmp_path / "proj"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(CLI + ["loop", "--budget", "4", "--data", MARKET, "--root", str(root), "--seed", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    db = root / "rdquant.db"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill once iteration 1 is committed, inside a later iteration
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    done = con.execute("select max(iterations_done) from runs").fetchone()[0] or 0
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 1:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"the loop exited early: {proc.stdout.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = open_project(root)
+    run = store.runs()[0]
+    assert run.iterations_done < 4
+    resumed = subprocess.run(CLI + ["loop", "--resume", run.id, "--root", str(root)], capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert resumed.stdout.strip().splitlines()[-1] == run.id
+    assert [r.number for r in store.rows(IterationRow, run.id)] == [1, 2, 3, 4]
+    keys = [(e.iteration, e.candidate) for e in store.rows(ExperimentRow, run.id)]
+    assert len(keys) == len(set(keys))
+    # and it decided exactly what an uninterrupted run with the same settings decides
+    reference = tmp_path / "reference"
+    start_run(LoopConfig.model_validate(json.loads(run.config_json)["loop"]), reference, run_id=run.id, record=False)
+    diff = compare(store, open_project(reference), run.id)
+    assert diff.divergences == []
