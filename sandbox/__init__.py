@@ -3,6 +3,8 @@
     from sandbox import LocalExecutor
     with LocalExecutor(workers=2) as ex:
         result = ex.run({"kind": "factor", "market": "synthetic", "expressions": {"rev5": "-Ref($close, 5)/$close"}})
+
+`RayExecutor` (the same interface on Ray, `pip install rdquant[ray]`) is imported on first use.
 """
 
 from sandbox.executor import BaseExecutor
@@ -23,5 +25,13 @@ from sandbox.spec import (
 
 __all__ = [
     "SPEC_VERSION", "BaseExecutor", "ExperimentResult", "ExperimentSpec", "FactorSpec", "Failure", "FailureCategory",
-    "Limits", "LocalExecutor", "ModelSpec", "RLSpec", "SpecError", "WorkflowSpec", "parse_spec", "spec_hash",
+    "Limits", "LocalExecutor", "ModelSpec", "RayExecutor", "RLSpec", "SpecError", "WorkflowSpec", "parse_spec", "spec_hash",
 ]
+
+
+def __getattr__(name: str):
+    if name == "RayExecutor":  # lazily: importing sandbox must not import Ray
+        from sandbox.ray_executor import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -16,7 +16,7 @@ import numpy as np
 from quantcore.data.panel import Panel
 from quantcore.data.sources import load_market
 
-__all__ = ["export_market", "attach_market", "market_dir"]
+__all__ = ["export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir"]
 
 _FORMAT = 1
 
@@ -60,15 +60,29 @@ def export_market(root: str | Path, market: str, panel: Panel | None = None) -> 
 
 def attach_market(folder: str | Path) -> Panel:
     """The exported market in `folder`, its fields memory-mapped read-only."""
+    return panel_from_arrays(market_arrays(folder))
+
+
+def market_arrays(folder: str | Path, mmap: bool = True) -> dict:
+    """The exported market in `folder` as plain data: {"meta", "calendar", "starts", "ends", "fields"}
+    (what a Ray executor puts in the object store; arrays memory-mapped read-only when `mmap`)."""
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
-    fields = {name: np.load(folder / f"field.{name}.npy", mmap_mode="r") for name in meta["fields"]}
+    mode = "r" if mmap else None
+    return {"meta": meta, "calendar": np.load(folder / "calendar.npy"), "starts": np.load(folder / "starts.npy"),
+            "ends": np.load(folder / "ends.npy"),
+            "fields": {name: np.load(folder / f"field.{name}.npy", mmap_mode=mode) for name in meta["fields"]}}
+
+
+def panel_from_arrays(arrays: dict) -> Panel:
+    """A panel over `market_arrays` output; the field arrays are used as they are (no copy)."""
+    meta = arrays["meta"]
     panel = Panel(
-        calendar=np.load(folder / "calendar.npy").astype("datetime64[ns]"),
+        calendar=np.asarray(arrays["calendar"]).astype("datetime64[ns]"),
         instruments=tuple(meta["instruments"]),
-        fields=fields,
-        starts=np.load(folder / "starts.npy"),
-        ends=np.load(folder / "ends.npy"),
+        fields=dict(arrays["fields"]),
+        starts=np.asarray(arrays["starts"]),
+        ends=np.asarray(arrays["ends"]),
         name=meta["name"],
         meta=meta["meta"],
     )

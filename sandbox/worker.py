@@ -16,8 +16,9 @@ import sys
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, Callable
 
-__all__ = ["WorkerConfig", "worker_main"]
+__all__ = ["WorkerConfig", "WorkerSession", "worker_main"]
 
 
 @dataclass(frozen=True)
@@ -27,34 +28,70 @@ class WorkerConfig:
     cache_bytes: int = 256 << 20
 
 
+class WorkerSession:
+    """What a worker keeps between experiments, and how it runs one under its limits and guard.
+    Both the pipe worker (`worker_main`) and the Ray actor (`sandbox.ray_executor`) serve through it.
+
+    `load(source)` turns a market source into a panel: an exported folder here (memory-mapped), an
+    object-store reference under Ray. Folder sources are added to the guard's read roots."""
+
+    def __init__(self, config: WorkerConfig, load: Callable[[Any], Any] | None = None):
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # one experiment per core; kernels run single-threaded
+        from sandbox.experiments import WorkerContext
+        from sandbox.guard import Guard
+        from sandbox.limits import apply_process_limits, isolate_network
+        from sandbox.market import attach_market
+
+        self.config = config
+        self._load = load or attach_market
+        self._sources: dict[str, Any] = {}  # market spec -> source
+        self._read_roots_set = False
+        network = isolate_network() if config.isolate_network else "disabled by the executor"
+        self.guard = Guard()
+        self.ctx = WorkerContext(attach=self._attach, guard=self.guard, cache_bytes=config.cache_bytes,
+                                 output_chars=config.limits.output_chars)
+        apply_process_limits(config.limits)
+        self.info = {"pid": os.getpid(), "network_isolated": network is None, "network_note": network}
+
+    def _attach(self, market: str):
+        if market not in self._sources:
+            raise KeyError(f"market {market!r} was not exported to this worker")
+        return self._load(self._sources[market])
+
+    def run(self, spec_json: str, workdir: str, markets: dict[str, Any]):
+        """Run one experiment; returns its `ExperimentResult` (never raises for a bad experiment)."""
+        from sandbox.experiments import run_spec
+        from sandbox.failures import CpuLimitExceeded
+        from sandbox.guard import default_read_roots
+        from sandbox.limits import arm_cpu_limit
+        from sandbox.result import ExperimentResult, Failure, FailureCategory
+
+        self._sources.update(markets)
+        folders = [Path(s) for s in self._sources.values() if isinstance(s, (str, os.PathLike))]
+        if not self._read_roots_set or any(f not in self.guard.read_roots for f in folders):
+            self.guard.read_roots = default_read_roots(*folders)
+            self._read_roots_set = True
+        try:
+            arm_cpu_limit(self.config.limits.cpu_seconds, self._on_cpu_limit)
+            return run_spec(spec_json, self.ctx, workdir)
+        except MemoryError as exc:  # raised outside run_spec's own handling
+            return ExperimentResult("", "?", failure=Failure(FailureCategory.MEMORY_LIMIT, str(exc) or "MemoryError"))
+        except CpuLimitExceeded as exc:
+            return ExperimentResult("", "?", failure=Failure(FailureCategory.TIMEOUT, str(exc)))
+
+    def _on_cpu_limit(self, signum, frame):
+        from sandbox.failures import CpuLimitExceeded
+
+        raise CpuLimitExceeded(f"CPU time limit of {self.config.limits.cpu_seconds:g} s exceeded")
+
+
 def worker_main(conn, config: WorkerConfig) -> None:
     """Serve experiments on `conn` (the parent started us in our own session / process group)."""
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one experiment per core; kernels run single-threaded
-    from sandbox.experiments import WorkerContext, run_spec
-    from sandbox.failures import CpuLimitExceeded
-    from sandbox.guard import Guard, default_read_roots
-    from sandbox.limits import apply_process_limits, arm_cpu_limit, isolate_network
-    from sandbox.market import attach_market
     from sandbox.result import ExperimentResult, Failure, FailureCategory
 
-    network = isolate_network() if config.isolate_network else "disabled by the executor"
-    folders: dict[str, str] = {}
-
-    def attach(market: str):
-        if market not in folders:
-            raise KeyError(f"market {market!r} was not exported to this worker")
-        return attach_market(folders[market])
-
-    def on_cpu_limit(signum, frame):
-        raise CpuLimitExceeded(f"CPU time limit of {config.limits.cpu_seconds:g} s exceeded")
-
-    guard = Guard()
-    ctx = WorkerContext(attach=attach, guard=guard, cache_bytes=config.cache_bytes,
-                        output_chars=config.limits.output_chars)
-    apply_process_limits(config.limits)
-    conn.send(("ready", {"pid": os.getpid(), "network_isolated": network is None, "network_note": network}))
-    read_roots_set = False
+    session = WorkerSession(config)
+    conn.send(("ready", session.info))
     while True:
         try:
             message = conn.recv()
@@ -63,17 +100,7 @@ def worker_main(conn, config: WorkerConfig) -> None:
         if message[0] == "stop":
             return
         for task_id, spec_json, workdir, market_folders in message[1]:
-            folders.update(market_folders)
-            if not read_roots_set or any(Path(f) not in guard.read_roots for f in market_folders.values()):
-                guard.read_roots = default_read_roots(*folders.values())
-                read_roots_set = True
-            try:
-                arm_cpu_limit(config.limits.cpu_seconds, on_cpu_limit)
-                result = run_spec(spec_json, ctx, workdir)
-            except MemoryError as exc:  # raised outside run_spec's own handling
-                result = ExperimentResult("", "?", failure=Failure(FailureCategory.MEMORY_LIMIT, str(exc) or "MemoryError"))
-            except CpuLimitExceeded as exc:
-                result = ExperimentResult("", "?", failure=Failure(FailureCategory.TIMEOUT, str(exc)))
+            result = session.run(spec_json, workdir, market_folders)
             payload = result.to_dict()
             try:
                 conn.send(("result", task_id, payload))

@@ -1,0 +1,264 @@
+"""`RayExecutor`: the `LocalExecutor` interface on Ray (`pip install rdquant[ray]`).
+
+On one machine it starts a local Ray runtime; with `RAY_ADDRESS` set (or `address=`) it joins an
+existing cluster, whose nodes need rdquant installed. Each worker is a one-CPU actor serving
+experiments through the same `WorkerSession` as a local worker, so results are identical. Markets
+go into the object store once (`ray.put` of the exported arrays); actors build their panels over
+the zero-copy read-only views, on any node.
+
+Limits: the wall clock is the parent's (`ray.wait` with a deadline, then `ray.kill` and a fresh
+actor); CPU time and address space are rlimits set inside the actor, as in a local worker. Not
+available under Ray: a network namespace (the actor talks to the runtime over the network; the
+guard still refuses sockets in generated code) and process-group kills. On a cluster the
+experiment folders are written on the node that ran the experiment."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sandbox.executor import BaseExecutor, Task
+from sandbox.result import ExperimentResult, Failure, FailureCategory
+from sandbox.worker import WorkerConfig, WorkerSession
+
+__all__ = ["RayExecutor"]
+
+_START_TIMEOUT = 120.0  # seconds for an actor to be scheduled, import and report ready
+_PING = None  # marks a liveness probe queued ahead of a batch (see `_send`)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError("RayExecutor needs Ray: pip install 'rdquant[ray]' (or use LocalExecutor)") from exc
+    return ray
+
+
+class _SandboxActor:
+    """One worker: a `WorkerSession` whose markets come from the object store."""
+
+    def __init__(self, config: WorkerConfig):
+        self.session = WorkerSession(config, load=_panel_from_ref)
+
+    def ready(self) -> dict:
+        return self.session.info
+
+    def run(self, spec_json: str, workdir: str, markets: dict) -> dict:
+        return self.session.run(spec_json, workdir, markets).to_dict()
+
+
+def _panel_from_ref(ref):
+    from sandbox.market import panel_from_arrays
+
+    return panel_from_arrays(_import_ray().get(ref))
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    info: dict = field(default_factory=dict)
+    inflight: deque = field(default_factory=deque)  # (task or _PING, object ref), in submission order
+    deadline: float = math.inf  # wall-clock limit of the call at the head of `inflight`
+
+
+class RayExecutor(BaseExecutor):
+    """Run experiments on `workers` Ray actors (default: the CPUs of the Ray runtime).
+
+    `address`: a Ray cluster to join (default: `RAY_ADDRESS`, else a local runtime with `workers` CPUs).
+    `batch_size`: factor experiments queued on an actor at once (hides the round trip between them;
+    model and workflow experiments go one at a time)."""
+
+    def __init__(self, workers: int | None = None, *, address: str | None = None, batch_size: int = 8,
+                 cache_bytes: int = 256 << 20, **kw):
+        super().__init__(**kw)
+        self.batch_size = max(1, batch_size)
+        self._address = address or os.environ.get("RAY_ADDRESS") or None
+        self._requested = workers
+        self._config = WorkerConfig(limits=self.limits, isolate_network=False, cache_bytes=cache_bytes)
+        self._ray = None
+        self._actor_class = None
+        self._started_ray = False
+        self._market_refs: dict[str, Any] = {}  # exported folder -> object ref of its arrays
+        self._workers: list[_Worker] = []
+
+    # ---- capabilities ----------------------------------------------------------------------------
+    @property
+    def n_workers(self) -> int:
+        self._ensure_ray()
+        if self._requested:
+            return max(1, self._requested)
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+
+    @property
+    def capabilities(self) -> dict:
+        """What isolation the actors actually got (detected when they start)."""
+        self._ensure_workers()
+        return {"workers": self.n_workers, "network_isolated": False,
+                "network_note": "not available under Ray: the actor talks to the Ray runtime over the network",
+                "limits": self.limits.__dict__, "start_method": "ray-actor", "process_group_kill": False,
+                "ray_address": self._address or "local"}
+
+    def worker_pids(self) -> list[int]:
+        """The actors' process ids (an actor found dead is replaced first)."""
+        self._ensure_workers()
+        for w in self._workers:
+            try:
+                w.info = self._ray.get(w.actor.ready.remote(), timeout=_START_TIMEOUT)
+            except self._ray.exceptions.RayActorError:
+                self._replace(w)
+                self._await_ready([w])
+        return [w.info["pid"] for w in self._workers]
+
+    def close(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for w in self._workers:
+            ray.kill(w.actor, no_restart=True)
+        self._workers = []
+        self._market_refs = {}
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._ray, self._started_ray = None, False
+
+    # ---- dispatch -------------------------------------------------------------------------------
+    def _dispatch(self, tasks: list[Task]) -> Iterator[tuple[int, ExperimentResult]]:
+        if not tasks:
+            return
+        self._ensure_workers()
+        ray = self._ray
+        queue = deque(tasks)
+        limit = self.limits.wall_seconds
+        while queue or any(w.inflight for w in self._workers):
+            for w in self._workers:
+                if not w.inflight and queue:
+                    self._send(w, queue, limit)
+            busy = [w for w in self._workers if w.inflight]
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            ray.wait([w.inflight[0][1] for w in busy], num_returns=1, timeout=timeout)
+            refs = [ref for w in busy for _, ref in w.inflight]
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            for w in busy:
+                yield from self._drain(w, ready, queue, limit)
+                if w.inflight and time.monotonic() >= w.deadline:
+                    if w.inflight[0][0] is _PING:
+                        raise RuntimeError(f"a sandbox actor did not answer within {_START_TIMEOUT:g} s "
+                                           "(not enough free CPUs in the Ray cluster?)")
+                    yield self._lost(w, queue, Failure(FailureCategory.TIMEOUT,
+                                                 f"wall-clock limit of {limit:g} s exceeded; the worker was killed"))
+
+    def _send(self, w: _Worker, queue: deque, limit: float) -> None:
+        """Queue a batch on an idle actor behind a liveness probe: if the actor died while idle, the
+        probe fails and the batch goes back to the queue instead of being blamed for the death."""
+        # spread a short queue over the actors rather than filling the first one
+        size = min(self.batch_size, math.ceil(len(queue) / len(self._workers))) if queue[0].kind == "factor" else 1
+        w.inflight.append((_PING, w.actor.ready.remote()))
+        while queue and len(w.inflight) <= size and (len(w.inflight) == 1 or queue[0].kind == "factor"):
+            task = queue.popleft()
+            markets = {m: self._market_ref(folder) for m, folder in task.markets.items()}
+            w.inflight.append((task, w.actor.run.remote(task.spec_json, task.workdir, markets)))
+        w.deadline = time.monotonic() + _START_TIMEOUT  # the probe also waits for a replaced actor to start
+
+    def _drain(self, w: _Worker, ready: set, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
+        ray = self._ray
+        while w.inflight and w.inflight[0][1] in ready:
+            task, ref = w.inflight[0]
+            try:
+                payload = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                if task is _PING:  # died while idle (or while starting)
+                    if not w.info:
+                        raise RuntimeError(f"a sandbox actor failed to start: {_first_line(exc)}") from exc
+                    self._requeue(w, queue)
+                else:
+                    yield self._lost(w, queue, Failure(FailureCategory.WORKER_CRASH, _death_message(exc)))
+                return
+            except ray.exceptions.RayError as exc:  # the actor lives, but this call's result could not come back
+                if task is _PING:
+                    raise
+                payload = ExperimentResult(spec_hash=task.spec_hash, kind=task.kind, failure=Failure(
+                    FailureCategory.WORKER_CRASH, f"the worker could not return a result: {_first_line(exc)}")).to_dict()
+            w.inflight.popleft()
+            w.deadline = time.monotonic() + limit  # the next call in the batch starts now
+            if task is _PING:
+                w.info = payload
+            else:
+                yield task.task_id, ExperimentResult.from_dict(payload)
+
+    def _lost(self, w: _Worker, queue: deque, failure: Failure) -> tuple[int, ExperimentResult]:
+        """Fail the task at the head of `w`, requeue the rest of its batch, replace the actor."""
+        task, _ = w.inflight.popleft()
+        result = ExperimentResult(spec_hash=task.spec_hash, kind=task.kind, failure=failure)
+        self._requeue(w, queue)
+        return task.task_id, result
+
+    def _requeue(self, w: _Worker, queue: deque) -> None:
+        queue.extendleft(reversed([t for t, _ in w.inflight if t is not _PING]))
+        w.inflight.clear()
+        self._replace(w)
+
+    # ---- runtime and actors ----------------------------------------------------------------------
+    def _ensure_ray(self) -> None:
+        if self._ray is not None:
+            return
+        ray = _import_ray()
+        if not ray.is_initialized():
+            local = self._address is None
+            # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names
+            ray.init(address="local" if local else self._address,
+                     num_cpus=(self._requested or len(os.sched_getaffinity(0))) if local else None,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            self._started_ray = True
+        self._ray = ray
+        self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_SandboxActor)
+
+    def _ensure_workers(self) -> None:
+        self._ensure_ray()
+        missing = self.n_workers - len(self._workers)
+        if missing > 0:
+            fresh = [_Worker(self._actor_class.remote(self._config)) for _ in range(missing)]
+            self._await_ready(fresh)
+            self._workers.extend(fresh)
+
+    def _await_ready(self, workers: list[_Worker]) -> None:
+        ray = self._ray
+        refs = [w.actor.ready.remote() for w in workers]
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=_START_TIMEOUT)
+        if pending:
+            for w in workers:
+                ray.kill(w.actor, no_restart=True)
+            raise RuntimeError(f"{len(pending)} sandbox actor(s) did not start within {_START_TIMEOUT:g} s "
+                               "(not enough free CPUs in the Ray cluster?)")
+        for w, info in zip(workers, ray.get(refs)):
+            w.info = info
+
+    def _replace(self, w: _Worker) -> None:
+        """Kill `w`'s actor and start a fresh one without waiting: the probe ahead of its next batch
+        waits for it to start."""
+        self._ray.kill(w.actor, no_restart=True)
+        w.actor, w.info, w.inflight, w.deadline = self._actor_class.remote(self._config), {}, deque(), math.inf
+        self.stats["worker_restarts"] += 1
+
+    def _market_ref(self, folder: str):
+        """The exported market's arrays in the object store (put once; actors map them zero-copy)."""
+        if folder not in self._market_refs:
+            from sandbox.market import market_arrays
+
+            self._market_refs[folder] = self._ray.put(market_arrays(folder))
+        return self._market_refs[folder]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _death_message(exc: BaseException) -> str:
+    """Ray's reason for an actor's death ("killed by the OOM killer", "exited with code 1"...)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("The actor is dead because")), None)
+    return f"the worker died mid-experiment: {reason or _first_line(exc)}"
