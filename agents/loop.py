@@ -36,12 +36,15 @@ def open_project(root: str | Path) -> Store:
     return Store.open(project_paths(root)["db"])
 
 
-def make_backend(config: LoopConfig, replay_calls: list | None = None) -> Backend:
+def make_backend(config: LoopConfig, replay_calls: list | None = None, tokens_used: int = 0) -> Backend:
+    """The configured back-end; `tokens_used` (a resumed run's total so far) counts against --max-tokens."""
     if config.backend == "offline":
         return OfflineBackend(config.seed)
     from agents.llm import LLMBackend
 
-    return LLMBackend.from_env(config, replay_calls=replay_calls)
+    backend = LLMBackend.from_env(config, replay_calls=replay_calls)
+    backend.tokens_used = tokens_used
+    return backend
 
 
 def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool = True) -> BaseExecutor:
@@ -95,7 +98,7 @@ def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_e
 
             recorder = Recorder.open(paths["mlflow"], f"loop-{run_id}")
         executor = make_executor(config, paths["sandbox"], recorder)
-    services = Services(config=config, store=store, executor=executor, backend=backend or make_backend(config),
+    services = Services(config=config, store=store, executor=executor, backend=backend or make_backend(config, tokens_used=memory.tokens),
                         panel=panel, segments={k: tuple(v) for k, v in segments.items()}, memory=memory,
                         reviewer=reviewer, on_event=on_event)
     status = "failed"
