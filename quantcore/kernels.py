@@ -39,6 +39,7 @@ __all__ = [
     "shift",
     "cross_section",
     "pearson_moments",
+    "interleave",
 ]
 
 #: Operators accepted by `rolling`, `pair_rolling` and `cross_section`.
@@ -235,6 +236,23 @@ def pearson_moments(x: np.ndarray, y: np.ndarray, both: np.ndarray, *, threads: 
     out = np.empty((6, xa.shape[1]))
     _cs.pearson_moments(xa, ya, np.ascontiguousarray(mask).view(np.uint8), out, _threads(threads))
     return out
+
+
+def interleave(arrays, out: np.ndarray, start: int, *, threads: int | None = None) -> None:
+    """Write float32 (instruments, days) arrays into features start, start+1, ... of a C-contiguous
+    float32 (days, instruments, features) store `out`, in place: out[t, i, start + k] = arrays[k][i, t]."""
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 3 and out.flags.c_contiguous
+            and out.flags.writeable):
+        raise KernelArgumentError("out must be a writeable C-contiguous float32 (days, instruments, features) array")
+    t, n, f = out.shape
+    start = _integer(start, "start")
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+    if not 0 <= start <= f - len(arrays):
+        raise KernelArgumentError(f"features {start}..{start + len(arrays) - 1} do not fit a store of {f} features")
+    for k, a in enumerate(arrays):
+        if a.shape != (n, t):
+            raise KernelArgumentError(f"arrays[{k}] must have shape (instruments, days) = {(n, t)}, got {a.shape}")
+    _cs.interleave(arrays, out, start, _threads(threads))
 
 
 # ---- argument checks (the only ones: kernels trust their inputs) ----------------------------------

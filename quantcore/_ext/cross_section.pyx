@@ -277,3 +277,34 @@ def pearson_moments(const double[:, ::1] x, const double[:, ::1] y, const uint8_
                         out[3, t] += dx * dx
                         out[4, t] += dy * dy
                         out[5, t] += dx * dy
+
+
+def interleave(list arrays, float[:, :, ::1] out, idx_t j0, int threads):
+    """out[t, i, j0 + k] = arrays[k][i, t] for every (instrument i, day t): a batch of (instruments,
+    days) float32 features into a (days, instruments, features) store.
+
+    Storing features one at a time writes one float per 64-byte line of the store and so streams the
+    whole store through memory once per feature; a batch writes contiguous runs instead, reading
+    each feature sequentially along its row. Instruments are split over threads."""
+    cdef idx_t G = len(arrays), N = out.shape[1], T = out.shape[0], F = out.shape[2]
+    cdef idx_t i, t, k
+    cdef int nth = threads if threads > 0 else qc_cs_default_threads()
+    cdef const float[:, ::1] a
+    cdef const float** src
+    cdef float* dst = &out[0, 0, 0]
+    if G == 0 or N == 0 or T == 0:
+        return
+    src = <const float**>malloc(G * sizeof(float*))
+    if src == NULL:
+        raise MemoryError("interleave could not allocate its pointer table")
+    try:
+        for k in range(G):
+            a = arrays[k]  # the caller's arrays stay alive, so their buffers outlive this call
+            src[k] = &a[0, 0]
+        with nogil:
+            for i in prange(N, num_threads=nth, schedule="static"):
+                for t in range(T):
+                    for k in range(G):
+                        dst[(t * N + i) * F + j0 + k] = src[k][i * T + t]
+    finally:
+        free(src)

@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from quantcore import kernels
 from quantcore.data.panel import Panel
 from quantcore.dataset import processors as P
 from quantcore.dataset.errors import DatasetError, SegmentError
@@ -31,6 +32,7 @@ __all__ = ["DataKey", "DatasetConfig", "dataset_config", "Dataset", "build_datas
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 _EVAL_CHUNK = 64  # features per evaluator batch when building
+_CHECK_DAYS = 128  # train days per chunk when looking for all-NaN features
 
 
 class DataKey(str, Enum):
@@ -210,8 +212,7 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
     # still shares its common sub-expressions (Alpha158's 158 features in three evaluator batches)
     for lo in range(0, f, _EVAL_CHUNK):
         chunk = {k: config.features[k] for k in names[lo : lo + _EVAL_CHUNK]}
-        for j, arr in enumerate(ev.evaluate(chunk, dtype=np.float32).values(), start=lo):
-            feats[:, :, j] = arr.T
+        kernels.interleave(list(ev.evaluate(chunk, dtype=np.float32).values()), feats, lo)
     label = np.ascontiguousarray(ev.evaluate({"label": config.label}, allow_future=True, dtype=np.float32)["label"].T)
     listed = np.ascontiguousarray(~panel.outside_span.T)
     raw = P.Block(feats, label, listed, listed, tuple(names))
@@ -229,7 +230,15 @@ def _check_train(raw: P.Block, train: slice) -> None:
     rows = raw.rows[train]
     if not rows.any():
         raise SegmentError("segment 'train' has no listed (day, instrument) rows")
-    dead = [name for j, name in enumerate(raw.feature_names) if np.isnan(raw.features[train][:, :, j][rows]).all()]
+    # a feature is alive once any listed train row has a value: walk the days in chunks of whole rows
+    # (features contiguous) and stop as soon as every feature is, usually within the first chunk
+    feats = raw.features[train]
+    alive = np.zeros(feats.shape[2], dtype=bool)
+    for lo in range(0, feats.shape[0], _CHECK_DAYS):
+        alive |= ~np.isnan(feats[lo : lo + _CHECK_DAYS][rows[lo : lo + _CHECK_DAYS]]).all(axis=0)
+        if alive.all():
+            break
+    dead = [name for name, ok in zip(raw.feature_names, alive) if not ok]
     if dead:
         raise DatasetError(f"feature(s) all-NaN in the train segment: {', '.join(dead[:10])}; check their look-back")
     if np.isnan(raw.label[train][rows]).all():

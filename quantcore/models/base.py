@@ -157,12 +157,12 @@ class BaseModel:
 def learn_arrays(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray]:
     """(X (R, F) float32, y (R,) float32) of the segment's LEARN rows with a finite label."""
     b = dataset.learn
-    day, inst = dataset.rows(segment, DataKey.LEARN)
-    x, y = b.features[day, inst], b.label[day, inst]
-    keep = np.isfinite(y)
+    days = dataset.days(segment)
+    # one boolean gather of whole rows, in (day, instrument) order as `Dataset.rows`
+    keep = b.rows[days] & np.isfinite(b.label[days])
     if not keep.any():
         raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
-    return x[keep], y[keep]
+    return b.features[days][keep], b.label[days][keep]
 
 
 def check_predictions(family: str, scores: np.ndarray, where: str) -> None:

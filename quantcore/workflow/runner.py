@@ -37,6 +37,7 @@ from quantcore.report import (
     analysis_frame,
     cumulative_return_figure,
     drawdown_figure,
+    figure_png,
     ic_figure,
     portfolio_analysis,
     quantile_returns_figure,
@@ -217,9 +218,13 @@ def run_workflow(
                     "IC over time": ic_figure(daily_ic(factor, y), daily_rank_ic(factor, y), dates=dates),
                     "Quantile returns": quantile_returns_figure(list(factor_report.quantile_returns)),
                 }
-                for title, fig in figures.items():
-                    run.log_figure(fig, title.lower().replace(" ", "_") + ".png")
-                html = write_html_report(Path(tmp) / "report.html", {"Headline": headline, **figures},
+                # render each figure once: the same PNG bytes are the artifact and the HTML image
+                pngs = {title: figure_png(fig) for title, fig in figures.items()}
+                for title, png in pngs.items():
+                    path = Path(tmp) / (title.lower().replace(" ", "_") + ".png")
+                    path.write_bytes(png)
+                    run.log_artifact(path)
+                html = write_html_report(Path(tmp) / "report.html", {"Headline": headline, **pngs},
                                          title=f"rdquant workflow: {cfg.name}")
                 run.log_artifact(html)
         lap("record")

@@ -321,6 +321,21 @@ def test_pearson_moments_equal_the_numpy_twin_bit_for_bit(n, days):
         assert np.array_equal(K.pearson_moments(x, y, both, threads=threads), want, equal_nan=True)
 
 
+def test_interleave_stores_features_as_days_by_instruments_by_features():
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((7, 11)).astype(np.float32) for _ in range(5)]
+    arrays[2][3, 4] = np.nan
+    for threads in (None, 1, 2):
+        out = np.full((11, 7, 8), -1.0, dtype=np.float32)
+        K.interleave(arrays, out, 2, threads=threads)
+        np.testing.assert_array_equal(out[:, :, 2:7], np.stack(arrays, axis=-1).transpose(1, 0, 2))
+        assert (out[:, :, [0, 1, 7]] == -1.0).all()  # the other features are untouched
+    with pytest.raises(KernelArgumentError, match="do not fit"):
+        K.interleave(arrays, np.empty((11, 7, 6), np.float32), 2)
+    with pytest.raises(KernelArgumentError, match="shape"):
+        K.interleave([np.ones((11, 7), np.float32)], np.empty((11, 7, 6), np.float32), 0)
+
+
 # ---- parity with qlib's own operator code (needs RDQUANT_QLIB_PYTHON) ----------------------------
 
 _QLIB_SCRIPT = """
