@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rdquant-installed
 KERNEL_SOURCES := $(wildcard quantcore/_ext/*.pyx quantcore/_ext/*.pxd)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run workflow test bench clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml setup.py $(KERNEL_SOURCES)
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/rdquant data info sp500
-	$(VENV)/bin/rdquant features --data sp500 --set alpha158 --out runs/alpha158_sp500.parquet
+	@# the main job: five iterations of unattended factor/model mining on the embedded S&P 500 market
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/rdquant loop --budget 5 --data sp500
+	$(VENV)/bin/rdquant runs list
+
+workflow: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/rdquant run examples/alpha158_lightgbm_sp500.yaml
 
 test: $(STAMP)
