@@ -13,14 +13,11 @@ from quantcore.errors import (
     UnknownFieldError,
     UnknownOperatorError,
 )
-from sandbox.guard import CodeRejected, ForbiddenOperation, OutputLimitExceeded
+from sandbox.guard import GENERATED_FILE, CodeRejected, ForbiddenOperation, LimitExceeded, OutputLimitExceeded
 from sandbox.result import Failure, FailureCategory
 from sandbox.spec import SpecError
 
 __all__ = ["DegenerateOutput", "SpecNotRunnable", "CpuLimitExceeded", "classify", "GENERATED_FILE"]
-
-#: The filename generated code is compiled under; traceback frames from it are the relevant ones.
-GENERATED_FILE = "<experiment>"
 
 
 class DegenerateOutput(Exception):
@@ -31,7 +28,7 @@ class SpecNotRunnable(Exception):
     """A valid spec of a kind this version cannot run."""
 
 
-class CpuLimitExceeded(Exception):
+class CpuLimitExceeded(LimitExceeded):
     """Raised by the worker's SIGXCPU handler when an experiment uses up its CPU time."""
 
 

@@ -59,11 +59,14 @@ class GeneratedModel(BaseModel):
         check_predictions(self.family, pv, "the valid segment")
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
-        out = self._guarded(self._impl.predict, np.asarray(x, dtype=np.float32))
-        try:
-            scores = np.asarray(out, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as e:
-            raise DegenerateOutput(f"Model.predict returned a {type(out).__name__} that is not numeric: {e}") from None
+        def predict(x):  # converted under the guard: a returned object's `__array__` is generated code too
+            out = self._impl.predict(x)
+            try:
+                return np.asarray(out, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise DegenerateOutput(f"Model.predict returned a {type(out).__name__} that is not numeric: {e}") from None
+
+        scores = self._guarded(predict, np.asarray(x, dtype=np.float32))
         if scores.shape[0] != len(x):
             raise DegenerateOutput(f"Model.predict returned {scores.shape[0]} scores for {len(x)} rows")
         return scores

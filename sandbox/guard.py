@@ -25,15 +25,20 @@ import io
 import os
 import sys
 import threading
+import traceback
+import types
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
-    "ALLOWED_MODULES", "CodeRejected", "ForbiddenOperation", "OutputLimitExceeded", "Guard", "screen_code",
+    "GENERATED_FILE", "ALLOWED_MODULES", "CodeRejected", "ForbiddenOperation", "LimitExceeded", "OutputLimitExceeded", "Guard", "screen_code",
     "load_generated",
 ]
+
+#: The filename generated code is compiled under: frames with it on the stack are generated code running.
+GENERATED_FILE = "<experiment>"
 
 #: Top-level modules generated code may import (and their submodules).
 ALLOWED_MODULES = frozenset({
@@ -86,6 +91,10 @@ _REFUSED_EVENTS = {
     "sys.addaudithook": "installing an audit hook",
     "urllib.Request": "a network request",
     "webbrowser.open": "opening a browser",
+    # raised by `_ModuleView` (not by CPython): an allowed module's attribute that leads elsewhere, and
+    # monkeypatching - a replaced numpy function would outlive the experiment in this reused worker
+    "sandbox.module_escape": "reaching a module or builtin outside the allow-list through an attribute",
+    "sandbox.module_setattr": "changing a module's attributes",
 }
 # events that modify a path: allowed only under the experiment directory
 _WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
@@ -105,13 +114,18 @@ class ForbiddenOperation(PermissionError):
     """Raised (by the audit hook) inside generated code that tried something the sandbox refuses."""
 
 
-class OutputLimitExceeded(Exception):
+class LimitExceeded(BaseException):
+    """A sandbox limit stopped generated code. A BaseException, so `except Exception` in the code does
+    not swallow it; one swallowed anyway (raised inside a finaliser) is raised again by `Guard.active`."""
+
+
+class OutputLimitExceeded(LimitExceeded):
     """Generated code printed more than the sandbox keeps."""
 
 
 # ---- layer 1: static screen ---------------------------------------------------------------------------
 
-def screen_code(source: str, filename: str = "<experiment>") -> ast.Module:
+def screen_code(source: str, filename: str = GENERATED_FILE) -> ast.Module:
     """Parse and screen generated code; raises CodeRejected naming the line."""
     try:
         tree = ast.parse(source, filename=filename)
@@ -120,7 +134,8 @@ def screen_code(source: str, filename: str = "<experiment>") -> ast.Module:
         caret = " " * max(0, (e.offset or 1) - 1) + "^"
         raise CodeRejected("parse_error", f"syntax error on line {e.lineno}: {e.msg}", f"{line}\n{caret}") from None
     except (ValueError, RecursionError, MemoryError) as e:
-        raise CodeRejected("parse_error", f"code cannot be parsed: {e}") from None
+        bad = next((line for line in source.splitlines() if "\x00" in line), "")  # a NUL byte is the usual ValueError
+        raise CodeRejected("parse_error", f"code cannot be parsed: {e}", repr(bad) if bad else str(e)) from None
     lines = source.splitlines()
 
     def refuse(node: ast.AST, why: str) -> None:
@@ -128,7 +143,17 @@ def screen_code(source: str, filename: str = "<experiment>") -> ast.Module:
         text = lines[lineno - 1].strip() if 0 < lineno <= len(lines) else ""
         raise CodeRejected("forbidden_operation", f"line {lineno}: {why}", text)
 
+    # names bound to imported modules or their members: assigning through them (`np.nanmean = f`,
+    # `pd.DataFrame.rank = f`) would change the library for every later experiment in this worker
+    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names}
     for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in imported:
+                refuse(node, f"changing the imported {ast.unparse(node)} is not allowed (it would outlive the experiment)")
         if isinstance(node, ast.Import):
             for alias in node.names:
                 _check_module(alias.name, node, refuse)
@@ -164,7 +189,58 @@ def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
     top = name.split(".")[0]
     if top not in ALLOWED_MODULES or any(name == d or name.startswith(d + ".") for d in DENIED_SUBMODULES):
         raise ImportError(f"importing {name!r} is not allowed in the sandbox")
-    return builtins.__import__(name, globals, locals, fromlist, level)
+    return _view(builtins.__import__(name, globals, locals, fromlist, level), name)
+
+
+#: Builtins refused by the screen; the same objects re-exported by a module (`dataclasses.builtins.eval`,
+#: `somemodule.open`) are refused by `_ModuleView`.
+_DENIED_OBJECTS = {id(getattr(builtins, n)) for n in (*_DENIED_NAMES, "__import__") if hasattr(builtins, n)}
+
+
+def _module_allowed(name: str) -> bool:
+    return name.split(".")[0] in ALLOWED_MODULES and not any(name == d or name.startswith(d + ".")
+                                                               for d in DENIED_SUBMODULES)
+
+
+def _view(value: Any, path: str) -> Any:
+    """What generated code gets for `path`: allowed modules as read-only views, other values as they are."""
+    if isinstance(value, types.ModuleType):
+        if not _module_allowed(value.__name__):
+            sys.audit("sandbox.module_escape", path)  # the guard refuses and records it
+            raise ForbiddenOperation(f"the sandbox refused {path} (module {value.__name__!r} is not allowed)")
+        return _ModuleView(value)
+    if id(value) in _DENIED_OBJECTS:
+        sys.audit("sandbox.module_escape", path)
+        raise ForbiddenOperation(f"the sandbox refused {path} (a builtin the sandbox does not provide)")
+    return value
+
+
+class _ModuleView:
+    """An allowed module as generated code sees it. Reads pass through, except those that lead out of
+    the allow-list (`dataclasses.sys`, `pandas.compat.platform.os`, `dataclasses.builtins`: every module
+    holds references to the modules it uses); writes are refused, since a worker serves many experiments."""
+
+    __slots__ = ("_sandbox_module",)
+
+    def __init__(self, module: types.ModuleType):
+        object.__setattr__(self, "_sandbox_module", module)
+
+    def __getattr__(self, name: str) -> Any:
+        module = object.__getattribute__(self, "_sandbox_module")
+        return _view(getattr(module, name), f"{module.__name__}.{name}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        module = object.__getattribute__(self, "_sandbox_module")
+        sys.audit("sandbox.module_setattr", f"{module.__name__}.{name}")
+        raise ForbiddenOperation(f"the sandbox refused changing {module.__name__}.{name}")
+
+    __delattr__ = lambda self, name: self.__setattr__(name, None)  # noqa: E731
+
+    def __dir__(self) -> list[str]:
+        return dir(object.__getattribute__(self, "_sandbox_module"))
+
+    def __repr__(self) -> str:
+        return f"<sandboxed module {object.__getattribute__(self, '_sandbox_module').__name__!r}>"
 
 
 def _namespace(filename: str) -> dict[str, Any]:
@@ -174,7 +250,7 @@ def _namespace(filename: str) -> dict[str, Any]:
     return {"__builtins__": safe, "__name__": "experiment", "__file__": filename}
 
 
-def load_generated(source: str, filename: str = "<experiment>") -> dict[str, Any]:
+def load_generated(source: str, filename: str = GENERATED_FILE) -> dict[str, Any]:
     """Screen and execute generated code's top level in a fresh restricted namespace; returns it.
     Run inside `Guard.active` so top-level side effects are guarded too."""
     tree = screen_code(source, filename)
@@ -230,55 +306,103 @@ class Guard:
         self._workdir = Path(workdir).resolve()
         self._thread = threading.get_ident()
         out = _CappedText(output_limit)
+        swallowed: list[BaseException] = []
+        previous_hook = sys.unraisablehook
+
+        def unraisable(info) -> None:  # an exception in a finaliser is printed and dropped by CPython
+            if isinstance(info.exc_value, (LimitExceeded, MemoryError)):
+                swallowed.append(info.exc_value)  # ... but a limit that stopped the code must still stop it
+            previous_hook(info)
+
+        sys.unraisablehook = unraisable
         try:
             with redirect_stdout(out), redirect_stderr(out):
-                yield out
-                gc.collect()  # finalisers of generated objects run while still guarded
+                try:
+                    yield out
+                except BaseException as exc:
+                    # the traceback keeps generated frames (and their locals) alive past this block:
+                    # clear them here so their finalisers run guarded (line numbers stay for the context)
+                    traceback.clear_frames(exc.__traceback__)
+                    raise
+                finally:
+                    gc.collect()  # finalisers of generated objects run while still guarded
+            if swallowed:
+                raise swallowed[0]
         finally:
+            sys.unraisablehook = previous_hook
             self._workdir = None
             self._thread = None
 
     def _hook(self, event: str, args: tuple) -> None:
-        if self._workdir is None or self._inside or threading.get_ident() != self._thread:
+        if self._inside:
             return
-        self._inside = True  # events raised while we inspect (path resolution) are ours
+        self._inside = True  # events raised while we inspect (path resolution, frame walk) are ours
         try:
-            why = self._check(event, args)
+            if self._workdir is not None and threading.get_ident() == self._thread:
+                why = self._check(event, args, self._workdir)
+            elif event in _WATCHED_EVENTS and _generated_code_running():
+                # generated code outside a guarded block: a finaliser run by a later garbage collection,
+                # `__array__`/`__float__` of a returned object, a callback: same rules, and no writes at all
+                why = self._check(event, args, None)
+            else:
+                why = None
         finally:
             self._inside = False
         if why:
             self.refusals.append(why)
             raise ForbiddenOperation(f"the sandbox refused {why}")
 
-    def _check(self, event: str, args: tuple) -> str | None:
+    def _check(self, event: str, args: tuple, workdir: Path | None) -> str | None:
         if event in _REFUSED_EVENTS:
+            if event.startswith("sandbox."):
+                return f"{_REFUSED_EVENTS[event]} ({args[0]})"
             return f"{_REFUSED_EVENTS[event]} ({event})"
         if event == "open":
             path, mode = args[0], args[1] if len(args) > 1 else "r"
             if isinstance(path, int) or path is None:
                 return None  # an already-open descriptor
-            writes = isinstance(mode, str) and any(c in mode for c in "wax+")
-            if isinstance(mode, int):  # os.open flags
-                writes = bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
-            return self._path_ok(path, writes)
+            if isinstance(path, str) and path.startswith("<") and path.endswith(">") and not _writes(mode):
+                return None  # a pseudo-filename ("<experiment>"): CPython looks for the source of a syntax error
+            return self._path_ok(path, _writes(mode), workdir)
         if event in _WRITE_EVENTS:
             for arg in args[:2]:
                 if isinstance(arg, (str, bytes, os.PathLike)):
-                    why = self._path_ok(arg, True)
+                    why = self._path_ok(arg, True, workdir)
                     if why:
                         return why
         return None
 
-    def _path_ok(self, path, writes: bool) -> str | None:
+    def _path_ok(self, path, writes: bool, workdir: Path | None) -> str | None:
         try:
             p = Path(os.fsdecode(path)).resolve()
         except (OSError, ValueError, TypeError):
             return f"file access to an unresolvable path {path!r}"
-        if _under(p, self._workdir):
+        if _under(p, workdir):
             return None
         if not writes and any(_under(p, root) for root in self.read_roots):
             return None
         return f"{'writing' if writes else 'reading'} {p} (outside the experiment directory)"
+
+
+#: What `_hook` checks when generated code runs outside a guarded block (the frame walk costs a little,
+#: so only for events that can do harm).
+_WATCHED_EVENTS = frozenset({*_REFUSED_EVENTS, *_WRITE_EVENTS, "open"})
+
+
+def _writes(mode) -> bool:
+    if isinstance(mode, int):  # os.open flags
+        return bool(mode & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND))
+    return isinstance(mode, str) and any(c in mode for c in "wax+")
+
+
+def _generated_code_running() -> bool:
+    """Whether a frame of generated code is on this thread's stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == GENERATED_FILE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _under(path: Path, root: Path | None) -> bool:

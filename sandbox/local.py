@@ -68,6 +68,7 @@ class _Worker:
     batch: deque = field(default_factory=deque)  # tasks sent and not yet answered, in order
     deadline: float = math.inf  # wall-clock limit of the task at the head of `batch`
     served: int = 0
+    oom_kills: int | None = None  # the cgroup's OOM-kill count when the current batch was sent
 
 
 class LocalExecutor(BaseExecutor):
@@ -155,6 +156,7 @@ class LocalExecutor(BaseExecutor):
         w.batch.extend(batch)
         w.conn.send(("run", [t.message() for t in batch]))
         w.deadline = time.monotonic() + limit
+        w.oom_kills = _oom_kills()
 
     def _drain(self, w: _Worker, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
         while w.batch and w.conn.poll():
@@ -186,8 +188,14 @@ class LocalExecutor(BaseExecutor):
             if -code == signal.SIGXCPU:
                 return Failure(FailureCategory.TIMEOUT, f"CPU time limit of {self.limits.cpu_seconds:g} s exceeded (SIGXCPU)")
             if -code == signal.SIGKILL:
-                return Failure(FailureCategory.MEMORY_LIMIT, "the worker was killed (SIGKILL), most likely by the "
-                               "kernel's out-of-memory killer")
+                # not ours (our kills are wall-clock timeouts, reported as such): the kernel's OOM killer,
+                # or an operator's `kill -9`. The cgroup's OOM-kill counter tells them apart where it exists.
+                kills = _oom_kills()
+                if kills is not None and w.oom_kills is not None and kills > w.oom_kills:
+                    return Failure(FailureCategory.MEMORY_LIMIT, "the worker was killed by the kernel's out-of-memory "
+                                   "killer (SIGKILL)")
+                return Failure(FailureCategory.WORKER_CRASH, "the worker was killed (SIGKILL) from outside the sandbox "
+                               "(an operator, or possibly the kernel's out-of-memory killer)")
             return Failure(FailureCategory.WORKER_CRASH, f"the worker process died from signal {sig}")
         return Failure(FailureCategory.WORKER_CRASH, f"the worker process exited with status {code} mid-experiment")
 
@@ -226,6 +234,20 @@ class LocalExecutor(BaseExecutor):
         fresh = self._start()
         self.stats["worker_restarts"] += 1
         w.process, w.conn, w.info, w.deadline, w.served = fresh.process, fresh.conn, fresh.info, math.inf, 0
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in our memory cgroup (v2 or v1); None if unknown."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _kill_group(pid: int) -> None:

@@ -201,7 +201,10 @@ def parse_spec(raw: Any) -> FactorSpec | ModelSpec | WorkflowSpec | RLSpec:
 
 def spec_json(spec) -> str:
     """Canonical JSON of a spec (sorted keys, defaults filled, expressions in canonical form where they parse)."""
-    data = spec.model_dump(mode="json")
+    try:
+        data = spec.model_dump(mode="json")
+    except ValueError as e:  # a spec built in Python can hold values JSON has no form for (a set, an object)
+        raise SpecError(f"spec is not JSON-serialisable: {e}") from None
     if isinstance(spec, FactorSpec):
         data["expressions"] = {k: _canonical_or_raw(v) for k, v in data["expressions"].items()}
         data["library"] = {k: _canonical_or_raw(v) for k, v in data["library"].items()}
