@@ -18,6 +18,7 @@ from quantcore.errors import ExpressionError
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
 from quantcore.features import DEFAULT_LABEL
+from quantcore.workflow.config import SegmentsConfig as Segments  # one definition of ordered segments
 
 __all__ = [
     "SPEC_VERSION", "Segments", "default_segments", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
@@ -41,28 +42,18 @@ def default_segments(calendar) -> dict[str, tuple[str, str]]:
     return {"train": (day(0), day(a - 1)), "valid": (day(a), day(b - 1)), "test": (day(b), day(n - 1))}
 
 
+def _check_code(code: str | None) -> str | None:
+    if code is not None and len(code) > MAX_CODE_CHARS:
+        raise ValueError(f"code is {len(code)} characters; at most {MAX_CODE_CHARS}")
+    return code
+
+
 class SpecError(ValueError):
     """A spec is not valid JSON, not a known kind, or has bad fields; the message names each problem."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Segments(_Strict):
-    train: tuple[dt.date, dt.date]
-    valid: tuple[dt.date, dt.date]
-    test: tuple[dt.date, dt.date]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Segments":
-        for name in ("train", "valid", "test"):
-            start, end = getattr(self, name)
-            if start > end:
-                raise ValueError(f"{name} starts ({start}) after it ends ({end})")
-        if not (self.train[1] < self.valid[0] and self.valid[1] < self.test[0]):
-            raise ValueError("segments must be in time order without overlap: train < valid < test")
-        return self
 
 
 class BacktestSettings(_Strict):
@@ -116,12 +107,7 @@ class FactorSpec(_Base):
                 raise ValueError(f"factor name {name!r} must be letters, digits and underscores")
         return v
 
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str | None) -> str | None:
-        if v is not None and len(v) > MAX_CODE_CHARS:
-            raise ValueError(f"code is {len(v)} characters; at most {MAX_CODE_CHARS}")
-        return v
+    _code = field_validator("code")(classmethod(lambda cls, v: _check_code(v)))
 
     @model_validator(mode="after")
     def _something(self) -> "FactorSpec":
@@ -145,12 +131,7 @@ class ModelSpec(_Base):
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
 
-    @field_validator("code")
-    @classmethod
-    def _code(cls, v: str | None) -> str | None:
-        if v is not None and len(v) > MAX_CODE_CHARS:
-            raise ValueError(f"code is {len(v)} characters; at most {MAX_CODE_CHARS}")
-        return v
+    _code = field_validator("code")(classmethod(lambda cls, v: _check_code(v)))
 
 
 class WorkflowSpec(_Base):
