@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -10,11 +13,21 @@ import typer
 from rich.table import Table
 
 from quantcore.cli._common import console, user_errors
-from quantcore.recording import Recorder
+from quantcore.recording.capture import CaptureRecorder
 from quantcore.workflow.config import load_workflow
 from quantcore.workflow.runner import run_workflow
 
 __all__ = ["run_command"]
+
+
+def _open_store(root: Path, experiment: str):
+    from quantcore.recording import Recorder  # imports mlflow: seconds, spent on the store's thread
+
+    return Recorder.open(root, experiment)
+
+
+def _replay(store: Future, capture: Path) -> str:
+    return store.result().import_capture(capture)
 
 
 @user_errors
@@ -25,16 +38,32 @@ def run_command(
 ) -> None:
     """Run data -> dataset -> model -> backtest -> analysis and record it all in MLflow."""
     cfg = load_workflow(workflow)
-    recorder = Recorder.open(root or cfg.record.root, cfg.record.experiment)
     log = (lambda m: None) if as_json else (lambda m: console.print(f"  [dim]{m}[/]"))
     if not as_json:
         console.print(f"[bold]workflow[/] {cfg.name}: {cfg.data.market}, {cfg.model.family}, {cfg.backtest.strategy}")
-    result = run_workflow(cfg, recorder, log=log)
+    # importing mlflow and opening its store take seconds: do both on a thread while the workflow runs
+    # into a capture folder, then replay the capture as the MLflow run (a failed run is replayed too,
+    # marked FAILED with its traceback, before the error propagates)
+    with ThreadPoolExecutor(1) as pool, tempfile.TemporaryDirectory() as tmp:
+        store = pool.submit(_open_store, root or cfg.record.root, cfg.record.experiment)
+        try:
+            result = run_workflow(cfg, CaptureRecorder(tmp), log=log)
+        except BaseException as exc:
+            try:
+                _replay(store, Path(tmp))
+            except Exception as record_error:  # never hide the workflow's error behind a store error
+                exc.add_note(f"also, the failed run could not be recorded: {record_error}")
+            raise
+        t0 = time.perf_counter()
+        run_id = _replay(store, Path(tmp))
+        seconds = {**result.seconds, "mlflow": time.perf_counter() - t0}
+        log(f"mlflow: {seconds['mlflow']:.2f}s")
+    recorder = store.result()
     if as_json:
-        print(json.dumps({"run_id": result.run_id, **result.metrics, "seconds": result.seconds}))
+        print(json.dumps({"run_id": run_id, **result.metrics, "seconds": seconds}))
         return
     table = Table("metric", "value", title=f"{cfg.name} (test segment)")
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
-    console.print(f"run id: {result.run_id}  (mlflow ui --backend-store-uri {recorder.store.tracking_uri})")
+    console.print(f"run id: {run_id}  (mlflow ui --backend-store-uri {recorder.store.tracking_uri})")

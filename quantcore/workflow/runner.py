@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,6 @@ from quantcore.models.registry import FAMILIES
 from quantcore.portfolio import FactorRiskModel, OptimizedPolicy, ShrinkageCovariance
 from quantcore.portfolio.optimizer import OptimizerConfig as SolverSettings
 from quantcore.portfolio.policy import AlphaScaling, PolicyStrategy, daily_returns
-from quantcore.recording import Recorder
 from quantcore.report import (
     analysis_frame,
     cumulative_return_figure,
@@ -44,6 +43,9 @@ from quantcore.report import (
 )
 from quantcore.report.html import write_html_report
 from quantcore.workflow.config import WorkflowConfig
+
+if TYPE_CHECKING:
+    from quantcore.recording import Recorder
 
 __all__ = ["WorkflowResult", "run_workflow", "summary_metrics"]
 
@@ -133,7 +135,10 @@ def run_workflow(
     """Run `cfg` end to end; a failure inside marks the MLflow run FAILED with the reason and re-raises.
     `recorder` may be any object with `Recorder.start_run`'s shape (e.g. a `CaptureRecorder`); `model`,
     an unfitted model, replaces the one `cfg.model` describes."""
-    recorder = recorder or Recorder.open(cfg.record.root, cfg.record.experiment)
+    if recorder is None:
+        from quantcore.recording import Recorder  # mlflow: imported only when this function opens the store
+
+        recorder = Recorder.open(cfg.record.root, cfg.record.experiment)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 

@@ -3,6 +3,8 @@ and failures recorded as FAILED runs."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,6 +135,20 @@ def test_cli_run_and_bad_workflow(tmp_path):
     ok = runner.invoke(app, ["run", str(good), "--json"])
     assert ok.exit_code == 0, ok.output
     assert '"run_id"' in ok.output and '"Rank IC"' in ok.output
+    # the run is captured while the store opens, then replayed into MLflow under the printed id
+    out = json.loads(ok.output.strip().splitlines()[-1])
+    recorded = Recorder.open(tmp_path / "store", "cli").list_runs()[-1]
+    assert recorded.run_id == out["run_id"] and recorded.status == "FINISHED"
+    assert recorded.metrics["Rank IC"] == pytest.approx(out["Rank IC"])
+    # a workflow that fails inside is recorded FAILED with the reason, and the CLI reports the error
+    failing = tmp_path / "failing.yaml"
+    raw = _raw(tmp_path / "store", record={"root": str(tmp_path / "store"), "experiment": "cli", "plots": False})
+    raw["dataset"]["features"] = {"BAD": "Mean($nope, 5)"}
+    failing.write_text(yaml.safe_dump(raw))
+    res = runner.invoke(app, ["run", str(failing)])
+    assert res.exit_code != 0 and "nope" in res.output
+    recorded = Recorder.open(tmp_path / "store", "cli").list_runs()[-1]
+    assert recorded.status == "FAILED" and "nope" in recorded.tags.get("failure_reason", "")
     bad = tmp_path / "bad.yaml"
     raw = _raw(tmp_path / "store")
     raw["backtest"]["topk"] = -3
