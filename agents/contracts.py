@@ -28,6 +28,7 @@ class ModelCandidate(_Strict):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
     family: str
     params: dict[str, Any] = Field(default_factory=dict)
+    feature_norm: Literal["none", "csrank", "cszscore"] = "none"  # cross-sectional normalisation of the features
     rationale: str = ""
 
 
@@ -47,6 +48,7 @@ class CodedCandidate(_Strict):
     expression: str | None = None  # factor candidates: the validated expression (library names inlined)
     family: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    feature_norm: str = "none"
 
 
 class CoderOutput(_Strict):

@@ -152,7 +152,7 @@ def coder_node(state: IterationState, s: Services) -> dict:
     the structured failure, up to `repair_attempts` times."""
     hyp = state.hypothesis
     if hyp.direction == "model":
-        return {"coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s) for c in hyp.models])}
+        return {"coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s, c.feature_norm) for c in hyp.models])}
     coded, refused = [], {}
     seen = set(s.memory.tried)
     for cand in hyp.factors:
@@ -261,7 +261,8 @@ def update_node(state: IterationState, s: Services) -> dict:
         if wins:
             w = max(wins, key=lambda v: v.metrics.get("Rank IC", -math.inf))
             coded = next(c for c in state.coded.coded if c.name == w.candidate)
-            new_best = {"name": w.candidate, "family": coded.family, "params": coded.params, "metrics": w.metrics,
+            new_best = {"name": w.candidate, "family": coded.family, "params": coded.params,
+                        "feature_norm": coded.feature_norm, "metrics": w.metrics,
                         "daily_rank_ic": results[w.candidate].details.get("daily_rank_ic")}
     calls = s.backend.drain_calls()
     seconds = time.monotonic() - state.started
@@ -396,11 +397,11 @@ def _validate_edit(expr: str, s: Services) -> str | None:
     return None
 
 
-def _model_spec(name: str, family: str, params: dict, s: Services) -> CodedCandidate:
+def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm: str = "none") -> CodedCandidate:
     spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features,
-            "extra_features": dict(s.memory.library), "family": family, "params": params,
+            "extra_features": dict(s.memory.library), "family": family, "params": params, "feature_norm": feature_norm,
             "segments": {k: list(v) for k, v in inner_segments(s.segments, s.panel).items()}, "seed": s.config.seed}
-    return CodedCandidate(name=name, spec=spec, family=family, params=params)
+    return CodedCandidate(name=name, spec=spec, family=family, params=params, feature_norm=feature_norm)
 
 
 def _edges(hyp: Hypothesis, m: RunMemory, s: Services, db, state: IterationState) -> list[tuple[int, str]]:

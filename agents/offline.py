@@ -51,6 +51,7 @@ FAMILIES: tuple[Family, ...] = (
 )
 WINDOWS = (3, 5, 10, 20, 30, 60)
 PRICES = ("$close", "$open", "$high", "$low", "$vwap")
+NORMS = ("csrank", "cszscore")  # per-day feature normalisations the model search tries
 _OP_SWAPS = {"Mean": ("EMA", "WMA"), "EMA": ("Mean",), "WMA": ("Mean",), "Max": ("Min",), "Min": ("Max",),
              "Std": ("Mean",), "IdxMax": ("IdxMin",), "IdxMin": ("IdxMax",)}
 _WINDOW = re.compile(r"(?<=, )(\d+)(?=\))")
@@ -153,12 +154,23 @@ class OfflineProposer:
         rng = self._rng(ctx)
         best = ctx.trace.best_model
         params = dict(best.get("params", {})) if best.get("family", "lightgbm") == "lightgbm" else {}
+        norm = best.get("feature_norm", "none")
+        tried_norms = {n for n in NORMS if ctx.families_tried.get("norm:" + n)}
+        untried = [n for n in NORMS if n != norm and n not in tried_norms]
+        if untried:  # first question about a market: are raw feature levels or per-day ranks informative?
+            target = untried[0]
+            cand = ModelCandidate(name=f"{target}_{ctx.iteration}", family="lightgbm", params=params, feature_norm=target,
+                                  rationale="trees split on levels; a per-day normalisation removes market-wide drifts")
+            text = (f"features normalised per day ({target}) generalise better than raw levels: volatility regimes "
+                    "shift raw feature scales over time")
+            return Hypothesis(direction="model", text=text, family="norm:" + target, models=[cand])
         candidates = []
         for i in range(2):
             p = dict(params)
             for key in rng.sample(sorted(LGB_STEPS), 2):
                 p[key] = rng.choice([v for v in LGB_STEPS[key] if v != p.get(key)])
             candidates.append(ModelCandidate(name=f"lgb_{ctx.iteration}_{i}", family="lightgbm", params=p,
+                                             feature_norm=norm,
                                              rationale="perturb two LightGBM hyperparameters of the best model"))
         changed = sorted({k for c in candidates for k in c.params if c.params.get(k) != params.get(k)})
         text = f"the best model may be mis-regularised: try {', '.join(changed)} around it"

@@ -47,7 +47,8 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, workers: int = 2
         "baseline": {"kind": "model", "market": config.data, "features": config.base_features, "family": "lightgbm",
                      "segments": segments, "seed": config.seed},
         "final": {"kind": "model", "market": config.data, "features": config.base_features, "extra_features": library,
-                  "family": best.get("family") or "lightgbm", "params": best.get("params", {}), "segments": segments,
+                  "family": best.get("family") or "lightgbm", "params": best.get("params", {}),
+                  "feature_norm": best.get("feature_norm", "none"), "segments": segments,
                   "seed": config.seed},
     }
     log(f"evaluating baseline and final model on the sealed test segment {segments['test'][0]} .. {segments['test'][1]}")

@@ -245,9 +245,11 @@ def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ct
 
 def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
     panel = ctx.panel(spec.market)
+    norm = {"csrank": "CSRankNorm", "cszscore": "CSZScoreNorm"}.get(spec.feature_norm)
     cfg = {"name": f"model-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
            "dataset": {"features": spec.features, "extra_features": spec.extra_features, "label": spec.label,
-                       "segments": _segments(spec.segments, panel)},
+                       "segments": _segments(spec.segments, panel),
+                       "infer_processors": [{"name": norm, "fields_group": "feature"}] if norm else []},
            "model": {"family": spec.family, "params": spec.params}, "backtest": spec.backtest.model_dump(),
            "record": {"plots": False}}
     model = None

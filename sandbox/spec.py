@@ -126,6 +126,7 @@ class ModelSpec(_Base):
     extra_features: dict[str, str] = Field(default_factory=dict)
     family: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
+    feature_norm: Literal["none", "csrank", "cszscore"] = "none"  # per-day normalisation of every feature
     code: str | None = None  # Python defining `class Model` with fit(x_train, y_train, x_valid, y_valid), predict(x)
     label: str = DEFAULT_LABEL
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
