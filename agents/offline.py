@@ -51,7 +51,15 @@ FAMILIES: tuple[Family, ...] = (
 )
 WINDOWS = (3, 5, 10, 20, 30, 60)
 PRICES = ("$close", "$open", "$high", "$low", "$vwap")
-NORMS = ("csrank", "cszscore")  # per-day feature normalisations the model search tries
+# structural model questions, asked once each: (family key, model family, feature_norm, hypothesis)
+MODEL_QUESTIONS = (
+    ("norm:csrank", "lightgbm", "csrank", "features ranked per day generalise better than raw levels: volatility "
+     "regimes shift raw feature scales over time"),
+    ("norm:cszscore", "lightgbm", "cszscore", "features z-scored per day generalise better than raw levels"),
+    ("family:linear", "linear", "cszscore", "many weak, roughly linear signals: a ridge on per-day z-scored features "
+     "is less noisy than trees"),
+)
+RIDGE_STEPS = {"alpha": (0.1, 1.0, 10.0, 100.0, 1000.0)}
 _OP_SWAPS = {"Mean": ("EMA", "WMA"), "EMA": ("Mean",), "WMA": ("Mean",), "Max": ("Min",), "Min": ("Max",),
              "Std": ("Mean",), "IdxMax": ("IdxMin",), "IdxMin": ("IdxMax",)}
 _WINDOW = re.compile(r"(?<=, )(\d+)(?=\))")
@@ -151,30 +159,46 @@ class OfflineProposer:
 
     # ---- model ideas --------------------------------------------------------------------------------
     def _propose_model(self, ctx: ProposalContext) -> Hypothesis:
+        """First the structural questions (per-day feature normalisation, a linear model), one per
+        model iteration; then perturbations of the best model's hyperparameters."""
         rng = self._rng(ctx)
         best = ctx.trace.best_model
-        params = dict(best.get("params", {})) if best.get("family", "lightgbm") == "lightgbm" else {}
+        family = best.get("family", "lightgbm") or "lightgbm"
+        params = dict(best.get("params", {}))
         norm = best.get("feature_norm", "none")
-        tried_norms = {n for n in NORMS if ctx.families_tried.get("norm:" + n)}
-        untried = [n for n in NORMS if n != norm and n not in tried_norms]
-        if untried:  # first question about a market: are raw feature levels or per-day ranks informative?
-            target = untried[0]
-            cand = ModelCandidate(name=f"{target}_{ctx.iteration}", family="lightgbm", params=params, feature_norm=target,
-                                  rationale="trees split on levels; a per-day normalisation removes market-wide drifts")
-            text = (f"features normalised per day ({target}) generalise better than raw levels: volatility regimes "
-                    "shift raw feature scales over time")
-            return Hypothesis(direction="model", text=text, family="norm:" + target, models=[cand])
-        candidates = []
-        for i in range(2):
+        for key, cand_family, cand_norm, text in MODEL_QUESTIONS:
+            if ctx.families_tried.get(key) or (cand_family == family and cand_norm == norm):
+                continue
+            cand = ModelCandidate(name=f"{key.split(':')[1]}_{ctx.iteration}", family=cand_family,
+                                  params=params if cand_family == family else {}, feature_norm=cand_norm,
+                                  rationale=text)
+            return Hypothesis(direction="model", text=text, family=key, models=[cand])
+        steps = LGB_STEPS if family == "lightgbm" else RIDGE_STEPS if family == "linear" else {}
+        candidates: list[ModelCandidate] = []
+        for _ in range(8):  # up to two distinct perturbations
             p = dict(params)
-            for key in rng.sample(sorted(LGB_STEPS), 2):
-                p[key] = rng.choice([v for v in LGB_STEPS[key] if v != p.get(key)])
-            candidates.append(ModelCandidate(name=f"lgb_{ctx.iteration}_{i}", family="lightgbm", params=p,
-                                             feature_norm=norm,
-                                             rationale="perturb two LightGBM hyperparameters of the best model"))
+            for key in rng.sample(sorted(steps), min(2, len(steps))):
+                current = p.get(key, _default_param(family, key))
+                p[key] = rng.choice([v for v in steps[key] if v != current])
+            if all(c.params != p for c in candidates):
+                candidates.append(ModelCandidate(name=f"{family[:3]}_{ctx.iteration}_{len(candidates)}", family=family,
+                                                 params=p, feature_norm=norm,
+                                                 rationale="perturb hyperparameters of the best model"))
+            if len(candidates) == 2:
+                break
         changed = sorted({k for c in candidates for k in c.params if c.params.get(k) != params.get(k)})
-        text = f"the best model may be mis-regularised: try {', '.join(changed)} around it"
-        return Hypothesis(direction="model", text=text, family="lightgbm", models=candidates)
+        text = f"the best {family} model may be mis-regularised: try {', '.join(changed) or 'other settings'} around it"
+        return Hypothesis(direction="model", text=text, family=family, models=candidates)
+
+
+def _default_param(family: str, key: str):
+    """A model family's default for `key` (so a perturbation never proposes the value already in use)."""
+    from dataclasses import fields
+
+    from quantcore.models.registry import FAMILIES
+
+    cls = FAMILIES.get(family)
+    return next((f.default for f in fields(cls.Config) if f.name == key), None) if cls else None
 
 
 def _fresh(pool: list[str], tried: set[str], k: int) -> list[str]:
