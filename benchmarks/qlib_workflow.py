@@ -90,7 +90,9 @@ def main():
     bench = ret.groupby(level="datetime").mean().fillna(0.0)
     strategy = TopkDropoutStrategy(signal=pred, topk=50, n_drop=5)
     ex = executor.SimulatorExecutor(time_per_step="day", generate_portfolio_metrics=True)
-    pm, _ = backtest(executor=ex, strategy=strategy, start_time=a.test[0], end_time=a.test[1], account=1e8,
+    # qlib's backtest reads the calendar day after each step, so it cannot run on the last calendar day
+    end = min(pd.Timestamp(a.test[1]), pd.Timestamp(cal[-2]))
+    pm, _ = backtest(executor=ex, strategy=strategy, start_time=a.test[0], end_time=end, account=1e8,
                      benchmark=bench, exchange_kwargs=dict(freq="day", limit_threshold=0.095, deal_price="close",
                                                            open_cost=0.0005, close_cost=0.0015, min_cost=5,
                                                            trade_unit=100))

@@ -48,7 +48,8 @@ def _common(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _pearson_days(x: np.ndarray, y: np.ndarray, both: np.ndarray, min_pairs: int) -> np.ndarray:
     # two-pass moments (demean, then sum products) in one compiled sweep: one pass of sums of
     # squares loses digits on prices
-    count, mx, my, sxx, syy, sxy = kernels.pearson_moments(x, y, both)
+    # one thread: a few ms of memory-bound work, where a thread team only adds barrier stalls on busy cores
+    count, mx, my, sxx, syy, sxy = kernels.pearson_moments(x, y, both, threads=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = sxy / np.sqrt(sxx * syy)
     # a day whose values are all equal has no cross-section to correlate; the demeaned values are then
