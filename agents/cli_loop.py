@@ -16,8 +16,9 @@ from rich.tree import Tree
 
 from agents.config import LoopConfig
 from agents.contracts import CoderOutput, Hypothesis, Review
-from agents.loop import open_project, resume_run, start_run
-from agents.runs import run_summary, runs_overview
+
+# agents.loop (LangGraph, the sandbox) and agents.runs (SQLModel) load inside the commands that use
+# them: `rdquant --help` and the quant-core commands start without them.
 
 __all__ = ["loop_command", "runs_app", "replay_command", "report_command"]
 
@@ -42,6 +43,8 @@ def loop_command(
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
 ) -> None:
     """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
+    from agents.loop import resume_run, start_run
+
     display = _Display(budget or 5)
     reviewer = _prompt_review if review else None
     try:
@@ -144,6 +147,9 @@ runs_app = typer.Typer(help="List and inspect research runs.", no_args_is_help=T
 @runs_app.command("list")
 def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Every run of the project, oldest first."""
+    from agents.loop import open_project
+    from agents.runs import runs_overview
+
     rows = runs_overview(open_project(root))
     if as_json:
         print(json.dumps(rows))
@@ -160,6 +166,9 @@ def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool =
 def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """The hypothesis graph as a tree and the accepted factors with their validation metrics."""
+    from agents.loop import open_project
+    from agents.runs import run_summary
+
     try:
         summary = run_summary(open_project(root), run_id)
     except KeyError as e:
@@ -198,6 +207,7 @@ def _fmt(v) -> str:
 def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
                    workers: int = typer.Option(2, "--workers", min=1)) -> None:
     """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
+    from agents.loop import open_project
     from agents.replay import replay_run
 
     try:
@@ -218,6 +228,7 @@ def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
                    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
                    workers: int = typer.Option(2, "--workers", min=1)) -> None:
     """A self-contained HTML report; the sealed test segment is evaluated here, once per run."""
+    from agents.loop import open_project
     from agents.report import build_report
 
     try:
