@@ -94,5 +94,8 @@ def compare_models(name: str, candidate: ExperimentResult, best_daily: list[floa
     arr, best_arr = m.get("ARR.with_cost", math.nan), best_metrics.get("ARR.with_cost", math.nan)
     if lo > 0 and not (arr < best_arr):
         return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=[f"better beyond noise: {band}"])
-    why = f"within noise: {band}" if lo <= 0 else f"higher RankIC but lower with-cost ARR ({arr:+.3f} < {best_arr:+.3f})"
+    if lo > 0:
+        why = f"higher RankIC but lower with-cost ARR ({arr:+.3f} < {best_arr:+.3f})"
+    else:
+        why = f"{'worse' if hi < 0 else 'within noise'}: {band}"
     return Verdict(candidate=name, verdict="keep_best", metrics=m, reasons=[why])
