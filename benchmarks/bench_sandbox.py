@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sandbox import Limits, LocalExecutor  # noqa: E402
 
 FIELDS = ("$close", "$open", "$high", "$low", "$vwap", "$volume")
-WINDOWS = (3, 5, 7, 10, 14, 20, 30, 40, 60)
+WINDOWS = (3, 5, 7, 10, 14, 15, 20, 25, 30, 40, 50, 60)
 TEMPLATES = (
     "Mean({f}, {w})/{f}", "Std({f}, {w})/{f}", "Ref({f}, {w})/{f}", "Max({f}, {w})/{f}", "Min({f}, {w})/{f}",
     "Quantile({f}, {w}, 0.8)/{f}", "Rank({f}, {w})", "Slope({f}, {w})/{f}", "Rsquare({f}, {w})",
