@@ -417,10 +417,11 @@ def _under(path: Path, root: Path | None) -> bool:
 
 def default_read_roots(*extra: str | Path) -> tuple[Path, ...]:
     """Where guarded code may read: the Python installation and the allow-listed packages (lazy
-    imports read their files), plus `extra` (the market data). Not the project's other folders."""
+    imports read their files), the sandbox's own source (tracebacks through it read its lines), plus
+    `extra` (the market data). Not the project's other folders."""
     import importlib.util
 
-    roots = {Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib"}
+    roots = {Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib", Path(__file__).resolve().parent}
     for name in ALLOWED_MODULES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
