@@ -51,20 +51,19 @@ def apply_process_limits(limits: Limits) -> None:
 def arm_cpu_limit(cpu_seconds: float, on_exceed) -> None:
     """Deliver SIGXCPU once this process has used `cpu_seconds` more CPU from now; `on_exceed` is the
     signal handler (it raises, so Python code stops at its next bytecode; C loops are the parent's
-    wall clock's job). The hard limit stays 10 s above, so a process that ignores it is killed."""
+    wall clock's job)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = usage.ru_utime + usage.ru_stime
     soft = int(used + cpu_seconds) + 1
     signal.signal(signal.SIGXCPU, on_exceed)
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    new_hard = soft + 10
-    if hard != resource.RLIM_INFINITY and hard < new_hard:
-        new_hard = hard  # cannot raise the hard limit without privileges; stay within it
-        soft = min(soft, hard)
+    # Only the soft limit is used: the hard limit's SIGKILL would be indistinguishable from an OOM kill,
+    # and code that survives SIGXCPU is stopped by the parent's wall clock anyway. (Raising a lowered
+    # hard limit again would also need privileges.)
     try:
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, new_hard))
+        resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
     except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        pass
 
 
 def isolate_network() -> str | None:
