@@ -172,7 +172,6 @@ def coder_node(state: IterationState, s: Services) -> dict:
                 refused[current.name] = problem
                 break
             current = fixed
-    names = [c.name for c in coded]
     batch = {c.name: c.expression for c in coded}
     out = []
     for c in coded:
@@ -181,7 +180,6 @@ def coder_node(state: IterationState, s: Services) -> dict:
                 "segment": list(s.segments["valid"]), "library": {**s.memory.library, **others},
                 "lookahead_check": True, "seed": s.config.seed}
         out.append(c.model_copy(update={"spec": spec}))
-    assert len(out) == len(names)
     return {"coded": CoderOutput(coded=out, refused=refused)}
 
 

@@ -42,8 +42,10 @@ class Task:
 
 
 def market_of(spec) -> str:
+    """The market a spec runs on (a workflow names it in its `data` section; sp500 by default)."""
     if isinstance(spec, WorkflowSpec):
-        return str(spec.workflow.get("data", {}).get("market", "sp500")) if isinstance(spec.workflow.get("data"), dict) else "sp500"
+        data = spec.workflow.get("data")
+        return str(data.get("market", "sp500")) if isinstance(data, dict) else "sp500"
     return spec.market
 
 

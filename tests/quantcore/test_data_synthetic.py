@@ -11,13 +11,11 @@ from quantcore.data import PLANTED_ALPHAS, SynthConfig, synth_market
 
 
 @pytest.fixture(scope="module")
-def market():
-    panel = synth_market()  # the default 300 x 2520, seed 0
-    return panel, None
+def panel():
+    return synth_market()  # the default 300 x 2520, seed 0
 
 
-def test_default_size(market):
-    panel, _ = market
+def test_default_size(panel):
     assert (panel.n_instruments, panel.n_days) == (300, 2520)
     assert panel.field_names == ("open", "high", "low", "close", "volume", "vwap", "factor", "industry")
 
@@ -32,8 +30,7 @@ def test_same_seed_same_market_other_seed_differs():
     assert not np.allclose(np.nan_to_num(a.fields["close"]), np.nan_to_num(c.fields["close"]))
 
 
-def test_listings_delistings_suspensions(market):
-    panel, _ = market
+def test_listings_delistings_suspensions(panel):
     t = panel.n_days
     assert 20 <= int((panel.starts > 0).sum()) <= 80  # late listings
     assert 10 <= int((panel.ends < t).sum()) <= 50  # early delistings
@@ -49,8 +46,7 @@ def test_listings_delistings_suspensions(market):
     assert not np.isnan(close[rows, panel.ends - 1]).any()
 
 
-def test_bars_are_consistent(market):
-    panel, _ = market
+def test_bars_are_consistent(panel):
     f = panel.fields
     ok = ~np.isnan(f["close"])
     o, h, l, c, w, v = (f[k][ok] for k in ("open", "high", "low", "close", "vwap", "volume"))
@@ -62,8 +58,7 @@ def test_bars_are_consistent(market):
     assert (o != c).mean() > 0.99
 
 
-def test_price_limits_cap_moves_and_are_hit(market):
-    panel, _ = market
+def test_price_limits_cap_moves_and_are_hit(panel):
     close = pd.DataFrame(panel.fields["close"].T)
     moves = close / close.ffill().shift(1) - 1  # vs the last traded close, across suspensions too
     assert np.nanmax(np.abs(moves.to_numpy())) <= 0.095 + 1e-12
@@ -73,8 +68,7 @@ def test_price_limits_cap_moves_and_are_hit(market):
     assert (moves.to_numpy() >= 0.095 - 1e-9).any() and (moves.to_numpy() <= -0.095 + 1e-9).any()
 
 
-def test_industries(market):
-    panel, _ = market
+def test_industries(panel):
     ind = panel.fields["industry"]
     codes = np.unique(ind[~np.isnan(ind)])
     np.testing.assert_array_equal(codes, np.arange(10.0))
@@ -109,8 +103,7 @@ def _mean_rank_ic(signal: pd.DataFrame, label: pd.DataFrame) -> float:
 
 
 @pytest.fixture(scope="module")
-def measured(market):
-    panel, _ = market
+def measured(panel):
     f = _frames(panel)
     label = f["close"].shift(-2) / f["close"].shift(-1) - 1  # Ref($close, -2)/Ref($close, -1) - 1
     ics = {expr: _mean_rank_ic(sig, label) for expr, sig in _hand_signals(f).items()}
