@@ -16,6 +16,7 @@ from rich.tree import Tree
 
 from agents.config import LoopConfig
 from agents.contracts import CoderOutput, Hypothesis, Review
+from quantcore.errors import QuantcoreError
 
 # agents.loop (LangGraph, the sandbox) and agents.runs (SQLModel) load inside the commands that use
 # them: `rdquant --help` and the quant-core commands start without them.
@@ -61,7 +62,7 @@ def loop_command(
     except KeyError as e:
         err.print(f"[bold red]error:[/] {e.args[0]}")
         raise typer.Exit(2) from None
-    except (ValueError, RuntimeError) as e:
+    except (QuantcoreError, ValueError, RuntimeError) as e:  # e.g. an unknown --data market
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
     print(f"\n{run_id}")  # the run id alone on the last line (for scripts)

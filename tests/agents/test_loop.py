@@ -162,3 +162,15 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     start_run(LoopConfig.model_validate(json.loads(run.config_json)["loop"]), reference, run_id=run.id, record=False)
     diff = compare(store, open_project(reference), run.id)
     assert diff.divergences == []
+
+
+def test_loop_cli_refuses_bad_input_clearly(tmp_path):
+    runner = CliRunner()
+    bad_market = runner.invoke(app, ["loop", "--budget", "1", "--data", "nosuchmarket", "--root", str(tmp_path)])
+    assert bad_market.exit_code == 2 and "unknown market 'nosuchmarket'" in bad_market.output
+    assert open_project(tmp_path).runs() == []  # nothing half-started is stored
+    bad_resume = runner.invoke(app, ["loop", "--resume", "nope", "--root", str(tmp_path)])
+    assert bad_resume.exit_code == 2 and "no run 'nope'" in bad_resume.output
+    for command in (["replay", "nope"], ["report", "nope"]):
+        result = runner.invoke(app, command + ["--root", str(tmp_path)])
+        assert result.exit_code == 2 and "no run 'nope'" in result.output, command

@@ -216,3 +216,13 @@ def test_cli_runs_one_spec_and_exits_by_outcome(tmp_path):
     assert json.loads(ok.stdout)["metrics"]["rev.rank_ic"] is not None
     fail = subprocess.run(cmd + [str(bad)], capture_output=True, text=True, timeout=300)
     assert fail.returncode == 1 and "look_ahead" in fail.stdout
+
+
+def test_cli_answers_bad_input_clearly(tmp_path):
+    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    missing = subprocess.run(cmd + [str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    bad = subprocess.run(cmd + [str(garbled)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "not valid JSON" in bad.stdout
