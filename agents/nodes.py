@@ -8,7 +8,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict
 

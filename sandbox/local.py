@@ -20,7 +20,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Iterator
 
 from sandbox.executor import BaseExecutor, Task
-from sandbox.limits import Limits
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WorkerConfig, config_json
 
