@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LoopConfig"]
+__all__ = ["LoopConfig", "stored_config"]
 
 class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -24,6 +24,7 @@ class LoopConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0)
     n_factor_candidates: int = Field(4, ge=1, le=16)
     n_model_candidates: int = Field(1, ge=1, le=4)
+    model_folds: int = Field(2, ge=1, le=4)  # walk-forward validation blocks a model candidate is scored on
     repair_attempts: int = Field(2, ge=0, le=5)
     base_features: str = "alpha158"
     segments: dict[str, tuple[str, str]] | None = None  # None: the market's 60/20/20 split
@@ -33,3 +34,9 @@ class LoopConfig(BaseModel):
     max_nodes: int = 40
     max_depth: int = 10
     wall_seconds: float = 300.0  # per experiment
+
+
+def stored_config(raw: dict) -> LoopConfig:
+    """The LoopConfig a run was stored with. Runs stored before `model_folds` existed scored models on
+    one fold, so that is their default (resume and replay must decide as they did)."""
+    return LoopConfig.model_validate({"model_folds": 1, **raw})

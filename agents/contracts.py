@@ -45,6 +45,7 @@ class Hypothesis(_Strict):
 class CodedCandidate(_Strict):
     name: str
     spec: dict[str, Any]  # a sandbox experiment spec
+    fold_specs: list[dict[str, Any]] = Field(default_factory=list)  # model candidates: earlier walk-forward folds
     expression: str | None = None  # factor candidates: the validated expression (library names inlined)
     family: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)

@@ -7,14 +7,14 @@ over the best model excludes zero (the noise band), net of a cost check on turno
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from agents.contracts import Verdict
 from sandbox.result import ExperimentResult
 
-__all__ = ["AdmissionRules", "admit_factor", "compare_models", "bootstrap_mean_interval"]
+__all__ = ["AdmissionRules", "admit_factor", "compare_models", "bootstrap_mean_interval", "merge_folds", "model_score"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,32 @@ def bootstrap_mean_interval(diff: np.ndarray, samples: int, block: int, confiden
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+FOLD_MEANS = ("IC", "Rank IC", "ARR.with_cost", "IR.with_cost")
+
+
+def merge_folds(folds: list[ExperimentResult]) -> ExperimentResult:
+    """One model candidate's walk-forward folds as one result: fold 0's metrics (the validation
+    segment) plus `folds.<metric>` means over the folds, and the daily RankIC of every scored day in
+    time order. A failed fold makes the candidate fail with that fold's failure."""
+    failed = next((r for r in folds if not r.ok), None)
+    if failed is not None:
+        return failed
+    first = folds[0]
+    metrics = dict(first.metrics)
+    for key in FOLD_MEANS:
+        values = [r.metrics.get(key, math.nan) for r in folds]
+        metrics[f"folds.{key}"] = float(np.mean(values))
+    metrics["folds"] = float(len(folds))
+    daily = [x for r in reversed(folds) for x in (r.details.get("daily_rank_ic") or [])]
+    return replace(first, metrics=metrics, details={**first.details, "daily_rank_ic": daily},
+                   seconds=sum(r.seconds for r in folds))
+
+
+def model_score(metrics: dict) -> float:
+    """The RankIC a model is ranked by: the mean over its folds (fold 0 alone for a one-fold run)."""
+    return metrics.get("folds.Rank IC", metrics.get("Rank IC", -math.inf))
+
+
 def compare_models(name: str, candidate: ExperimentResult, best_daily: list[float] | None, best_metrics: dict,
                    rules: AdmissionRules, seed: int) -> Verdict:
     """replace_best only when the daily RankIC advantage's bootstrap interval lies above zero and the
@@ -88,10 +114,15 @@ def compare_models(name: str, candidate: ExperimentResult, best_daily: list[floa
     daily = candidate.details.get("daily_rank_ic")
     if best_daily is None:
         return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=["first model: becomes the best"])
+    if daily is None or len(daily) != len(best_daily):
+        return Verdict(candidate=name, verdict="keep_best", metrics=m,
+                       reasons=[f"not comparable: {len(daily or [])} scored days vs the best model's {len(best_daily)}"])
     diff = np.asarray(daily, dtype=np.float64) - np.asarray(best_daily, dtype=np.float64)
     lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed)
-    band = f"RankIC advantage {np.nanmean(diff):+.4f}, {rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]"
-    arr, best_arr = m.get("ARR.with_cost", math.nan), best_metrics.get("ARR.with_cost", math.nan)
+    band = (f"RankIC advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
+            f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]")
+    arr_key = "folds.ARR.with_cost" if "folds.ARR.with_cost" in m and "folds.ARR.with_cost" in best_metrics else "ARR.with_cost"
+    arr, best_arr = m.get(arr_key, math.nan), best_metrics.get(arr_key, math.nan)
     if lo > 0 and not (arr < best_arr):
         return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=[f"better beyond noise: {band}"])
     if lo > 0:

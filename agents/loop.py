@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Callable
 
 from agents.backend import Backend, OfflineBackend
-from agents.config import LoopConfig
+from agents.config import LoopConfig, stored_config
 from agents.graph import budget_left, build_graph
-from agents.nodes import IterationState, RunMemory, Services, _model_spec
+from agents.decide import merge_folds
+from agents.nodes import IterationState, RunMemory, Services, _model_spec, fold_key
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, dumps
 from quantcore.data.sources import load_market
 from quantcore.expr.canonical import canonical
@@ -75,7 +76,7 @@ def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None,
     store = open_project(root)
     run = store.find_run(run_id)
     raw = json.loads(run.config_json)
-    config = LoopConfig.model_validate(raw["loop"])
+    config = stored_config(raw["loop"])
     if budget is not None:
         config = config.model_copy(update={"budget": budget})
     panel = load_market(config.data)
@@ -125,15 +126,18 @@ def _baseline(s: Services) -> None:
     is the first "best" every model candidate must beat."""
     coded = _model_spec("baseline", "lightgbm", {}, s)
     s.on_event("baseline", {"features": s.config.base_features})
-    result = s.executor.run(coded.spec)
+    specs = [coded.spec, *coded.fold_specs]
+    folds = s.executor.run_many(specs)
+    result = merge_folds(folds)
     if not result.ok:
         raise RuntimeError(f"the baseline model failed: {result.failure.for_llm()}")
     best = {"name": "baseline", "family": "lightgbm", "params": {}, "metrics": result.metrics,
             "daily_rank_ic": result.details.get("daily_rank_ic")}
     with s.store.session() as db:
-        db.add(ExperimentRow(run_id=s.memory.run_id, iteration=0, candidate="baseline", spec_hash=result.spec_hash,
-                             spec_json=dumps(coded.spec), ok=True, result_json=dumps(result.to_dict()),
-                             mlflow_run_id=result.mlflow_run_id))
+        for j, (spec, r) in enumerate(zip(specs, folds)):
+            db.add(ExperimentRow(run_id=s.memory.run_id, iteration=0, candidate=fold_key("baseline", j),
+                                 spec_hash=r.spec_hash, spec_json=dumps(spec), ok=True, result_json=dumps(r.to_dict()),
+                                 mlflow_run_id=r.mlflow_run_id))
         db.add(DecisionRow(run_id=s.memory.run_id, iteration=0, candidate="baseline", verdict="replace_best",
                            reasons_json=dumps(["baseline: the default model on the base features"]),
                            metrics_json=dumps(result.metrics)))

@@ -4,7 +4,6 @@ scheduler -> proposer -> coder -> review -> runner -> critic -> update (see `age
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from agents.contracts import (
     TraceSummary,
     Verdict,
 )
-from agents.decide import AdmissionRules, admit_factor, compare_models
+from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score
 from agents.scheduler import choose_direction, update_scheduler
 from agents.store import (
     DecisionRow,
@@ -49,7 +48,7 @@ from quantcore.expr.validate import validate
 from sandbox.executor import BaseExecutor
 from sandbox.result import ExperimentResult
 
-__all__ = ["IterationState", "Services", "RunMemory", "inner_segments"]
+__all__ = ["IterationState", "Services", "RunMemory", "inner_segments", "inner_folds", "fold_key", "candidate_result"]
 
 
 class IterationState(BaseModel):
@@ -114,12 +113,37 @@ class Services:
 def inner_segments(segments: dict[str, tuple[str, str]], panel: Panel) -> dict[str, tuple[str, str]]:
     """Segments for model experiments inside the loop: train split 80/20 into fit / early-stopping,
     and the loop's validation segment as the scored one. The sealed test segment is never used."""
-    days = panel.date_index(*segments["train"])
-    n = days.stop - days.start
-    cut = days.start + int(n * 0.8)
+    return inner_folds(segments, panel, 1)[0]
+
+
+MIN_FOLD_FIT_DAYS = 250  # about a trading year: Alpha158's 60-day warm-up leaves enough rows to fit on
+
+
+def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int) -> list[dict[str, tuple[str, str]]]:
+    """Walk-forward folds for model experiments: fold 0 scores the validation segment (fitting on the
+    first 80% of train, early-stopping on the rest); fold j scores the block of the same length that
+    ends where fold j-1's block starts, fitting and early-stopping on what precedes it. More scored days
+    narrow the noise band honestly, without touching the test segment. A fold is dropped when what
+    precedes its block is shorter than two blocks or than MIN_FOLD_FIT_DAYS (too little to fit on)."""
+    train, valid = panel.date_index(*segments["train"]), panel.date_index(*segments["valid"])
+    block = valid.stop - valid.start
     day = lambda i: str(panel.calendar[i])[:10]  # noqa: E731
-    return {"train": (day(days.start), day(cut - 1)), "valid": (day(cut), day(days.stop - 1)),
-            "test": tuple(segments["valid"])}
+    out = []
+    for j in range(max(folds, 1)):
+        start = valid.start - j * block
+        if j > 0 and start - train.start < max(2 * block, MIN_FOLD_FIT_DAYS):
+            break
+        end = valid.stop if j == 0 else start + block
+        fit_end = train.stop if j == 0 else start  # fold 0: exactly the train segment
+        cut = train.start + int((fit_end - train.start) * 0.8)
+        out.append({"train": (day(train.start), day(cut - 1)), "valid": (day(cut), day(fit_end - 1)),
+                    "test": (day(start), day(end - 1))})
+    return out
+
+
+def fold_key(name: str, fold: int) -> str:
+    """The experiment name of a model candidate's fold (fold 0 keeps the candidate's own name)."""
+    return name if fold == 0 else f"{name}.fold{fold}"
 
 
 # ---- nodes ----------------------------------------------------------------------------------------------
@@ -202,9 +226,13 @@ def review_node(state: IterationState, s: Services) -> dict:
 def runner_node(state: IterationState, s: Services) -> dict:
     if state.review is not None and state.review.action in ("reject", "stop"):
         return {"results": {}}
-    specs = [c.spec for c in state.coded.coded]
+    keys, specs = [], []
+    for c in state.coded.coded:
+        for j, spec in enumerate([c.spec, *c.fold_specs]):
+            keys.append(fold_key(c.name, j))
+            specs.append(spec)
     results = s.executor.run_many(specs)
-    return {"results": {c.name: r.to_dict() for c, r in zip(state.coded.coded, results)}}
+    return {"results": {k: r.to_dict() for k, r in zip(keys, results)}}
 
 
 def critic_node(state: IterationState, s: Services) -> dict:
@@ -233,14 +261,15 @@ def critic_node(state: IterationState, s: Services) -> dict:
         best_new = max((abs(v.metrics.get("rank_ic", 0.0)) for v in verdicts if v.verdict == "accept"), default=0.0)
         reward = max(0.0, best_new - best_before)
     else:
-        for name, r in results.items():
-            v = compare_models(name, r, m.best.get("daily_rank_ic"), m.best.get("metrics", {}), rules,
+        for c in state.coded.coded:
+            r = candidate_result(c, results)
+            v = compare_models(c.name, r, m.best.get("daily_rank_ic"), m.best.get("metrics", {}), rules,
                                seed=s.config.seed * 1000 + state.iteration)
             verdicts.append(v)
         wins = [v for v in verdicts if v.verdict == "replace_best"]
         if wins:
-            best_v = max(wins, key=lambda v: v.metrics.get("Rank IC", -math.inf))
-            reward = max(0.0, best_v.metrics.get("Rank IC", 0.0) - m.best.get("metrics", {}).get("Rank IC", 0.0))
+            best_v = max(wins, key=lambda v: model_score(v.metrics))
+            reward = max(0.0, model_score(best_v.metrics) - model_score(m.best.get("metrics", {})))
     for name, reason in state.coded.refused.items():
         verdicts.append(Verdict(candidate=name, verdict="reject", reasons=[f"refused by the coder: {reason}"]))
     analysis, feedback = s.backend.analyse(state.context, state.hypothesis, verdicts)
@@ -257,11 +286,11 @@ def update_node(state: IterationState, s: Services) -> dict:
     if state.direction == "model":
         wins = [v for v in critic.verdicts if v.verdict == "replace_best"]
         if wins:
-            w = max(wins, key=lambda v: v.metrics.get("Rank IC", -math.inf))
+            w = max(wins, key=lambda v: model_score(v.metrics))
             coded = next(c for c in state.coded.coded if c.name == w.candidate)
             new_best = {"name": w.candidate, "family": coded.family, "params": coded.params,
                         "feature_norm": coded.feature_norm, "metrics": w.metrics,
-                        "daily_rank_ic": results[w.candidate].details.get("daily_rank_ic")}
+                        "daily_rank_ic": candidate_result(coded, results).details.get("daily_rank_ic")}
     calls = s.backend.drain_calls()
     seconds = time.monotonic() - state.started
     cpu = sum(r.seconds for r in results.values())
@@ -286,12 +315,13 @@ def update_node(state: IterationState, s: Services) -> dict:
         for parent_id, relation in _edges(hyp, m, s, db, state):
             db.add(EdgeRow(run_id=m.run_id, source=h.id, target=parent_id, relation=relation))
         for c in state.coded.coded:
-            r = results.get(c.name)
-            if r is None:
-                continue
-            db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=c.name,
-                                 spec_hash=r.spec_hash, spec_json=dumps(c.spec), ok=r.ok, result_json=dumps(r.to_dict()),
-                                 mlflow_run_id=r.mlflow_run_id))
+            for j, spec in enumerate([c.spec, *c.fold_specs]):
+                r = results.get(fold_key(c.name, j))
+                if r is None:
+                    continue
+                db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id,
+                                     candidate=fold_key(c.name, j), spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok,
+                                     result_json=dumps(r.to_dict()), mlflow_run_id=r.mlflow_run_id))
         for v in critic.verdicts:
             db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
                                reasons_json=dumps(v.reasons), metrics_json=dumps(v.metrics)))
@@ -398,8 +428,16 @@ def _validate_edit(expr: str, s: Services) -> str | None:
 def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm: str = "none") -> CodedCandidate:
     spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features,
             "extra_features": dict(s.memory.library), "family": family, "params": params, "feature_norm": feature_norm,
-            "segments": {k: list(v) for k, v in inner_segments(s.segments, s.panel).items()}, "seed": s.config.seed}
-    return CodedCandidate(name=name, spec=spec, family=family, params=params, feature_norm=feature_norm)
+            "seed": s.config.seed}
+    specs = [{**spec, "segments": {k: list(v) for k, v in fold.items()}}
+             for fold in inner_folds(s.segments, s.panel, s.config.model_folds)]
+    return CodedCandidate(name=name, spec=specs[0], fold_specs=specs[1:], family=family, params=params,
+                          feature_norm=feature_norm)
+
+
+def candidate_result(c: CodedCandidate, results: dict[str, ExperimentResult]) -> ExperimentResult:
+    """A model candidate's folds merged into one result (see `merge_folds`)."""
+    return merge_folds([results[fold_key(c.name, j)] for j in range(1 + len(c.fold_specs))])
 
 
 def _edges(hyp: Hypothesis, m: RunMemory, s: Services, db, state: IterationState) -> list[tuple[int, str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from agents.backend import OfflineBackend
-from agents.config import LoopConfig
+from agents.config import stored_config
 from agents.contracts import Review
 from agents.loop import open_project, start_run
 from agents.store import DecisionRow, ExperimentRow, LLMCallRow, ReviewRow, Store
@@ -33,7 +33,7 @@ class ReplayReport:
 def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None) -> ReplayReport:
     run = store.find_run(run_id)
     raw = json.loads(run.config_json)
-    config = LoopConfig.model_validate(raw["loop"]).model_copy(
+    config = stored_config(raw["loop"]).model_copy(
         update={"budget": max(run.iterations_done, 1), "max_minutes": None, "workers": workers})
     if config.backend == "llm":
         from agents.llm import LLMBackend

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from agents.config import LoopConfig  # noqa: E402
+from agents.config import stored_config  # noqa: E402
 from agents.runs import run_summary  # noqa: E402
 from agents.store import EvaluationRow, IterationRow, Store, dumps  # noqa: E402
 from quantcore.report.html import FigureSection, MetricsSection, TableSection, TextSection, write_html_report  # noqa: E402
@@ -38,7 +38,7 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, workers: int = 2
     if {"baseline", "final"} <= set(stored):
         return {k: {**json.loads(v.metrics_json), **json.loads(v.detail_json)} for k, v in stored.items()}
     raw = json.loads(run.config_json)
-    config = LoopConfig.model_validate(raw["loop"])
+    config = stored_config(raw["loop"])
     summary = run_summary(store, run.id)
     library = {**raw.get("library_at_start", {}), **{f["name"]: f["expression"] for f in summary["accepted"]}}
     best = summary["best_model"]

@@ -22,7 +22,7 @@ from agents.store import DecisionRow, ExperimentRow, HypothesisRow, IterationRow
 from quantcore.data.sources import load_market
 from sandbox.spec import default_segments
 
-MARKET = "synthetic:60:500:0"
+MARKET = "synthetic:60:700:0"
 CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
 
 
@@ -46,6 +46,11 @@ def test_offline_loop_commits_every_iteration(finished_run):
     assert all(json.loads(d.reasons_json) for d in decisions)  # every verdict carries its reasons
     keys = [(e.iteration, e.candidate) for e in store.rows(ExperimentRow, run_id)]
     assert len(keys) == len(set(keys))
+    # the baseline is scored on two walk-forward folds: validation and the block before it
+    folds = {e.candidate: json.loads(e.spec_json)["segments"] for e in store.rows(ExperimentRow, run_id) if e.iteration == 0}
+    assert set(folds) == {"baseline", "baseline.fold1"}
+    assert folds["baseline.fold1"]["test"][1] < folds["baseline"]["test"][0]
+    assert json.loads(decisions[0].metrics_json)["folds"] == 2
     accepted = store.rows(LibraryFactorRow, run_id=run_id)
     for f in accepted:  # admission rules held for everything in the library
         m = json.loads(f.metrics_json)

@@ -1,0 +1,70 @@
+"""Walk-forward validation folds for model candidates and the noise band they feed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agents.decide import AdmissionRules, compare_models, merge_folds
+from agents.nodes import inner_folds, inner_segments
+from quantcore.data.sources import load_market
+from sandbox.result import ExperimentResult
+from sandbox.spec import default_segments
+
+
+def test_folds_are_chronological_disjoint_and_never_reach_test():
+    panel = load_market("synthetic:20:2520:0")
+    segments = default_segments(panel.calendar)
+    folds = inner_folds(segments, panel, 3)
+    assert folds[0] == inner_segments(segments, panel)
+    assert folds[0]["test"] == segments["valid"]
+    # 60/20/20: a second fold scores the block before valid; a third would fit on one block only
+    assert len(folds) == 2
+    for f in folds:
+        assert f["train"][1] < f["valid"][0] <= f["valid"][1] < f["test"][0] <= f["test"][1] < segments["test"][0]
+    assert folds[1]["test"][1] < folds[0]["test"][0]  # scored blocks do not overlap
+    scored = [len(panel.calendar[panel.date_index(*f["test"])]) for f in folds]
+    assert scored[0] == scored[1]
+    # a short market keeps one fold rather than fit on a few weeks
+    short = load_market("synthetic:20:400:0")
+    assert len(inner_folds(default_segments(short.calendar), short, 2)) == 1
+
+
+def _result(daily: np.ndarray, arr: float) -> ExperimentResult:
+    rank_ic = float(np.mean(daily))
+    return ExperimentResult(spec_hash="x", kind="model", details={"daily_rank_ic": daily.tolist()},
+                            metrics={"Rank IC": rank_ic, "IC": rank_ic, "ARR.with_cost": arr, "IR.with_cost": 1.0})
+
+
+def test_more_scored_days_narrow_the_band_enough_to_decide():
+    """A real but small daily edge (+0.004 RankIC, daily noise 0.05) is within noise on one 504-day block
+    and decided on two; a model with no edge is kept out either way."""
+    rng = np.random.default_rng(7)
+    rules = AdmissionRules()
+    best = [rng.normal(0.05, 0.1, 504) for _ in range(2)]
+    edge = [b + 0.004 + rng.normal(0, 0.05, 504) for b in best]
+    none = [b + rng.normal(0, 0.05, 504) for b in best]
+    best_one, best_two = merge_folds([_result(best[0], 0.1)]), merge_folds([_result(b, 0.1) for b in best])
+    one = compare_models("m", merge_folds([_result(edge[0], 0.12)]), best_one.details["daily_rank_ic"],
+                         best_one.metrics, rules, seed=1)
+    two = compare_models("m", merge_folds([_result(e, 0.12) for e in edge]), best_two.details["daily_rank_ic"],
+                         best_two.metrics, rules, seed=1)
+    null = compare_models("m", merge_folds([_result(e, 0.12) for e in none]), best_two.details["daily_rank_ic"],
+                          best_two.metrics, rules, seed=1)
+    assert one.verdict == "keep_best" and "within noise" in one.reasons[0]
+    assert two.verdict == "replace_best" and "1008 validation days" in two.reasons[0]
+    assert null.verdict == "keep_best"
+    # the cost check uses the mean over folds: a with-cost ARR that falls on average keeps the best
+    worse = compare_models("m", merge_folds([_result(edge[0], 0.12), _result(edge[1], 0.05)]),
+                           best_two.details["daily_rank_ic"], best_two.metrics, rules, seed=1)
+    assert worse.verdict == "keep_best" and "with-cost ARR" in worse.reasons[0]
+
+
+def test_a_failed_fold_fails_the_candidate_and_mismatched_folds_are_not_compared():
+    from sandbox.result import Failure, FailureCategory
+
+    good = _result(np.full(100, 0.05), 0.1)
+    bad = ExperimentResult(spec_hash="y", kind="model",
+                           failure=Failure(category=FailureCategory.RUNTIME_ERROR, message="boom", context=""))
+    assert merge_folds([good, bad]).failure.message == "boom"
+    v = compare_models("m", merge_folds([good]), [0.0] * 200, good.metrics, AdmissionRules(), seed=0)
+    assert v.verdict == "keep_best" and "not comparable" in v.reasons[0]
