@@ -41,6 +41,8 @@ def loop_command(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Token budget for the run."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.1, help="Time budget in minutes."),
     candidates: int = typer.Option(4, "--candidates", min=1, max=16, help="Factor candidates per iteration."),
+    model_folds: int = typer.Option(2, "--model-folds", min=1, max=4,
+                                    help="Walk-forward validation blocks each model candidate is scored on."),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
 ) -> None:
     """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
@@ -57,7 +59,7 @@ def loop_command(
                 config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
                                     fallback_offline=fallback_offline, workers=workers, data=data, seed=seed,
                                     review=review, max_tokens=max_tokens, max_minutes=max_minutes,
-                                    n_factor_candidates=candidates)
+                                    n_factor_candidates=candidates, model_folds=model_folds)
                 run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     except KeyError as e:
         err.print(f"[bold red]error:[/] {e.args[0]}")
