@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from quantcore.models.base import FitInfo, model_threads
+from quantcore.models.base import FitInfo, available_cores
 from quantcore.models.errors import ModelConfigError, ModelFitError
 
 __all__ = ["resolve_device", "torch_session", "train_loop", "predict_batches", "state_to_numpy", "state_from_numpy"]
@@ -40,7 +40,7 @@ def torch_session(seed: int, device: torch.device, num_threads: int = 0) -> Iter
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
         if device.type == "cpu":
-            torch.set_num_threads(num_threads or model_threads())
+            torch.set_num_threads(num_threads or available_cores())
             # CUDA would also need CUBLAS_WORKSPACE_CONFIG set before start-up; GPU runs are seeded only
             torch.use_deterministic_algorithms(True)
         try:

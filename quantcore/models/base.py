@@ -7,7 +7,6 @@ A model follows the skfolio pattern: `__init__(**params)` only validates and sto
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +20,7 @@ from quantcore.dataset import DataKey, Dataset
 from quantcore.kernels import available_cores
 from quantcore.models.errors import ModelConfigError, ModelFitError, ModelInputError
 
-__all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "model_threads", "learn_arrays", "check_predictions"]
+__all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "learn_arrays", "check_predictions"]
 
 #: bump when the saved layout changes; load refuses other versions rather than misreading them
 FORMAT_VERSION = 1
@@ -153,15 +152,6 @@ class BaseModel:
         model.fit_info_ = FitInfo(**payload["fit_info"])
         model._set_state(payload["state"])
         return model
-
-
-def model_threads() -> int:
-    """Threads a model fit uses by default: OMP_NUM_THREADS when the process was given a share (the
-    sandbox gives each worker one, so parallel experiments do not oversubscribe the cores: LightGBM's
-    OpenMP barriers spin: two 2-thread fits side by side on 2 cores took 4-5x as long as two 1-thread fits),
-    else every core this process may use."""
-    share = os.environ.get("OMP_NUM_THREADS", "")
-    return int(share) if share.isdigit() and int(share) > 0 else available_cores()
 
 
 def learn_arrays(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray]:
