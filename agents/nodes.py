@@ -124,14 +124,14 @@ def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int) 
     first 80% of train, early-stopping on the rest); fold j scores the block of the same length that
     ends where fold j-1's block starts, fitting and early-stopping on what precedes it. More scored days
     narrow the noise band honestly, without touching the test segment. A fold is dropped when what
-    precedes its block is shorter than two blocks or than MIN_FOLD_FIT_DAYS (too little to fit on)."""
+    precedes its block is shorter than the block or than MIN_FOLD_FIT_DAYS (too little to fit on)."""
     train, valid = panel.date_index(*segments["train"]), panel.date_index(*segments["valid"])
     block = valid.stop - valid.start
     day = lambda i: str(panel.calendar[i])[:10]  # noqa: E731
     out = []
     for j in range(max(folds, 1)):
         start = valid.start - j * block
-        if j > 0 and start - train.start < max(2 * block, MIN_FOLD_FIT_DAYS):
+        if j > 0 and start - train.start < max(block, MIN_FOLD_FIT_DAYS):
             break
         end = valid.stop if j == 0 else start + block
         fit_end = train.stop if j == 0 else start  # fold 0: exactly the train segment

@@ -21,14 +21,11 @@ from typing import Iterator
 
 from sandbox.executor import BaseExecutor, Task
 from sandbox.result import ExperimentResult, Failure, FailureCategory
-from sandbox.worker import WorkerConfig, config_json
+from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
 
 __all__ = ["LocalExecutor"]
 
 _START_TIMEOUT = 120.0  # seconds for a spawned worker to import and report ready
-# Defaults read once at process start (OpenMP and malloc initialise before the worker's own code runs):
-# one experiment per core, kernels single-threaded. Without this a tiny experiment takes ~6x longer.
-_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 
 
 class _Process:
@@ -211,7 +208,7 @@ class LocalExecutor(BaseExecutor):
             [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
              config_json(self._config)],
             pass_fds=(theirs.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, env={**_WORKER_ENV, **os.environ, "PYTHONNOUSERSITE": "1"},
+            stdout=subprocess.DEVNULL, env={**WORKER_ENV, **os.environ, "PYTHONNOUSERSITE": "1"},
         )
         theirs.close()
         conn = Connection(ours.detach())

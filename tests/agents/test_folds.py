@@ -14,16 +14,20 @@ from sandbox.spec import default_segments
 def test_folds_are_chronological_disjoint_and_never_reach_test():
     panel = load_market("synthetic:20:2520:0")
     segments = default_segments(panel.calendar)
-    folds = inner_folds(segments, panel, 3)
+    folds = inner_folds(segments, panel, 4)
     assert folds[0] == inner_segments(segments, panel)
     assert folds[0]["test"] == segments["valid"]
-    # 60/20/20: a second fold scores the block before valid; a third would fit on one block only
-    assert len(folds) == 2
+    # 60/20/20: folds score valid and the two blocks before it; a fourth would have nothing to fit on
+    assert len(folds) == 3
     for f in folds:
         assert f["train"][1] < f["valid"][0] <= f["valid"][1] < f["test"][0] <= f["test"][1] < segments["test"][0]
-    assert folds[1]["test"][1] < folds[0]["test"][0]  # scored blocks do not overlap
+    for later, earlier in zip(folds, folds[1:]):  # scored blocks do not overlap
+        assert earlier["test"][1] < later["test"][0]
     scored = [len(panel.calendar[panel.date_index(*f["test"])]) for f in folds]
-    assert scored[0] == scored[1]
+    assert len(set(scored)) == 1
+    # the embedded market (1,259 days) gets two folds
+    sp500 = load_market("sp500")
+    assert len(inner_folds(default_segments(sp500.calendar), sp500, 2)) == 2
     # a short market keeps one fold rather than fit on a few weeks
     short = load_market("synthetic:20:400:0")
     assert len(inner_folds(default_segments(short.calendar), short, 2)) == 1
