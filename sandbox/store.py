@@ -7,7 +7,9 @@ Cache files are written atomically; an unreadable one is a miss (and is recomput
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import tempfile
@@ -16,10 +18,27 @@ from pathlib import Path
 
 from sandbox.result import ExperimentResult, FailureCategory
 
-__all__ = ["SandboxStore", "CODE_VERSION", "CACHEABLE_FAILURES"]
+__all__ = ["SandboxStore", "code_version", "code_digest", "CACHEABLE_FAILURES"]
 
-#: Part of every cache key: bump when a change in the quant core or the sandbox changes results.
-CODE_VERSION = "rdquant-0.1.0/sandbox-1"
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Part of every cache key: a digest of the quant core's and the sandbox's code (sources and compiled
+    kernels), so an edited operator, processor or rebuilt kernel never serves a result computed by the
+    code before it. Read once per process (~10 ms)."""
+    folders = {p: Path(importlib.util.find_spec(p).origin).parent for p in ("quantcore", "sandbox")}
+    return f"rdquant-code-{code_digest(folders)}"
+
+
+def code_digest(folders: dict[str, Path]) -> str:
+    """sha256 (16 hex digits) over the .py, .pyx and compiled .so files under each named folder."""
+    digest = hashlib.sha256()
+    for name, base in sorted(folders.items()):
+        for path in sorted(base.rglob("*")):
+            if path.suffix in (".py", ".pyx", ".so") and "__pycache__" not in path.parts:
+                digest.update(f"{name}/{path.relative_to(base).as_posix()}\x1f".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
 
 #: Failures that depend only on the spec and the data (not on load or limits) are cached too.
 CACHEABLE_FAILURES = frozenset({
@@ -43,7 +62,7 @@ class SandboxStore:
         return self.root / "experiments" / spec_hash
 
     def result_key(self, spec_hash: str, data_version: str) -> str:
-        return hashlib.sha256(f"{spec_hash}\x1f{data_version}\x1f{CODE_VERSION}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{spec_hash}\x1f{data_version}\x1f{code_version()}".encode()).hexdigest()[:32]
 
     def cached(self, key: str) -> ExperimentResult | None:
         path = self.root / "results" / f"{key}.json"

@@ -226,3 +226,24 @@ def test_cli_answers_bad_input_clearly(tmp_path):
     garbled.write_text("{not json")
     bad = subprocess.run(cmd + [str(garbled)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "not valid JSON" in bad.stdout
+
+
+def test_the_cache_key_follows_the_code(tmp_path):
+    """Editing a source file or rebuilding a kernel changes the code digest in every cache key;
+    files that are not code (data, notes, bytecode) do not."""
+    from sandbox.store import code_digest, code_version
+
+    pkg = tmp_path / "pkg"
+    (pkg / "_ext").mkdir(parents=True)
+    (pkg / "ops.py").write_text("def f(x):\n    return x + 1\n")
+    (pkg / "_ext" / "k.so").write_bytes(b"\x7fELF v1")
+    before = code_digest({"quantcore": pkg})
+    (pkg / "notes.txt").write_text("not code")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "ops.cpython-311.pyc").write_bytes(b"stale")
+    assert code_digest({"quantcore": pkg}) == before
+    (pkg / "ops.py").write_text("def f(x):\n    return x + 2\n")
+    edited = code_digest({"quantcore": pkg})
+    (pkg / "_ext" / "k.so").write_bytes(b"\x7fELF v2")
+    assert len({before, edited, code_digest({"quantcore": pkg})}) == 3
+    assert code_version().startswith("rdquant-code-") and code_version() == code_version()
