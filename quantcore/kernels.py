@@ -200,14 +200,7 @@ def cross_section(
     xa = _panel_array(x, "x")
     st, en = _spans(starts, ends, xa.shape)
     nth = _threads(threads)
-    if op == "CSWinsorize":
-        q = 0.05 if param is None else _real(param, "param")
-        if not 0.0 <= q < 0.5:
-            raise KernelArgumentError(f"param (q={param}) must be in [0, 0.5) for CSWinsorize")
-    elif param is not None:
-        raise KernelArgumentError(f"param is only used by CSWinsorize; got param={param!r} for {op}")
-    else:
-        q = math.nan
+    q = _cs_param(op, param)
     if op == "CSNeutralize":
         if groups is None:
             raise KernelArgumentError("CSNeutralize needs groups=, a float (instruments, days) array of group codes")
@@ -239,14 +232,7 @@ def cross_section_rows(op: str, values: np.ndarray, rows: np.ndarray, *, param: 
     if mask.dtype != bool or mask.shape != v.shape[:2]:
         raise KernelArgumentError(f"rows must be a bool (days, instruments) array of shape {v.shape[:2]}, "
                                   f"got {mask.dtype} {mask.shape}")
-    if op == "CSWinsorize":
-        q = 0.05 if param is None else _real(param, "param")
-        if not 0.0 <= q < 0.5:
-            raise KernelArgumentError(f"param (q={param}) must be in [0, 0.5) for CSWinsorize")
-    elif param is not None:
-        raise KernelArgumentError(f"param is only used by CSWinsorize; got param={param!r} for {op}")
-    else:
-        q = math.nan
+    q = _cs_param(op, param)
     out = np.empty(v.shape, np.float32)
     _cs.cross_section_rows(code, np.ascontiguousarray(v), np.ascontiguousarray(mask).view(np.uint8), out, q,
                            _threads(threads))
@@ -287,6 +273,18 @@ def interleave(arrays, out: np.ndarray, start: int, *, threads: int | None = Non
 
 
 # ---- argument checks (the only ones: kernels trust their inputs) ----------------------------------
+
+
+def _cs_param(op: str, param) -> float:
+    """A cross-section operator's parameter: CSWinsorize's q in [0, 0.5) (default 0.05), NaN for the rest."""
+    if op == "CSWinsorize":
+        q = 0.05 if param is None else _real(param, "param")
+        if not 0.0 <= q < 0.5:
+            raise KernelArgumentError(f"param (q={param}) must be in [0, 0.5) for CSWinsorize")
+        return q
+    if param is not None:
+        raise KernelArgumentError(f"param is only used by CSWinsorize; got param={param!r} for {op}")
+    return math.nan
 
 
 def _op_code(op: str, names: tuple[str, ...], func: str) -> int:
