@@ -11,7 +11,7 @@ from agents.backend import Backend, OfflineBackend
 from agents.config import LoopConfig, stored_config
 from agents.graph import budget_left, build_graph
 from agents.decide import merge_folds
-from agents.nodes import IterationState, RunMemory, Services, _model_spec, fold_key
+from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, dumps
 from quantcore.data.sources import load_market
 from quantcore.expr.canonical import canonical
@@ -126,16 +126,16 @@ def _baseline(s: Services) -> None:
     is the first "best" every model candidate must beat."""
     coded = _model_spec("baseline", "lightgbm", {}, s)
     s.on_event("baseline", {"features": s.config.base_features})
-    specs = [coded.spec, *coded.fold_specs]
-    folds = s.executor.run_many(specs)
+    named = candidate_specs(coded)
+    folds = s.executor.run_many([spec for _, spec in named])
     result = merge_folds(folds)
     if not result.ok:
         raise RuntimeError(f"the baseline model failed: {result.failure.for_llm()}")
     best = {"name": "baseline", "family": "lightgbm", "params": {}, "metrics": result.metrics,
             "daily_rank_ic": result.details.get("daily_rank_ic")}
     with s.store.session() as db:
-        for j, (spec, r) in enumerate(zip(specs, folds)):
-            db.add(ExperimentRow(run_id=s.memory.run_id, iteration=0, candidate=fold_key("baseline", j),
+        for (key, spec), r in zip(named, folds):
+            db.add(ExperimentRow(run_id=s.memory.run_id, iteration=0, candidate=key,
                                  spec_hash=r.spec_hash, spec_json=dumps(spec), ok=True, result_json=dumps(r.to_dict()),
                                  mlflow_run_id=r.mlflow_run_id))
         db.add(DecisionRow(run_id=s.memory.run_id, iteration=0, candidate="baseline", verdict="replace_best",

@@ -48,7 +48,7 @@ from quantcore.expr.validate import validate
 from sandbox.executor import BaseExecutor
 from sandbox.result import ExperimentResult
 
-__all__ = ["IterationState", "Services", "RunMemory", "inner_segments", "inner_folds", "fold_key", "candidate_result"]
+__all__ = ["IterationState", "Services", "RunMemory", "inner_folds", "fold_key", "candidate_specs", "candidate_result"]
 
 
 class IterationState(BaseModel):
@@ -110,12 +110,6 @@ class Services:
                               max_library_corr=c.max_library_corr, max_nodes=c.max_nodes, max_depth=c.max_depth)
 
 
-def inner_segments(segments: dict[str, tuple[str, str]], panel: Panel) -> dict[str, tuple[str, str]]:
-    """Segments for model experiments inside the loop: train split 80/20 into fit / early-stopping,
-    and the loop's validation segment as the scored one. The sealed test segment is never used."""
-    return inner_folds(segments, panel, 1)[0]
-
-
 MIN_FOLD_FIT_DAYS = 250  # about a trading year: Alpha158's 60-day warm-up leaves enough rows to fit on
 
 
@@ -144,6 +138,11 @@ def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int) 
 def fold_key(name: str, fold: int) -> str:
     """The experiment name of a model candidate's fold (fold 0 keeps the candidate's own name)."""
     return name if fold == 0 else f"{name}.fold{fold}"
+
+
+def candidate_specs(c: CodedCandidate) -> list[tuple[str, dict]]:
+    """(experiment name, spec) of everything a coded candidate runs: its spec, then its folds'."""
+    return [(fold_key(c.name, j), spec) for j, spec in enumerate([c.spec, *c.fold_specs])]
 
 
 # ---- nodes ----------------------------------------------------------------------------------------------
@@ -226,13 +225,9 @@ def review_node(state: IterationState, s: Services) -> dict:
 def runner_node(state: IterationState, s: Services) -> dict:
     if state.review is not None and state.review.action in ("reject", "stop"):
         return {"results": {}}
-    keys, specs = [], []
-    for c in state.coded.coded:
-        for j, spec in enumerate([c.spec, *c.fold_specs]):
-            keys.append(fold_key(c.name, j))
-            specs.append(spec)
-    results = s.executor.run_many(specs)
-    return {"results": {k: r.to_dict() for k, r in zip(keys, results)}}
+    named = [pair for c in state.coded.coded for pair in candidate_specs(c)]
+    results = s.executor.run_many([spec for _, spec in named])
+    return {"results": {key: r.to_dict() for (key, _), r in zip(named, results)}}
 
 
 def critic_node(state: IterationState, s: Services) -> dict:
@@ -315,12 +310,12 @@ def update_node(state: IterationState, s: Services) -> dict:
         for parent_id, relation in _edges(hyp, m, s, db, state):
             db.add(EdgeRow(run_id=m.run_id, source=h.id, target=parent_id, relation=relation))
         for c in state.coded.coded:
-            for j, spec in enumerate([c.spec, *c.fold_specs]):
-                r = results.get(fold_key(c.name, j))
+            for key, spec in candidate_specs(c):
+                r = results.get(key)
                 if r is None:
                     continue
-                db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id,
-                                     candidate=fold_key(c.name, j), spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok,
+                db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=key,
+                                     spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok,
                                      result_json=dumps(r.to_dict()), mlflow_run_id=r.mlflow_run_id))
         for v in critic.verdicts:
             db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
@@ -437,7 +432,7 @@ def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm:
 
 def candidate_result(c: CodedCandidate, results: dict[str, ExperimentResult]) -> ExperimentResult:
     """A model candidate's folds merged into one result (see `merge_folds`)."""
-    return merge_folds([results[fold_key(c.name, j)] for j in range(1 + len(c.fold_specs))])
+    return merge_folds([results[key] for key, _ in candidate_specs(c)])
 
 
 def _edges(hyp: Hypothesis, m: RunMemory, s: Services, db, state: IterationState) -> list[tuple[int, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from agents.decide import AdmissionRules, compare_models, merge_folds
-from agents.nodes import inner_folds, inner_segments
+from agents.nodes import inner_folds
 from quantcore.data.sources import load_market
 from sandbox.result import ExperimentResult
 from sandbox.spec import default_segments
@@ -15,8 +15,12 @@ def test_folds_are_chronological_disjoint_and_never_reach_test():
     panel = load_market("synthetic:20:2520:0")
     segments = default_segments(panel.calendar)
     folds = inner_folds(segments, panel, 4)
-    assert folds[0] == inner_segments(segments, panel)
     assert folds[0]["test"] == segments["valid"]
+    # fold 0 fits on the first 80% of train and early-stops on the rest of it
+    train = panel.calendar[panel.date_index(*segments["train"])]
+    cut = int(len(train) * 0.8)
+    assert folds[0]["train"] == (str(train[0])[:10], str(train[cut - 1])[:10])
+    assert folds[0]["valid"] == (str(train[cut])[:10], str(train[-1])[:10])
     # 60/20/20: folds score valid and the two blocks before it; a fourth would have nothing to fit on
     assert len(folds) == 3
     for f in folds:
