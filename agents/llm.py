@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ from agents.contracts import FactorCandidate, Hypothesis, ProposalContext, Verdi
 __all__ = ["LLMBackend", "LLMError", "ReplayMismatch", "PromptError", "Prompt", "load_prompt",
            "load_replay_calls", "PRICES", "PROMPTS_DIR"]
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+def _prompts_dir() -> Path:
+    """prompts/ of the source checkout (editable installs), else the copy a wheel installs as data."""
+    checkout = Path(__file__).resolve().parent.parent / "prompts"
+    installed = Path(sys.prefix) / "share" / "rdquant" / "prompts"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+PROMPTS_DIR = _prompts_dir()
 
 # List prices, dollars per 1M tokens (input, output); a dated model name ("gpt-4o-mini-2024-07-18")
 # matches its longest listed prefix. RDQUANT_PRICE_IN / RDQUANT_PRICE_OUT override for any model.
@@ -99,7 +107,7 @@ class Prompt:
 def load_prompt(name: str, directory: str | Path = PROMPTS_DIR) -> Prompt:
     path = Path(directory) / name
     if not path.is_file():
-        raise PromptError(f"prompt template {path} not found (templates live in prompts/ next to agents/)")
+        raise PromptError(f"prompt template {path} not found (templates live in prompts/ next to agents/, or <prefix>/share/rdquant/prompts in a wheel install)")
     return Prompt(name, path.read_text())
 
 
