@@ -20,6 +20,7 @@ from sandbox.result import ExperimentResult, FailureCategory
 
 __all__ = ["SandboxStore", "code_version", "code_digest", "CACHEABLE_FAILURES"]
 
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Part of every cache key: a digest of the quant core's and the sandbox's code (sources and compiled
