@@ -188,6 +188,20 @@ cdef int day_kernel(int op, const double* x, double* out, const double* groups,
     return 0
 
 
+cdef enum:
+    DAY_SCRATCH = 6  # 8-byte items per instrument that day_kernel_in needs
+
+
+cdef inline int day_kernel_in(int op, const double* x, double* out, const double* groups,
+                              const int64_t* starts, const int64_t* ends, idx_t N, idx_t T, idx_t t,
+                              double param, char* buf) noexcept nogil:
+    """`day_kernel` with its scratch (key, idx, and the sort's four arrays) carved from `buf`, which
+    holds DAY_SCRATCH * N 8-byte items."""
+    return day_kernel(op, x, out, groups, starts, ends, N, T, t, param,
+                      <double*>buf, <idx_t*>(buf + N * 8), <uint64_t*>(buf + 2 * N * 8),
+                      <uint64_t*>(buf + 3 * N * 8), <idx_t*>(buf + 4 * N * 8), <idx_t*>(buf + 5 * N * 8))
+
+
 def cross_section(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
                   const int64_t[::1] ends, const double[:, ::1] groups, double param, int threads):
     """Fill out[:, t] for every day t with operator `op` (index into CROSS_SECTION_OPS)."""
@@ -202,14 +216,11 @@ def cross_section(int op, const double[:, ::1] x, double[:, ::1] out, const int6
     cdef double* op_ = &out[0, 0]
     with nogil:
         for t in prange(T, num_threads=nth, schedule="static"):
-            # one block per day: key, idx, and the sort's four scratch arrays, all 8-byte items
-            buf = <char*>malloc(6 * N * 8)
+            buf = <char*>malloc(DAY_SCRATCH * N * 8)
             if buf == NULL:
                 failed += 1
             else:
-                day_kernel(op, xp, op_, gp, &starts[0], &ends[0], N, T, t, param,
-                           <double*>buf, <idx_t*>(buf + N * 8), <uint64_t*>(buf + 2 * N * 8),
-                           <uint64_t*>(buf + 3 * N * 8), <idx_t*>(buf + 4 * N * 8), <idx_t*>(buf + 5 * N * 8))
+                day_kernel_in(op, xp, op_, gp, &starts[0], &ends[0], N, T, t, param, buf)
             free(buf)
     if failed:
         raise MemoryError("cross-section kernel could not allocate its day buffers")
@@ -237,15 +248,15 @@ def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, :
         return
     with nogil:
         for t in prange(T, num_threads=nth, schedule="static"):
-            # per day: the kernel's six scratch arrays, a column in, a column out, spans [0, 1)
-            buf = <char*>malloc(10 * N * 8)
+            # per day: the kernel's scratch, then a column in, a column out, spans [0, 1)
+            buf = <char*>malloc((DAY_SCRATCH + 4) * N * 8)
             if buf == NULL:
                 failed += 1
             else:
-                col = <double*>(buf + 6 * N * 8)
-                res = <double*>(buf + 7 * N * 8)
-                zeros = <int64_t*>(buf + 8 * N * 8)
-                ones = <int64_t*>(buf + 9 * N * 8)
+                col = <double*>(buf + DAY_SCRATCH * N * 8)
+                res = <double*>(buf + (DAY_SCRATCH + 1) * N * 8)
+                zeros = <int64_t*>(buf + (DAY_SCRATCH + 2) * N * 8)
+                ones = <int64_t*>(buf + (DAY_SCRATCH + 3) * N * 8)
                 for i in range(N):
                     zeros[i] = 0
                     ones[i] = 1
@@ -253,9 +264,7 @@ def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, :
                     for i in range(N):
                         col[i] = values[t, i, k] if rows[t, i] else nan
                         res[i] = nan
-                    day_kernel(op, col, res, col, zeros, ones, N, 1, 0, param,
-                               <double*>buf, <idx_t*>(buf + N * 8), <uint64_t*>(buf + 2 * N * 8),
-                               <uint64_t*>(buf + 3 * N * 8), <idx_t*>(buf + 4 * N * 8), <idx_t*>(buf + 5 * N * 8))
+                    day_kernel_in(op, col, res, col, zeros, ones, N, 1, 0, param, buf)
                     for i in range(N):
                         out[t, i, k] = <float>res[i]
             free(buf)
