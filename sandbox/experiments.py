@@ -16,7 +16,7 @@ import numpy as np
 from quantcore.data.panel import Panel
 from quantcore.evaluate.ic import MIN_PAIRS
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
-from quantcore.expr.cache import MemoryCache
+from quantcore.expr.cache import DiskCache, MemoryCache
 from quantcore.expr.evaluate import Evaluator
 from sandbox.failures import DegenerateOutput, classify
 from sandbox.guard import ForbiddenOperation, Guard, load_generated
@@ -33,12 +33,17 @@ SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "n_
 @dataclass
 class WorkerContext:
     """What a worker keeps between experiments: attached markets, one evaluator (with a bounded
-    memory cache, so labels are computed once) per market, and the audit-hook guard."""
+    memory cache, so labels are computed once) per market, and the audit-hook guard.
+
+    `feature_cache`: market spec -> a folder where model experiments keep evaluated features on disk,
+    shared by every worker (or None: no disk cache). Model candidates mostly reuse one feature set
+    (Alpha158 + the library), so all but the first experiment read it instead of computing it."""
 
     attach: Callable[[str], Panel]  # market spec -> panel (memory-mapped in the pool)
     guard: Guard = field(default_factory=Guard)
     cache_bytes: int = 256 << 20
     output_chars: int = 1 << 20
+    feature_cache: Callable[[str], Path | None] = lambda market: None
     _panels: dict[str, Panel] = field(default_factory=dict)
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
 
@@ -53,6 +58,12 @@ class WorkerContext:
             self._evaluators[market] = Evaluator(self.panel(market), threads=1,
                                                  memory_cache=MemoryCache(self.cache_bytes))
         return self._evaluators[market]
+
+    def dataset_evaluator(self, market: str, panel: Panel) -> Evaluator:
+        """A fresh evaluator for one model experiment's dataset on `panel`, with the market's disk cache
+        when `panel` is the market itself (not one extended by a generated factor's field)."""
+        folder = self.feature_cache(market) if panel is self.panel(market) else None
+        return Evaluator(panel, disk_cache=DiskCache(folder) if folder is not None else None)
 
 
 def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> ExperimentResult:
@@ -240,7 +251,7 @@ def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ct
                        "segments": _segments(p.segments or spec.segments, panel)},
            "model": {"family": p.family, "params": p.params}, "backtest": p.backtest.model_dump(),
            "record": {"plots": False}}
-    return _run_workflow_doc(cfg, panel, workdir, ctx)
+    return _run_workflow_doc(cfg, panel, workdir, ctx, market=spec.market)
 
 
 def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
@@ -257,7 +268,7 @@ def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
         from sandbox.generated_model import GeneratedModel
 
         model = GeneratedModel(spec.code, ctx.guard, workdir, ctx.output_chars)
-    metrics, details, artifacts = _run_workflow_doc(cfg, panel, workdir, ctx, model=model)
+    metrics, details, artifacts = _run_workflow_doc(cfg, panel, workdir, ctx, market=spec.market, model=model)
     return metrics, details, artifacts, panel.version
 
 
@@ -266,30 +277,33 @@ def _workflow(spec: WorkflowSpec, ctx: WorkerContext, workdir: Path):
 
     cfg = parse_workflow(spec.workflow, "spec.workflow")
     panel = ctx.panel(cfg.data.market)
-    metrics, details, artifacts = _run_workflow_doc(cfg.model_dump(mode="json"), panel, workdir, ctx)
+    metrics, details, artifacts = _run_workflow_doc(cfg.model_dump(mode="json"), panel, workdir, ctx,
+                                                    market=cfg.data.market)
     return metrics, details, artifacts, panel.version
 
 
-def _run_workflow_doc(doc: dict, panel: Panel, workdir: Path, ctx: WorkerContext, model=None):
+def _run_workflow_doc(doc: dict, panel: Panel, workdir: Path, ctx: WorkerContext, *, market: str, model=None):
     from quantcore.recording.capture import CaptureRecorder
     from quantcore.workflow.config import parse_workflow
     from quantcore.workflow.runner import run_workflow
 
     cfg = parse_workflow(doc, "spec")
     capture = workdir / "mlflow"
-    result = run_workflow(cfg, CaptureRecorder(capture), panel=panel, model=model)
+    evaluator = ctx.dataset_evaluator(market, panel)
+    result = run_workflow(cfg, CaptureRecorder(capture), panel=panel, model=model, evaluator=evaluator)
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    details = {"seconds": result.seconds, "daily_rank_ic": _daily_rank_ic(result.prediction, panel, cfg)}
+    details = {"seconds": result.seconds, "daily_rank_ic": _daily_rank_ic(result.prediction, evaluator, cfg)}
     return metrics, details, {"mlflow_capture": str(capture)}
 
 
-def _daily_rank_ic(prediction, panel: Panel, cfg) -> list[float | None]:
+def _daily_rank_ic(prediction, evaluator: Evaluator, cfg) -> list[float | None]:
     """The evaluated segment's daily RankIC of the predictions (for noise-band comparisons of models)."""
     from quantcore.backtest import align_signal
     from quantcore.evaluate.ic import daily_rank_ic
 
+    panel = evaluator.panel
     days = panel.date_index(*cfg.dataset.segments.test)
-    label = Evaluator(panel, threads=1).evaluate({"y": cfg.dataset.label}, allow_future=True, dtype=np.float64)["y"]
+    label = evaluator.evaluate({"y": cfg.dataset.label}, allow_future=True, dtype=np.float64)["y"]
     scores = align_signal(prediction, panel).T
     series = daily_rank_ic(scores[:, days], label[:, days])
     return [None if not math.isfinite(v) else float(v) for v in series]

@@ -15,8 +15,9 @@ import numpy as np
 
 from quantcore.data.panel import Panel
 from quantcore.data.sources import load_market
+from sandbox.store import code_version
 
-__all__ = ["export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir"]
+__all__ = ["export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir", "feature_cache_dir"]
 
 _FORMAT = 1
 
@@ -27,6 +28,20 @@ def market_dir(root: str | Path, market: str) -> Path:
     return Path(root) / "markets" / safe
 
 
+def feature_cache_dir(folder: str | Path) -> Path:
+    """Where workers keep the exported market's evaluated features (`quantcore.expr.cache.DiskCache`):
+    one sub-folder per code version, so results of an older operator or kernel are never read."""
+    return Path(folder) / "features" / code_version()
+
+
+def _prune_feature_caches(folder: Path) -> None:
+    """Drop the feature caches that older code versions left beside the current one."""
+    current = feature_cache_dir(folder)
+    for old in (folder / "features").glob("*"):
+        if old != current and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def export_market(root: str | Path, market: str, panel: Panel | None = None) -> tuple[Path, str]:
     """Export `market` (loaded unless given) under `root` once; returns (folder, data version).
     Written to a temporary folder and renamed, so a reader never sees half a market."""
@@ -35,6 +50,7 @@ def export_market(root: str | Path, market: str, panel: Panel | None = None) -> 
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("format") == _FORMAT:
+            _prune_feature_caches(target)
             return target, meta["version"]
     panel = panel if panel is not None else load_market(market)
     target.parent.mkdir(parents=True, exist_ok=True)

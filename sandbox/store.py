@@ -1,6 +1,7 @@
 """The sandbox's folder: exported markets, one directory per experiment, and the result cache.
 
     <root>/markets/<market>/         memory-mapped by workers (sandbox.market)
+    <root>/markets/<market>/features/<code version>/  evaluated features that model experiments share
     <root>/experiments/<spec hash>/  the only place generated code may write; model captures land here
     <root>/results/<key>.json        cached results, key = spec hash + data version + code version
 Cache files are written atomically; an unreadable one is a miss (and is recomputed), never an error."""

@@ -58,7 +58,7 @@ class WorkerSession:
         network = isolate_network() if config.isolate_network else "disabled by the executor"
         self.guard = Guard()
         self.ctx = WorkerContext(attach=self._attach, guard=self.guard, cache_bytes=config.cache_bytes,
-                                 output_chars=config.limits.output_chars)
+                                 output_chars=config.limits.output_chars, feature_cache=self._feature_cache)
         apply_process_limits(config.limits)
         self.info = {"pid": os.getpid(), "network_isolated": network is None, "network_note": network}
 
@@ -66,6 +66,13 @@ class WorkerSession:
         if market not in self._sources:
             raise KeyError(f"market {market!r} was not exported to this worker")
         return self._load(self._sources[market])
+
+    def _feature_cache(self, market: str):
+        """A market exported as a folder keeps its features cache inside; one from an object store has none."""
+        from sandbox.market import feature_cache_dir
+
+        source = self._sources.get(market)
+        return feature_cache_dir(source) if isinstance(source, (str, os.PathLike)) else None
 
     def run(self, spec_json: str, workdir: str, markets: dict[str, Any]):
         """Run one experiment; returns its `ExperimentResult` (never raises for a bad experiment)."""

@@ -9,7 +9,7 @@ Arguments are validated once, in `quantcore.kernels`.
 
 from cython.parallel cimport prange
 from libc.math cimport NAN, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -226,6 +226,94 @@ def cross_section(int op, const double[:, ::1] x, double[:, ::1] out, const int6
         raise MemoryError("cross-section kernel could not allocate its day buffers")
 
 
+cdef inline uint32_t order_key32(float v) noexcept nogil:
+    """`order_key` for a non-NaN float32: its bits as an unsigned integer with the same order."""
+    cdef float w = v + <float>0.0
+    cdef uint32_t u
+    memcpy(&u, &w, sizeof(float))
+    if u >> 31:
+        return ~u
+    return u | (<uint32_t>1 << 31)
+
+
+cdef uint32_t* sort32(uint32_t* ukey, int32_t* idx, uint32_t* tukey, int32_t* tidx, idx_t n,
+                      int32_t** idx_out) noexcept nogil:
+    """Stable LSD radix sort of (ukey, idx) pairs on 32-bit keys: at most four 8-bit passes, half of
+    `sort_by_key`'s on float64 keys. Returns the sorted keys; `idx_out` gets the matching indices
+    (each either the input buffer or its scratch twin)."""
+    cdef int32_t hist[4][256]
+    cdef idx_t i
+    cdef int d
+    cdef int32_t s, c
+    cdef uint32_t u
+    cdef uint32_t* su = ukey
+    cdef uint32_t* du = tukey
+    cdef int32_t* sp = idx
+    cdef int32_t* dp = tidx
+    cdef uint32_t* swu
+    cdef int32_t* swp
+    memset(hist, 0, sizeof(hist))
+    for i in range(n):
+        u = ukey[i]
+        hist[0][u & 255] += 1
+        hist[1][(u >> 8) & 255] += 1
+        hist[2][(u >> 16) & 255] += 1
+        hist[3][u >> 24] += 1
+    for d in range(4):
+        if hist[d][(ukey[0] >> (8 * d)) & 255] == n:
+            continue  # a digit every key shares moves nothing
+        s = 0
+        for i in range(256):
+            c = hist[d][i]
+            hist[d][i] = s
+            s += c
+        for i in range(n):
+            u = su[i]
+            c = (u >> (8 * d)) & 255
+            du[hist[d][c]] = u
+            dp[hist[d][c]] = sp[i]
+            hist[d][c] += 1
+        swu = su; su = du; du = swu
+        swp = sp; sp = dp; dp = swp
+    idx_out[0] = sp
+    return su
+
+
+cdef void rank_day_f32(const float* slab, const uint8_t* listed, float* out, idx_t N, idx_t K,
+                       uint32_t* ukey, int32_t* idx, uint32_t* tukey, int32_t* tidx) noexcept nogil:
+    """CSRank of one day's (instruments, columns) slab, column by column, straight from float32:
+    equal to `day_kernel`'s float64 path (float32 -> float64 keeps order and ties, and the average
+    rank is computed in float64 the same way), 1.5x faster (1259 x 505 x 158, one thread: 4.4 s -> 3.0 s)."""
+    cdef idx_t i, k, a, b, j, cnt
+    cdef float v
+    cdef double r
+    cdef uint32_t* key
+    cdef int32_t* at
+    for i in range(N * K):
+        out[i] = NAN
+    for k in range(K):
+        cnt = 0
+        for i in range(N):
+            if listed[i]:
+                v = slab[i * K + k]
+                if v == v:
+                    ukey[cnt] = order_key32(v)
+                    idx[cnt] = <int32_t>i
+                    cnt += 1
+        if cnt == 0:
+            continue
+        key = sort32(ukey, idx, tukey, tidx, cnt, &at)
+        a = 0
+        while a < cnt:
+            b = a + 1
+            while b < cnt and key[b] == key[a]:
+                b += 1
+            r = (a + b + 1) / (2.0 * cnt)
+            for j in range(a, b):
+                out[at[j] * K + k] = <float>r
+            a = b
+
+
 def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, ::1] rows, float[:, :, ::1] out,
                        double param, int threads):
     """The same per-day operators on a dataset block: values and out are (days, instruments, columns)
@@ -234,7 +322,8 @@ def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, :
     A day's (instruments, columns) slab is contiguous, so each column's values are gathered from
     cache instead of transposing the whole block per column (single-threaded on a 1259 x 505 x 171
     block: CSZScore 5.3 s -> 1.8 s, CSRank 8.2 s -> 5.3 s, where sorting dominates);
-    each column then runs `day_kernel` unchanged, in float64, so results equal `cross_section`'s."""
+    each column then runs `day_kernel` unchanged, in float64, so results equal `cross_section`'s;
+    CSRank has its own float32 path with the same results (`rank_day_f32`)."""
     cdef idx_t T = values.shape[0], N = values.shape[1], K = values.shape[2], t, i, k
     cdef int nth = threads if threads > 0 else qc_cs_default_threads()
     cdef int failed = 0
@@ -245,6 +334,19 @@ def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, :
     cdef int64_t* ones
     cdef double nan = NAN
     if T == 0 or N == 0 or K == 0:
+        return
+    if op == CSRANK:
+        with nogil:
+            for t in prange(T, num_threads=nth, schedule="static"):
+                buf = <char*>malloc(4 * N * 4)
+                if buf == NULL:
+                    failed += 1
+                else:
+                    rank_day_f32(&values[t, 0, 0], &rows[t, 0], &out[t, 0, 0], N, K, <uint32_t*>buf,
+                                 <int32_t*>(buf + N * 4), <uint32_t*>(buf + 2 * N * 4), <int32_t*>(buf + 3 * N * 4))
+                free(buf)
+        if failed:
+            raise MemoryError("cross-section kernel could not allocate its day buffers")
         return
     with nogil:
         for t in prange(T, num_threads=nth, schedule="static"):

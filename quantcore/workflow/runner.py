@@ -130,11 +130,13 @@ def run_workflow(
     *,
     panel: Panel | None = None,
     model: BaseModel | None = None,
+    evaluator: Evaluator | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> WorkflowResult:
     """Run `cfg` end to end; a failure inside marks the MLflow run FAILED with the reason and re-raises.
     `recorder` may be any object with `Recorder.start_run`'s shape (e.g. a `CaptureRecorder`); `model`,
-    an unfitted model, replaces the one `cfg.model` describes."""
+    an unfitted model, replaces the one `cfg.model` describes; `evaluator` (on `panel`, e.g. with a disk
+    cache shared by many runs) computes the features and the label."""
     if recorder is None:
         from quantcore.recording import Recorder  # mlflow: imported only when this function opens the store
 
@@ -151,12 +153,17 @@ def run_workflow(
 
     with recorder.start_run(cfg.name, tags={"kind": "workflow", "model": cfg.model.family}) as run:
         run.log_params(cfg.model_dump(mode="json"))
-        panel = panel if panel is not None else load_market(cfg.data.market)
+        if panel is None:
+            panel = evaluator.panel if evaluator is not None else load_market(cfg.data.market)
+        if evaluator is None:
+            evaluator = Evaluator(panel)
+        elif evaluator.panel is not panel:
+            raise ValueError("run_workflow: the evaluator is bound to another panel than the one given")
         run.log_params({"data.version": panel.version, "data.instruments": panel.n_instruments,
                         "data.days": panel.n_days})
         lap("data")
 
-        dataset = build_dataset(panel, _dataset_config(cfg))
+        dataset = build_dataset(panel, _dataset_config(cfg), evaluator)
         lap("dataset")
 
         model = (model if model is not None else make_model(cfg.model.family, **_model_params(cfg))).fit(dataset)
@@ -166,7 +173,7 @@ def run_workflow(
 
         # Signal analysis (qlib's SigAnaRecord): IC of the prediction against the raw label on the test days.
         test_days = dataset.days("test")
-        label = Evaluator(panel).evaluate({"label": cfg.dataset.label}, allow_future=True, dtype=np.float64)["label"]
+        label = evaluator.evaluate({"label": cfg.dataset.label}, allow_future=True, dtype=np.float64)["label"]
         scores = align_signal(pred, panel)  # (T, N)
         factor = scores.T[:, test_days]
         y = label[:, test_days]

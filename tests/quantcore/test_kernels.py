@@ -634,3 +634,24 @@ def test_cross_section_rows_runs_each_column_of_a_dataset_block(op, param):
         K.cross_section_rows(op, values.astype(np.float64), rows)
     with pytest.raises(KernelArgumentError, match="rows must be"):
         K.cross_section_rows(op, values, rows[:-1])
+
+
+def test_cross_section_rows_rank_orders_signed_zeros_infinities_and_extremes_like_float64():
+    """CSRank's float32 path sorts 32-bit keys: -0.0 and +0.0 tie, infinities and subnormals keep their
+    places, and wide days (more than 256 values: several radix digits) rank as in float64."""
+    rng = np.random.default_rng(5)
+    days, n = 9, 700
+    values = (rng.standard_normal((days, n, 2)) * 10.0 ** rng.integers(-30, 30, (days, n, 2))).astype(np.float32)
+    special = np.array([-0.0, 0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, np.nan, 0.0], np.float32)
+    values[:, : special.size, 0] = special
+    values[3, :, 1] = values[3, 0, 1]  # one value all day: every key shares every digit
+    rows = np.ones((days, n), bool)
+    out = K.cross_section_rows("CSRank", values, rows)
+    s, e = np.zeros(n, np.int64), np.full(n, days, np.int64)
+    for j in range(2):
+        col = values[:, :, j].T.astype(np.float64)
+        assert np.array_equal(out[:, :, j], K.cross_section("CSRank", col, s, e).T.astype(np.float32), equal_nan=True)
+        want = R.cross_section("CSRank", col, s, e).T
+        np.testing.assert_allclose(out[:, :, j], want, rtol=1e-6, equal_nan=True)
+    assert out[0, 0, 0] == out[0, 1, 0]  # the signed zeros tie
+    assert np.isnan(out[:, 8, 0]).all() and (out[3, :, 1] == out[3, 0, 1]).all()

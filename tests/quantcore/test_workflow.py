@@ -127,6 +127,23 @@ def test_failure_marks_the_run_failed_with_the_reason(tmp_path):
     assert "nope" in runs[-1].tags.get("failure_reason", "")
 
 
+def test_an_evaluator_with_a_disk_cache_gives_the_same_run_and_must_share_the_panel(tmp_path):
+    """A caller's evaluator (the sandbox passes one with a shared disk cache) computes the features and
+    the label; a second run served from that cache matches the first; a foreign panel is refused."""
+    from quantcore.expr.cache import DiskCache
+    from quantcore.recording.capture import CaptureRecorder
+
+    cfg = parse_workflow(_raw(tmp_path / "store"))
+    panel = load_market(MARKET)
+    cache = DiskCache(tmp_path / "features")
+    runs = [run_workflow(cfg, CaptureRecorder(tmp_path / f"cap{i}"), evaluator=Evaluator(panel, disk_cache=cache))
+            for i in range(2)]
+    assert cache.hits >= len(FEATURES) + 1 and runs[0].metrics == runs[1].metrics
+    pd.testing.assert_series_equal(runs[0].prediction, runs[1].prediction)
+    with pytest.raises(ValueError, match="another panel"):
+        run_workflow(cfg, CaptureRecorder(tmp_path / "cap2"), panel=load_market(MARKET), evaluator=Evaluator(panel))
+
+
 def test_cli_run_and_bad_workflow(tmp_path):
     good = tmp_path / "wf.yaml"
     good.write_text(yaml.safe_dump(_raw(tmp_path / "store", record={"root": str(tmp_path / "store"),

@@ -247,3 +247,36 @@ def test_the_cache_key_follows_the_code(tmp_path):
     (pkg / "_ext" / "k.so").write_bytes(b"\x7fELF v2")
     assert len({before, edited, code_digest({"quantcore": pkg})}) == 3
     assert code_version().startswith("rdquant-code-") and code_version() == code_version()
+
+
+def test_model_experiments_share_evaluated_features_through_the_market_folder(tmp_path):
+    """The first model experiment stores its features and label beside the exported market; the next
+    one on the same features reads them (nothing rewritten) and gets what a recomputation gives.
+    Caches of other code versions are dropped when the market is exported again."""
+    import shutil
+
+    from sandbox.market import export_market, feature_cache_dir
+
+    features = {"rev7": "-($close/Ref($close, 7) - 1)", "range3": "Mean(($high-$low)/$close, 3)"}
+    first = {"kind": "model", "market": MARKET, "features": features, "family": "linear", "segments": SEGMENTS,
+             "backtest": {"topk": 10, "n_drop": 2}}
+    second = {**first, "feature_norm": "csrank"}
+    with LocalExecutor(workers=1, root=tmp_path / "sbx", use_cache=False) as ex:
+        assert ex.run(first).ok
+        folder, _ = export_market(ex.store.root, MARKET)
+        cache = feature_cache_dir(folder)
+        stored = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+        assert len(stored) == len(features) + 2  # the features, the label in float32 and in float64
+        from_cache = ex.run(second)
+        assert from_cache.ok, from_cache.failure
+        assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")} == stored  # read, not recomputed
+        shutil.rmtree(cache)
+        recomputed = ex.run(second)
+        assert recomputed.ok and recomputed.metrics == from_cache.metrics
+        assert recomputed.details["daily_rank_ic"] == from_cache.details["daily_rank_ic"]
+
+        stale = folder / "features" / "rdquant-code-0000000000000000"
+        stale.mkdir(parents=True)
+        (stale / "x.npy").write_bytes(b"old")
+        export_market(ex.store.root, MARKET)
+        assert not stale.exists() and cache.is_dir()
