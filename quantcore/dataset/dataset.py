@@ -215,7 +215,10 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
         kernels.interleave(list(ev.evaluate(chunk, dtype=np.float32).values()), feats, lo)
     label = np.ascontiguousarray(ev.evaluate({"label": config.label}, allow_future=True, dtype=np.float32)["label"].T)
     listed = np.ascontiguousarray(~panel.outside_span.T)
-    raw = P.Block(feats, label, listed, listed, tuple(names))
+    # days after the last segment are never read: process up to there only (every processor is
+    # per-day or fitted on train, so the kept days come out the same)
+    stop = max(s.stop for s in segment_days.values())
+    raw = P.Block(feats[:stop], label[:stop], listed[:stop], listed[:stop], tuple(names))
 
     train = segment_days[TRAIN]
     _check_train(raw, train)
@@ -223,7 +226,8 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
     for seg in segment_days:
         if seg in (TRAIN, VALID) and not learn.rows[segment_days[seg]].any():
             raise SegmentError(f"segment {seg!r} has no rows left after the learn processors")
-    return Dataset(config, panel.calendar, panel.instruments, segment_days, infer, learn, infer_states, learn_states)
+    return Dataset(config, panel.calendar[:stop], panel.instruments, segment_days, infer, learn, infer_states,
+                   learn_states)
 
 
 def _check_train(raw: P.Block, train: slice) -> None:

@@ -426,3 +426,22 @@ def test_dataset_config_from_yaml_shaped_data(panel):
         dataset_config(FEATURES, SEGMENTS, infer_processors=["Nope"])
     ds = build_dataset(panel, cfg)
     assert ds.feature_names == tuple(FEATURES)
+
+
+def test_days_after_the_last_segment_are_not_processed_and_change_nothing(panel):
+    """The dataset stops at its last segment's end; a later segment added to the same config leaves
+    every earlier day's processed values, fitted states and rows exactly as they were."""
+    procs = dict(infer_processors=(ProcessInf(FieldGroup.FEATURE), CSRankNorm(FieldGroup.FEATURE), Fillna(FieldGroup.FEATURE)),
+                 learn_processors=(DropnaLabel(), CSZScoreNorm(FieldGroup.LABEL)))
+    segments = {**SEGMENTS, "test": ("2011-04-01", "2011-05-31")}
+    short = build_dataset(panel, _config(segments=segments, **procs))
+    longer = build_dataset(panel, _config(segments={**segments, "later": ("2011-06-01", "2011-07-15")}, **procs))
+    stop = short.days("test").stop
+    assert short.calendar[-1] == pd.Timestamp("2011-05-31") and len(short.calendar) == stop < panel.n_days
+    assert short.infer.features.shape[0] == short.learn.label.shape[0] == stop
+    for name in ("infer", "learn"):
+        a, b = getattr(short, name), getattr(longer, name)
+        assert np.array_equal(a.features, b.features[:stop], equal_nan=True)
+        assert np.array_equal(a.label, b.label[:stop], equal_nan=True) and np.array_equal(a.rows, b.rows[:stop])
+    for seg in segments:
+        pd.testing.assert_frame_equal(short.prepare(seg)[0], longer.prepare(seg)[0])
