@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -14,20 +13,11 @@ from rich.table import Table
 
 from quantcore.cli._common import console, user_errors
 from quantcore.recording.capture import CaptureRecorder
+from quantcore.recording.store_process import StoreProcess
 from quantcore.workflow.config import load_workflow
 from quantcore.workflow.runner import run_workflow
 
 __all__ = ["run_command"]
-
-
-def _open_store(root: Path, experiment: str):
-    from quantcore.recording import Recorder  # imports mlflow: seconds, spent on the store's thread
-
-    return Recorder.open(root, experiment)
-
-
-def _replay(store: Future, capture: Path) -> str:
-    return store.result().import_capture(capture)
 
 
 @user_errors
@@ -41,24 +31,23 @@ def run_command(
     log = (lambda m: None) if as_json else (lambda m: console.print(f"  [dim]{m}[/]"))
     if not as_json:
         console.print(f"[bold]workflow[/] {cfg.name}: {cfg.data.market}, {cfg.model.family}, {cfg.backtest.strategy}")
-    # importing mlflow and opening its store take seconds: do both on a thread while the workflow runs
-    # into a capture folder, then replay the capture as the MLflow run (a failed run is replayed too,
-    # marked FAILED with its traceback, before the error propagates)
-    with ThreadPoolExecutor(1) as pool, tempfile.TemporaryDirectory() as tmp:
-        store = pool.submit(_open_store, root or cfg.record.root, cfg.record.experiment)
+    # importing mlflow and opening its store take seconds: a child process does both while the workflow
+    # runs into a capture folder, then replays the capture as the MLflow run (a failed run is replayed
+    # too, marked FAILED with its traceback, before the error propagates)
+    with StoreProcess(root or cfg.record.root, cfg.record.experiment) as store, \
+            tempfile.TemporaryDirectory() as tmp:
         try:
             result = run_workflow(cfg, CaptureRecorder(tmp), log=log)
         except BaseException as exc:
             try:
-                _replay(store, Path(tmp))
+                store.replay(tmp)
             except Exception as record_error:  # never hide the workflow's error behind a store error
                 exc.add_note(f"also, the failed run could not be recorded: {record_error}")
             raise
         t0 = time.perf_counter()
-        run_id = _replay(store, Path(tmp))
+        run_id = store.replay(tmp)
         seconds = {**result.seconds, "mlflow": time.perf_counter() - t0}
         log(f"mlflow: {seconds['mlflow']:.2f}s")
-    recorder = store.result()
     if as_json:
         print(json.dumps({"run_id": run_id, **result.metrics, "seconds": seconds}))
         return
@@ -66,4 +55,4 @@ def run_command(
     for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
-    console.print(f"run id: {run_id}  (mlflow ui --backend-store-uri {recorder.store.tracking_uri})")
+    console.print(f"run id: {run_id}  (mlflow ui --backend-store-uri {store.tracking_uri})")

@@ -240,3 +240,26 @@ def test_reader_errors_name_the_fix(tmp_path, empty_db):
 
 def test_flatten_nests_with_dots():
     assert flatten({"a": {"b": {"c": 1}, "d": 2}, "e": [1]}) == {"a.b.c": 1, "a.d": 2, "e": [1]}
+
+
+def test_a_store_process_replays_a_capture_and_reports_a_store_it_cannot_open(tmp_path, empty_db, monkeypatch):
+    """`rdquant run` opens the store in a child process: the captured run lands in the store under the
+    id it answers; a store MLflow refuses comes back as a RecordingError that names it."""
+    from quantcore.recording.capture import CaptureRecorder
+    from quantcore.recording.store_process import StoreProcess
+
+    capture = CaptureRecorder(tmp_path / "capture")
+    with capture.start_run("captured", tags={"kind": "test"}) as run:
+        run.log_params({"model": {"family": "linear"}})
+        run.log_metrics({"IC": 0.05})
+    root = _store(empty_db, tmp_path / "runs")
+    with StoreProcess(root, "child") as store:
+        run_id = store.replay(tmp_path / "capture")
+        assert store.tracking_uri == f"sqlite:///{root / 'mlflow.db'}"
+    got = Recorder.open(root, "child", create=False).get_run(run_id)
+    assert got.metrics["IC"] == 0.05 and got.params["model.family"] == "linear" and got.status == "FINISHED"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path / 'filestore'}")
+    with StoreProcess(tmp_path / "elsewhere", "child") as store:
+        with pytest.raises(RecordingError, match="cannot open the MLflow store file://"):
+            store.replay(tmp_path / "capture")

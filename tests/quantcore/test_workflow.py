@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from quantcore.backtest import REPORT_COLUMNS
 from quantcore.cli import app
 from quantcore.data.sources import load_market
-from quantcore.evaluate.ic import daily_ic, ic_stats
 from quantcore.expr.evaluate import Evaluator
 from quantcore.recording import Recorder
 from quantcore.report import risk_analysis
