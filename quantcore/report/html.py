@@ -6,18 +6,21 @@ from __future__ import annotations
 import base64
 import html
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from numbers import Real
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from quantcore.report.errors import ReportError
 from quantcore.report.plots import figure_png
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FigureSection", "MetricsSection", "TableSection", "TextSection", "Section", "html_report", "write_html_report",
@@ -108,10 +111,16 @@ def _sections(sections) -> list[Section]:
     return out
 
 
+def _is_figure(value: object) -> bool:
+    """A matplotlib Figure, checked without importing matplotlib (no figure exists before it is loaded)."""
+    module = sys.modules.get("matplotlib.figure")
+    return module is not None and isinstance(value, module.Figure)
+
+
 def _coerce(title: str, value: object) -> Section:
     if isinstance(value, (MetricsSection, FigureSection, TableSection, TextSection)):
         return value
-    if isinstance(value, Figure):
+    if _is_figure(value):
         return FigureSection.of(title, value)
     if isinstance(value, (bytes, bytearray)):
         return FigureSection(title, bytes(value))

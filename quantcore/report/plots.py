@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from quantcore.report.errors import ReportError
 from quantcore.report.risk import excess_returns
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "cumulative_return_figure", "drawdown_figure", "ic_figure", "quantile_returns_figure", "figure_png", "save_png",
@@ -27,6 +29,10 @@ _DPI = 100
 
 
 def _figure(size: tuple[float, float] = _SIZE) -> Figure:
+    # matplotlib loads here, on the first figure: ~0.6 s that every CLI command would pay on import
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)  # the figure's own raster canvas: savefig never consults pyplot's backend
     return fig

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -291,3 +292,14 @@ def test_html_report_from_a_mapping_and_bad_sections(figures):
     with pytest.raises(ReportError, match="sections must be"):
         html_report(["just a string"])
     assert figure_png(figures["Drawdown"]).startswith(PNG)
+
+
+def test_the_cli_loads_matplotlib_only_when_a_figure_is_drawn():
+    """Every `rdquant` command imports the report module; matplotlib (~0.6 s) loads with the first figure."""
+    code = ("import sys; import quantcore.cli, quantcore.report as R; assert 'matplotlib' not in sys.modules; "
+            "import pandas as pd; R.html_report({'m': {'IC': 0.1}}); assert 'matplotlib' not in sys.modules; "
+            "r = pd.DataFrame({'return': [0.01, -0.02], 'bench': [0.0, 0.0], 'cost': [0.0, 0.0]}, "
+            "index=pd.date_range('2020-01-01', periods=2)); fig = R.cumulative_return_figure(r); "
+            "assert 'matplotlib' in sys.modules and '<img' in R.html_report({'cum': fig})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
