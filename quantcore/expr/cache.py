@@ -72,6 +72,7 @@ class DiskCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits = 0
         self.misses = 0
+        self.write_failures = 0
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
@@ -93,13 +94,21 @@ class DiskCache:
         return arr
 
     def put(self, key: str, arr: np.ndarray) -> None:
+        """Store `arr` under `key`, best effort: a full disk or an unwritable folder costs the cache entry
+        (counted in `write_failures`), never the computation that produced the value."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
             os.replace(tmp, path)
+        except OSError:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            self.write_failures += 1
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             raise

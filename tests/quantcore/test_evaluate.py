@@ -162,6 +162,20 @@ def test_memory_and_disk_cache(tmp_path, small_panel):
     assert len(calls) == n_first + 3
 
 
+def test_a_disk_cache_that_cannot_write_costs_the_entry_not_the_result(tmp_path, small_panel):
+    """Model experiments share features through a disk cache: a full disk or an unwritable folder must
+    not fail them. Here every entry's sub-folder (two hex digits) is taken by a file, so writes fail."""
+    cache = DiskCache(tmp_path)
+    exprs = {"m": "Std($close, 4)", "r": "Rank($open, 3)"}
+    for i in range(256):
+        (tmp_path / f"{i:02x}").write_bytes(b"in the way")
+    got = Evaluator(small_panel, disk_cache=cache).evaluate(exprs)
+    want = Evaluator(small_panel).evaluate(exprs)
+    for k in exprs:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert cache.write_failures == 2 and not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.tmp"))
+
+
 def test_look_ahead_is_refused_in_features_and_allowed_in_labels(small_panel):
     ev = Evaluator(small_panel)
     with pytest.raises(LookAheadError, match="'fut'"):

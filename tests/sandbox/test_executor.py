@@ -279,3 +279,19 @@ def test_model_experiments_share_evaluated_features_through_the_market_folder(tm
         (stale / "x.npy").write_bytes(b"old")
         export_market(ex.store.root, MARKET)
         assert not stale.exists() and cache.is_dir()
+
+
+def test_an_unwritable_feature_cache_folder_does_not_fail_a_model_experiment(tmp_path):
+    """The shared feature cache is an optimisation: when its folder cannot be created (here a file is in
+    the way) the experiment computes its features and reports the same numbers."""
+    from sandbox.experiments import WorkerContext, run_spec
+
+    spec = {"kind": "model", "market": MARKET, "features": {"rev": REV}, "family": "linear", "segments": SEGMENTS,
+            "backtest": {"topk": 10, "n_drop": 2}}
+    panel = load_market(MARKET)
+    (tmp_path / "blocked").write_bytes(b"a file, not a folder")
+    blocked = run_spec(spec, WorkerContext(attach=lambda m: panel, feature_cache=lambda m: tmp_path / "blocked" / "f"),
+                       tmp_path / "a")
+    plain = run_spec(spec, WorkerContext(attach=lambda m: panel), tmp_path / "b")
+    assert blocked.ok, blocked.failure
+    assert blocked.metrics == plain.metrics
