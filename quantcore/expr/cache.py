@@ -1,8 +1,9 @@
 """Caches for evaluated expressions, keyed by canonical form + data version + semantics.
 
 Both caches are explicit objects handed to an `Evaluator`; nothing is cached globally. The disk cache
-writes atomically (temp file + rename) and treats an unreadable entry as a miss, so a crash or a
-corrupt file never yields a wrong value.
+writes atomically (temp file + rename), treats an unreadable entry as a miss and skips a write that
+fails (full disk, unwritable folder), so a crash or a corrupt file never yields a wrong value and a
+cache problem never fails a computation.
 """
 
 from __future__ import annotations
