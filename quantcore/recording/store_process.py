@@ -91,6 +91,10 @@ def serve() -> None:
             except Exception as exc:  # noqa: BLE001
                 answer = {"error": _describe(exc)}
         print(json.dumps(answer), file=answers, flush=True)
+    # every run is committed by now: skip the interpreter's teardown of mlflow and SQLAlchemy (~1.5 s
+    # that `rdquant run` would otherwise wait for at its end)
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _describe(exc: Exception) -> str:
