@@ -11,7 +11,7 @@ from agents.backend import Backend, OfflineBackend
 from agents.config import LoopConfig, stored_config
 from agents.graph import budget_left, build_graph
 from agents.decide import merge_folds
-from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs
+from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, dumps
 from quantcore.data.sources import load_market
 from quantcore.expr.canonical import canonical
@@ -134,10 +134,7 @@ def _baseline(s: Services) -> None:
     best = {"name": "baseline", "family": "lightgbm", "params": {}, "metrics": result.metrics,
             "daily_rank_ic": result.details.get("daily_rank_ic")}
     with s.store.session() as db:
-        for (key, spec), r in zip(named, folds):
-            db.add(ExperimentRow(run_id=s.memory.run_id, iteration=0, candidate=key,
-                                 spec_hash=r.spec_hash, spec_json=dumps(spec), ok=True, result_json=dumps(r.to_dict()),
-                                 mlflow_run_id=r.mlflow_run_id))
+        db.add_all(experiment_rows(s.memory.run_id, 0, coded, {key: r for (key, _), r in zip(named, folds)}))
         db.add(DecisionRow(run_id=s.memory.run_id, iteration=0, candidate="baseline", verdict="replace_best",
                            reasons_json=dumps(["baseline: the default model on the base features"]),
                            metrics_json=dumps(result.metrics)))

@@ -48,7 +48,8 @@ from quantcore.expr.validate import validate
 from sandbox.executor import BaseExecutor
 from sandbox.result import ExperimentResult
 
-__all__ = ["IterationState", "Services", "RunMemory", "inner_folds", "fold_key", "candidate_specs", "candidate_result"]
+__all__ = ["IterationState", "Services", "RunMemory", "inner_folds", "fold_key", "candidate_specs", "candidate_result",
+           "experiment_rows"]
 
 
 class IterationState(BaseModel):
@@ -310,13 +311,7 @@ def update_node(state: IterationState, s: Services) -> dict:
         for parent_id, relation in _edges(hyp, m, s, db, state):
             db.add(EdgeRow(run_id=m.run_id, source=h.id, target=parent_id, relation=relation))
         for c in state.coded.coded:
-            for key, spec in candidate_specs(c):
-                r = results.get(key)
-                if r is None:
-                    continue
-                db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=key,
-                                     spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok,
-                                     result_json=dumps(r.to_dict()), mlflow_run_id=r.mlflow_run_id))
+            db.add_all(experiment_rows(m.run_id, state.iteration, c, results, hypothesis_id=h.id))
         for v in critic.verdicts:
             db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
                                reasons_json=dumps(v.reasons), metrics_json=dumps(v.metrics)))
@@ -428,6 +423,15 @@ def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm:
              for fold in inner_folds(s.segments, s.panel, s.config.model_folds)]
     return CodedCandidate(name=name, spec=specs[0], fold_specs=specs[1:], family=family, params=params,
                           feature_norm=feature_norm)
+
+
+def experiment_rows(run_id: str, iteration: int, c: CodedCandidate, results: dict[str, ExperimentResult],
+                    hypothesis_id: int | None = None) -> list[ExperimentRow]:
+    """The store rows of a coded candidate's experiments (spec, then folds) that have a result."""
+    return [ExperimentRow(run_id=run_id, iteration=iteration, hypothesis_id=hypothesis_id, candidate=key,
+                          spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok, result_json=dumps(r.to_dict()),
+                          mlflow_run_id=r.mlflow_run_id)
+            for key, spec in candidate_specs(c) if (r := results.get(key)) is not None]
 
 
 def candidate_result(c: CodedCandidate, results: dict[str, ExperimentResult]) -> ExperimentResult:
