@@ -63,13 +63,12 @@ class WorkerContext:
         """A fresh evaluator for one model experiment's dataset on `panel`, with the market's disk cache
         when `panel` is the market itself (not one extended by a generated factor's field)."""
         folder = self.feature_cache(market) if panel is self.panel(market) else None
-        cache = None
         if folder is not None:
             try:
-                cache = DiskCache(folder)
+                return Evaluator(panel, disk_cache=DiskCache(folder))
             except OSError:  # an unwritable sandbox folder: compute the features, as without a cache
-                cache = None
-        return Evaluator(panel, disk_cache=cache)
+                pass
+        return Evaluator(panel)
 
 
 def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> ExperimentResult:

@@ -105,11 +105,9 @@ class DiskCache:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
             os.replace(tmp, path)
+            tmp = None
         except OSError:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
             self.write_failures += 1
-        except BaseException:
-            if tmp is not None:
+        finally:
+            if tmp is not None:  # a write that did not finish leaves no temporary file behind
                 Path(tmp).unlink(missing_ok=True)
-            raise
