@@ -14,8 +14,10 @@ cost 5, limit 0.095, trade unit 100, account 1e8, benchmark = the equal-weight m
 Prints one JSON line: stage seconds and the headline metrics.
 """
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -59,7 +61,12 @@ def main():
     # unless opted in; keep it, in a temporary folder, so LGBModel.fit can log its curves as in qrun
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlruns = tempfile.mkdtemp(prefix="qlib_mlruns_")
-    qlib.init(provider_uri=a.data, region=REG_US, expression_cache=None, dataset_cache=None, kernels=a.kernels,
+    atexit.register(shutil.rmtree, mlruns, ignore_errors=True)
+    # qlib 0.9.7 puts the store's lock file at the URI's path with its leading "/" stripped, i.e.
+    # relative to the working directory: work inside the temporary folder so nothing lands elsewhere
+    data = os.path.abspath(a.data)
+    os.chdir(mlruns)
+    qlib.init(provider_uri=data, region=REG_US, expression_cache=None, dataset_cache=None, kernels=a.kernels,
               exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
                            "kwargs": {"uri": f"file:{mlruns}", "default_exp_name": "Experiment"}})
     seconds["import+init"] = time.perf_counter() - T0
