@@ -6,13 +6,17 @@
 On the synthetic market: for each planted alpha, the accepted factor with the highest |value
 correlation| (mean daily cross-sectional Pearson over the validation segment); "found" means > 0.8.
 On any market: the final model (base features + accepted factors + best model settings) vs the
-Alpha158 + LightGBM baseline on the sealed test segment (`rdquant report`'s numbers), plus timings.
+Alpha158 + LightGBM baseline on the sealed test segment (`rdquant report`'s numbers), plus timings:
+the loop's wall time and peak RSS (the `rdquant loop` process and its sandbox workers), and each
+direction's iteration seconds (mean and max) as the run stored them. `--budget 5 --data sp500` is
+the README's main job.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agents.loop import open_project  # noqa: E402
 from agents.report import build_report  # noqa: E402
 from agents.runs import run_summary  # noqa: E402
+from agents.store import IterationRow  # noqa: E402
 from quantcore.data.sources import load_market  # noqa: E402
 from quantcore.data.synthetic import PLANTED_ALPHAS  # noqa: E402
 from quantcore.evaluate.correlation import library_correlation  # noqa: E402
@@ -45,8 +50,14 @@ def main() -> None:
                "--offline", "--data", args.data, "--root", str(args.root), "--workers", str(args.workers)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         args.run_id = out.strip().splitlines()[-1]
-        print(f"loop --budget {args.budget} on {args.data}: {time.perf_counter() - t0:.0f} s, run {args.run_id}")
+        rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # largest child process, KiB
+        print(f"loop --budget {args.budget} on {args.data}: {time.perf_counter() - t0:.0f} s, "
+              f"peak RSS {rss_gib:.2f} GiB, run {args.run_id}")
     store = open_project(args.root)
+    for direction in ("factor", "model"):
+        seconds = [r.seconds for r in store.rows(IterationRow, args.run_id) if r.direction == direction]
+        if seconds:
+            print(f"{direction} iterations: {len(seconds)}, {np.mean(seconds):.1f} s mean, {max(seconds):.1f} s max")
     summary = run_summary(store, args.run_id)
     accepted = {f["name"]: f["expression"] for f in summary["accepted"]}
     print(f"accepted factors: {len(accepted)}; iterations: {summary['iterations']}")
