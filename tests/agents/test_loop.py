@@ -174,6 +174,10 @@ def test_loop_cli_refuses_bad_input_clearly(tmp_path):
     bad_market = runner.invoke(app, ["loop", "--budget", "1", "--data", "nosuchmarket", "--root", str(tmp_path)])
     assert bad_market.exit_code == 2 and "unknown market 'nosuchmarket'" in bad_market.output
     assert open_project(tmp_path).runs() == []  # nothing half-started is stored
+    for folds in ("0", "5"):
+        bad_folds = runner.invoke(app, ["loop", "--budget", "1", "--model-folds", folds, "--root", str(tmp_path)])
+        assert bad_folds.exit_code == 2 and "--model-folds" in bad_folds.output, bad_folds.output
+    assert open_project(tmp_path).runs() == []
     bad_resume = runner.invoke(app, ["loop", "--resume", "nope", "--root", str(tmp_path)])
     assert bad_resume.exit_code == 2 and "no run 'nope'" in bad_resume.output
     for command in (["replay", "nope"], ["report", "nope"]):
