@@ -34,6 +34,7 @@ __all__ = [
     "rolling",
     "pair_rolling",
     "gather_rows",
+    "populate_write",
     "available_cores",
     "listed_counts",
     "ema",
@@ -362,9 +363,7 @@ def _output(shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray) -> np.
     """An output panel whose outside-of-span cells are NaN; the kernels write every in-span cell, so
     the rest is left uninitialised (filling all of it first would double the memory traffic)."""
     out = np.empty(shape)
-    for i in range(shape[0]):
-        out[i, : starts[i]] = np.nan
-        out[i, ends[i] :] = np.nan
+    _roll.blank_outside(out, starts, ends)
     return out
 
 
@@ -391,6 +390,12 @@ def gather_rows(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, days: slice
         raise KernelArgumentError(f"out must be a contiguous float32 vector of {int(offsets[-1])} rows")
     _cs.gather_rows(xa, out, st, en, offsets, day0, _threads(threads))
     return out
+
+
+def populate_write(buffer) -> int:
+    """Map (and zero) every page of a writable buffer in one call, without holding the GIL: 0 on
+    success, else an errno, or -1 where the platform lacks the call (not Linux >= 5.14)."""
+    return _cs.populate_write(memoryview(buffer).cast("B"))
 
 
 def available_cores() -> int:

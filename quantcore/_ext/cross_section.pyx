@@ -381,24 +381,45 @@ def cross_section_rows(int op, const float[:, :, ::1] values, const uint8_t[:, :
         raise MemoryError("cross-section kernel could not allocate its day buffers")
 
 
+cdef enum:
+    GATHER_TILE = 32  # days per tile of gather_rows: N x 32 doubles stay in L2 across the tile's days
+
+
+cdef void gather_tile(const double* x, idx_t N, idx_t T, float* out, const int64_t* starts, const int64_t* ends,
+                      const int64_t* offsets, idx_t day0, idx_t d0, idx_t d1) noexcept nogil:
+    """gather_rows for output days [d0, d1): day by day, over a tile of x small enough (N x
+    GATHER_TILE doubles) to stay in L1/L2 between its days."""
+    cdef idx_t d, i, k, t
+    cdef const double* col
+    for d in range(d0, d1):
+        t = day0 + d
+        k = offsets[d]
+        col = x + t
+        for i in range(N):
+            if starts[i] <= t < ends[i]:
+                out[k] = <float>col[i * T]
+                k += 1
+
+
 def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] starts, const int64_t[::1] ends,
                 const int64_t[::1] offsets, idx_t day0, int nth):
     """Copy the in-span cells of x (instruments, days), days day0 .. day0 + len(offsets) - 2, into
     `out` in (day, instrument) order, as float32: the rows of a long (datetime, instrument) frame.
 
     offsets[d] is the output position of day day0 + d's first row (a running count of listed
-    instruments), so days are independent and split across threads. This replaces an index-array
-    gather, which reads an int64 index per cell on top of the value."""
-    cdef idx_t N = x.shape[0], n_days = offsets.shape[0] - 1
-    cdef idx_t d, t, i, k
+    instruments). This is a transpose: day by day, each cell is a cache line (and a page) of x of its
+    own, so days go in tiles of GATHER_TILE whose cache lines are read from memory once and reused by
+    the tile's other days (about twice as fast as untiled at 300 x 2520). Tiles are split across
+    threads."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], n_days = offsets.shape[0] - 1
+    cdef idx_t n_tiles = (n_days + GATHER_TILE - 1) // GATHER_TILE, b, d1
+    if N == 0 or n_days <= 0:
+        return
     with nogil:
-        for d in prange(n_days, num_threads=nth, schedule="static"):
-            t = day0 + d
-            k = offsets[d]
-            for i in range(N):
-                if starts[i] <= t < ends[i]:
-                    out[k] = <float>x[i, t]
-                    k = k + 1
+        for b in prange(n_tiles, num_threads=nth, schedule="static"):
+            d1 = (b + 1) * GATHER_TILE
+            gather_tile(&x[0, 0], N, T, &out[0], &starts[0], &ends[0], &offsets[0], day0, b * GATHER_TILE,
+                        d1 if d1 < n_days else n_days)
 
 
 def pearson_moments(const double[:, ::1] x, const double[:, ::1] y, const uint8_t[:, ::1] both,
@@ -474,3 +495,30 @@ def interleave(list arrays, float[:, :, ::1] out, idx_t j0, int threads):
                         dst[(t * N + i) * F + j0 + k] = src[k][i * T + t]
     finally:
         free(src)
+
+
+cdef extern from *:
+    """
+    #if defined(__linux__)
+    #include <errno.h>
+    #include <sys/mman.h>
+    /* MADV_POPULATE_WRITE (Linux 5.14): map and zero the pages of a range for writing, in one call */
+    static int qc_populate_write(void* p, size_t n) { return madvise(p, n, 23) == 0 ? 0 : errno; }
+    #else
+    static int qc_populate_write(void* p, size_t n) { (void)p; (void)n; return -1; }
+    #endif
+    """
+    int qc_populate_write(void* p, size_t n) nogil
+
+
+def populate_write(unsigned char[::1] buf):
+    """Map every page of a writable buffer now, without the GIL (Python's mmap.madvise keeps it, so
+    a thread populating a large frame would stall the caller). Returns 0, an errno, or -1 where the
+    platform has no such call."""
+    cdef size_t n = buf.shape[0]
+    cdef int rc
+    if n == 0:
+        return 0
+    with nogil:
+        rc = qc_populate_write(&buf[0], n)
+    return rc

@@ -1307,3 +1307,17 @@ def shift(const double[:, ::1] x, double[:, ::1] out, const int64_t[::1] starts,
         for i in prange(N, num_threads=nth, schedule="static"):
             s = starts[i]
             shift_row(xp + i * T + s, op_ + i * T + s, ends[i] - s, periods)
+
+
+def blank_outside(double[:, ::1] out, const int64_t[::1] starts, const int64_t[::1] ends):
+    """Set out[i, :starts[i]] and out[i, ends[i]:] to NaN: the cells no kernel writes. One GIL-free
+    pass over the short edges, where NumPy needs two slice assignments per row (~0.7 ms at 300 rows)."""
+    cdef idx_t N = out.shape[0], T = out.shape[1], i, t, s, e
+    with nogil:
+        for i in range(N):
+            s = starts[i] if starts[i] < T else T
+            e = ends[i] if ends[i] > s else s
+            for t in range(s):
+                out[i, t] = NAN
+            for t in range(e, T):
+                out[i, t] = NAN

@@ -169,15 +169,26 @@ class Panel:
 
     # ---- frames ------------------------------------------------------------------------------
     def frame_index(self, days: slice = slice(None)) -> pd.MultiIndex:
-        """(datetime, instrument) index of in-span rows within `days`, sorted by date then instrument."""
+        """(datetime, instrument) index of in-span rows within `days`: by date, then in the panel's
+        instrument order.
+
+        Built from level codes, the index `MultiIndex.from_arrays` gives (sorted levels holding only
+        the values that occur) without factorising 100k's of timestamps and strings."""
         inside = ~self.outside_span[:, days].T  # (T', N)
         day_idx, inst_idx = np.nonzero(inside)
-        return pd.MultiIndex.from_arrays(
-            [
-                pd.DatetimeIndex(self.calendar[days][day_idx]),
-                pd.Index(np.asarray(self.instruments, dtype=object)[inst_idx]),
-            ],
+        used_days = np.flatnonzero(inside.any(axis=1))
+        day_code = np.empty(inside.shape[0], dtype=np.int64)
+        day_code[used_days] = np.arange(len(used_days))
+        names = np.asarray(self.instruments, dtype=object)
+        used = np.flatnonzero(inside.any(axis=0))
+        used = used[np.argsort(names[used], kind="stable")]  # level order: sorted names
+        inst_code = np.empty(len(names), dtype=np.int64)
+        inst_code[used] = np.arange(len(used))
+        return pd.MultiIndex(
+            levels=[pd.DatetimeIndex(self.calendar[days][used_days]), pd.Index(names[used])],
+            codes=[day_code[day_idx], inst_code[inst_idx]],
             names=["datetime", "instrument"],
+            verify_integrity=False,
         )
 
     def to_frame(
@@ -242,15 +253,25 @@ def outside_span_mask(starts: np.ndarray, ends: np.ndarray, n_days: int) -> np.n
 
 
 def prefaulted_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
-    """A column-major array whose memory the kernel maps in one call (Linux MAP_POPULATE).
+    """A column-major array whose memory is mapped up front, on huge pages where Linux allows.
 
-    A wide feature frame is hundreds of MB written once; faulting its pages in one at a time costs
-    about twice as long as populating them up front (measured on a 2-core VM: 0.48 s vs 0.25 s for
-    428 MB). Elsewhere, or for small arrays, this is plain `np.empty`."""
+    A wide feature frame is hundreds of MB written once; faulting its 4 KiB pages in one at a time
+    costs about twice as long as populating them in one call (MAP_POPULATE), and populating 2 MiB
+    pages (MADV_HUGEPAGE, then MADV_POPULATE_WRITE) is quicker again (2-core VM, 428 MB: 0.48 s
+    faulted, 0.22 s populated, 0.06 s on huge pages). The populating call releases the GIL, so this
+    may run on a thread beside other work. Elsewhere, or for small arrays, this is `np.empty`."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     populate = getattr(mmap, "MAP_POPULATE", None)
     if populate is None or nbytes < (64 << 20):
         return np.empty(shape, dtype=dtype, order="F")
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE)
+        huge = True
+    except (AttributeError, OSError):  # a kernel without transparent huge pages
+        huge = False
+    if not huge or kernels.populate_write(buf) != 0:  # or one before 5.14: populate 4 KiB pages instead
+        buf.close()
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F")

@@ -172,14 +172,18 @@ class Evaluator:
             arrays = self.evaluate(expressions, allow_future=allow_future, dtype=dtype)
             return self.panel.to_frame(arrays, days=window, dtype=dtype)
         # No cache to fill: copy each result into its frame column the moment it is computed, while
-        # it is still in cache, instead of keeping (N, T) copies and gathering them afterwards.
+        # it is still in cache, instead of keeping (N, T) copies and gathering them afterwards. The
+        # block (hundreds of MB for a wide set) is mapped on a thread meanwhile: the first results
+        # are a few operators away, and mapping it releases the GIL.
         compiled = self.compile(expressions, allow_future=allow_future)
-        block = self.panel.empty_block(len(compiled), window, dtype)
+        with ThreadPoolExecutor(max_workers=1) as allocator:
+            pending_block = allocator.submit(self.panel.empty_block, len(compiled), window, dtype)
 
-        def gather(i: int, arr: np.ndarray) -> None:
-            self.panel.fill_column(block, i, arr, window)
+            def gather(i: int, arr: np.ndarray) -> None:
+                self.panel.fill_column(pending_block.result(), i, arr, window)
 
-        self._evaluate_nodes([item.node for item in compiled], gather)
+            self._evaluate_nodes([item.node for item in compiled], gather)
+            block = pending_block.result()
         return pd.DataFrame(block, index=self.panel.frame_index(window), columns=[c.name for c in compiled], copy=False)
 
     # ---- caches ----------------------------------------------------------------------------------
@@ -228,16 +232,22 @@ class Evaluator:
             return self._compute_float32(node, values)
         return self._compute(node, values, spare, threads)
 
-    def _finish(self, node: Node, values, plan: "_Plan", emit) -> None:
-        """After `node` is computed: release children it used last, hand out root results."""
+    def _emit(self, node: Node, value, plan: "_Plan", emit) -> None:
+        """Hand a root's result to `emit` for each position it was requested at."""
+        result = self._array(value)
+        for i in plan.positions[node]:
+            emit(i, result)
+
+    def _finish(self, node: Node, values, plan: "_Plan", emit=None) -> None:
+        """After `node` is computed: release children it used last, hand out root results (unless
+        `emit` is None: a worker did that already)."""
         for child in children(node):
             plan.refs[child] -= 1
             if plan.refs[child] == 0:
                 del values[child]
         if node in plan.positions:
-            result = self._array(values[node])
-            for i in plan.positions[node]:
-                emit(i, result)
+            if emit is not None:
+                self._emit(node, values[node], plan, emit)
             plan.refs[node] -= len(plan.positions[node])
             if plan.refs[node] == 0:
                 del values[node]
@@ -250,9 +260,17 @@ class Evaluator:
             self._finish(node, values, plan, emit)
 
     def _run_parallel(self, plan: "_Plan", emit, workers: int) -> None:
-        """Ready-list scheduling: bookkeeping stays on this thread; only `_step` runs on workers.
-        A child's buffer is offered as spare only when every other consumer has finished, so a
-        running consumer never sees its input overwritten."""
+        """Ready-list scheduling: bookkeeping stays on this thread; workers compute a node and, for a
+        root, also emit it (copying a result out is a good part of the work, and its buffer is still
+        in cache). A child's buffer is offered as spare only when every other consumer has finished,
+        so a running consumer never sees its input overwritten."""
+
+        def compute(node: Node):
+            value = self._step(node, values, plan, single, 1)
+            if node in plan.positions:
+                self._emit(node, value, plan, emit)
+            return value
+
         values: dict[Node, np.ndarray | float] = {}
         single: set[Node] = set()
         waiting = {node: len(set(children(node))) for node in plan.order}
@@ -268,21 +286,21 @@ class Evaluator:
                 ready.sort(key=rank.__getitem__, reverse=True)
                 while ready and len(running) < workers:
                     node = ready.pop()
-                    if isinstance(node, (Field, Const)):  # free: no need for a worker
+                    if isinstance(node, (Field, Const)) and node not in plan.positions:  # free: no worker
                         values[node] = self._step(node, values, plan, single, 1)
-                        self._complete(node, values, plan, emit, consumers, waiting, ready)
+                        self._complete(node, values, plan, consumers, waiting, ready)
                         continue
-                    running[pool.submit(self._step, node, values, plan, single, 1)] = node
+                    running[pool.submit(compute, node)] = node
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     node = running.pop(fut)
                     values[node] = fut.result()
-                    self._complete(node, values, plan, emit, consumers, waiting, ready)
+                    self._complete(node, values, plan, consumers, waiting, ready)
 
-    def _complete(self, node, values, plan, emit, consumers, waiting, ready) -> None:
-        self._finish(node, values, plan, emit)
+    def _complete(self, node, values, plan, consumers, waiting, ready) -> None:
+        self._finish(node, values, plan)
         for parent in consumers.get(node, ()):
             waiting[parent] -= 1
             if waiting[parent] == 0:

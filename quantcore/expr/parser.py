@@ -117,6 +117,9 @@ def _tokenize(text: str) -> list[_Token]:
                 raise ParseError(f"unterminated string literal; close it with {ch}", text, i)
             tokens.append(_Token("string", text[i : end + 1], i, text[i + 1 : end]))
             i = end + 1
+        elif ch in "(),":
+            tokens.append(_Token(ch, ch, i))
+            i += 1
         else:
             for mistake, message in _MISTAKES.items():
                 if text.startswith(mistake, i) and not text.startswith(("==", "!=", "<=", ">="), i):

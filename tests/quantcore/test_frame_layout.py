@@ -1,0 +1,117 @@
+"""The long (datetime, instrument) frame: its index, its tiled transpose and its pre-mapped block,
+checked against plain pandas/numpy constructions of the same thing."""
+
+from __future__ import annotations
+
+import mmap
+import platform
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantcore import kernels
+from quantcore.data.panel import Panel, prefaulted_empty
+from quantcore.expr.evaluate import Evaluator
+
+
+@pytest.fixture(scope="module")
+def ragged_panel() -> Panel:
+    """7 instruments (names not in sorted order) x 150 days, spans starting and ending inside the
+    gather's 32-day tiles, one instrument listed only briefly, one never listed."""
+    rng = np.random.default_rng(11)
+    names = ["ZZ", "AA", "MM", "BB", "YY", "CC", "NEVER"]
+    n, t = len(names), 150
+    close = 20 + np.cumsum(rng.normal(0, 0.3, size=(n, t)), axis=1)
+    close[2, 40:45] = np.nan  # a suspension inside MM's span
+    fields = {"close": close, "open": close * (1 + rng.normal(0, 0.01, size=(n, t))),
+              "volume": rng.uniform(1e5, 3e5, size=(n, t))}
+    starts = np.array([0, 5, 31, 33, 0, 70, 0])
+    ends = np.array([150, 97, 150, 64, 120, 75, 0])
+    return Panel.from_arrays(pd.bdate_range("2021-01-04", periods=t), names, fields, starts=starts, ends=ends)
+
+
+def _reference_index(panel: Panel, days: slice) -> pd.MultiIndex:
+    inside = ~panel.outside_span[:, days].T
+    day_idx, inst_idx = np.nonzero(inside)
+    return pd.MultiIndex.from_arrays(
+        [pd.DatetimeIndex(panel.calendar[days][day_idx]), pd.Index(np.asarray(panel.instruments, dtype=object)[inst_idx])],
+        names=["datetime", "instrument"],
+    )
+
+
+@pytest.mark.parametrize("days", [slice(None), slice(3, 101), slice(64, 96), slice(71, 74), slice(149, 150)])
+def test_frame_index_matches_a_factorised_index(ragged_panel, days):
+    got = ragged_panel.frame_index(days)
+    want = _reference_index(ragged_panel, days)
+    assert got.equals(want)
+    for level in range(2):
+        assert got.levels[level].equals(want.levels[level])  # same sorted levels, none unused
+        np.testing.assert_array_equal(got.codes[level], want.codes[level])
+    assert got.names == want.names
+    assert got.get_level_values("datetime").is_monotonic_increasing
+
+
+@pytest.mark.parametrize("days", [slice(None), slice(3, 101), slice(31, 33), slice(100, 150)])
+def test_gather_rows_transposes_in_span_cells(ragged_panel, days):
+    x = np.random.default_rng(3).normal(size=(ragged_panel.n_instruments, ragged_panel.n_days))
+    got = kernels.gather_rows(x, ragged_panel.starts, ragged_panel.ends, days, threads=2)
+    inside = ~ragged_panel.outside_span[:, days]
+    want = x[:, days].T[inside.T].astype(np.float32)  # (day, instrument) order
+    np.testing.assert_array_equal(got, want)
+
+
+def test_parallel_frame_equals_arrays_laid_out_by_numpy(ragged_panel):
+    """Enough expressions for the two-worker DAG path, whose workers write the block's columns."""
+    exprs = {f"m{w}": f"Mean($close, {w}) / $close" for w in (2, 3, 5, 10, 20, 30)}
+    exprs |= {f"q{w}": f"Quantile($close, {w}, 0.8) / $close" for w in (5, 20)}
+    exprs |= {"corr": "Corr($close, Log($volume + 1), 10)", "ref": "Ref($open, 2) / $close", "c": "$close"}
+    ev = Evaluator(ragged_panel)
+    arrays = ev.evaluate(exprs, dtype=np.float64)
+    for window in (slice(None), ragged_panel.date_index("2021-02-15", "2021-04-30")):
+        start = None if window == slice(None) else ragged_panel.calendar[window.start]
+        end = None if window == slice(None) else ragged_panel.calendar[window.stop - 1]
+        frame = ev.frame(exprs, start=start, end=end)
+        inside = ~ragged_panel.outside_span[:, window]
+        assert frame.index.equals(_reference_index(ragged_panel, window))
+        for name, arr in arrays.items():
+            assert np.isnan(arr[ragged_panel.outside_span]).all(), name  # kernels blank outside spans
+            want = arr[:, window].T[inside.T].astype(np.float32)
+            np.testing.assert_array_equal(frame[name].to_numpy(), want, err_msg=name)
+
+
+def test_prefaulted_block_is_a_writable_column_major_array():
+    shape = (4_300_000, 4)  # 66 MiB of float32: the mapped path
+    block = prefaulted_empty(shape)
+    assert block.shape == shape and block.dtype == np.float32 and block.flags.f_contiguous
+    assert block.flags.writeable
+    block[:, 3] = 1.5
+    block[-1, 0] = 2.0
+    assert block[:, 3].sum() == 1.5 * shape[0] and block[-1, 0] == 2.0
+    small = prefaulted_empty((10, 3), np.float64)
+    assert small.shape == (10, 3) and small.dtype == np.float64 and small.flags.f_contiguous
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
+def test_populate_write_maps_an_anonymous_buffer_up_front():
+    release = tuple(int(p) for p in re.findall(r"\d+", platform.release())[:2])
+    size = 32 << 20
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    before = _resident_bytes()
+    rc = kernels.populate_write(buf)
+    if release < (5, 14):
+        assert rc != 0  # the kernel lacks the call: an errno, and prefaulted_empty falls back
+        return
+    assert rc == 0
+    assert _resident_bytes() - before >= size * 0.9  # mapped now, not at first write
+    view = np.frombuffer(buf, dtype=np.uint8)
+    assert not view[:: mmap.PAGESIZE].any()  # fresh pages read as zeros
+    del view
+    buf.close()
