@@ -60,6 +60,7 @@ def rolling(
     param: float | None = None,
     compat: bool = True,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rolling (window > 0) or expanding (window == 0) operator `op` over each row's span.
 
@@ -67,7 +68,9 @@ def rolling(
     `param` is Quantile's q in [0, 1]. compat=False changes three qlib quirks: IdxMax/IdxMin ignore
     NaNs (qlib returns the first NaN's position), WMA is the true weighted mean over valid values
     (qlib divides it again by the valid count), and Rsquare treats a window as flat when its std is
-    <= 1e-10 * |mean| (qlib: std within 2e-5 of 0, rolling form only).
+    <= 1e-10 * |mean| (qlib: std within 2e-5 of 0, rolling form only). `out` (here and in the other
+    panel kernels) is an optional float64 (N, T) buffer to fill instead of a new one; it must not
+    overlap the input.
     """
     code = _op_code(op, ROLLING_OPS, "rolling")
     xa = _panel_array(x, "x")
@@ -85,7 +88,7 @@ def rolling(
         raise KernelArgumentError(f"param is only used by Quantile; got param={param!r} for {op}")
     else:
         q = math.nan
-    out = _output(xa.shape, st, en)
+    out = _output(xa.shape, st, en, out, xa)
     _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
     return out
 
@@ -100,6 +103,7 @@ def pair_rolling(
     *,
     compat: bool = True,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Rolling/expanding Corr or Cov (ddof=1) over rows where both x and y are valid.
 
@@ -117,7 +121,7 @@ def pair_rolling(
     w = _window(window)
     _flag(compat, "compat")
     nth = _threads(threads)
-    out = _output(xa.shape, st, en)
+    out = _output(xa.shape, st, en, out, xa, ya)
     _roll.pair_rolling(code, xa, ya, out, st, en, min(w, xa.shape[1] + 1), compat, nth)
     return out
 
@@ -129,6 +133,7 @@ def ema(
     ends: np.ndarray,
     *,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exponential moving average, qlib EMA(x, spec).
 
@@ -151,7 +156,7 @@ def ema(
         # same arithmetic as pandas: span/alpha -> centre of mass -> alpha
         com = (s - 1.0) / 2.0 if s >= 1.0 else (1.0 - s) / s
         alpha = 1.0 / (1.0 + com)
-    out = _output(xa.shape, st, en)
+    out = _output(xa.shape, st, en, out, xa)
     _roll.ema(xa, out, st, en, alpha, nth)
     return out
 
@@ -163,6 +168,7 @@ def shift(
     ends: np.ndarray,
     *,
     threads: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """qlib Ref(x, periods) within each span: positive reads the past, negative the future.
 
@@ -173,7 +179,7 @@ def shift(
     xa = _panel_array(x, "x")
     st, en = _spans(starts, ends, xa.shape)
     nth = _threads(threads)
-    out = _output(xa.shape, st, en)
+    out = _output(xa.shape, st, en, out, xa)
     t = xa.shape[1]
     _roll.shift(xa, out, st, en, max(-t - 1, min(p, t + 1)), nth)  # further is all-NaN all the same
     return out
@@ -359,10 +365,18 @@ def _threads(threads) -> int:
     return t
 
 
-def _output(shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """An output panel whose outside-of-span cells are NaN; the kernels write every in-span cell, so
-    the rest is left uninitialised (filling all of it first would double the memory traffic)."""
-    out = np.empty(shape)
+def _output(shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray, out: np.ndarray | None = None,
+            *inputs: np.ndarray) -> np.ndarray:
+    """The output panel (`out` if given: a caller's recycled buffer, never one of the inputs) with its
+    outside-of-span cells set to NaN; the kernels write every in-span cell, so the rest is left as it
+    is (filling all of it first would double the memory traffic)."""
+    if out is None:
+        out = np.empty(shape)
+    elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float64
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise KernelArgumentError(f"out must be a writable C-contiguous float64 array of shape {shape}")
+    elif any(np.may_share_memory(out, a) for a in inputs):
+        raise KernelArgumentError("out must not overlap an input: kernels read their input after writing out")
     _roll.blank_outside(out, starts, ends)
     return out
 

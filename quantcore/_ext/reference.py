@@ -18,9 +18,12 @@ QLIB_STD_ABS_TOL = 2e-5  # qlib ops.py: np.isclose(std, 0, atol=2e-05)
 FLAT_STD_REL_TOL = 1e-10  # compat=False: flat when std <= 1e-10 * |mean|
 
 
-def _per_row(x, starts, ends, fn) -> np.ndarray:
+def _per_row(x, starts, ends, fn, out=None) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    out = np.full(x.shape, np.nan)
+    if out is None:
+        out = np.full(x.shape, np.nan)
+    else:
+        out[...] = np.nan
     for i, (s, e) in enumerate(zip(np.asarray(starts), np.asarray(ends))):
         if e > s:
             out[i, s:e] = np.asarray(fn(pd.Series(x[i, s:e]), i, s, e), dtype=np.float64)
@@ -127,8 +130,8 @@ def _rolling_series(op: str, s: pd.Series, window: int, param, compat: bool):
     raise ValueError(f"unknown rolling op {op!r}")
 
 
-def rolling(op, x, window, starts, ends, *, param=None, compat=True, threads=None) -> np.ndarray:
-    return _per_row(x, starts, ends, lambda s, i, a, b: _rolling_series(op, s, window, param, compat))
+def rolling(op, x, window, starts, ends, *, param=None, compat=True, threads=None, out=None) -> np.ndarray:
+    return _per_row(x, starts, ends, lambda s, i, a, b: _rolling_series(op, s, window, param, compat), out)
 
 
 # ---- pairs ----------------------------------------------------------------------------------------
@@ -164,9 +167,9 @@ def _pair_series(op: str, sx: pd.Series, sy: pd.Series, window: int, compat: boo
     return out
 
 
-def pair_rolling(op, x, y, window, starts, ends, *, compat=True, threads=None) -> np.ndarray:
+def pair_rolling(op, x, y, window, starts, ends, *, compat=True, threads=None, out=None) -> np.ndarray:
     y = np.asarray(y, dtype=np.float64)
-    return _per_row(x, starts, ends, lambda s, i, a, b: _pair_series(op, s, pd.Series(y[i, a:b]), window, compat))
+    return _per_row(x, starts, ends, lambda s, i, a, b: _pair_series(op, s, pd.Series(y[i, a:b]), window, compat), out)
 
 
 def pandas_pair_rolling(op, x, y, window, starts, ends) -> np.ndarray:
@@ -189,7 +192,7 @@ def _qlib_exp_weighted_mean(a: np.ndarray) -> float:
     return np.nansum(w * a)
 
 
-def ema(x, spec, starts, ends, *, threads=None) -> np.ndarray:
+def ema(x, spec, starts, ends, *, threads=None, out=None) -> np.ndarray:
     def fn(s, i, a, b):
         if spec == 0:
             return s.expanding(min_periods=1).apply(_qlib_exp_weighted_mean, raw=True)
@@ -197,14 +200,14 @@ def ema(x, spec, starts, ends, *, threads=None) -> np.ndarray:
             return s.ewm(alpha=spec, min_periods=1).mean()
         return s.ewm(span=spec, min_periods=1).mean()
 
-    return _per_row(x, starts, ends, fn)
+    return _per_row(x, starts, ends, fn, out)
 
 
-def shift(x, periods, starts, ends, *, threads=None) -> np.ndarray:
+def shift(x, periods, starts, ends, *, threads=None, out=None) -> np.ndarray:
     def fn(s, i, a, b):
         return pd.Series(s.iloc[0], index=s.index) if periods == 0 else s.shift(periods)
 
-    return _per_row(x, starts, ends, fn)
+    return _per_row(x, starts, ends, fn, out)
 
 
 # ---- cross-section --------------------------------------------------------------------------------

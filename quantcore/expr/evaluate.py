@@ -216,6 +216,7 @@ class Evaluator:
         if not roots:
             return
         plan = _plan(roots)
+        plan.buffers = _Buffers((self.panel.n_instruments, self.panel.n_days))
         workers = 1 if self.threads == 1 else min(2, available_cores())
         if workers > 1 and len(plan.order) > 8:
             self._run_parallel(plan, emit, workers)
@@ -230,7 +231,7 @@ class Evaluator:
         if self.float32_arithmetic and _float32_in_qlib(node, single):
             single.add(node)
             return self._compute_float32(node, values)
-        return self._compute(node, values, spare, threads)
+        return self._compute(node, values, spare, threads, plan.buffers)
 
     def _emit(self, node: Node, value, plan: "_Plan", emit) -> None:
         """Hand a root's result to `emit` for each position it was requested at."""
@@ -244,13 +245,21 @@ class Evaluator:
         for child in children(node):
             plan.refs[child] -= 1
             if plan.refs[child] == 0:
-                del values[child]
+                self._release(child, values, plan, values[node])
         if node in plan.positions:
             if emit is not None:
                 self._emit(node, values[node], plan, emit)
             plan.refs[node] -= len(plan.positions[node])
             if plan.refs[node] == 0:
-                del values[node]
+                self._release(node, values, plan, None)
+
+    @staticmethod
+    def _release(node: Node, values, plan: "_Plan", in_use) -> None:
+        """Drop a value nobody needs any more; an array the evaluator made goes back to the pool
+        unless it lives on as `in_use` (a parent that took it as its output buffer)."""
+        value = values.pop(node)
+        if _owned(node, value) and value is not in_use:
+            plan.buffers.give(value)
 
     def _run_sequential(self, plan: "_Plan", emit) -> None:
         values: dict[Node, np.ndarray | float] = {}
@@ -307,11 +316,13 @@ class Evaluator:
                 ready.append(parent)
 
     def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], spare: np.ndarray | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, buffers: "_Buffers | None" = None):
         """One node's value: an (N, T) float64 array, or a float for constant sub-expressions (numpy
         broadcasts them, so `x / 2` never materialises a panel of 2s). `spare` is a float64 panel the
-        caller no longer needs, usable as the output of element-wise steps."""
+        caller no longer needs, usable as the output of element-wise steps; `buffers` recycles the
+        panels of finished nodes as outputs of the others."""
         p = self.panel
+        fresh = buffers.take if buffers is not None else _no_buffer
         starts, ends = p.starts, p.ends
         if isinstance(node, Field):
             return p.field(node.name)  # the panel's own array: read-only, never a `spare`
@@ -322,12 +333,12 @@ class Evaluator:
             if node.op == "Not":
                 return self._masked((~_truthy(x)).astype(np.float64))
             with np.errstate(all="ignore"):
-                return _UNARY[node.op](x, **_out(spare, x))
+                return _UNARY[node.op](x, **_out(spare, fresh, x))
         if isinstance(node, Binary):
             a, b = values[node.left], values[node.right]
             with np.errstate(all="ignore"):
                 if node.op in _ARITH:
-                    return _ARITH[node.op](a, b, **_out(spare, a, b))
+                    return _ARITH[node.op](a, b, **_out(spare, fresh, a, b))
                 if node.op in _COMPARE:
                     return self._masked(self._array(_COMPARE[node.op](a, b)).astype(np.float64))
                 if node.op in _LOGIC:
@@ -337,19 +348,21 @@ class Evaluator:
             cond = _truthy(values[node.cond])
             return self._masked(self._array(np.where(cond, values[node.then], values[node.otherwise])).copy())
         if isinstance(node, Ref):
-            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends)
+            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends, out=fresh())
         if isinstance(node, (Rolling, Expanding)):
             window = node.window if isinstance(node, Rolling) else 0
             inputs = [self._array(values[i]) for i in node.inputs]
             if len(inputs) == 2:
                 return self.backend.pair_rolling(
-                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=threads or self.threads
+                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat,
+                    threads=threads or self.threads, out=fresh(),
                 )
             return self.backend.rolling(
-                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=threads or self.threads
+                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat,
+                threads=threads or self.threads, out=fresh(),
             )
         if isinstance(node, EMA):
-            return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends)
+            return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends, out=fresh())
         if isinstance(node, Mask):
             try:
                 row = p.instruments.index(node.instrument)
@@ -395,6 +408,32 @@ class _Plan:
     order: list  # unique nodes in post-order (children first)
     refs: dict  # node -> consumers still to run (parent edges + root uses)
     positions: dict  # root node -> its positions in the requested list
+    buffers: "_Buffers | None" = None
+
+
+class _Buffers:
+    """Panels of finished nodes, handed out again as outputs of later ones.
+
+    A batch like Alpha158 makes hundreds of (N, T) intermediates; allocating each afresh costs page
+    faults, and in a new process fresh pages are the slow kind (about 2x the kernel time on a 2-core
+    VM), so a few released panels are kept for reuse. take/give are single list operations, atomic
+    under the GIL, so workers take while the scheduling thread gives."""
+
+    def __init__(self, shape: tuple[int, int], limit: int = 16):
+        self.shape = shape
+        self.limit = limit
+        self._free: list[np.ndarray] = []
+
+    def take(self) -> np.ndarray:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return np.empty(self.shape)
+
+    def give(self, arr: np.ndarray) -> None:
+        if (len(self._free) < self.limit and arr.shape == self.shape and arr.dtype == np.float64
+                and arr.flags.c_contiguous and arr.flags.writeable and arr.base is None):
+            self._free.append(arr)
 
 
 def _plan(roots: Sequence[Node]) -> _Plan:
@@ -445,11 +484,17 @@ def _owned(node: Node, value) -> bool:
     return isinstance(value, np.ndarray) and value.ndim == 2 and not isinstance(node, Field)
 
 
-def _out(spare: np.ndarray | None, *operands) -> dict:
-    """`out=spare` for a numpy ufunc when its result is a full panel (some operand is one)."""
-    if spare is None or not any(isinstance(o, np.ndarray) and o.ndim == 2 for o in operands):
+def _out(spare: np.ndarray | None, fresh: Callable[[], np.ndarray | None], *operands) -> dict:
+    """`out=` for a numpy ufunc whose result is a full panel (some operand is one): the spare, else a
+    recycled buffer."""
+    if not any(isinstance(o, np.ndarray) and o.ndim == 2 for o in operands):
         return {}
-    return {"out": spare}
+    out = spare if spare is not None else fresh()
+    return {} if out is None else {"out": out}
+
+
+def _no_buffer() -> None:
+    return None
 
 
 def _truthy(x: np.ndarray) -> np.ndarray:

@@ -26,8 +26,12 @@ def ragged_panel() -> Panel:
     n, t = len(names), 150
     close = 20 + np.cumsum(rng.normal(0, 0.3, size=(n, t)), axis=1)
     close[2, 40:45] = np.nan  # a suspension inside MM's span
+    spread = np.abs(rng.normal(0, 0.2, size=(n, t)))
     fields = {"close": close, "open": close * (1 + rng.normal(0, 0.01, size=(n, t))),
+              "high": close + spread, "low": close - spread, "vwap": close + rng.normal(0, 0.05, size=(n, t)),
               "volume": rng.uniform(1e5, 3e5, size=(n, t))}
+    for name in ("open", "high", "low", "vwap", "volume"):
+        fields[name][np.isnan(close)] = np.nan
     starts = np.array([0, 5, 31, 33, 0, 70, 0])
     ends = np.array([150, 97, 150, 64, 120, 75, 0])
     return Panel.from_arrays(pd.bdate_range("2021-01-04", periods=t), names, fields, starts=starts, ends=ends)
@@ -115,3 +119,36 @@ def test_populate_write_maps_an_anonymous_buffer_up_front():
     assert not view[:: mmap.PAGESIZE].any()  # fresh pages read as zeros
     del view
     buf.close()
+
+
+def test_batch_with_recycled_buffers_equals_each_expression_alone(ragged_panel):
+    """Alpha158 as one batch (intermediates recycled as outputs, two workers) gives, bit for bit,
+    what each feature gives evaluated on its own."""
+    from quantcore.features import alpha158
+
+    features = alpha158()
+    batch = Evaluator(ragged_panel).evaluate(features, dtype=np.float64)
+    alone = Evaluator(ragged_panel, threads=1)
+    for name, expr in features.items():
+        np.testing.assert_array_equal(batch[name], alone.evaluate({name: expr}, dtype=np.float64)[name], err_msg=name)
+
+
+def test_kernels_fill_a_given_output_buffer(ragged_panel):
+    x = ragged_panel.field("close")
+    st, en = ragged_panel.starts, ragged_panel.ends
+    want = kernels.rolling("Std", x, 5, st, en)
+    out = np.full(x.shape, 123.0)  # stale values everywhere, as in a recycled buffer
+    got = kernels.rolling("Std", x, 5, st, en, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, want)  # outside spans blanked to NaN too
+    y = ragged_panel.field("volume")
+    for fn, args in ((kernels.pair_rolling, ("Corr", x, y, 10, st, en)), (kernels.shift, (x, 3, st, en)),
+                     (kernels.ema, (x, 10, st, en))):
+        out = np.full(x.shape, -7.0)
+        np.testing.assert_array_equal(fn(*args, out=out), fn(*args), err_msg=fn.__name__)
+    with pytest.raises(kernels.KernelArgumentError, match="overlap"):
+        kernels.rolling("Mean", out, 5, st, en, out=out)
+    with pytest.raises(kernels.KernelArgumentError, match="shape"):
+        kernels.rolling("Mean", x, 5, st, en, out=np.empty((2, 2)))
+    with pytest.raises(kernels.KernelArgumentError, match="float64"):
+        kernels.shift(x, 1, st, en, out=np.empty(x.shape, dtype=np.float32))
