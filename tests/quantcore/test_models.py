@@ -221,3 +221,15 @@ def test_gru_reads_flat_alpha360_rows_as_sequences():
     assert np.isfinite(model.predict(ds, "test").to_numpy()).all()
     with pytest.raises(ModelConfigError, match="d_feat"):
         make_model("gru", d_feat=7, n_epochs=1, num_threads=1, device="cpu").fit(ds)
+
+
+def test_learn_columns_is_learn_arrays_transposed(dataset):
+    from quantcore.models.base import learn_arrays, learn_columns
+
+    for segment in ("train", "valid"):
+        x, y = learn_arrays(dataset, segment)
+        for chunk in (1, 3, 8, 10_000):
+            cols, labels = learn_columns(dataset, segment, day_chunk=chunk)
+            assert cols.shape == x.T.shape and cols.dtype == np.float32 and cols.flags.c_contiguous
+            np.testing.assert_array_equal(cols, x.T)  # NaN features kept, in the same places
+            np.testing.assert_array_equal(labels, y)
