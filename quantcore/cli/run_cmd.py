@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from quantcore.cli._common import console, user_errors
+from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn
 from quantcore.recording.capture import CaptureRecorder
 from quantcore.recording.store_process import StoreProcess
 from quantcore.workflow.config import load_workflow
@@ -28,6 +29,8 @@ def run_command(
 ) -> None:
     """Run data -> dataset -> model -> backtest -> analysis and record it all in MLflow."""
     cfg = load_workflow(workflow)
+    if cfg.model.family == "lightgbm":
+        import_lightgbm_without_sklearn()  # this process trains a booster and never needs the estimators
     log = (lambda m: None) if as_json else (lambda m: console.print(f"  [dim]{m}[/]"))
     if not as_json:
         console.print(f"[bold]workflow[/] {cfg.name}: {cfg.data.market}, {cfg.model.family}, {cfg.backtest.strategy}")

@@ -1,0 +1,46 @@
+"""The `rdquant` entry point ends the process right after the command (no interpreter teardown), so
+what it must still do is checked here: exit status, flushed output, atexit handlers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+ENTRY = "import atexit; atexit.register(lambda: print('atexit handler ran')); from agents.cli import main; main()"
+
+
+def _rdquant(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_success_flushes_output_and_runs_atexit_handlers():
+    done = _rdquant("factor", "eval", "Mean($close, 5) / $close", "--data", "synthetic:40:300:1", "--json")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "atexit handler ran"
+    result = json.loads(lines[0])  # the whole JSON object made it out before the hard exit
+    assert {"ic", "rank_ic", "icir", "rank_icir"} <= set(result)
+
+
+def test_errors_keep_their_exit_status_and_message():
+    bad = _rdquant("factor", "eval", "Mean($close, 5", "--data", "synthetic:40:300:1")
+    assert bad.returncode == 2
+    assert "expected ')'" in bad.stderr
+    assert bad.stdout.strip().splitlines()[-1] == "atexit handler ran"
+    usage = _rdquant("no-such-command")
+    assert usage.returncode == 2 and "No such command" in usage.stderr
+
+
+def test_lightgbm_without_sklearn_leaves_sklearn_importable():
+    probe = (
+        "import sys; from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn as f; "
+        "first = f(); import lightgbm; blocked = 'sklearn' in sys.modules; "
+        "import lightgbm.compat as c; import sklearn; "
+        "print(first, f(), blocked, c.SKLEARN_INSTALLED, hasattr(lightgbm, 'train'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    # imported by the call; not again; sklearn never loaded by it; LightGBM's estimators off; training API on
+    assert out.stdout.split() == ["True", "False", "False", "False", "True"]
+    pre = "import sklearn; from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn as f; print(f())"
+    assert subprocess.run([sys.executable, "-c", pre], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
