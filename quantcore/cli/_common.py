@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
-from typing import Callable, TypeVar
+import os
+import sys
+from typing import Callable, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -39,3 +42,27 @@ def parse_pairs(items: list[str], option: str, form: str) -> dict[str, str]:
             raise ValueError(f"{option} takes {form}, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def run_and_exit(app: typer.Typer) -> NoReturn:
+    """Run a CLI app, then end the process without tearing the interpreter down.
+
+    After a workflow or a loop, Python's own shutdown (freeing every module, object and array, with
+    a final garbage collection) takes ~0.75 s on a 2-core machine and does nothing anyone can see:
+    the atexit handlers (logging, thread and process pools, MLflow, Ray) still run, and the standard
+    streams are flushed, before `os._exit`. An exception other than SystemExit takes the normal path."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    if code is not None and not isinstance(code, int):  # SystemExit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to deliver
+            pass
+    os._exit(code or 0)
