@@ -46,6 +46,7 @@ from quantcore.recording.capture import CAPTURE_FILE
 from quantcore.recording.errors import RecordingError
 from quantcore.recording.jsonable import flatten
 from quantcore.recording.jsonable import jsonable as _jsonable
+from quantcore.recording.store_template import keep_template, seed_store, template_path
 
 __all__ = [
     "ARTIFACT_DIR", "DB_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ROOT", "FAILURE_TAG", "MODEL_TAG", "NONFINITE_TAG",
@@ -322,11 +323,18 @@ class Recorder:
         """Open (creating if needed) the store of `resolve_store(root, ...)` and the experiment
         `experiment` in it. With create=False a missing experiment is an error (for readers)."""
         store = resolve_store(root, tracking_uri=tracking_uri, artifact_location=artifact_location, environ=environ)
-        if store.tracking_uri.startswith("sqlite:///") and create:
-            Path(store.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        new_db = template = None
+        if store.tracking_uri.startswith("sqlite:///") and store.tracking_uri != "sqlite:///:memory:" and create:
+            db = Path(store.tracking_uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            if not db.exists():  # a new store: start from the pristine copy, or make one (store_template)
+                template = template_path(os.environ if environ is None else environ)
+                new_db = None if seed_store(db, template) else db
         try:
             client = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
             exp = client.get_experiment_by_name(experiment)
+            if new_db is not None:
+                keep_template(new_db, template)
             if exp is None and create:
                 try:
                     exp_id = client.create_experiment(experiment, artifact_location=store.artifact_location)
