@@ -20,8 +20,29 @@ def _env(cache: Path | str) -> dict[str, str]:
 
 
 def _schema(db: Path) -> list[tuple]:
+    """Every table, index and trigger with its definition; a table's columns and constraints as a
+    sorted list, since MLflow's migrations recreate some tables with their CHECK constraints in
+    set-iteration order (it differs between two migrations of the same schema)."""
     with sqlite3.connect(db) as con:
-        return sorted(con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall(), key=str)
+        rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return sorted(((kind, name, table, _items(sql) if kind == "table" else sql) for kind, name, table, sql in rows), key=str)
+
+
+def _items(sql: str | None) -> tuple[str, ...] | None:
+    """The comma-separated parts inside a CREATE TABLE's outer parentheses, whitespace-normalised."""
+    if sql is None:
+        return None
+    body = sql[sql.index("(") + 1 : sql.rindex(")")]
+    parts, depth, current = [], 0, []
+    for ch in body:
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += (ch == "(") - (ch == ")")
+        current.append(ch)
+    parts.append("".join(current))
+    return tuple(sorted(" ".join(p.split()) for p in parts))
 
 
 def _experiments(db: Path) -> list[tuple]:
