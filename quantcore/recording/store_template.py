@@ -18,6 +18,8 @@ import os
 import secrets
 import sqlite3
 from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -48,21 +50,12 @@ def seed_store(db: Path, template: Path | None) -> bool:
     if it did. Never replaces an existing file: a store another process just made is left alone."""
     if template is None or db.exists() or not _valid(template):
         return False
-    tmp = None
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_file(db.parent, ".mlflow-seed-")
-        _copy(template, Path(tmp))
-        os.link(tmp, db)  # fails if db appeared meanwhile
+        with _scratch_copy(template, db.parent, ".mlflow-seed-") as copy:
+            os.link(copy, db)  # fails if db appeared meanwhile
         return True
     except (OSError, sqlite3.Error):
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def keep_template(db: Path, template: Path | None) -> bool:
@@ -71,43 +64,42 @@ def keep_template(db: Path, template: Path | None) -> bool:
     qualifies. An invalid template (damaged, foreign) is replaced."""
     if template is None or _valid(template):
         return False
-    tmp = None
     try:
-        template.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_file(template.parent, ".mlflow-template-")
-        _copy(db, Path(tmp))
-        con = sqlite3.connect(tmp)
-        try:
-            if con.execute("SELECT experiment_id FROM experiments").fetchall() != [(0,)]:
+        with _scratch_copy(db, template.parent, ".mlflow-template-") as copy:
+            con = sqlite3.connect(copy)
+            try:
+                if con.execute("SELECT experiment_id FROM experiments").fetchall() != [(0,)]:
+                    return False
+                if any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in ("runs", "experiment_tags")):
+                    return False
+                con.execute("DELETE FROM experiments")
+                con.commit()
+            finally:
+                con.close()
+            if not _valid(copy):
                 return False
-            if any(con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in ("runs", "experiment_tags")):
-                return False
-            con.execute("DELETE FROM experiments")
-            con.commit()
-        finally:
-            con.close()
-        if not _valid(Path(tmp)):
-            return False
-        os.replace(tmp, template)
-        tmp = None
+            os.replace(copy, template)
         return True
     except (OSError, sqlite3.Error):
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
-def _new_file(folder: Path, prefix: str) -> str:
-    """An empty file of a fresh name in `folder`, created with the umask's permissions (mkstemp's
-    0600 would make a seeded store unreadable to the user's group, unlike one MLflow creates)."""
+@contextmanager
+def _scratch_copy(src: Path, folder: Path, prefix: str) -> Iterator[Path]:
+    """A copy of database `src` under a fresh name in `folder` (created with the umask's permissions,
+    as MLflow's own file would be; mkstemp's 0600 would not), removed afterwards unless moved away."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{prefix}{os.getpid()}-{secrets.token_hex(6)}.db"
     with open(path, "x"):
         pass
-    return str(path)
+    try:
+        _copy(src, path)
+        yield path
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _copy(src: Path, dst: Path) -> None:
