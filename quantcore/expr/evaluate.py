@@ -215,8 +215,7 @@ class Evaluator:
         and the kernels release the GIL), each kernel then single-threaded."""
         if not roots:
             return
-        plan = _plan(roots)
-        plan.buffers = _Buffers((self.panel.n_instruments, self.panel.n_days))
+        plan = _plan(roots, (self.panel.n_instruments, self.panel.n_days))
         workers = 1 if self.threads == 1 else min(2, available_cores())
         if workers > 1 and len(plan.order) > 8:
             self._run_parallel(plan, emit, workers)
@@ -230,8 +229,8 @@ class Evaluator:
         spare = next((values[k] for k in kids if plan.refs[k] == uses[k] and _owned(k, values[k])), None)
         if self.float32_arithmetic and _float32_in_qlib(node, single):
             single.add(node)
-            return self._compute_float32(node, values)
-        return self._compute(node, values, spare, threads, plan.buffers)
+            return self._compute_float32(node, values, plan.buffers)
+        return self._compute(node, values, plan.buffers, spare, threads)
 
     def _emit(self, node: Node, value, plan: "_Plan", emit) -> None:
         """Hand a root's result to `emit` for each position it was requested at."""
@@ -315,14 +314,14 @@ class Evaluator:
             if waiting[parent] == 0:
                 ready.append(parent)
 
-    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], spare: np.ndarray | None = None,
-                 threads: int | None = None, buffers: "_Buffers | None" = None):
+    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], buffers: "_Buffers",
+                 spare: np.ndarray | None = None, threads: int | None = None):
         """One node's value: an (N, T) float64 array, or a float for constant sub-expressions (numpy
         broadcasts them, so `x / 2` never materialises a panel of 2s). `spare` is a float64 panel the
         caller no longer needs, usable as the output of element-wise steps; `buffers` recycles the
         panels of finished nodes as outputs of the others."""
         p = self.panel
-        fresh = buffers.take if buffers is not None else _no_buffer
+        fresh = buffers.take
         starts, ends = p.starts, p.ends
         if isinstance(node, Field):
             return p.field(node.name)  # the panel's own array: read-only, never a `spare`
@@ -379,13 +378,13 @@ class Evaluator:
             )
         raise ExpressionError(f"cannot evaluate node {node!r}")
 
-    def _compute_float32(self, node: Node, values: Mapping[Node, np.ndarray | float]):
+    def _compute_float32(self, node: Node, values: Mapping[Node, np.ndarray | float], buffers: "_Buffers"):
         """An element-wise node computed the way qlib does on float32 data: the numpy op runs in
         float32 (Python-number operands do not widen it), then the result is held as float64."""
         if isinstance(node, Field):  # qlib stores fields as float32 (a no-op for data read from qlib files)
             return self.panel.field(node.name).astype(np.float32).astype(np.float64)
         if isinstance(node, Ref):
-            return self._compute(node, values)  # shifting float32 values does not round
+            return self._compute(node, values, buffers)  # shifting float32 values does not round
         f32 = [values[k].astype(np.float32) if isinstance(values[k], np.ndarray) else values[k] for k in children(node)]
         with np.errstate(all="ignore"):
             result = _UNARY[node.op](f32[0]) if isinstance(node, Unary) else _ARITH[node.op](f32[0], f32[1])
@@ -408,7 +407,7 @@ class _Plan:
     order: list  # unique nodes in post-order (children first)
     refs: dict  # node -> consumers still to run (parent edges + root uses)
     positions: dict  # root node -> its positions in the requested list
-    buffers: "_Buffers | None" = None
+    buffers: "_Buffers"  # released panels, reused as outputs
 
 
 class _Buffers:
@@ -436,7 +435,7 @@ class _Buffers:
             self._free.append(arr)
 
 
-def _plan(roots: Sequence[Node]) -> _Plan:
+def _plan(roots: Sequence[Node], shape: tuple[int, int]) -> _Plan:
     """The union DAG of `roots`: post-order of unique nodes and reference counts."""
     refs: dict[Node, int] = {}
     order: list[Node] = []
@@ -460,7 +459,7 @@ def _plan(roots: Sequence[Node]) -> _Plan:
     positions: dict[Node, list[int]] = {}
     for i, root in enumerate(roots):
         positions.setdefault(root, []).append(i)
-    return _Plan(order, refs, positions)
+    return _Plan(order, refs, positions, _Buffers(shape))
 
 
 def _float32_in_qlib(node: Node, single: set) -> bool:
@@ -484,17 +483,12 @@ def _owned(node: Node, value) -> bool:
     return isinstance(value, np.ndarray) and value.ndim == 2 and not isinstance(node, Field)
 
 
-def _out(spare: np.ndarray | None, fresh: Callable[[], np.ndarray | None], *operands) -> dict:
+def _out(spare: np.ndarray | None, fresh: Callable[[], np.ndarray], *operands) -> dict:
     """`out=` for a numpy ufunc whose result is a full panel (some operand is one): the spare, else a
     recycled buffer."""
     if not any(isinstance(o, np.ndarray) and o.ndim == 2 for o in operands):
         return {}
-    out = spare if spare is not None else fresh()
-    return {} if out is None else {"out": out}
-
-
-def _no_buffer() -> None:
-    return None
+    return {"out": spare if spare is not None else fresh()}
 
 
 def _truthy(x: np.ndarray) -> np.ndarray:

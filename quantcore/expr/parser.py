@@ -127,7 +127,7 @@ def _tokenize(text: str) -> list[_Token]:
             symbol = next((s for s in _SYMBOLS if text.startswith(s, i)), None)
             if symbol is None:
                 raise ParseError(_bad_character(ch), text, i)
-            tokens.append(_Token(symbol if symbol in ("(", ")", ",") else "op", symbol, i))
+            tokens.append(_Token("op", symbol, i))  # brackets and commas were taken above
             i += len(symbol)
     tokens.append(_Token("end", "", n))
     return tokens

@@ -156,13 +156,9 @@ class BaseModel:
 
 def learn_arrays(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray]:
     """(X (R, F) float32, y (R,) float32) of the segment's LEARN rows with a finite label."""
-    b = dataset.learn
-    days = dataset.days(segment)
+    features, label, keep = _learn_rows(dataset, segment)
     # one boolean gather of whole rows, in (day, instrument) order as `Dataset.rows`
-    keep = b.rows[days] & np.isfinite(b.label[days])
-    if not keep.any():
-        raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
-    return b.features[days][keep], b.label[days][keep]
+    return features[keep], label[keep]
 
 
 def learn_columns(dataset: Dataset, segment: str, day_chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -170,18 +166,25 @@ def learn_columns(dataset: Dataset, segment: str, day_chunk: int = 8) -> tuple[n
     column-major consumer such as LightGBM's Arrow input wants). Gathered a few days at a time, so
     each chunk is transposed while it is in cache: about 5x faster than gathering (R, F) and then
     transposing 400k rows x 158 features."""
-    b = dataset.learn
-    days = dataset.days(segment)
-    features, label = b.features[days], b.label[days]
-    keep = b.rows[days] & np.isfinite(label)
+    features, label, keep = _learn_rows(dataset, segment)
     offsets = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
-    if offsets[-1] == 0:
-        raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
     out = np.empty((features.shape[2], int(offsets[-1])), dtype=np.float32)
     for d0 in range(0, features.shape[0], day_chunk):
         d1 = min(d0 + day_chunk, features.shape[0])
         out[:, offsets[d0] : offsets[d1]] = features[d0:d1][keep[d0:d1]].T
     return out, label[keep]
+
+
+def _learn_rows(dataset: Dataset, segment: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The segment's LEARN features (T', N, F) and label (T', N), and which (day, instrument) rows to
+    learn from: yielded by the dataset and with a finite label. Refuses a segment with none."""
+    b = dataset.learn
+    days = dataset.days(segment)
+    features, label = b.features[days], b.label[days]
+    keep = b.rows[days] & np.isfinite(label)
+    if not keep.any():
+        raise ModelInputError(f"segment {segment!r} has no rows with a finite label to learn from")
+    return features, label, keep
 
 
 def check_predictions(family: str, scores: np.ndarray, where: str) -> None:

@@ -63,7 +63,7 @@ class LGBModel(BaseModel):
         valid = _table(x_valid, names)
         dtrain = lgb.Dataset(_table(x_train, names), label=y_train, free_raw_data=True)
         dvalid = lgb.Dataset(valid, label=y_valid, reference=dtrain)
-        del x_train
+        del x_train  # held by the Arrow table only, so LightGBM frees it once the bins are built
         curves: dict = {}
         booster = lgb.train(
             self._params(),

@@ -101,8 +101,8 @@ def resolve_store(
     if uri is None:
         uri = f"sqlite:///{root / DB_NAME}"
         default_art: Path | None = root / ARTIFACT_DIR
-    elif uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        db = Path(uri[len("sqlite:///"):]).absolute()  # sqlite:////abs (4 slashes) or sqlite:///relative
+    elif (db := _sqlite_file(uri)) is not None:
+        db = db.absolute()  # sqlite:////abs (4 slashes) or sqlite:///relative
         uri = f"sqlite:///{db}"
         default_art = db.parent / ARTIFACT_DIR
     elif uri.startswith(_REMOTE):
@@ -115,6 +115,13 @@ def resolve_store(
     else:
         art = default_art.as_uri() if default_art is not None else None
     return StoreLocation(uri, art)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI (None for any other store, in-memory SQLite included)."""
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return Path(uri[len("sqlite:///"):])
+    return None
 
 
 @dataclass(frozen=True)
@@ -324,8 +331,8 @@ class Recorder:
         `experiment` in it. With create=False a missing experiment is an error (for readers)."""
         store = resolve_store(root, tracking_uri=tracking_uri, artifact_location=artifact_location, environ=environ)
         new_db = template = None
-        if store.tracking_uri.startswith("sqlite:///") and store.tracking_uri != "sqlite:///:memory:" and create:
-            db = Path(store.tracking_uri[len("sqlite:///"):])
+        db = _sqlite_file(store.tracking_uri)
+        if db is not None and create:
             db.parent.mkdir(parents=True, exist_ok=True)
             if not db.exists():  # a new store: start from the pristine copy, or make one (store_template)
                 template = template_path(os.environ if environ is None else environ)

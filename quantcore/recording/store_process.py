@@ -6,8 +6,10 @@ market took 5.4 s instead of 1 s); a child process uses a core the workflow leav
 runs under Linux's SCHED_IDLE policy, not just a higher nice value: at nice 10 it still took ~10% of a
 core from LightGBM's two threads, whose barriers then wait on the preempted one (the fit took 22-23.5 s
 instead of 20.5-21; 300 x 2520 workflow, 2 cores). It gets the idle core while the workflow loads data
-and writes its results, and the parent waits for it only at the end, if at all. Protocol, one JSON line each way: the parent writes
-{"capture": FOLDER}, the child answers {"run_id", "tracking_uri"} or {"error"}.
+and writes its results, and the parent waits for it only at the end, if at all.
+
+Protocol, one JSON line each way: the parent writes {"capture": FOLDER}, the child answers
+{"run_id", "tracking_uri"} or {"error"}.
 """
 
 from __future__ import annotations

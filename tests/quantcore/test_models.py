@@ -233,3 +233,19 @@ def test_learn_columns_is_learn_arrays_transposed(dataset):
             assert cols.shape == x.T.shape and cols.dtype == np.float32 and cols.flags.c_contiguous
             np.testing.assert_array_equal(cols, x.T)  # NaN features kept, in the same places
             np.testing.assert_array_equal(labels, y)
+
+
+def test_learning_from_a_segment_without_finite_labels_is_refused(dataset):
+    from dataclasses import replace
+
+    from quantcore.models.base import learn_arrays, learn_columns
+
+    label = dataset.learn.label.copy()
+    label[dataset.days("valid")] = np.nan  # the train segment keeps its labels
+    no_valid = replace(dataset, learn=replace(dataset.learn, label=label))
+    for learn in (learn_arrays, learn_columns):
+        assert learn(no_valid, "train")[0].size > 0
+        with pytest.raises(ModelInputError, match="segment 'valid' has no rows with a finite label"):
+            learn(no_valid, "valid")
+    with pytest.raises(ModelInputError, match="'valid' has no rows with a finite label"):
+        make_model("lightgbm").fit(no_valid)
