@@ -95,7 +95,16 @@ cdef extern from *:
         for (; j < n; j++) { l += a[j] < v; e += a[j] == v; }
         *lt = l; *eq = e;
     }
+
+    /* c ? a : b through a bit mask, without a jump. Cython turns `a if c else b` into an if
+       statement, which GCC keeps as a jump; on a coin-flip condition a mispredicted jump costs more
+       than the rest of a running-sum step. */
+    static inline Py_ssize_t qc_pick_index(int c, Py_ssize_t a, Py_ssize_t b) {
+        Py_ssize_t m = -(Py_ssize_t)(c != 0);
+        return (a & m) | (b & ~m);
+    }
     """
+    idx_t qc_pick_index(bint c, idx_t a, idx_t b) nogil
     void qc_count_below2(const double* a, idx_t n, double x1, double x2, idx_t* c1,
                          idx_t* c2) nogil
     void qc_count_below_equal(const double* a, idx_t n, double v, idx_t* lt, idx_t* eq) nogil
@@ -158,9 +167,11 @@ cdef inline void run_init(Run* r) noexcept nogil:
 
 
 cdef inline void run_push(Run* r, double v, idx_t t) noexcept nogil:
-    if v != r.last:
-        r.prev_end = r.last_at
-        r.last = v
+    """Add a valid value. Whether v continues the run is a coin flip on 0/1 data (Mean($close >
+    Ref($close, 1))), so the run's start moves by a select, not a branch; `last` takes v even when
+    equal (as pandas' prev_value does), so no step waits on the previous step's select."""
+    r.prev_end = qc_pick_index(v != r.last, r.last_at, r.prev_end)
+    r.last = v
     r.last_at = t
 
 
