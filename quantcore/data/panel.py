@@ -202,10 +202,12 @@ class Panel:
             self.fill_column(block, j, arr, days, cells)
         return pd.DataFrame(block, index=self.frame_index(days), columns=list(columns), copy=False)
 
-    def empty_block(self, n_columns: int, days: slice = slice(None), dtype=np.float32) -> np.ndarray:
-        """An uninitialised column-major (rows, n_columns) block for `to_frame`-shaped output."""
+    def empty_block(self, n_columns: int, days: slice = slice(None), dtype=np.float32, *,
+                    prefault: bool = True) -> np.ndarray:
+        """An uninitialised column-major (rows, n_columns) block for `to_frame`-shaped output, its
+        memory mapped up front (`prefaulted_empty`) unless `prefault` is False (`huge_empty`)."""
         n_rows = int(kernels.listed_counts(self.starts, self.ends, self.n_days)[days].sum())
-        return prefaulted_empty((n_rows, n_columns), dtype)
+        return (prefaulted_empty if prefault else huge_empty)((n_rows, n_columns), dtype)
 
     def fill_column(
         self, block: np.ndarray, j: int, arr: np.ndarray, days: slice = slice(None), cells: np.ndarray | None = None
@@ -252,26 +254,43 @@ def outside_span_mask(starts: np.ndarray, ends: np.ndarray, n_days: int) -> np.n
     return (days < starts[:, None]) | (days >= ends[:, None])
 
 
-def prefaulted_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
-    """A column-major array whose memory is mapped up front, on huge pages where Linux allows.
-
-    A wide feature frame is hundreds of MB written once; faulting its 4 KiB pages in one at a time
-    costs about twice as long as populating them in one call (MAP_POPULATE), and populating 2 MiB
-    pages (MADV_HUGEPAGE, then MADV_POPULATE_WRITE) is quicker again (2-core VM, 428 MB: 0.48 s
-    faulted, 0.22 s populated, 0.06 s on huge pages). The populating call releases the GIL, so this
-    may run on a thread beside other work. Elsewhere, or for small arrays, this is `np.empty`."""
+def huge_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    """An uninitialised column-major array on fresh anonymous memory, asking Linux for 2 MiB pages
+    (MADV_HUGEPAGE) when it is large (64 MB or more); elsewhere `np.empty`. Pages are mapped at
+    first write, or all at once by `populate`."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if populate is None or nbytes < (64 << 20):
+    if getattr(mmap, "MAP_POPULATE", None) is None or nbytes < (64 << 20):
         return np.empty(shape, dtype=dtype, order="F")
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         buf.madvise(mmap.MADV_HUGEPAGE)
-        huge = True
-    except (AttributeError, OSError):  # a kernel without transparent huge pages
-        huge = False
-    if not huge or kernels.populate_write(buf) != 0:  # or one before 5.14: populate 4 KiB pages instead
-        buf.close()
-        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    except (AttributeError, OSError):  # a kernel without transparent huge pages: 4 KiB pages
+        pass
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F")
+
+
+def populate(arr: np.ndarray) -> bool:
+    """Map (and zero) every page of a `huge_empty` mapping now, in GIL-free 16 MiB calls, so it may
+    run on a thread while others write into the array (a write that gets to a page first maps that
+    page itself; values written are kept). False where it cannot: Linux before 5.14 (no
+    MADV_POPULATE_WRITE), other systems, or an array `huge_empty` left to `np.empty`."""
+    base = arr.base
+    if not (isinstance(base, np.ndarray) and isinstance(base.base, mmap.mmap)) or arr.size == 0:
+        return False
+    return kernels.populate_write(base.base) == 0
+
+
+def prefaulted_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    """`huge_empty`, with its memory mapped before it returns.
+
+    A wide feature frame is hundreds of MB written once; faulting its 4 KiB pages in one at a time
+    costs about twice as long as populating them in one call (MAP_POPULATE), and populating 2 MiB
+    pages (MADV_HUGEPAGE, then MADV_POPULATE_WRITE) is quicker again (2-core VM, 428 MB: 0.48 s
+    faulted, 0.22 s populated, 0.06 s on huge pages)."""
+    arr = huge_empty(shape, dtype)
+    if populate(arr) or not isinstance(arr.base, np.ndarray):  # populated, or a plain np.empty
+        return arr
+    # a kernel before 5.14: populate 4 KiB pages at mapping time instead
+    buf = mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(buf, dtype=arr.dtype).reshape(arr.shape, order="F")

@@ -22,7 +22,7 @@ import pandas as pd
 
 from quantcore import kernels
 from quantcore.kernels import available_cores
-from quantcore.data.panel import Panel
+from quantcore.data.panel import Panel, populate
 from quantcore.errors import ExpressionError
 from quantcore.expr.ast import (
     EMA,
@@ -173,17 +173,17 @@ class Evaluator:
             return self.panel.to_frame(arrays, days=window, dtype=dtype)
         # No cache to fill: copy each result into its frame column the moment it is computed, while
         # it is still in cache, instead of keeping (N, T) copies and gathering them afterwards. The
-        # block (hundreds of MB for a wide set) is mapped on a thread meanwhile: the first results
-        # are a few operators away, and mapping it releases the GIL.
+        # block (hundreds of MB for a wide set) is populated on a thread meanwhile (GIL-free); nothing
+        # waits for that: a column written first maps its own pages.
         compiled = self.compile(expressions, allow_future=allow_future)
-        with ThreadPoolExecutor(max_workers=1) as allocator:
-            pending_block = allocator.submit(self.panel.empty_block, len(compiled), window, dtype)
+        block = self.panel.empty_block(len(compiled), window, dtype, prefault=False)
+        with ThreadPoolExecutor(max_workers=1) as mapper:
+            mapper.submit(populate, block)
 
             def gather(i: int, arr: np.ndarray) -> None:
-                self.panel.fill_column(pending_block.result(), i, arr, window)
+                self.panel.fill_column(block, i, arr, window)
 
             self._evaluate_nodes([item.node for item in compiled], gather)
-            block = pending_block.result()
         return pd.DataFrame(block, index=self.panel.frame_index(window), columns=[c.name for c in compiled], copy=False)
 
     # ---- caches ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from quantcore import kernels
-from quantcore.data.panel import Panel, prefaulted_empty
+from quantcore.data.panel import Panel, huge_empty, populate, prefaulted_empty
 from quantcore.expr.evaluate import Evaluator
 
 
@@ -96,6 +96,22 @@ def test_prefaulted_block_is_a_writable_column_major_array():
     assert block[:, 3].sum() == 1.5 * shape[0] and block[-1, 0] == 2.0
     small = prefaulted_empty((10, 3), np.float64)
     assert small.shape == (10, 3) and small.dtype == np.float64 and small.flags.f_contiguous
+
+
+def test_block_written_while_it_is_populated_keeps_every_write():
+    """The evaluator populates the frame block on a thread while workers fill columns: pages a write
+    reaches first are not zeroed again by the populating call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    block = huge_empty((4_300_000, 4))  # 66 MiB of float32: a mapping, not np.empty
+    with ThreadPoolExecutor(max_workers=1) as mapper:
+        populated = mapper.submit(populate, block)
+        for j in (3, 0, 2, 1):
+            block[:, j] = j + 0.5
+        assert isinstance(populated.result(), bool)
+    for j in range(4):
+        assert (block[:, j] == j + 0.5).all()
+    assert populate(np.empty((10, 3))) is False  # not a mapping of its own: left alone
 
 
 def _resident_bytes() -> int:
