@@ -16,6 +16,7 @@ The slow twin with the same API lives in `quantcore._ext.reference`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
 import os
 import numbers
@@ -32,6 +33,8 @@ __all__ = [
     "CROSS_SECTION_OPS",
     "cross_section_rows",
     "rolling",
+    "rolling_group",
+    "SHARED_PASS",
     "pair_rolling",
     "gather_rows",
     "populate_write",
@@ -78,19 +81,78 @@ def rolling(
     w = _window(window)
     _flag(compat, "compat")
     nth = _threads(threads)
+    q = _param(op, param)
+    out = _output(xa.shape, st, en, out, xa)
+    _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
+    return out
+
+
+#: Most operators one `rolling_group` call takes.
+MAX_GROUP: int = _roll.MAX_GROUP
+#: Operators that `rolling_group` computes together in one pass, by the state they share.
+SHARED_PASS: dict[str, str] = {
+    "Slope": "regression", "Rsquare": "regression", "Resi": "regression",
+    "Max": "max", "IdxMax": "max", "Min": "min", "IdxMin": "min",
+    "Quantile": "quantile",
+}
+
+
+def rolling_group(
+    ops: Sequence[str],
+    x: np.ndarray,
+    window: int,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    *,
+    params: Sequence[float | None] | None = None,
+    compat: bool = True,
+    threads: int | None = None,
+    outs: Sequence[np.ndarray | None] | None = None,
+) -> list[np.ndarray]:
+    """`rolling` of several operators of one input and window in one pass, where they share their
+    state (SHARED_PASS: Slope/Rsquare/Resi; Max/IdxMax; Min/IdxMin; Quantiles at any q): one result
+    per operator, each bit for bit what `rolling` gives. Alpha158 asks for all of these in pairs or
+    threes (QTLU/QTLD, BETA/RSQR/RESI, MAX/IMAX)."""
+    ops = list(ops)
+    if not 1 <= len(ops) <= MAX_GROUP:
+        raise KernelArgumentError(f"rolling_group takes 1 to {MAX_GROUP} operators, got {len(ops)}")
+    codes = [_op_code(op, ROLLING_OPS, "rolling") for op in ops]
+    families = {SHARED_PASS.get(op) for op in ops}
+    if len(ops) > 1 and (None in families or len(families) > 1):
+        raise KernelArgumentError(f"operators {ops} do not share one pass; groups: Slope/Rsquare/Resi, "
+                                  "Max/IdxMax, Min/IdxMin, Quantile")
+    if families != {"quantile"} and len(set(ops)) < len(ops):
+        raise KernelArgumentError(f"an operator appears twice in {ops}")
+    params = [None] * len(ops) if params is None else list(params)
+    outs = [None] * len(ops) if outs is None else list(outs)
+    if len(params) != len(ops) or len(outs) != len(ops):
+        raise KernelArgumentError(f"need one param and one out per operator ({len(ops)})")
+    xa = _panel_array(x, "x")
+    st, en = _spans(starts, ends, xa.shape)
+    w = _window(window)
+    _flag(compat, "compat")
+    nth = _threads(threads)
+    qs = np.array([_param(op, p) for op, p in zip(ops, params)])
+    results = []
+    for out in outs:
+        results.append(_output(xa.shape, st, en, out, xa, *results))
+    _roll.rolling_group(np.array(codes, dtype=np.intc), xa, results, qs, st, en, min(w, xa.shape[1] + 1),
+                        compat, nth)
+    return results
+
+
+def _param(op: str, param) -> float:
+    """Quantile's q, checked (NaN for the operators without a parameter)."""
     if op == "Quantile":
         if param is None:
             raise KernelArgumentError("Quantile needs param=q, a quantile in [0, 1]")
         q = _real(param, "param")
         if not 0.0 <= q <= 1.0:
             raise KernelArgumentError(f"param (q={param}) must be in [0, 1] for Quantile")
-    elif param is not None:
+        return q
+    if param is not None:
         raise KernelArgumentError(f"param is only used by Quantile; got param={param!r} for {op}")
-    else:
-        q = math.nan
-    out = _output(xa.shape, st, en, out, xa)
-    _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
-    return out
+    return math.nan
 
 
 def pair_rolling(

@@ -19,6 +19,8 @@ so that their variance is exactly 0, as in pandas.
 """
 
 from cython.parallel cimport prange
+
+import numpy as np
 from libc.math cimport INFINITY, NAN, fabs, pow, sqrt
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc, qsort
@@ -139,6 +141,7 @@ cdef double QLIB_STD_ATOL = 2e-5
 cdef double FLAT_RTOL = 1e-10
 
 SHORT_ORDERED_WINDOW_MAX = SHORT_WINDOW_MAX
+MAX_GROUP = 8  # operators per rolling_group call (group_row's table)
 QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
@@ -414,7 +417,10 @@ cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noex
 # Max, Min, IdxMax, IdxMin: van Herk / Gil-Werman blocks
 # ---------------------------------------------------------------------------------------------
 
-cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bint compat) noexcept nogil:
+cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_t n, idx_t w, bint is_max,
+                     bint compat) noexcept nogil:
+    # Max (or Min) into out_value and IdxMax (IdxMin) into out_index, either NULL when not wanted:
+    # the two share every step but the last.
     # Rows are cut into blocks of w. g[t] = best row of x[block start .. t], h[t] = best row of
     # x[t .. block end]; a window [ws, t] that does not start a block spans two blocks and its best
     # row is the better of h[ws] and g[t]. Three branch-free comparisons per row for any window
@@ -428,9 +434,8 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
     cdef idx_t* g = <idx_t*>malloc(n * sizeof(idx_t))
     cdef idx_t* h = <idx_t*>malloc(n * sizeof(idx_t))
     cdef idx_t* next_nan = NULL
-    cdef bint want_index = op == IDXMAX or op == IDXMIN
-    cdef bint nan_first = want_index and compat
-    cdef double sign = 1.0 if (op == MAX or op == IDXMAX) else -1.0
+    cdef bint nan_first = out_index != NULL and compat
+    cdef double sign = 1.0 if is_max else -1.0
     cdef double k, bk
     cdef idx_t t, ws, bi, bs, be, c, take, best, cnt = 0
     if gk == NULL or hk == NULL or g == NULL or h == NULL:
@@ -483,18 +488,23 @@ cdef int extreme_row(const double* x, double* out, idx_t n, idx_t w, int op, bin
         if t >= w:
             cnt -= x[t - w] == x[t - w]
         if cnt == 0:
-            out[t] = NAN  # no valid value in the window (pandas min_periods=1)
+            # no valid value in the window (pandas min_periods=1)
+            if out_value != NULL:
+                out_value[t] = NAN
+            if out_index != NULL:
+                out_index[t] = NAN
         else:
             if t < w or c == w - 1:
                 best = g[t]  # the window starts a block
             else:
                 best = g[t] + (h[ws] - g[t]) * (hk[ws] >= gk[t])
-            if not want_index:
-                out[t] = x[best]
-            elif nan_first and next_nan[ws] <= t:
-                out[t] = next_nan[ws] - ws + 1
-            else:
-                out[t] = best - ws + 1
+            if out_value != NULL:
+                out_value[t] = x[best]
+            if out_index != NULL:
+                if nan_first and next_nan[ws] <= t:
+                    out_index[t] = next_nan[ws] - ws + 1
+                else:
+                    out_index[t] = best - ws + 1
         c += 1
         if c == w:
             c = 0
@@ -522,16 +532,17 @@ cdef inline double sorted_median(const double* a, idx_t cnt) noexcept nogil:
     return (a[cnt // 2 - 1] + a[cnt // 2]) / 2.0
 
 
-cdef int sorted_window_row(const double* x, double* out, idx_t n, idx_t w, int op,
-                           double q) noexcept nogil:
-    # Med/Quantile over a sorted buffer of the window's valid values. Unused slots hold +inf and a
+cdef int sorted_window_row(const double* x, double** outs, const double* qs, idx_t k, idx_t n, idx_t w,
+                           bint median) noexcept nogil:
+    # Med (median: outs[0]) or Quantile at each qs[j] into outs[j], j < k (QTLU and QTLD share
+    # one window), over a sorted buffer of the window's valid values. Unused slots hold +inf and a
     # missing value enters or leaves as +inf, so every step is the same "drop old, insert new" with
     # no NaN branches. Both slots are counted (qc_count_below2) rather than binary-searched: over a
     # window this short a fixed-length SIMD count beats a chain of dependent loads. The shift between
     # the two slots is one memmove whose direction comes from min/max, not a mispredicted branch.
     cdef idx_t cap = (w + 3) & ~(<idx_t>3)  # whole 4-wide count steps; the extra slots stay +inf
     cdef double* buf = <double*>malloc(cap * sizeof(double))
-    cdef idx_t t, p_out, p_in, lo, hi, up, cnt = 0
+    cdef idx_t t, j, p_out, p_in, lo, hi, up, cnt = 0
     cdef double v, old
     if buf == NULL:
         return 1
@@ -551,11 +562,13 @@ cdef int sorted_window_row(const double* x, double* out, idx_t n, idx_t w, int o
         memmove(buf + lo + 1 - up, buf + lo + up, (hi - lo) * sizeof(double))
         buf[p_in] = v
         if cnt == 0:
-            out[t] = NAN
-        elif op == MED:
-            out[t] = sorted_median(buf, cnt)
+            for j in range(k):
+                outs[j][t] = NAN
+        elif median:
+            outs[0][t] = sorted_median(buf, cnt)
         else:
-            out[t] = sorted_quantile(buf, cnt, q)
+            for j in range(k):
+                outs[j][t] = sorted_quantile(buf, cnt, qs[j])
     free(buf)
     return 0
 
@@ -763,14 +776,15 @@ cdef inline int* calloc_int(idx_t k) noexcept nogil:
 # Slope, Rsquare, Resi: least squares of the value on its row position
 # ---------------------------------------------------------------------------------------------
 
-cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, bint compat,
-                        bint expanding) noexcept nogil:
+cdef int regression_row(const double* x, double* out_slope, double* out_rsquare, double* out_resi, idx_t n,
+                        idx_t w, bint compat, bint expanding) noexcept nogil:
+    # Slope, Rsquare and Resi (each output NULL when not wanted) share all their running sums.
     # Sums over valid rows of p = row - anchor and d = value - ref; the slope and fit are
     # invariant to both shifts. qlib uses the slot position within the window as regressor,
     # i.e. the row index up to a shift.
     cdef double ref = first_valid(x, n), v, p, d
     cdef double sx = 0.0, sxx = 0.0, sy = 0.0, syy = 0.0, sxy = 0.0
-    cdef double inv = 0.0, inv_full_vx = 0.0, mx, my, vx, vy, cxy, slope, r2
+    cdef double inv = 0.0, inv_full_vx = 0.0, mx, my, vx, cxy, slope
     cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0, cached_n = -1
     cdef bint flat
     cdef Run run
@@ -819,12 +833,24 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
                 syy += d * d
                 sxy += p * d
                 cnt += 1
-        if cnt < 2 or (op == RESI and v != v):
-            out[t] = NAN  # one point fixes no line (qlib: 0/0)
+        if cnt < 2:
+            # one point fixes no line (qlib: 0/0)
+            if out_slope != NULL:
+                out_slope[t] = NAN
+            if out_rsquare != NULL:
+                out_rsquare[t] = NAN
+            if out_resi != NULL:
+                out_resi[t] = NAN
             continue
         flat = run_flat(&run, ws)
-        if flat and op != RSQUARE:
-            out[t] = 0.0  # a flat window: slope 0, every residual 0
+        if flat:
+            # a flat window: slope 0, every residual 0, no fit to speak of
+            if out_slope != NULL:
+                out_slope[t] = 0.0
+            if out_rsquare != NULL:
+                out_rsquare[t] = NAN
+            if out_resi != NULL:
+                out_resi[t] = 0.0 if v == v else NAN
             continue
         if cnt != cached_n:  # reciprocals change only with the valid count
             cached_n = cnt
@@ -840,26 +866,29 @@ cdef int regression_row(const double* x, double* out, idx_t n, idx_t w, int op, 
         else:
             vx = sxx - sx * mx
             slope = cxy / vx
-        if op == SLOPE:
-            out[t] = slope
-        elif op == RESI:
-            out[t] = (v - ref) - my - slope * ((t - anchor) - mx)
-        else:
-            vy = syy - sy * my
-            if flat or vy <= 0.0:
-                out[t] = NAN
-                continue
-            if compat:
-                # qlib masks only the rolling form (ops.Rsquare): pandas std <= 2e-5
-                if not expanding and vy <= QLIB_STD_ATOL * QLIB_STD_ATOL * (cnt - 1):
-                    out[t] = NAN
-                    continue
-            elif vy <= (FLAT_RTOL * (ref + my)) * (FLAT_RTOL * (ref + my)) * (cnt - 1):
-                out[t] = NAN  # std <= FLAT_RTOL * |mean|
-                continue
-            r2 = slope * cxy / vy
-            out[t] = r2 if r2 < 1.0 else 1.0
+        if out_slope != NULL:
+            out_slope[t] = slope
+        if out_resi != NULL:
+            out_resi[t] = (v - ref) - my - slope * ((t - anchor) - mx) if v == v else NAN
+        if out_rsquare != NULL:
+            out_rsquare[t] = fit_rsquare(slope, cxy, syy - sy * my, ref + my, cnt, compat, expanding)
     return 0
+
+
+cdef inline double fit_rsquare(double slope, double cxy, double vy, double mean, idx_t cnt, bint compat,
+                               bint expanding) noexcept nogil:
+    """R^2 of a fit that is not flat; vy is the centred sum of squares of the values, mean their mean."""
+    cdef double r2
+    if vy <= 0.0:
+        return NAN
+    if compat:
+        # qlib masks only the rolling form (ops.Rsquare): pandas std <= 2e-5
+        if not expanding and vy <= QLIB_STD_ATOL * QLIB_STD_ATOL * (cnt - 1):
+            return NAN
+    elif vy <= (FLAT_RTOL * mean) * (FLAT_RTOL * mean) * (cnt - 1):
+        return NAN  # std <= FLAT_RTOL * |mean|
+    r2 = slope * cxy / vy
+    return r2 if r2 < 1.0 else 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1159,49 +1188,60 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
 # drivers: one call per public entry, rows in parallel
 # ---------------------------------------------------------------------------------------------
 
-cdef int rolling_one(int op, const double* x, double* out, idx_t n, idx_t window, double param,
-                     bint compat, idx_t short_max) noexcept nogil:
+cdef int rolling_one(const int* ops, const double* params, double** outs, idx_t k, const double* x, idx_t n,
+                     idx_t window, bint compat, idx_t short_max) noexcept nogil:
     # pandas window functions (hence qlib) treat +-inf as missing; only count (notna) and plain
     # arithmetic (Delta, Ref, First) keep it. A row holding inf runs on a sanitised copy.
     cdef double* clean
-    cdef int rc
+    cdef int rc, op = ops[0]
     if op == COUNT or op == DELTA or op == FIRST or not has_inf(x, n):
-        return rolling_span(op, x, out, n, window, param, compat, short_max)
+        return rolling_span(ops, params, outs, k, x, n, window, compat, short_max)
     clean = without_inf(x, n)
     if clean == NULL:
         return 1
-    rc = rolling_span(op, clean, out, n, window, param, compat, short_max)
+    rc = rolling_span(ops, params, outs, k, clean, n, window, compat, short_max)
     free(clean)
     return rc
 
 
-cdef inline int rolling_span(int op, const double* x, double* out, idx_t n, idx_t window,
-                             double param, bint compat, idx_t short_max) noexcept nogil:
+cdef int rolling_span(const int* ops, const double* params, double** outs, idx_t k, const double* x, idx_t n,
+                      idx_t window, bint compat, idx_t short_max) noexcept nogil:
+    # ops[j] (with params[j]) into outs[j], j < k: one operator, or a group sharing one pass
+    # (rolling_group checks which may go together).
     cdef bint expanding = window == 0
-    cdef idx_t w = n if (expanding or window > n) else window
+    cdef idx_t w = n if (expanding or window > n) else window, j
+    cdef int op = ops[0], rc = 0
+    cdef double* slot[3]
     if n == 0:
         return 0
+    slot[0] = slot[1] = slot[2] = NULL
     if op == SUM or op == MEAN or op == COUNT:
-        return sum_row(x, out, n, w, op)
+        return sum_row(x, outs[0], n, w, op)
     if op == VAR or op == STD or op == SKEW or op == KURT:
-        return moment_row(x, out, n, w, op)
+        return moment_row(x, outs[0], n, w, op)
     if op == MAX or op == MIN or op == IDXMAX or op == IDXMIN:
-        return extreme_row(x, out, n, w, op, compat)
+        for j in range(k):
+            slot[ops[j] == IDXMAX or ops[j] == IDXMIN] = outs[j]
+        return extreme_row(x, slot[0], slot[1], n, w, op == MAX or op == IDXMAX, compat)
+    if op == SLOPE or op == RSQUARE or op == RESI:
+        for j in range(k):
+            slot[ops[j] - SLOPE] = outs[j]
+        return regression_row(x, slot[0], slot[1], slot[2], n, w, compat, expanding)
     if op == MED or op == QUANTILE or op == RANK or op == MAD:
         if w > short_max:
-            return ordered_fenwick_row(x, out, n, w, op, param)
+            for j in range(k):
+                rc |= ordered_fenwick_row(x, outs[j], n, w, ops[j], params[j])
+            return rc
         if op == MAD:
-            return mad_window_row(x, out, n, w)
+            return mad_window_row(x, outs[0], n, w)
         if op == RANK:
-            return rank_window_row(x, out, n, w)
-        return sorted_window_row(x, out, n, w, op, param)
-    if op == SLOPE or op == RSQUARE or op == RESI:
-        return regression_row(x, out, n, w, op, compat, expanding)
+            return rank_window_row(x, outs[0], n, w)
+        return sorted_window_row(x, outs, params, k, n, w, op == MED)
     if op == WMA:
-        return wma_row(x, out, n, w, compat)
+        return wma_row(x, outs[0], n, w, compat)
     if op == DELTA:
-        return delta_row(x, out, n, window, expanding)
-    return first_row(x, out, n)
+        return delta_row(x, outs[0], n, window, expanding)
+    return first_row(x, outs[0], n)
 
 
 cdef int pair_one(int op, const double* x, const double* y, double* out, idx_t n, idx_t window,
@@ -1256,18 +1296,46 @@ def rolling(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::
     Med/Quantile/Rank/Mad windows longer than `short_window_max` rows use the Fenwick-tree path
     (tests lower it to cover that path on small data).
     """
-    cdef idx_t N = x.shape[0], T = x.shape[1], i
+    rolling_group(np.array([op], dtype=np.intc), x, [out], np.array([param]), starts, ends, window, compat,
+                  threads, short_window_max)
+
+
+def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const double[::1] params,
+                  const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t window, bint compat,
+                  int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX):
+    """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
+    for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
+    (any q). Anything else: a single operator (the caller checks)."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
-    if N == 0 or T == 0:
-        return
-    cdef const double* xp = &x[0, 0]
-    cdef double* op_ = &out[0, 0]
-    with nogil:
-        for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
-            failed += rolling_one(op, xp + i * T + starts[i], op_ + i * T + starts[i],
-                                  ends[i] - starts[i], window, param, compat, short_window_max)
+    cdef double[:, ::1] o
+    cdef double** bases = <double**>malloc(k * sizeof(double*))
+    if bases == NULL:
+        raise MemoryError("rolling kernel could not allocate its output table")
+    try:
+        for j in range(k):
+            o = outs[j]
+            bases[j] = &o[0, 0] if N > 0 and T > 0 else NULL
+        if N == 0 or T == 0:
+            return
+        with nogil:
+            for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
+                failed += group_row(&ops[0], &params[0], bases, k, &x[0, 0] + i * T + starts[i],
+                                    i * T + starts[i], ends[i] - starts[i], window, compat, short_window_max)
+    finally:
+        free(bases)
     if failed:
         raise MemoryError("rolling kernel could not allocate its window buffers")
+
+
+cdef int group_row(const int* ops, const double* params, double** bases, idx_t k, const double* x,
+                   idx_t offset, idx_t n, idx_t window, bint compat, idx_t short_max) noexcept nogil:
+    """One row of rolling_group: its outputs start `offset` cells into each output panel."""
+    cdef double* outs[8]  # rolling_group takes at most MAX_GROUP operators
+    cdef idx_t j
+    for j in range(k):
+        outs[j] = bases[j] + offset
+    return rolling_one(ops, params, outs, k, x, n, window, compat, short_max)
 
 
 def pair_rolling(int op, const double[:, ::1] x, const double[:, ::1] y, double[:, ::1] out,

@@ -212,15 +212,29 @@ class Evaluator:
         only during the call). Intermediates are freed by reference count, and an intermediate used for
         the last time is handed to its consumer as the output buffer, so most element-wise steps
         allocate nothing. With more than one core, independent nodes run on two worker threads (numpy
-        and the kernels release the GIL), each kernel then single-threaded."""
+        and the kernels release the GIL), each kernel then single-threaded. Window operators that
+        share a pass over the same input and window (`kernels.SHARED_PASS`) are computed together."""
         if not roots:
             return
-        plan = _plan(roots, (self.panel.n_instruments, self.panel.n_days))
+        plan = _plan(roots, (self.panel.n_instruments, self.panel.n_days), hasattr(self.backend, "rolling_group"))
         workers = 1 if self.threads == 1 else min(2, available_cores())
         if workers > 1 and len(plan.order) > 8:
             self._run_parallel(plan, emit, workers)
         else:
             self._run_sequential(plan, emit)
+
+    def _compute_node(self, node: Node, values, plan: "_Plan", single: set, threads: int | None) -> dict:
+        """{node: value}, or {member: value} for every member of node's shared-pass group."""
+        group = plan.groups.get(node)
+        if group is None:
+            return {node: self._step(node, values, plan, single, threads)}
+        first = group[0]
+        outs = self.backend.rolling_group(
+            [m.op for m in group], self._array(values[first.inputs[0]]), first.window, self.panel.starts,
+            self.panel.ends, params=[m.param for m in group], compat=self.compat, threads=threads or self.threads,
+            outs=[plan.buffers.take() for _ in group],
+        )
+        return dict(zip(group, outs))
 
     def _step(self, node: Node, values, plan: "_Plan", single: set, threads: int | None):
         """Compute one node (its children are done); picks a spare buffer among last-use children."""
@@ -263,8 +277,11 @@ class Evaluator:
     def _run_sequential(self, plan: "_Plan", emit) -> None:
         values: dict[Node, np.ndarray | float] = {}
         single: set[Node] = set()  # nodes whose qlib dtype is float32 (see float32_arithmetic)
+        early: dict[Node, np.ndarray] = {}  # group members computed with an earlier one
         for node in plan.order:
-            values[node] = self._step(node, values, plan, single, None)
+            if node not in early:
+                early.update(self._compute_node(node, values, plan, single, None))
+            values[node] = early.pop(node)
             self._finish(node, values, plan, emit)
 
     def _run_parallel(self, plan: "_Plan", emit, workers: int) -> None:
@@ -273,11 +290,12 @@ class Evaluator:
         in cache). A child's buffer is offered as spare only when every other consumer has finished,
         so a running consumer never sees its input overwritten."""
 
-        def compute(node: Node):
-            value = self._step(node, values, plan, single, 1)
-            if node in plan.positions:
-                self._emit(node, value, plan, emit)
-            return value
+        def compute(node: Node) -> dict:
+            results = self._compute_node(node, values, plan, single, 1)
+            for member, value in results.items():
+                if member in plan.positions:
+                    self._emit(member, value, plan, emit)
+            return results
 
         values: dict[Node, np.ndarray | float] = {}
         single: set[Node] = set()
@@ -298,14 +316,18 @@ class Evaluator:
                         values[node] = self._step(node, values, plan, single, 1)
                         self._complete(node, values, plan, consumers, waiting, ready)
                         continue
+                    for member in plan.groups.get(node, ()):
+                        if member is not node:
+                            ready.remove(member)  # same inputs: ready together, computed together
                     running[pool.submit(compute, node)] = node
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    node = running.pop(fut)
-                    values[node] = fut.result()
-                    self._complete(node, values, plan, consumers, waiting, ready)
+                    running.pop(fut)
+                    for node, value in fut.result().items():
+                        values[node] = value
+                        self._complete(node, values, plan, consumers, waiting, ready)
 
     def _complete(self, node, values, plan, consumers, waiting, ready) -> None:
         self._finish(node, values, plan)
@@ -408,6 +430,7 @@ class _Plan:
     refs: dict  # node -> consumers still to run (parent edges + root uses)
     positions: dict  # root node -> its positions in the requested list
     buffers: "_Buffers"  # released panels, reused as outputs
+    groups: dict  # node -> the window operators computed in one pass with it (itself included)
 
 
 class _Buffers:
@@ -435,8 +458,9 @@ class _Buffers:
             self._free.append(arr)
 
 
-def _plan(roots: Sequence[Node], shape: tuple[int, int]) -> _Plan:
-    """The union DAG of `roots`: post-order of unique nodes and reference counts."""
+def _plan(roots: Sequence[Node], shape: tuple[int, int], shared_passes: bool = True) -> _Plan:
+    """The union DAG of `roots`: post-order of unique nodes, reference counts and, with
+    `shared_passes`, the groups of window operators one kernel pass computes together."""
     refs: dict[Node, int] = {}
     order: list[Node] = []
     seen: set[Node] = set()
@@ -459,7 +483,23 @@ def _plan(roots: Sequence[Node], shape: tuple[int, int]) -> _Plan:
     positions: dict[Node, list[int]] = {}
     for i, root in enumerate(roots):
         positions.setdefault(root, []).append(i)
-    return _Plan(order, refs, positions, _Buffers(shape))
+    return _Plan(order, refs, positions, _Buffers(shape), _shared_pass_groups(order) if shared_passes else {})
+
+
+def _shared_pass_groups(order: Sequence[Node]) -> dict:
+    """node -> tuple of the Rolling nodes sharing its kernel pass (kernels.SHARED_PASS family, same
+    input and window), for groups of two or more; Alpha158's QTLU/QTLD, BETA/RSQR/RESI, MAX/IMAX."""
+    by_key: dict[tuple, list[Node]] = {}
+    for node in order:
+        if isinstance(node, Rolling) and len(node.inputs) == 1 and node.op in kernels.SHARED_PASS:
+            by_key.setdefault((kernels.SHARED_PASS[node.op], node.inputs, node.window), []).append(node)
+    groups: dict[Node, tuple] = {}
+    for members in by_key.values():
+        for i in range(0, len(members), kernels.MAX_GROUP):
+            chunk = tuple(members[i:i + kernels.MAX_GROUP])
+            if len(chunk) > 1:
+                groups.update(dict.fromkeys(chunk, chunk))
+    return groups
 
 
 def _float32_in_qlib(node: Node, single: set) -> bool:

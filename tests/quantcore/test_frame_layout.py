@@ -168,3 +168,38 @@ def test_kernels_fill_a_given_output_buffer(ragged_panel):
         kernels.rolling("Mean", x, 5, st, en, out=np.empty((2, 2)))
     with pytest.raises(kernels.KernelArgumentError, match="float64"):
         kernels.shift(x, 1, st, en, out=np.empty(x.shape, dtype=np.float32))
+
+
+SHARED_PASS_FEATURES = {
+    "QTLU5": "Quantile($close, 5, 0.8)/$close",
+    "QTLD5": "Quantile($close, 5, 0.2)/$close",
+    "QMID5": "Quantile($close, 5, 0.5)",
+    "BETA10": "Slope($close, 10)/$close",
+    "RSQR10": "Rsquare($close, 10)",
+    "RESI10": "Resi($close, 10)/$close",
+    "MAX5": "Max($high, 5)/$close",
+    "IMAX5": "IdxMax($high, 5)/5",
+    "MIN5": "Min($low, 5)/$close",  # alone in its family for $low: computed on its own
+    "QTLU10": "Quantile($close, 10, 0.8)/$close",  # another window: its own pass
+}
+
+
+@pytest.mark.parametrize("threads", [1, None], ids=["sequential", "two-workers"])
+def test_operators_sharing_a_pass_give_what_each_gives_alone(ragged_panel, threads):
+    """Window operators of one input and window are computed in one kernel pass (three groups here),
+    in the sequential and the two-worker schedule alike, with the same bits as each feature alone."""
+    from quantcore.expr.evaluate import _plan
+
+    evaluator = Evaluator(ragged_panel, threads=threads)
+    nodes = [item.node for item in evaluator.compile(SHARED_PASS_FEATURES)]
+    groups = set(_plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days)).groups.values())
+    assert sorted(sorted(m.op for m in g) for g in groups) == [
+        ["IdxMax", "Max"], ["Quantile", "Quantile", "Quantile"], ["Resi", "Rsquare", "Slope"]]
+    batch = evaluator.evaluate(SHARED_PASS_FEATURES, dtype=np.float64)
+    frame = Evaluator(ragged_panel, threads=threads).frame(SHARED_PASS_FEATURES)
+    for name, expr in SHARED_PASS_FEATURES.items():
+        alone = Evaluator(ragged_panel, threads=1).evaluate({name: expr}, dtype=np.float64)[name]
+        assert np.array_equal(batch[name].view(np.int64), alone.view(np.int64)), name
+        inside = ~ragged_panel.outside_span
+        want = alone.T[inside.T].astype(np.float32)
+        assert np.array_equal(frame[name].to_numpy().view(np.int32), want.view(np.int32)), name

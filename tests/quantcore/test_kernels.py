@@ -464,6 +464,39 @@ def test_moments_stay_accurate_on_large_prices(window):
 # ---- argument validation ------------------------------------------------------------------------
 
 
+GROUPS_OF_ONE_PASS = [
+    (("Slope", "Rsquare", "Resi"), None),
+    (("Resi", "Slope"), None),
+    (("Max", "IdxMax"), None),
+    (("IdxMin", "Min"), None),
+    (("Quantile", "Quantile", "Quantile"), (0.8, 0.2, 0.3)),
+]
+
+
+@pytest.mark.parametrize("short_max", [0, 10**6], ids=["fenwick", "short-window"])
+@pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
+@pytest.mark.parametrize("w", WINDOWS)
+@pytest.mark.parametrize("ops, params", GROUPS_OF_ONE_PASS, ids=lambda v: "-".join(map(str, v)) if v else "")
+def test_rolling_group_gives_each_operator_its_own_result(ops, params, w, compat, short_max):
+    """One shared pass (QTLU/QTLD, BETA/RSQR/RESI, MAX/IMAX in Alpha158) = each operator alone, bit
+    for bit, on every NaN/inf/span pattern; and each result matches the pandas reference."""
+    params = params or (None,) * len(ops)
+    outs = [np.full(X.shape, 7.0) for _ in ops]  # junk outside the spans must be blanked
+    _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), X,
+                        [K._output(X.shape, STARTS, ENDS, o, X) for o in outs],
+                        np.array([np.nan if p is None else p for p in params]), STARTS, ENDS, w if w else 0,
+                        compat, 1, short_max)
+    public = K.rolling_group(ops, X, w, STARTS, ENDS, params=params, compat=compat)
+    for op, param, got, got_public in zip(ops, params, outs, public):
+        alone = np.empty(X.shape)
+        _roll.rolling(K.ROLLING_OPS.index(op), X, K._output(X.shape, STARTS, ENDS, alone, X), STARTS, ENDS,
+                      w, np.nan if param is None else param, compat, 1, short_max)
+        assert np.array_equal(got.view(np.int64), alone.view(np.int64)), op
+        public_alone = K.rolling(op, X, w, STARTS, ENDS, param=param, compat=compat)
+        assert np.array_equal(got_public.view(np.int64), public_alone.view(np.int64)), op
+        assert_same(got, R.rolling(op, X, w, STARTS, ENDS, param=param, compat=compat))
+
+
 X3, S3, E3 = one([1.0, 2.0, 3.0])
 
 
@@ -496,6 +529,14 @@ X3, S3, E3 = one([1.0, 2.0, 3.0])
         (lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5),
          "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
         (lambda: K.cross_section("CSRank", X3, S3, E3, param=0.1), "param is only used by CSWinsorize"),
+        (lambda: K.rolling_group(["Max", "Min"], X3, 3, S3, E3), "operators ['Max', 'Min'] do not share one pass"),
+        (lambda: K.rolling_group(["Mean", "Sum"], X3, 3, S3, E3), "do not share one pass"),
+        (lambda: K.rolling_group(["Slope", "Slope"], X3, 3, S3, E3), "an operator appears twice"),
+        (lambda: K.rolling_group([], X3, 3, S3, E3), "rolling_group takes 1 to 8 operators, got 0"),
+        (lambda: K.rolling_group(["Quantile"] * 2, X3, 3, S3, E3, params=[0.5]), "need one param and one out"),
+        (lambda: K.rolling_group(["Quantile"] * 2, X3, 3, S3, E3, params=[0.5, 2.0]), "param (q=2.0) must be in"),
+        (lambda: K.rolling_group(["Max", "IdxMax"], X3, 3, S3, E3, outs=[X3.copy()] * 2),
+         "out must not overlap an input"),
     ],
 )
 def test_argument_errors(call, message):
