@@ -275,10 +275,16 @@ def populate(arr: np.ndarray) -> bool:
     run on a thread while others write into the array (a write that gets to a page first maps that
     page itself; values written are kept). False where it cannot: Linux before 5.14 (no
     MADV_POPULATE_WRITE), other systems, or an array `huge_empty` left to `np.empty`."""
-    base = arr.base
-    if not (isinstance(base, np.ndarray) and isinstance(base.base, mmap.mmap)) or arr.size == 0:
-        return False
-    return kernels.populate_write(base.base) == 0
+    mapping = _mapping(arr)
+    return mapping is not None and arr.size > 0 and kernels.populate_write(mapping) == 0
+
+
+def _mapping(arr: np.ndarray) -> mmap.mmap | None:
+    """The mmap an array's memory comes from (through NumPy's and memoryview's bases), if any."""
+    base = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return base
 
 
 def prefaulted_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
@@ -289,7 +295,7 @@ def prefaulted_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
     pages (MADV_HUGEPAGE, then MADV_POPULATE_WRITE) is quicker again (2-core VM, 428 MB: 0.48 s
     faulted, 0.22 s populated, 0.06 s on huge pages)."""
     arr = huge_empty(shape, dtype)
-    if populate(arr) or not isinstance(arr.base, np.ndarray):  # populated, or a plain np.empty
+    if populate(arr) or _mapping(arr) is None:  # populated, or a plain np.empty
         return arr
     # a kernel before 5.14: populate 4 KiB pages at mapping time instead
     buf = mmap.mmap(-1, arr.nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
