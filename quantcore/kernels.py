@@ -469,7 +469,7 @@ def gather_rows(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, days: slice
 
 
 def populate_write(buffer) -> int:
-    """Map (and zero) every page of a writable buffer now, without holding the GIL, in calls of 16 MiB
+    """Map (and zero) every page of a writable buffer now, without holding the GIL, in calls of 4 MiB
     so that other threads' allocations are not held up: 0 on success, else an errno, or -1 where the
     platform lacks the call (not Linux >= 5.14)."""
     return _cs.populate_write(memoryview(buffer).cast("B"))

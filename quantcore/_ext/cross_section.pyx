@@ -511,15 +511,15 @@ cdef extern from *:
     int qc_populate_write(void* p, size_t n) nogil
 
 
-def populate_write(unsigned char[::1] buf, size_t chunk=16 << 20):
+def populate_write(unsigned char[::1] buf, size_t chunk=4 << 20):
     """Map every page of a writable buffer now, without the GIL (Python's mmap.madvise keeps it, so
     a thread populating a large frame would stall the caller). Returns 0, an errno, or -1 where the
     platform has no such call.
 
     `chunk` bytes per call: Linux holds the process's memory-map lock through one call, and every
     other thread's mmap/munmap (NumPy's large allocations) waits for it; in one 409 MiB call another
-    thread's 6 MB np.empty waited up to the whole populate (57-69 ms warm, half a second on cold VM
-    memory), in 16 MiB calls at most 3-9 ms."""
+    thread's 6 MB np.empty waited up to the whole populate (58-64 ms warm, half a second on cold VM
+    memory), in 16 MiB calls at most 13-14 ms, in 4 MiB calls 8-9 ms (populating no slower)."""
     cdef size_t n = buf.shape[0], off = 0, step = chunk if chunk > 0 else buf.shape[0]
     cdef int rc = 0
     if n == 0:

@@ -271,7 +271,7 @@ def huge_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
 
 
 def populate(arr: np.ndarray) -> bool:
-    """Map (and zero) every page of a `huge_empty` mapping now, in GIL-free 16 MiB calls, so it may
+    """Map (and zero) every page of a `huge_empty` mapping now, in GIL-free 4 MiB calls, so it may
     run on a thread while others write into the array (a write that gets to a page first maps that
     page itself; values written are kept). False where it cannot: Linux before 5.14 (no
     MADV_POPULATE_WRITE), other systems, or an array `huge_empty` left to `np.empty`."""

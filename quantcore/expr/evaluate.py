@@ -178,12 +178,14 @@ class Evaluator:
         compiled = self.compile(expressions, allow_future=allow_future)
         block = self.panel.empty_block(len(compiled), window, dtype, prefault=False)
         with ThreadPoolExecutor(max_workers=1) as mapper:
-            mapper.submit(populate, block)
 
             def gather(i: int, arr: np.ndarray) -> None:
                 self.panel.fill_column(block, i, arr, window)
 
-            self._evaluate_nodes([item.node for item in compiled], gather)
+            # populating holds the memory-map lock a chunk at a time, which starting a thread needs:
+            # start it once the workers run (it held up the first worker's start by 65 ms)
+            self._evaluate_nodes([item.node for item in compiled], gather,
+                                 started=lambda: mapper.submit(populate, block))
         return pd.DataFrame(block, index=self.panel.frame_index(window), columns=[c.name for c in compiled], copy=False)
 
     # ---- caches ----------------------------------------------------------------------------------
@@ -207,20 +209,23 @@ class Evaluator:
             self.memory_cache.put(key, arr)
 
     # ---- DAG evaluation --------------------------------------------------------------------------
-    def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None]) -> None:
+    def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None],
+                        started: Callable[[], object] = lambda: None) -> None:
         """Evaluate the union DAG of `roots`; `emit(i, values)` receives root i's result (float64, valid
         only during the call). Intermediates are freed by reference count, and an intermediate used for
         the last time is handed to its consumer as the output buffer, so most element-wise steps
         allocate nothing. With more than one core, independent nodes run on two worker threads (numpy
         and the kernels release the GIL), each kernel then single-threaded. Window operators that
-        share a pass over the same input and window (`kernels.SHARED_PASS`) are computed together."""
+        share a pass over the same input and window (`kernels.SHARED_PASS`) are computed together.
+        `started()` is called once the workers run."""
         if not roots:
             return
         plan = _plan(roots, (self.panel.n_instruments, self.panel.n_days), hasattr(self.backend, "rolling_group"))
         workers = 1 if self.threads == 1 else min(2, available_cores())
         if workers > 1 and len(plan.order) > 8:
-            self._run_parallel(plan, emit, workers)
+            self._run_parallel(plan, emit, workers, started)
         else:
+            started()
             self._run_sequential(plan, emit)
 
     def _compute_node(self, node: Node, values, plan: "_Plan", single: set, threads: int | None) -> dict:
@@ -284,7 +289,7 @@ class Evaluator:
             values[node] = early.pop(node)
             self._finish(node, values, plan, emit)
 
-    def _run_parallel(self, plan: "_Plan", emit, workers: int) -> None:
+    def _run_parallel(self, plan: "_Plan", emit, workers: int, started: Callable[[], object]) -> None:
         """Ready-list scheduling: bookkeeping stays on this thread; workers compute a node and, for a
         root, also emit it (copying a result out is a good part of the work, and its buffer is still
         in cache). A child's buffer is offered as spare only when every other consumer has finished,
@@ -320,9 +325,15 @@ class Evaluator:
                         if member is not node:
                             ready.remove(member)  # same inputs: ready together, computed together
                     running[pool.submit(compute, node)] = node
+                if started is not None and len(running) == workers:  # each submit started a thread
+                    started()
+                    started = None
                 if not running:
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
+                if started is not None:  # a DAG too narrow to fill every worker
+                    started()
+                    started = None
                 for fut in done:
                     running.pop(fut)
                     for node, value in fut.result().items():

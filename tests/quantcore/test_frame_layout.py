@@ -130,7 +130,7 @@ def _resident_bytes() -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
 def test_populate_write_maps_an_anonymous_buffer_up_front():
     release = tuple(int(p) for p in re.findall(r"\d+", platform.release())[:2])
-    size = (32 << 20) + 3 * mmap.PAGESIZE  # populated in 16 MiB calls: two whole ones and a short tail
+    size = (32 << 20) + 3 * mmap.PAGESIZE  # populated in 4 MiB calls: eight whole ones and a short tail
     buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     before = _resident_bytes()
     rc = kernels.populate_write(buf)
