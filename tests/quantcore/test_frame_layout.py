@@ -211,3 +211,20 @@ def test_operators_sharing_a_pass_give_what_each_gives_alone(ragged_panel, threa
         inside = ~ragged_panel.outside_span
         want = alone.T[inside.T].astype(np.float32)
         assert np.array_equal(frame[name].to_numpy().view(np.int32), want.view(np.int32)), name
+
+
+def test_a_failing_feature_stops_both_workers_and_raises_its_error(ragged_panel):
+    """An error inside one worker (here an unknown instrument in Mask) ends the batch with that error,
+    raised in the caller's thread, whichever worker met it, and leaves no worker thread behind."""
+    import threading
+
+    from quantcore.errors import ExpressionError
+    from quantcore.features import alpha158
+
+    features = dict(alpha158())
+    features["BAD"] = 'Mask($close, "NOPE") / Mean($close, 5)'
+    before = threading.active_count()
+    for threads in (None, 1):
+        with pytest.raises(ExpressionError, match="NOPE"):
+            Evaluator(ragged_panel, threads=threads).frame(features)
+    assert threading.active_count() == before
