@@ -228,3 +228,10 @@ def test_a_failing_feature_stops_both_workers_and_raises_its_error(ragged_panel)
         with pytest.raises(ExpressionError, match="NOPE"):
             Evaluator(ragged_panel, threads=threads).frame(features)
     assert threading.active_count() == before
+
+
+def test_frame_of_no_expressions_still_has_the_panels_rows(ragged_panel):
+    frame = Evaluator(ragged_panel).frame({}, start="2021-02-01")
+    days = ragged_panel.date_index("2021-02-01", None)
+    assert frame.shape[1] == 0
+    assert frame.index.equals(_reference_index(ragged_panel, days))
