@@ -235,3 +235,23 @@ def test_frame_of_no_expressions_still_has_the_panels_rows(ragged_panel):
     days = ragged_panel.date_index("2021-02-01", None)
     assert frame.shape[1] == 0
     assert frame.index.equals(_reference_index(ragged_panel, days))
+
+
+def test_features_reading_one_shared_pass_are_scheduled_together(ragged_panel):
+    """QTLD5 reads the pass QTLU5 made; asked for after QTLU10, it is still planned before it, so the
+    sibling's panel does not wait (in Alpha158's order twenty such panels waited)."""
+    from quantcore.expr.evaluate import _plan
+
+    features = {
+        "QTLU5": "Quantile($close, 5, 0.8)/$close",
+        "QTLU10": "Quantile($close, 10, 0.8)/$close",
+        "QTLD5": "Quantile($close, 5, 0.2)/$close",
+        "QTLD10": "Quantile($close, 10, 0.2)/$close",
+    }
+    nodes = [item.node for item in Evaluator(ragged_panel).compile(features)]
+    plan = _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days))
+    at = {node: i for i, node in enumerate(plan.order)}
+    assert at[nodes[2]] < at[nodes[1]]  # QTLD5 before QTLU10
+    assert [plan.positions[n] for n in nodes] == [[0], [1], [2], [3]]  # output columns keep their places
+    assert _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(
+        nodes[2]) > _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(nodes[1])
