@@ -8,7 +8,10 @@ Every measurement is a fresh process (cold: no expression cache, nothing warmed)
 qlib-format directory; the runs alternate rdquant / qlib so machine drift hits both alike, and the
 ratio is taken pair by pair. Times are the computation alone (data already on disk, import excluded),
 as qlib's reference script reports them. Also: peak RSS of the rdquant process, and single-expression
-latency for typical Alpha158-sized expressions.
+latency for typical Alpha158-sized expressions. Each rdquant run also reports the CPU time of its
+timed region: system time is mostly the kernel zeroing fresh pages (the 409 MiB frame among them),
+cheap on a laptop but several times dearer on a VM whose host has reclaimed the memory (right after
+another large process exits), which is where this benchmark's spread comes from.
 """
 
 from __future__ import annotations
@@ -53,11 +56,14 @@ def worker(data_dir: str, backend: str, threads: int | None) -> None:
     else:
         from quantcore import kernels as kernel_backend
     evaluator = Evaluator(panel, threads=threads, backend=kernel_backend)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     frame = evaluator.frame(alpha158())
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "shape": list(frame.shape)}))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    rss = after.ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "shape": list(frame.shape),
+                      "cpu_user": after.ru_utime - before.ru_utime, "cpu_sys": after.ru_stime - before.ru_stime}))
 
 
 def run_ours(data_dir: Path, backend: str = "kernels", threads: int | None = None) -> dict:
@@ -133,7 +139,8 @@ def main() -> None:
             ours.append(run_ours(data_dir))
             if use_qlib:
                 theirs.append(run_qlib(args.qlib_python, args.reference, data_dir, args.qlib_kernels))
-            line = f"  run {i + 1}: rdquant {ours[-1]['seconds']:.3f} s (peak RSS {ours[-1]['peak_rss_mib']:.0f} MiB)"
+            line = (f"  run {i + 1}: rdquant {ours[-1]['seconds']:.3f} s (CPU user {ours[-1]['cpu_user']:.2f} s, "
+                    f"sys {ours[-1]['cpu_sys']:.2f} s; peak RSS {ours[-1]['peak_rss_mib']:.0f} MiB)")
             if use_qlib:
                 line += f" | qlib {theirs[-1]:.2f} s | ratio {theirs[-1] / ours[-1]['seconds']:.1f}x"
             print(line, flush=True)
