@@ -11,7 +11,8 @@ corrected definition where qlib is plainly wrong (see `rolling`). As in pandas' 
 qlib's operators are), +-inf counts as missing in rolling, pair and EMA kernels, except in Count (which
 counts it), Delta and First; cross-sectional operators treat it as a value. `threads=None` uses OpenMP's
 default thread count; rows (or days) are independent, so results never depend on `threads`.
-The slow twin with the same API lives in `quantcore._ext.reference`.
+The slow twin with the same API lives in `quantcore._ext.reference` (all but `rolling_group`, which
+only saves passes: each of its results is `rolling`'s).
 """
 
 from __future__ import annotations

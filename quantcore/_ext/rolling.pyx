@@ -3,8 +3,9 @@
 
 Layout: x and out are (instruments, days) C-contiguous float64, so a row's span x[i, s:e] is one
 contiguous run of doubles. Every kernel below is a flat, GIL-free loop over one span (`x`, `n` rows)
-that writes `out[0:n]`; the Python entry points at the bottom (`rolling`, `pair_rolling`, `ema`,
-`shift`) fan the rows out over OpenMP threads (`prange`; serial when built without OpenMP).
+that writes `out[0:n]`; the Python entry points at the bottom (`rolling`, `rolling_group`,
+`pair_rolling`, `ema`, `shift`) fan the rows out over OpenMP threads (`prange`; serial when built
+without OpenMP).
 Windows follow pandas `rolling(w, min_periods=1)` over the span's rows: a window covers w rows
 (fewer at the span's start), counts NaN rows and skips NaN values. Expanding windows (qlib's N=0)
 are passed as `w = n`.
