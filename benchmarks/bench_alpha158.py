@@ -2,14 +2,11 @@
 """Alpha158 speed: rdquant vs pyqlib 0.9.7 (caches off) vs a pure-pandas implementation, side by side.
 
     python benchmarks/bench_alpha158.py [--instruments 300 --days 2520] [--repeat 3] \
-        [--qlib-python ~/qlibref/bin/python] [--qlib-kernels 2] [--settle 3] [--no-qlib] [--no-pandas]
+        [--qlib-python ~/qlibref/bin/python] [--qlib-kernels 2] [--no-qlib] [--no-pandas]
 
 Every measurement is a fresh process (cold: no expression cache, nothing warmed) reading the same
 qlib-format directory; the runs alternate rdquant / qlib so machine drift hits both alike, and the
-ratio is taken pair by pair. Each run starts `--settle` seconds (default 3) after the previous one
-returned, whichever engine it was: qlib's worker processes outlive its script by up to a second while
-they free several GB (one was still exiting 0.5 s after the script returned), and a run started
-meanwhile shares the two cores with that teardown. Times are the computation alone (data already on disk, import excluded),
+ratio is taken pair by pair. Times are the computation alone (data already on disk, import excluded),
 as qlib's reference script reports them. Also: peak RSS of the rdquant process, and single-expression
 latency for typical Alpha158-sized expressions. Each rdquant run also reports the CPU time of its
 timed region: system time is mostly the kernel zeroing fresh pages (the 409 MiB frame among them),
@@ -117,7 +114,6 @@ def main() -> None:
     ap.add_argument("--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON)))
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--qlib-kernels", type=int, default=2, help="qlib worker processes (2 = both cores)")
-    ap.add_argument("--settle", type=float, default=3.0, help="seconds between runs (see above)")
     ap.add_argument("--no-qlib", action="store_true")
     ap.add_argument("--no-pandas", action="store_true")
     ap.add_argument("--pandas-instruments", type=int, default=30, help="universe size for the pandas-twin ratio")
@@ -140,10 +136,8 @@ def main() -> None:
               f"{os.cpu_count()} cores")
         ours, theirs = [], []
         for i in range(args.repeat):
-            time.sleep(args.settle)
             ours.append(run_ours(data_dir))
             if use_qlib:
-                time.sleep(args.settle)
                 theirs.append(run_qlib(args.qlib_python, args.reference, data_dir, args.qlib_kernels))
             line = (f"  run {i + 1}: rdquant {ours[-1]['seconds']:.3f} s (CPU user {ours[-1]['cpu_user']:.2f} s, "
                     f"sys {ours[-1]['cpu_sys']:.2f} s; peak RSS {ours[-1]['peak_rss_mib']:.0f} MiB)")
@@ -161,7 +155,6 @@ def main() -> None:
             print("pyqlib: skipped (no --qlib-python with pyqlib, or --no-qlib)")
         print(f"  (for scale: the output frame alone is {ours[0]['shape'][0] * ours[0]['shape'][1] * 4 / 2**20:.0f} MiB "
               "of float32, written once)")
-        time.sleep(args.settle)
         one = run_ours(data_dir, threads=1)
         print(f"rdquant with 1 kernel thread: {one['seconds']:.3f} s")
         if not args.no_pandas:
