@@ -395,6 +395,7 @@ class Evaluator:
         p = self.panel
         fresh = buffers.take
         starts, ends = p.starts, p.ends
+        threads = threads or self.threads  # a worker passes 1: an OpenMP team inside it only contends
         if isinstance(node, Field):
             return p.field(node.name)  # the panel's own array: read-only, never a `spare`
         if isinstance(node, Const):
@@ -419,21 +420,22 @@ class Evaluator:
             cond = _truthy(values[node.cond])
             return self._masked(self._array(np.where(cond, values[node.then], values[node.otherwise])).copy())
         if isinstance(node, Ref):
-            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends, out=fresh())
+            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends, threads=threads,
+                                      out=fresh())
         if isinstance(node, (Rolling, Expanding)):
             window = node.window if isinstance(node, Rolling) else 0
             inputs = [self._array(values[i]) for i in node.inputs]
             if len(inputs) == 2:
                 return self.backend.pair_rolling(
-                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat,
-                    threads=threads or self.threads, out=fresh(),
+                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=threads,
+                    out=fresh(),
                 )
             return self.backend.rolling(
-                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat,
-                threads=threads or self.threads, out=fresh(),
+                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=threads,
+                out=fresh(),
             )
         if isinstance(node, EMA):
-            return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends, out=fresh())
+            return self.backend.ema(self._array(values[node.x]), node.spec, starts, ends, threads=threads, out=fresh())
         if isinstance(node, Mask):
             try:
                 row = p.instruments.index(node.instrument)
@@ -446,7 +448,7 @@ class Evaluator:
         if isinstance(node, CrossSection):
             groups = self._array(values[node.group]) if node.group is not None else None
             return self.backend.cross_section(
-                node.op, self._array(values[node.x]), starts, ends, groups=groups, param=node.param
+                node.op, self._array(values[node.x]), starts, ends, groups=groups, param=node.param, threads=threads
             )
         raise ExpressionError(f"cannot evaluate node {node!r}")
 
