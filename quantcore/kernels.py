@@ -36,6 +36,7 @@ __all__ = [
     "rolling",
     "rolling_group",
     "SHARED_PASS",
+    "MAX_GROUP",
     "pair_rolling",
     "gather_rows",
     "populate_write",
