@@ -372,10 +372,12 @@ class Evaluator:
                    for i in range(workers - 1)]
         for helper in helpers:
             helper.start()
-        started()
-        work()
-        for helper in helpers:
-            helper.join()
+        try:
+            started()
+            work()
+        finally:  # the helpers finish what they run (they stop taking nodes once one failed)
+            for helper in helpers:
+                helper.join()
         if failure:
             raise failure[0]
 
