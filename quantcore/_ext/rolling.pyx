@@ -1310,12 +1310,17 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
-    cdef double** bases = <double**>malloc(k * sizeof(double*))
+    cdef double** bases
+    if not 1 <= k <= MAX_GROUP or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
+        raise ValueError(f"rolling_group needs 1 to {MAX_GROUP} ops with one out and one param each")
+    bases = <double**>malloc(k * sizeof(double*))
     if bases == NULL:
         raise MemoryError("rolling kernel could not allocate its output table")
     try:
         for j in range(k):
             o = outs[j]
+            if o.shape[0] != N or o.shape[1] != T:
+                raise ValueError(f"rolling_group out {j} has shape ({o.shape[0]}, {o.shape[1]}), x ({N}, {T})")
             bases[j] = &o[0, 0] if N > 0 and T > 0 else NULL
         if N == 0 or T == 0:
             return

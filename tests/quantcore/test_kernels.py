@@ -497,6 +497,20 @@ def test_rolling_group_gives_each_operator_its_own_result(ops, params, w, compat
         assert_same(got, R.rolling(op, X, w, STARTS, ENDS, param=param, compat=compat))
 
 
+def test_compiled_group_entry_refuses_what_its_fixed_table_cannot_hold():
+    """The Cython entry checks the few things that would make it write out of bounds, even though
+    `kernels.rolling_group` validates everything before it."""
+    s, e = np.zeros(len(X), np.int64), np.full(len(X), T, np.int64)
+    mx = K.ROLLING_OPS.index("Max")
+    with pytest.raises(ValueError, match="1 to 8 ops"):
+        _roll.rolling_group(np.full(9, mx, dtype=np.intc), X, [np.empty_like(X) for _ in range(9)], np.zeros(9),
+                            s, e, 3, True, 1)
+    with pytest.raises(ValueError, match="one out and one param"):
+        _roll.rolling_group(np.full(2, mx, dtype=np.intc), X, [np.empty_like(X)], np.zeros(2), s, e, 3, True, 1)
+    with pytest.raises(ValueError, match=r"out 0 has shape \(2, 260\)"):
+        _roll.rolling_group(np.full(1, mx, dtype=np.intc), X, [np.empty((2, T))], np.zeros(1), s, e, 3, True, 1)
+
+
 X3, S3, E3 = one([1.0, 2.0, 3.0])
 
 
