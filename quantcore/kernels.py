@@ -77,16 +77,8 @@ def rolling(
     panel kernels) is an optional float64 (N, T) buffer to fill instead of a new one; it must not
     overlap the input.
     """
-    code = _op_code(op, ROLLING_OPS, "rolling")
-    xa = _panel_array(x, "x")
-    st, en = _spans(starts, ends, xa.shape)
-    w = _window(window)
-    _flag(compat, "compat")
-    nth = _threads(threads)
-    q = _param(op, param)
-    out = _output(xa.shape, st, en, out, xa)
-    _roll.rolling(code, xa, out, st, en, min(w, xa.shape[1] + 1), q, compat, nth)  # longer = same
-    return out
+    return rolling_group([op], x, window, starts, ends, params=[param], compat=compat, threads=threads,
+                         outs=[out])[0]
 
 
 #: Most operators one `rolling_group` call takes.
@@ -139,7 +131,7 @@ def rolling_group(
     for out in outs:
         results.append(_output(xa.shape, st, en, out, xa, *results))
     _roll.rolling_group(np.array(codes, dtype=np.intc), xa, results, qs, st, en, min(w, xa.shape[1] + 1),
-                        compat, nth)
+                        compat, nth)  # a window longer than the calendar gives the same as one just past it
     return results
 
 

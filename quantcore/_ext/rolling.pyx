@@ -134,6 +134,8 @@ cdef enum:
     # Med/Quantile/Rank/Mad windows up to this many rows work on the raw window or a sorted
     # buffer (O(window) per step, SIMD counts); longer ones on a Fenwick tree of value ranks
     SHORT_WINDOW_MAX = 96
+    # operators per rolling_group call: the size of group_row's table of output rows
+    GROUP_MAX = 8
 
 # qlib masks Rsquare/Corr where pandas' rolling std is within this absolute distance of 0
 # (ops.py: np.isclose(std, 0, atol=2e-05)); it is scale-dependent, hence compat-only.
@@ -142,7 +144,7 @@ cdef double QLIB_STD_ATOL = 2e-5
 cdef double FLAT_RTOL = 1e-10
 
 SHORT_ORDERED_WINDOW_MAX = SHORT_WINDOW_MAX
-MAX_GROUP = 8  # operators per rolling_group call (group_row's table)
+MAX_GROUP = GROUP_MAX
 QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
@@ -181,6 +183,12 @@ cdef inline void run_push(Run* r, double v, idx_t t) noexcept nogil:
 
 cdef inline bint run_flat(const Run* r, idx_t ws) noexcept nogil:
     return r.prev_end < ws
+
+
+cdef inline void put(double* out, idx_t t, double v) noexcept nogil:
+    """out[t] = v for an output a shared pass may leave out (NULL)."""
+    if out != NULL:
+        out[t] = v
 
 
 cdef inline idx_t win_start(idx_t t, idx_t w) noexcept nogil:
@@ -489,18 +497,14 @@ cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_
         if t >= w:
             cnt -= x[t - w] == x[t - w]
         if cnt == 0:
-            # no valid value in the window (pandas min_periods=1)
-            if out_value != NULL:
-                out_value[t] = NAN
-            if out_index != NULL:
-                out_index[t] = NAN
+            put(out_value, t, NAN)  # no valid value in the window (pandas min_periods=1)
+            put(out_index, t, NAN)
         else:
             if t < w or c == w - 1:
                 best = g[t]  # the window starts a block
             else:
                 best = g[t] + (h[ws] - g[t]) * (hk[ws] >= gk[t])
-            if out_value != NULL:
-                out_value[t] = x[best]
+            put(out_value, t, x[best])
             if out_index != NULL:
                 if nan_first and next_nan[ws] <= t:
                     out_index[t] = next_nan[ws] - ws + 1
@@ -835,23 +839,15 @@ cdef int regression_row(const double* x, double* out_slope, double* out_rsquare,
                 sxy += p * d
                 cnt += 1
         if cnt < 2:
-            # one point fixes no line (qlib: 0/0)
-            if out_slope != NULL:
-                out_slope[t] = NAN
-            if out_rsquare != NULL:
-                out_rsquare[t] = NAN
-            if out_resi != NULL:
-                out_resi[t] = NAN
+            put(out_slope, t, NAN)  # one point fixes no line (qlib: 0/0)
+            put(out_rsquare, t, NAN)
+            put(out_resi, t, NAN)
             continue
         flat = run_flat(&run, ws)
         if flat:
-            # a flat window: slope 0, every residual 0, no fit to speak of
-            if out_slope != NULL:
-                out_slope[t] = 0.0
-            if out_rsquare != NULL:
-                out_rsquare[t] = NAN
-            if out_resi != NULL:
-                out_resi[t] = 0.0 if v == v else NAN
+            put(out_slope, t, 0.0)  # a flat window: slope 0, every residual 0, no fit to speak of
+            put(out_rsquare, t, NAN)
+            put(out_resi, t, 0.0 if v == v else NAN)
             continue
         if cnt != cached_n:  # reciprocals change only with the valid count
             cached_n = cnt
@@ -867,8 +863,7 @@ cdef int regression_row(const double* x, double* out_slope, double* out_rsquare,
         else:
             vx = sxx - sx * mx
             slope = cxy / vx
-        if out_slope != NULL:
-            out_slope[t] = slope
+        put(out_slope, t, slope)
         if out_resi != NULL:
             out_resi[t] = (v - ref) - my - slope * ((t - anchor) - mx) if v == v else NAN
         if out_rsquare != NULL:
@@ -1311,8 +1306,8 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
     cdef double** bases
-    if not 1 <= k <= MAX_GROUP or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
-        raise ValueError(f"rolling_group needs 1 to {MAX_GROUP} ops with one out and one param each")
+    if not 1 <= k <= GROUP_MAX or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
+        raise ValueError(f"rolling_group needs 1 to {GROUP_MAX} ops with one out and one param each")
     bases = <double**>malloc(k * sizeof(double*))
     if bases == NULL:
         raise MemoryError("rolling kernel could not allocate its output table")
@@ -1337,7 +1332,7 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
 cdef int group_row(const int* ops, const double* params, double** bases, idx_t k, const double* x,
                    idx_t offset, idx_t n, idx_t window, bint compat, idx_t short_max) noexcept nogil:
     """One row of rolling_group: its outputs start `offset` cells into each output panel."""
-    cdef double* outs[8]  # rolling_group takes at most MAX_GROUP operators
+    cdef double* outs[GROUP_MAX]
     cdef idx_t j
     for j in range(k):
         outs[j] = bases[j] + offset

@@ -493,7 +493,7 @@ class _Buffers:
     A batch like Alpha158 makes hundreds of (N, T) intermediates; allocating each afresh costs page
     faults, and in a new process fresh pages are the slow kind (about 2x the kernel time on a 2-core
     VM), so a few released panels are kept for reuse. take/give are single list operations, atomic
-    under the GIL, so workers take while the scheduling thread gives."""
+    under the GIL, so one worker may take while another gives."""
 
     def __init__(self, shape: tuple[int, int], limit: int = 16):
         self.shape = shape
