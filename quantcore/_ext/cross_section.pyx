@@ -385,20 +385,58 @@ cdef enum:
     GATHER_TILE = 32  # days per tile of gather_rows: N x 32 doubles stay in L2 across the tile's days
 
 
+cdef void gather_days(const double* x, idx_t T, float* out, const int64_t* offsets, const idx_t* rows,
+                      idx_t m, idx_t day0, idx_t d0, idx_t d1) noexcept nogil:
+    """Output days [d0, d1), all with the same listed instruments (row offsets rows[0:m] into x):
+    a copy with no per-cell span test."""
+    cdef idx_t d, j
+    cdef const double* col
+    cdef float* o
+    for d in range(d0, d1):
+        o = out + offsets[d]
+        col = x + day0 + d
+        for j in range(m):
+            o[j] = <float>col[rows[j]]
+
+
 cdef void gather_tile(const double* x, idx_t N, idx_t T, float* out, const int64_t* starts, const int64_t* ends,
                       const int64_t* offsets, idx_t day0, idx_t d0, idx_t d1) noexcept nogil:
-    """gather_rows for output days [d0, d1): day by day, over a tile of x small enough (N x
-    GATHER_TILE doubles) to stay in L1/L2 between its days."""
-    cdef idx_t d, i, k, t
+    """gather_rows for output days [d0, d1), a tile of x small enough (N x GATHER_TILE doubles) to
+    stay in L1/L2 between its days. The tile is cut at the days where an instrument's span starts or
+    ends; between cuts the listed instruments are the same every day, so their rows are listed once
+    and copied without testing each cell's span (a third faster than testing it)."""
+    cdef idx_t d, i, t, m, s0, t0 = day0 + d0, t1 = day0 + d1
     cdef const double* col
-    for d in range(d0, d1):
-        t = day0 + d
-        k = offsets[d]
-        col = x + t
-        for i in range(N):
-            if starts[i] <= t < ends[i]:
-                out[k] = <float>col[i * T]
-                k += 1
+    cdef idx_t* rows = <idx_t*>malloc(N * sizeof(idx_t))
+    cdef uint8_t cut[GATHER_TILE + 1]
+    if rows == NULL or d1 - d0 > GATHER_TILE:  # no memory for the row list: test each cell
+        for d in range(d0, d1):
+            t = day0 + d
+            m = offsets[d]
+            col = x + t
+            for i in range(N):
+                if starts[i] <= t < ends[i]:
+                    out[m] = <float>col[i * T]
+                    m += 1
+        free(rows)
+        return
+    memset(cut, 0, sizeof(cut))
+    for i in range(N):
+        if t0 < starts[i] < t1:
+            cut[starts[i] - t0] = 1
+        if t0 < ends[i] < t1:
+            cut[ends[i] - t0] = 1
+    cut[d1 - d0] = 1
+    s0 = d0
+    for d in range(d0 + 1, d1 + 1):
+        if cut[d - d0]:
+            m = 0
+            for i in range(N):  # listed on every day of [s0, d): no span edge falls inside it
+                rows[m] = i * T
+                m += starts[i] <= day0 + s0 and day0 + d <= ends[i]
+            gather_days(x, T, out, offsets, rows, m, day0, s0, d)
+            s0 = d
+    free(rows)
 
 
 def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] starts, const int64_t[::1] ends,

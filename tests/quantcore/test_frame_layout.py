@@ -67,6 +67,24 @@ def test_gather_rows_transposes_in_span_cells(ragged_panel, days):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gather_rows_with_span_edges_on_most_days(seed):
+    """Many instruments whose spans start and end on random days (tile edges, neighbouring days,
+    empty spans included): every tile is cut into several runs of days with the same listed set."""
+    rng = np.random.default_rng(seed)
+    n, t = 90, 200
+    starts = rng.integers(0, t, size=n)
+    ends = np.minimum(t, starts + rng.integers(0, t, size=n))
+    starts[:6], ends[:6] = [0, 32, 31, 64, 5, 7], [t, 64, 33, 65, 5, 8]  # on, across and inside tile edges
+    x = rng.normal(size=(n, t))
+    inside = (np.arange(t) >= starts[:, None]) & (np.arange(t) < ends[:, None])
+    for days in (slice(None), slice(1, 199), slice(32, 96), slice(50, 51)):
+        want = x[:, days].T[inside[:, days].T].astype(np.float32)
+        for threads in (1, 2):
+            got = kernels.gather_rows(x, starts, ends, days, threads=threads)
+            np.testing.assert_array_equal(got, want, err_msg=f"days {days}, {threads} threads")
+
+
 def test_parallel_frame_equals_arrays_laid_out_by_numpy(ragged_panel):
     """Enough expressions for the two-worker DAG path, whose workers write the block's columns."""
     exprs = {f"m{w}": f"Mean($close, {w}) / $close" for w in (2, 3, 5, 10, 20, 30)}
