@@ -9,7 +9,7 @@ own node: `Mean(x, 0)` parses to `Expanding`, not to a `Rolling` with a magic wi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator, Union
 
 __all__ = [
@@ -36,6 +36,29 @@ __all__ = [
 ]
 
 
+def _cached_hash(cls):
+    """Give a frozen node class a hash computed once per node. Nodes are dict keys all through
+    planning and evaluation, and a dataclass's own hash rebuilds a tuple for the whole subtree on
+    every lookup. The cached value is left out of pickles: str hashes differ between processes."""
+    names = tuple(f.name for f in fields(cls))
+
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((cls.__name__, *(getattr(self, name) for name in names)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in names}
+
+    cls.__hash__ = __hash__
+    cls.__getstate__ = __getstate__
+    return cls
+
+
+
+@_cached_hash
 @dataclass(frozen=True)
 class Field:
     """A panel field, `$close`."""
@@ -43,6 +66,7 @@ class Field:
     name: str
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Const:
     """A numeric literal (always stored as float so `1` and `1.0` share a key)."""
@@ -53,6 +77,7 @@ class Const:
         object.__setattr__(self, "value", float(self.value))
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Unary:
     """Element-wise one-input operator: Neg, Abs, Sign, Log, Not."""
@@ -61,6 +86,7 @@ class Unary:
     x: "Node"
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Binary:
     """Element-wise two-input operator: Add Sub Mul Div Power Gt Ge Lt Le Eq Ne And Or Greater Less."""
@@ -70,6 +96,7 @@ class Binary:
     right: "Node"
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class If:
     """`If(cond, then, otherwise)`: numpy.where semantics (a NaN condition counts as true, like qlib)."""
@@ -79,6 +106,7 @@ class If:
     otherwise: "Node"
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Ref:
     """Value `periods` rows earlier; a negative `periods` reads the future (labels only)."""
@@ -87,6 +115,7 @@ class Ref:
     periods: int
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Rolling:
     """A window operator over the last `window` (>= 1) rows; `inputs` has 1 node (2 for Corr/Cov).
@@ -99,6 +128,7 @@ class Rolling:
     param: float | None = None
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Expanding:
     """The same operators as `Rolling`, over all rows since listing (qlib's `N=0`)."""
@@ -108,6 +138,7 @@ class Expanding:
     param: float | None = None
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class EMA:
     """Exponential moving average. `spec` is the argument as written: >= 1 is a span, in (0, 1) an alpha,
@@ -123,6 +154,7 @@ class EMA:
         return 2.0 / (self.spec + 1.0)
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class Mask:
     """qlib's `Mask(x, "INST")`: the value of `x` computed on another instrument, on this row's date."""
@@ -131,6 +163,7 @@ class Mask:
     instrument: str
 
 
+@_cached_hash
 @dataclass(frozen=True)
 class CrossSection:
     """A per-day operator across instruments: CSRank, CSZScore, CSDemean, CSWinsorize, CSNeutralize.

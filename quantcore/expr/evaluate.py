@@ -44,8 +44,7 @@ from quantcore.expr.ast import (
 )
 from quantcore.expr.cache import DiskCache, MemoryCache, cache_key
 from quantcore.expr.canonical import canonical
-from quantcore.expr.parser import parse
-from quantcore.expr.validate import validate
+from quantcore.expr.validate import compile_expression
 
 __all__ = ["Evaluator", "evaluate"]
 
@@ -119,8 +118,7 @@ class Evaluator:
         fields = self.panel.field_names
         for name, expr in expressions.items():
             try:
-                node = parse(expr) if isinstance(expr, str) else expr
-                validate(node, fields, allow_future=allow_future)
+                node = compile_expression(expr, fields, allow_future=allow_future)
             except ExpressionError as exc:
                 raise _named(exc, name) from None
             out.append(_Compiled(name, node, canonical(node)))

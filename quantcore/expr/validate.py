@@ -41,14 +41,10 @@ def validate(
     """Return `node` if it is well-formed, reads only `fields`, never the future (unless `allow_future`,
     for labels) and fits the caps; otherwise raise the ExpressionError subclass that names the problem."""
     try:
-        _check_caps(node, max_nodes, max_depth)
         _check_structure(node)
-        _check_fields(node, fields)
-        if not allow_future:
-            _check_look_ahead(node)
     except RecursionError:  # only hand-built trees get this deep; parse() caps nesting
         raise ExpressionError("expression is nested too deeply to check") from None
-    return node
+    return _check_use(node, fields, allow_future, max_nodes, max_depth)
 
 
 def compile_expression(
@@ -59,9 +55,25 @@ def compile_expression(
     max_nodes: int | None = None,
     max_depth: int | None = None,
 ) -> Node:
-    """`parse` (when given text) then `validate`: the checked tree of an expression."""
-    node = parse(expression) if isinstance(expression, str) else expression
-    return validate(node, fields, allow_future=allow_future, max_nodes=max_nodes, max_depth=max_depth)
+    """`parse` (when given text) then `validate`: the checked tree of an expression. A tree `parse`
+    built is well-formed by construction (every node comes from `build`), so only its fields, look-ahead
+    and size are checked."""
+    if not isinstance(expression, str):
+        return validate(expression, fields, allow_future=allow_future, max_nodes=max_nodes, max_depth=max_depth)
+    return _check_use(parse(expression), fields, allow_future, max_nodes, max_depth)
+
+
+def _check_use(node: Node, fields: Iterable[str], allow_future: bool, max_nodes: int | None,
+               max_depth: int | None) -> Node:
+    """The checks that depend on where a well-formed tree is used: caps, fields, look-ahead."""
+    try:
+        _check_caps(node, max_nodes, max_depth)
+        _check_fields(node, fields)
+        if not allow_future:
+            _check_look_ahead(node)
+    except RecursionError:
+        raise ExpressionError("expression is nested too deeply to check") from None
+    return node
 
 
 def _check_caps(node: Node, max_nodes: int | None, max_depth: int | None) -> None:

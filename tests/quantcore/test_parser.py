@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast as pyast
 import math
+import os
 import random
 import re
 
@@ -421,6 +422,30 @@ def test_formatting_and_spelling_variants_share_a_hash():
     assert len({expression_hash(v) for v in variants}) == 1
     assert expression_hash("Mean($x, 5)") == expression_hash("Mean($x, 5.0)") != expression_hash("Mean($x, 10)")
     assert expression_hash("$a - ($b - $c)") != expression_hash("$a - $b - $c")
+
+
+def test_nodes_hash_like_their_structure_in_any_process(tmp_path):
+    """Equal trees hash equal, also after a pickle goes to a process with another str-hash salt
+    (a node keeps its hash once computed; the pickle must not carry it)."""
+    import pickle
+    import subprocess
+    import sys
+
+    texts = ["Mean($close, 5) / $close", "Corr($close, Log($volume + 1), 20)", "Quantile($high, 10, 0.8)"]
+    trees = [parse(t) for t in texts]
+    assert len({hash(t) for t in trees}) == 3
+    assert all(hash(parse(t)) == hash(tree) and parse(t) == tree for t, tree in zip(texts, trees))
+    (tmp_path / "trees.pkl").write_bytes(pickle.dumps(trees))
+    check = (
+        "import pickle, sys\n"
+        "from quantcore.expr.parser import parse\n"
+        f"trees = pickle.load(open({str(tmp_path / 'trees.pkl')!r}, 'rb'))\n"
+        f"fresh = {{parse(t): i for i, t in enumerate({texts!r})}}\n"
+        "assert [fresh[t] for t in trees] == [0, 1, 2]\n"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", check], check=True, env=env)
 
 
 # ---- errors: kind, message and position ---------------------------------------------------------
