@@ -70,6 +70,7 @@ _COMPARE = {
 }
 _LOGIC = {"And": np.logical_and, "Or": np.logical_or}
 _UNARY = {"Neg": np.negative, "Abs": np.abs, "Sign": np.sign, "Log": np.log}
+_PASS_NODES = (Rolling, Expanding, EMA, CrossSection)  # nodes whose panel a kernel pass makes
 
 
 @dataclass(frozen=True)
@@ -516,8 +517,9 @@ def _plan(roots: Sequence[Node], shape: tuple[int, int], shared_passes: bool = T
     then takes the roots reading one group together, see `_roots_by_group`)."""
     order, refs = _post_order(roots)
     groups = _shared_pass_groups(order) if shared_passes else {}
-    if groups:
-        order, _ = _post_order(_roots_by_group(roots, groups))
+    by_reads = _roots_by_group(roots, groups)
+    if by_reads != list(roots):
+        order, _ = _post_order(by_reads)
     positions: dict[Node, list[int]] = {}
     for i, root in enumerate(roots):
         positions.setdefault(root, []).append(i)
@@ -550,21 +552,29 @@ def _post_order(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
 
 
 def _roots_by_group(roots: Sequence[Node], groups: dict) -> list[Node]:
-    """The roots, those reading a shared-pass group moved up behind the first root that reads it.
+    """The roots, those that read a common window result (a kernel pass: a Rolling, Expanding, EMA or
+    cross-sectional node, or a shared-pass group of them), directly or through other roots, moved
+    together behind the first of them.
 
-    A group's panels are made together, so the features reading them should be computed together
-    too; in the order they were asked for (Alpha158: QTLU5..60, then QTLD5..60) twenty siblings'
-    panels waited for their consumers (126 MB held, 26 panels live at the peak)."""
-    first: dict[tuple, int] = {}
-    keys = []
+    Features that read one window result are then computed together and the panel is freed early.
+    In the order they were asked for, siblings' panels wait for their last reader: Alpha158's
+    QTLU5..60 then QTLD5..60 held twenty group panels (26 live at the peak), SUMP5..60, SUMN5..60,
+    SUMD5..60 ten Sum panels until SUMD (17 live), MAX, MIN, RSV, IMAX, IMIN, IMXD twenty."""
+    parent = list(range(len(roots)))  # union-find over root positions; a set's representative is its first root
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    reader: dict = {}
     for i, root in enumerate(roots):
-        key = i
         for node in walk(root):
-            group = groups.get(node)
-            if group is not None:
-                key = min(key, first.setdefault(group, i))
-        keys.append(key)
-    return [roots[i] for i in sorted(range(len(roots)), key=lambda i: (keys[i], i))]
+            if isinstance(node, _PASS_NODES):
+                a, b = find(i), find(reader.setdefault(groups.get(node, node), i))
+                parent[max(a, b)] = min(a, b)
+    return [roots[i] for i in sorted(range(len(roots)), key=lambda i: (find(i), i))]
 
 
 def _shared_pass_groups(order: Sequence[Node]) -> dict:

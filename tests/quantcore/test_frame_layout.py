@@ -273,3 +273,34 @@ def test_features_reading_one_shared_pass_are_scheduled_together(ragged_panel):
     assert [plan.positions[n] for n in nodes] == [[0], [1], [2], [3]]  # output columns keep their places
     assert _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(
         nodes[2]) > _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(nodes[1])
+
+
+def test_features_reading_one_window_result_are_scheduled_together(ragged_panel):
+    """Roots that share a window result, directly (SUMP/SUMN/SUMD's sums) or through another root
+    (RSV reads MAX's and MIN's), are planned one window after the other instead of in the order asked
+    (which kept every window's panels alive until the last family), and results do not change."""
+    from quantcore.expr.evaluate import _plan
+
+    d = "$close - Ref($close, 1)"
+    features = {}
+    for name, expr in [("SUMP", f"Sum(Greater({d}, 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
+                       ("SUMN", f"Sum(Greater(-({d}), 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
+                       ("SUMD", f"(Sum(Greater({d}, 0), {{w}})-Sum(Greater(-({d}), 0), {{w}}))/(Sum(Abs({d}), {{w}})+1e-12)"),
+                       ("MAX", "Max($high, {w})/$close"), ("MIN", "Min($low, {w})/$close"),
+                       ("RSV", "($close-Min($low, {w}))/(Max($high, {w})-Min($low, {w})+1e-12)")]:
+        for w in (3, 5, 10):
+            features[f"{name}{w}"] = expr.format(w=w)
+    ev = Evaluator(ragged_panel)
+    nodes = [item.node for item in ev.compile(features)]
+    names = list(features)
+    for shared in (True, False):
+        order = _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=shared).order
+        done = {name: order.index(node) for name, node in zip(names, nodes)}
+        for family in (("SUMP", "SUMN", "SUMD"), ("MAX", "MIN", "RSV")):
+            for w, later in ((3, 5), (5, 10)):
+                assert max(done[f"{f}{w}"] for f in family) < min(done[f"{f}{later}"] for f in family), (family, w)
+    frame = ev.frame(features)
+    arrays = Evaluator(ragged_panel, threads=1).evaluate(features, dtype=np.float64)
+    inside = ~ragged_panel.outside_span
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(frame[name].to_numpy(), arr.T[inside.T].astype(np.float32), err_msg=name)
