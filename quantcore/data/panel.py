@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import threading
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Iterable, Mapping
@@ -270,13 +271,20 @@ def huge_empty(shape: tuple[int, int], dtype=np.float32) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F")
 
 
-def populate(arr: np.ndarray) -> bool:
+def populate(arr: np.ndarray, stop: threading.Event | None = None) -> bool:
     """Map (and zero) every page of a `huge_empty` mapping now, in GIL-free 4 MiB calls, so it may
     run on a thread while others write into the array (a write that gets to a page first maps that
-    page itself; values written are kept). False where it cannot: Linux before 5.14 (no
-    MADV_POPULATE_WRITE), other systems, or an array `huge_empty` left to `np.empty`."""
+    page itself; values written are kept). `stop`, once set, ends it early (checked every 32 MiB).
+    False where it cannot or was stopped: Linux before 5.14 (no MADV_POPULATE_WRITE), other
+    systems, or an array `huge_empty` left to `np.empty`."""
     mapping = _mapping(arr)
-    return mapping is not None and arr.size > 0 and kernels.populate_write(mapping) == 0
+    if mapping is None or arr.size == 0:
+        return False
+    view, step = memoryview(mapping), 32 << 20
+    for offset in range(0, len(view), step):
+        if (stop is not None and stop.is_set()) or kernels.populate_write(view[offset:offset + step]) != 0:
+            return False
+    return True
 
 
 def _mapping(arr: np.ndarray) -> mmap.mmap | None:

@@ -175,27 +175,27 @@ class Evaluator:
             return self.panel.to_frame(arrays, days=window, dtype=dtype)
         # No cache to fill: copy each result into its frame column the moment it is computed, while
         # it is still in cache, instead of keeping (N, T) copies and gathering them afterwards. The
-        # block (hundreds of MB for a wide set) is populated on a thread meanwhile (GIL-free); nothing
-        # waits for that: a column written first maps its own pages.
-        compiled = self.compile(expressions, allow_future=allow_future)
-        block = self.panel.empty_block(len(compiled), window, dtype, prefault=False)
+        # block (hundreds of MB for a wide set) is populated on a thread meanwhile (GIL-free, in
+        # chunks, so other threads' allocations wait little), from the start: parsing and planning
+        # run on this thread alone, leaving a core free. Nothing waits for it: a column written
+        # first maps its own pages. The frame's index (20 ms, mostly NumPy) is built after it there.
+        block = self.panel.empty_block(len(expressions), window, dtype, prefault=False)
+        stop = threading.Event()
         with ThreadPoolExecutor(max_workers=1) as mapper:
+            mapper.submit(populate, block, stop)
+            index = mapper.submit(self.panel.frame_index, window)
+            try:
+                compiled = self.compile(expressions, allow_future=allow_future)
 
-            def gather(i: int, arr: np.ndarray) -> None:
-                self.panel.fill_column(block, i, arr, window)
+                def gather(i: int, arr: np.ndarray) -> None:
+                    self.panel.fill_column(block, i, arr, window)
 
-            # populating holds the memory-map lock a chunk at a time, which starting a thread needs:
-            # start it once the workers run (it held up the first worker's start by 65 ms); the
-            # frame's index (20 ms, mostly NumPy) is built after it, on the same thread
-            index: list = []
-
-            def start_mapper() -> None:
-                mapper.submit(populate, block)
-                index.append(mapper.submit(self.panel.frame_index, window))
-
-            self._evaluate_nodes([item.node for item in compiled], gather, started=start_mapper)
-        frame_index = index[0].result() if index else self.panel.frame_index(window)  # none: no expressions
-        return pd.DataFrame(block, index=frame_index, columns=[c.name for c in compiled], copy=False)
+                self._evaluate_nodes([item.node for item in compiled], gather)
+            except BaseException:
+                stop.set()  # a bad expression or a failed kernel: stop mapping, skip the index
+                index.cancel()
+                raise
+        return pd.DataFrame(block, index=index.result(), columns=[c.name for c in compiled], copy=False)
 
     # ---- caches ----------------------------------------------------------------------------------
     def _cache_get(self, key: str, shape: tuple[int, int]) -> np.ndarray | None:
@@ -218,23 +218,20 @@ class Evaluator:
             self.memory_cache.put(key, arr)
 
     # ---- DAG evaluation --------------------------------------------------------------------------
-    def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None],
-                        started: Callable[[], object] = lambda: None) -> None:
+    def _evaluate_nodes(self, roots: Sequence[Node], emit: Callable[[int, np.ndarray], None]) -> None:
         """Evaluate the union DAG of `roots`; `emit(i, values)` receives root i's result (float64, valid
         only during the call). Intermediates are freed by reference count, and an intermediate used for
         the last time is handed to its consumer as the output buffer, so most element-wise steps
         allocate nothing. With more than one core, independent nodes run on two worker threads (numpy
         and the kernels release the GIL), each kernel then single-threaded. Window operators that
-        share a pass over the same input and window (`kernels.SHARED_PASS`) are computed together.
-        `started()` is called once the workers run."""
+        share a pass over the same input and window (`kernels.SHARED_PASS`) are computed together."""
         if not roots:
             return
         plan = _plan(roots, (self.panel.n_instruments, self.panel.n_days), hasattr(self.backend, "rolling_group"))
         workers = 1 if self.threads == 1 else min(2, available_cores())
         if workers > 1 and len(plan.order) > 8:
-            self._run_parallel(plan, emit, workers, started)
+            self._run_parallel(plan, emit, workers)
         else:
-            started()
             self._run_sequential(plan, emit)
 
     def _compute_node(self, node: Node, values, plan: "_Plan", single: set, threads: int | None) -> dict:
@@ -298,7 +295,7 @@ class Evaluator:
             values[node] = early.pop(node)
             self._finish(node, values, plan, emit)
 
-    def _run_parallel(self, plan: "_Plan", emit, workers: int, started: Callable[[], object]) -> None:
+    def _run_parallel(self, plan: "_Plan", emit, workers: int) -> None:
         """Ready-list scheduling with no dispatcher: each worker (this thread and workers - 1 others)
         takes the ready node of lowest post-order rank (so memory is freed early), computes it, emits
         it if it is a root (copying a result out is a good part of the work, and its buffer is still
@@ -372,7 +369,6 @@ class Evaluator:
         for helper in helpers:
             helper.start()
         try:
-            started()
             work()
         finally:  # the helpers finish what they run (they stop taking nodes once one failed)
             for helper in helpers:

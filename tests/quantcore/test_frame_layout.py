@@ -7,6 +7,7 @@ import mmap
 import platform
 import re
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 
 from quantcore import kernels
 from quantcore.data.panel import Panel, huge_empty, populate, prefaulted_empty
+from quantcore.errors import UnknownFieldError
 from quantcore.expr.evaluate import Evaluator
 
 
@@ -133,6 +135,28 @@ def test_block_written_while_it_is_populated_keeps_every_write():
     for j in range(4):
         assert (block[:, j] == j + 0.5).all()
     assert populate(np.empty((10, 3))) is False  # not a mapping of its own: left alone
+
+
+def test_populate_stops_when_asked_and_a_failed_frame_stops_it():
+    """A set `stop` leaves the block unmapped (a frame whose expression fails stops populating its
+    block, so the error is not held up by hundreds of MB of mapping)."""
+    import threading
+
+    block = huge_empty((4_300_000, 16))  # 262 MiB of float32
+    stop = threading.Event()
+    stop.set()
+    before = _resident_bytes()
+    assert populate(block, stop) is False
+    assert _resident_bytes() - before < 64 << 20  # at most what the call started before looking
+    if _populate_write_supported():
+        assert populate(block) is True and _resident_bytes() - before >= 0.9 * block.nbytes
+
+
+def test_frame_with_a_bad_expression_raises_its_error(ragged_panel):
+    with pytest.raises(UnknownFieldError, match=r"\$clsoe"):
+        Evaluator(ragged_panel).frame({"ok": "Mean($close, 5)", "bad": "Mean($clsoe, 5)"})
+    assert not [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+                and t.name.startswith(("quantcore", "ThreadPoolExecutor"))]
 
 
 def _populate_write_supported() -> bool:
