@@ -508,9 +508,9 @@ class _Buffers:
 
 
 def _plan(roots: Sequence[Node], shape: tuple[int, int], shared_passes: bool = True) -> _Plan:
-    """The union DAG of `roots`: post-order of unique nodes, reference counts and, with
-    `shared_passes`, the groups of window operators one kernel pass computes together (the order
-    then takes the roots reading one group together, see `_roots_by_group`)."""
+    """The union DAG of `roots`: post-order of unique nodes (roots reading a common window result
+    taken together, see `_roots_by_group`), reference counts and, with `shared_passes`, the groups
+    of window operators one kernel pass computes together."""
     order, refs = _post_order(roots)
     groups = _shared_pass_groups(order) if shared_passes else {}
     by_reads = _roots_by_group(roots, groups)
