@@ -17,10 +17,10 @@ only saves passes: each of its results is `rolling`'s).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
 import os
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 

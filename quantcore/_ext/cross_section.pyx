@@ -399,27 +399,18 @@ cdef void gather_days(const double* x, idx_t T, float* out, const int64_t* offse
             o[j] = <float>col[rows[j]]
 
 
-cdef void gather_tile(const double* x, idx_t N, idx_t T, float* out, const int64_t* starts, const int64_t* ends,
-                      const int64_t* offsets, idx_t day0, idx_t d0, idx_t d1) noexcept nogil:
+cdef int gather_tile(const double* x, idx_t N, idx_t T, float* out, const int64_t* starts, const int64_t* ends,
+                     const int64_t* offsets, idx_t day0, idx_t d0, idx_t d1) noexcept nogil:
     """gather_rows for output days [d0, d1), a tile of x small enough (N x GATHER_TILE doubles) to
     stay in L1/L2 between its days. The tile is cut at the days where an instrument's span starts or
     ends; between cuts the listed instruments are the same every day, so their rows are listed once
-    and copied without testing each cell's span (a third faster than testing it)."""
-    cdef idx_t d, i, t, m, s0, t0 = day0 + d0, t1 = day0 + d1
-    cdef const double* col
+    and copied without testing each cell's span (a third faster than testing it). 1 when the row
+    list cannot be allocated, else 0."""
+    cdef idx_t d, i, m, s0, t0 = day0 + d0, t1 = day0 + d1
     cdef idx_t* rows = <idx_t*>malloc(N * sizeof(idx_t))
-    cdef uint8_t cut[GATHER_TILE + 1]
-    if rows == NULL or d1 - d0 > GATHER_TILE:  # no memory for the row list: test each cell
-        for d in range(d0, d1):
-            t = day0 + d
-            m = offsets[d]
-            col = x + t
-            for i in range(N):
-                if starts[i] <= t < ends[i]:
-                    out[m] = <float>col[i * T]
-                    m += 1
-        free(rows)
-        return
+    cdef uint8_t cut[GATHER_TILE + 1]  # d1 - d0 <= GATHER_TILE: gather_rows' tiles
+    if rows == NULL:
+        return 1
     memset(cut, 0, sizeof(cut))
     for i in range(N):
         if t0 < starts[i] < t1:
@@ -437,6 +428,7 @@ cdef void gather_tile(const double* x, idx_t N, idx_t T, float* out, const int64
             gather_days(x, T, out, offsets, rows, m, day0, s0, d)
             s0 = d
     free(rows)
+    return 0
 
 
 def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] starts, const int64_t[::1] ends,
@@ -451,13 +443,16 @@ def gather_rows(const double[:, ::1] x, float[::1] out, const int64_t[::1] start
     threads."""
     cdef idx_t N = x.shape[0], T = x.shape[1], n_days = offsets.shape[0] - 1
     cdef idx_t n_tiles = (n_days + GATHER_TILE - 1) // GATHER_TILE, b, d1
+    cdef int failed = 0
     if N == 0 or n_days <= 0:
         return
     with nogil:
         for b in prange(n_tiles, num_threads=nth, schedule="static"):
             d1 = (b + 1) * GATHER_TILE
-            gather_tile(&x[0, 0], N, T, &out[0], &starts[0], &ends[0], &offsets[0], day0, b * GATHER_TILE,
-                        d1 if d1 < n_days else n_days)
+            failed += gather_tile(&x[0, 0], N, T, &out[0], &starts[0], &ends[0], &offsets[0], day0,
+                                  b * GATHER_TILE, d1 if d1 < n_days else n_days)
+    if failed:
+        raise MemoryError("gather_rows could not allocate its row lists")
 
 
 def pearson_moments(const double[:, ::1] x, const double[:, ::1] y, const uint8_t[:, ::1] both,

@@ -57,7 +57,6 @@ def _cached_hash(cls):
     return cls
 
 
-
 @_cached_hash
 @dataclass(frozen=True)
 class Field:

@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -509,13 +509,12 @@ class _Buffers:
 
 def _plan(roots: Sequence[Node], shape: tuple[int, int], shared_passes: bool = True) -> _Plan:
     """The union DAG of `roots`: post-order of unique nodes (roots reading a common window result
-    taken together, see `_roots_by_group`), reference counts and, with `shared_passes`, the groups
-    of window operators one kernel pass computes together."""
-    order, refs = _post_order(roots)
-    groups = _shared_pass_groups(order) if shared_passes else {}
-    by_reads = _roots_by_group(roots, groups)
-    if by_reads != list(roots):
-        order, _ = _post_order(by_reads)
+    taken together, see `_roots_by_window_result`), reference counts and, with `shared_passes`, the
+    groups of window operators one kernel pass computes together."""
+    reads = [[node for node in walk(root) if isinstance(node, _PASS_NODES)] for root in roots]
+    unique = dict.fromkeys(node for nodes in reads for node in nodes)
+    groups = _shared_pass_groups(unique) if shared_passes else {}
+    order, refs = _post_order(_roots_by_window_result(roots, reads, groups))
     positions: dict[Node, list[int]] = {}
     for i, root in enumerate(roots):
         positions.setdefault(root, []).append(i)
@@ -547,10 +546,10 @@ def _post_order(roots: Sequence[Node]) -> tuple[list[Node], dict[Node, int]]:
     return order, refs
 
 
-def _roots_by_group(roots: Sequence[Node], groups: dict) -> list[Node]:
-    """The roots, those that read a common window result (a kernel pass: a Rolling, Expanding, EMA or
-    cross-sectional node, or a shared-pass group of them), directly or through other roots, moved
-    together behind the first of them.
+def _roots_by_window_result(roots: Sequence[Node], reads: Sequence[Sequence[Node]], groups: dict) -> list[Node]:
+    """The roots, those that read a common window result (reads[i]: root i's Rolling, Expanding, EMA
+    and cross-sectional nodes; a shared-pass group counts as one result), directly or through other
+    roots, moved together behind the first of them.
 
     Features that read one window result are then computed together and the panel is freed early.
     In the order they were asked for, siblings' panels wait for their last reader: Alpha158's
@@ -565,19 +564,19 @@ def _roots_by_group(roots: Sequence[Node], groups: dict) -> list[Node]:
         return i
 
     reader: dict = {}
-    for i, root in enumerate(roots):
-        for node in walk(root):
-            if isinstance(node, _PASS_NODES):
-                a, b = find(i), find(reader.setdefault(groups.get(node, node), i))
-                parent[max(a, b)] = min(a, b)
+    for i, nodes in enumerate(reads):
+        for node in nodes:
+            a, b = find(i), find(reader.setdefault(groups.get(node, node), i))
+            parent[max(a, b)] = min(a, b)
     return [roots[i] for i in sorted(range(len(roots)), key=lambda i: (find(i), i))]
 
 
-def _shared_pass_groups(order: Sequence[Node]) -> dict:
-    """node -> tuple of the Rolling nodes sharing its kernel pass (kernels.SHARED_PASS family, same
-    input and window), for groups of two or more; Alpha158's QTLU/QTLD, BETA/RSQR/RESI, MAX/IMAX."""
+def _shared_pass_groups(nodes: Iterable[Node]) -> dict:
+    """node -> tuple of the Rolling nodes (among `nodes`, each once) sharing its kernel pass
+    (kernels.SHARED_PASS family, same input and window), for groups of two or more; Alpha158's
+    QTLU/QTLD, BETA/RSQR/RESI, MAX/IMAX."""
     by_key: dict[tuple, list[Node]] = {}
-    for node in order:
+    for node in nodes:
         if isinstance(node, Rolling) and len(node.inputs) == 1 and node.op in kernels.SHARED_PASS:
             by_key.setdefault((kernels.SHARED_PASS[node.op], node.inputs, node.window), []).append(node)
     groups: dict[Node, tuple] = {}

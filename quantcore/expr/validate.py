@@ -42,9 +42,9 @@ def validate(
     for labels) and fits the caps; otherwise raise the ExpressionError subclass that names the problem."""
     try:
         _check_structure(node)
+        return _check_use(node, fields, allow_future, max_nodes, max_depth)
     except RecursionError:  # only hand-built trees get this deep; parse() caps nesting
         raise ExpressionError("expression is nested too deeply to check") from None
-    return _check_use(node, fields, allow_future, max_nodes, max_depth)
 
 
 def compile_expression(
@@ -66,13 +66,10 @@ def compile_expression(
 def _check_use(node: Node, fields: Iterable[str], allow_future: bool, max_nodes: int | None,
                max_depth: int | None) -> Node:
     """The checks that depend on where a well-formed tree is used: caps, fields, look-ahead."""
-    try:
-        _check_caps(node, max_nodes, max_depth)
-        _check_fields(node, fields)
-        if not allow_future:
-            _check_look_ahead(node)
-    except RecursionError:
-        raise ExpressionError("expression is nested too deeply to check") from None
+    _check_caps(node, max_nodes, max_depth)
+    _check_fields(node, fields)
+    if not allow_future:
+        _check_look_ahead(node)
     return node
 
 
