@@ -113,6 +113,87 @@ cdef extern from *:
     void qc_count_below_equal(const double* a, idx_t n, double v, idx_t* lt, idx_t* eq) nogil
 
 
+cdef extern from *:
+    """
+    /* Sum and Mean over four rows at once, one row per lane of an AVX2 vector (x86-64 with GCC or
+       Clang, chosen at run time). The running sums are a chain of dependent adds with NaN and
+       window-edge bookkeeping around them: a row's step is ~35 instructions, so a lane per row does
+       the same work in about half the time. Each lane performs exactly the scalar sum_row's IEEE
+       operations in the same order (selects instead of branches, no FMA), so results are bit for bit
+       those of the scalar kernel. Rows run aligned at their span start; the caller finishes rows
+       longer than `n` with the scalar loop from the state left in `state`. */
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define QC_AVX2 __attribute__((target("avx2")))
+    static int qc_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2") != 0; }
+
+    static inline QC_AVX2 __m256d qc_sel4(__m256d mask, __m256d a, __m256d b) {  /* mask ? a : b */
+        return _mm256_blendv_pd(b, a, mask);
+    }
+
+    /* scalar neumaier_add(s, c, v) in the lanes of `take` */
+    static inline QC_AVX2 void qc_neumaier4(__m256d* s, __m256d* c, __m256d v, __m256d take) {
+        __m256d sign = _mm256_set1_pd(-0.0);
+        __m256d t = _mm256_add_pd(*s, v);
+        __m256d s_big = _mm256_cmp_pd(_mm256_andnot_pd(sign, *s), _mm256_andnot_pd(sign, v), _CMP_GE_OQ);
+        __m256d comp = qc_sel4(s_big, _mm256_add_pd(_mm256_sub_pd(*s, t), v), _mm256_add_pd(_mm256_sub_pd(v, t), *s));
+        *c = qc_sel4(take, _mm256_add_pd(*c, comp), *c);
+        *s = qc_sel4(take, t, *s);
+    }
+
+    static inline QC_AVX2 __m256d qc_load4(const double* const* rows, Py_ssize_t t) {
+        return _mm256_set_pd(rows[3][t], rows[2][t], rows[1][t], rows[0][t]);
+    }
+
+    /* state (6 x 4 lanes): s, c, count, run.last, run.last_at, run.prev_end; starts from t = 0 */
+    static QC_AVX2 void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n,
+                                     Py_ssize_t w, int mean, double* state) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+        const __m256d sign = _mm256_set1_pd(-0.0), nan = _mm256_set1_pd(NAN);
+        __m256d s = zero, c = zero, cnt = zero, last = nan, last_at = _mm256_set1_pd(-1.0), prev_end = last_at;
+        double lanes[4];
+        Py_ssize_t t;
+        for (t = 0; t < n; t++) {
+            if (t >= w) {
+                __m256d old = qc_load4(xs, t - w);
+                __m256d valid = _mm256_cmp_pd(old, old, _CMP_ORD_Q);
+                cnt = _mm256_sub_pd(cnt, _mm256_and_pd(valid, one));
+                __m256d emptied = _mm256_and_pd(valid, _mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ));
+                qc_neumaier4(&s, &c, _mm256_xor_pd(old, sign), _mm256_andnot_pd(emptied, valid));
+                s = _mm256_andnot_pd(emptied, s);
+                c = _mm256_andnot_pd(emptied, c);
+            }
+            __m256d v = qc_load4(xs, t);
+            __m256d valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
+            qc_neumaier4(&s, &c, v, valid);
+            cnt = _mm256_add_pd(cnt, _mm256_and_pd(valid, one));
+            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
+            last = qc_sel4(valid, v, last);
+            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            __m256d r = _mm256_add_pd(s, c);
+            if (mean) {
+                __m256d flat = _mm256_cmp_pd(prev_end, _mm256_set1_pd((double)(t >= w ? t - w + 1 : 0)), _CMP_LT_OQ);
+                r = qc_sel4(flat, last, _mm256_div_pd(r, cnt));
+            }
+            r = qc_sel4(_mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ), nan, r);
+            _mm256_storeu_pd(lanes, r);
+            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+        }
+        _mm256_storeu_pd(state, s); _mm256_storeu_pd(state + 4, c); _mm256_storeu_pd(state + 8, cnt);
+        _mm256_storeu_pd(state + 12, last); _mm256_storeu_pd(state + 16, last_at);
+        _mm256_storeu_pd(state + 20, prev_end);
+    }
+    #else
+    static int qc_has_avx2(void) { return 0; }
+    static void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
+                             int mean, double* state) { (void)xs; (void)outs; (void)n; (void)w; (void)mean; (void)state; }
+    #endif
+    """
+    int qc_has_avx2() nogil
+    void qc_sum_rows4(const double* const* xs, double* const* outs, idx_t n, idx_t w, bint mean,
+                      double* state) nogil
+
+
 #: Operator names; an operator's code is its position here (quantcore.kernels maps names to codes).
 ROLLING_OPS = (
     "Sum", "Mean", "Count", "Var", "Std", "Skew", "Kurt", "Max", "Min", "IdxMax", "IdxMin",
@@ -147,6 +228,10 @@ SHORT_ORDERED_WINDOW_MAX = SHORT_WINDOW_MAX
 MAX_GROUP = GROUP_MAX
 QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
+
+
+#: Whether this CPU runs the AVX2 four-row Sum/Mean kernel (x86-64 with AVX2, GCC or Clang build).
+AVX2 = bool(qc_has_avx2())
 
 
 def openmp_threads():
@@ -276,12 +361,34 @@ cdef int cmp_double(const void* a, const void* b) noexcept nogil:
 # Sum, Mean, Count: compensated running sum
 # ---------------------------------------------------------------------------------------------
 
+cdef struct SumState:
+    double s
+    double c
+    idx_t cnt
+    Run run
+
+
+cdef inline void sum_init(SumState* st) noexcept nogil:
+    st.s = 0.0
+    st.c = 0.0
+    st.cnt = 0
+    run_init(&st.run)
+
+
 cdef int sum_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcept nogil:
-    cdef double s = 0.0, c = 0.0, v
-    cdef idx_t t, cnt = 0
-    cdef Run run
-    run_init(&run)
-    for t in range(n):
+    cdef SumState st
+    sum_init(&st)
+    sum_steps(&st, x, out, 0, n, w, op)
+    return 0
+
+
+cdef void sum_steps(SumState* st, const double* x, double* out, idx_t t0, idx_t n, idx_t w,
+                    int op) noexcept nogil:
+    """Rows t0..n-1 of sum_row from the state after row t0 - 1 (kept in locals meanwhile)."""
+    cdef double s = st.s, c = st.c, v
+    cdef idx_t t, cnt = st.cnt
+    cdef Run run = st.run
+    for t in range(t0, n):
         if t >= w:
             v = x[t - w]
             if v == v:
@@ -306,6 +413,55 @@ cdef int sum_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcep
             out[t] = run.last  # mean of equal values, exactly (as pandas)
         else:
             out[t] = (s + c) / cnt
+    st.s = s
+    st.c = c
+    st.cnt = cnt
+    st.run = run
+
+
+cdef int sum_rows4(const idx_t* rows, const double* x, double* out, const int64_t* starts,
+                   const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
+    """Sum or Mean of four rows: in AVX2 lanes over their common length (rows come sorted by span
+    length, so that is most of each), then each row's rest with the scalar loop. A row holding
+    +-inf (which pandas treats as missing) goes the scalar way, through rolling_one."""
+    cdef const double* xs[4]
+    cdef double* outs[4]
+    cdef idx_t ns[4]
+    cdef double state[24]
+    cdef idx_t l, i, m = -1, w
+    cdef bint scalar = False
+    cdef int failed = 0
+    cdef SumState st
+    cdef int ops[1]
+    cdef double params[1]
+    cdef double* one_out[1]
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        outs[l] = out + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l])
+    if scalar or m == 0:
+        ops[0] = op
+        params[0] = 0.0
+        for l in range(4):
+            one_out[0] = outs[l]
+            failed += rolling_one(ops, params, one_out, 1, xs[l], ns[l], window, compat, 0)
+        return failed
+    # a window longer than a row never drops a value from it, like the scalar kernel's w = n
+    qc_sum_rows4(xs, outs, m, window if window > 0 else m, op == MEAN, state)
+    for l in range(4):
+        if ns[l] == m:
+            continue
+        st.s = state[l]
+        st.c = state[4 + l]
+        st.cnt = <idx_t>state[8 + l]
+        st.run.last = state[12 + l]
+        st.run.last_at = <idx_t>state[16 + l]
+        st.run.prev_end = <idx_t>state[20 + l]
+        w = ns[l] if (window == 0 or window > ns[l]) else window
+        sum_steps(&st, xs[l], outs[l], m, ns[l], w, op)
     return 0
 
 
@@ -1298,14 +1454,16 @@ def rolling(int op, const double[:, ::1] x, double[:, ::1] out, const int64_t[::
 
 def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const double[::1] params,
                   const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t window, bint compat,
-                  int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX):
+                  int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX, bint simd=True):
     """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
     for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
-    (any q). Anything else: a single operator (the caller checks)."""
+    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum and Mean run four
+    rows per AVX2 vector where the CPU has it (same results bit for bit; tests compare both paths)."""
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
     cdef double** bases
+    cdef const idx_t[::1] order
     if not 1 <= k <= GROUP_MAX or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
         raise ValueError(f"rolling_group needs 1 to {GROUP_MAX} ops with one out and one param each")
     bases = <double**>malloc(k * sizeof(double*))
@@ -1319,10 +1477,22 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
             bases[j] = &o[0, 0] if N > 0 and T > 0 else NULL
         if N == 0 or T == 0:
             return
-        with nogil:
-            for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
-                failed += group_row(&ops[0], &params[0], bases, k, &x[0, 0] + i * T + starts[i],
-                                    i * T + starts[i], ends[i] - starts[i], window, compat, short_window_max)
+        if simd and AVX2 and k == 1 and (ops[0] == SUM or ops[0] == MEAN) and N >= 4:
+            # rows of similar length share a vector: longest first, four at a time
+            order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
+            with nogil:
+                for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
+                    failed += sum_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
+                                        ops[0], compat)
+                for j in range(N - N % 4, N):
+                    i = order[j]
+                    failed += group_row(&ops[0], &params[0], bases, 1, &x[0, 0] + i * T + starts[i],
+                                        i * T + starts[i], ends[i] - starts[i], window, compat, short_window_max)
+        else:
+            with nogil:
+                for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
+                    failed += group_row(&ops[0], &params[0], bases, k, &x[0, 0] + i * T + starts[i],
+                                        i * T + starts[i], ends[i] - starts[i], window, compat, short_window_max)
     finally:
         free(bases)
     if failed:

@@ -172,6 +172,47 @@ def test_ordered_kernels_agree_on_both_paths(op, w, short_max):
     assert_same(out, _reference("rolling", op, w, True), RTOL)
 
 
+def _vector_panel():
+    """Rows of every pattern above plus random spans, signed zeros and 0/1 data, shuffled so that
+    four-row vectors mix lengths (rows are grouped longest first, the rest finished one by one)."""
+    rng = np.random.default_rng(11)
+    n, days = 43, 300
+    x = 100 + np.cumsum(rng.normal(0, 1, (n, days)), axis=1)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[3] = np.where(rng.random(days) < 0.5, 0.0, -0.0)  # signed zeros: the sums' signs must match
+    x[4] = (rng.random(days) < 0.5).astype(float)  # coin flips: equal-value runs start and end often
+    x[5, 100:140] = 2.5
+    x[6, 200] = np.inf  # a row holding inf takes the scalar way
+    x[7] = np.nan
+    starts = rng.integers(0, 120, n).astype(np.int64)
+    ends = np.minimum(days, starts + rng.integers(0, 260, n)).astype(np.int64)
+    starts[:4], ends[:4] = 0, days
+    starts[8], ends[8] = 50, 50
+    x = np.vstack([x, np.pad(X, ((0, 0), (0, days - T)), constant_values=np.nan)])
+    starts = np.concatenate([starts, STARTS])
+    ends = np.concatenate([ends, ENDS])
+    order = rng.permutation(len(x))
+    return np.ascontiguousarray(x[order]), starts[order], ends[order]
+
+
+@pytest.mark.skipif(not _roll.AVX2, reason="this CPU has no AVX2: the four-row kernels are not used")
+@pytest.mark.parametrize("w", WINDOWS + (7, 250))
+@pytest.mark.parametrize("op", ["Sum", "Mean"])
+def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(op, w):
+    x, starts, ends = _vector_panel()
+    results = []
+    for simd in (False, True):
+        out = np.full(x.shape, 7.0)
+        _roll.rolling_group(np.array([K.ROLLING_OPS.index(op)], dtype=np.intc), x, [out], np.array([np.nan]),
+                            starts, ends, w, True, 1, simd=simd)
+        results.append(out)
+    scalar, vector = results
+    assert np.array_equal(scalar.view(np.int64), vector.view(np.int64))
+    inside = (np.arange(x.shape[1]) >= starts[:, None]) & (np.arange(x.shape[1]) < ends[:, None])
+    assert (vector[~inside] == 7.0).all()  # only span cells are written (blanking is the caller's)
+    assert np.isfinite(vector[inside]).any()
+
+
 @pytest.mark.parametrize("w", [3, 20, 0])
 def test_quantile_edges_are_min_median_max(w):
     for q, op in ((0.0, "Min"), (0.5, "Med"), (1.0, "Max")):
