@@ -183,15 +183,88 @@ cdef extern from *:
         _mm256_storeu_pd(state + 12, last); _mm256_storeu_pd(state + 16, last_at);
         _mm256_storeu_pd(state + 20, prev_end);
     }
+
+    /* Var (std = 0) or Std (std = 1) of moment_row, four rows in lanes. state (7 x 4 lanes): ref, s1,
+       s2, count, run.last, run.last_at, run.prev_end; ref comes in set (each row's first valid
+       value). `since` (steps since the last recomputation) is the same in every lane: the rows are
+       aligned at their span start, so they re-centre together; it comes back for the scalar rest. */
+    static QC_AVX2 void qc_var_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
+                                     int std, double* state, Py_ssize_t* since_io, Py_ssize_t rebuild_min) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), nan = _mm256_set1_pd(NAN);
+        __m256d ref = _mm256_loadu_pd(state), s1 = zero, s2 = zero, cnt = zero;
+        __m256d last = nan, last_at = _mm256_set1_pd(-1.0), prev_end = last_at;
+        double lanes[4];
+        Py_ssize_t t, j, ws, since = 0;
+        for (t = 0; t < n; t++) {
+            ws = t >= w ? t - w + 1 : 0;
+            __m256d v = qc_load4(xs, t);
+            __m256d valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
+            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
+            last = qc_sel4(valid, v, last);
+            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            since += 1;
+            if (since >= rebuild_min && since >= t - ws + 1) {  /* rebuild_due: re-centre on the window mean */
+                __m256d ms = zero, mc = zero;
+                since = 0;
+                for (j = ws; j <= t; j++) {
+                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
+                    ms = qc_sel4(ok, _mm256_add_pd(ms, xj), ms);
+                    mc = _mm256_add_pd(mc, _mm256_and_pd(ok, one));
+                }
+                ref = qc_sel4(_mm256_cmp_pd(mc, zero, _CMP_GT_OQ), _mm256_div_pd(ms, mc), ref);
+                s1 = s2 = cnt = zero;
+                for (j = ws; j <= t; j++) {
+                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
+                    __m256d d = _mm256_sub_pd(xj, ref);
+                    s1 = qc_sel4(ok, _mm256_add_pd(s1, d), s1);
+                    s2 = qc_sel4(ok, _mm256_add_pd(s2, _mm256_mul_pd(d, d)), s2);
+                    cnt = _mm256_add_pd(cnt, _mm256_and_pd(ok, one));
+                }
+            } else {
+                if (t >= w) {
+                    __m256d old = qc_load4(xs, t - w), ok = _mm256_cmp_pd(old, old, _CMP_ORD_Q);
+                    __m256d d = _mm256_sub_pd(old, ref);
+                    cnt = _mm256_sub_pd(cnt, _mm256_and_pd(ok, one));
+                    __m256d emptied = _mm256_and_pd(ok, _mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ));
+                    s1 = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(s1, d), s1));
+                    s2 = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(s2, _mm256_mul_pd(d, d)), s2));
+                }
+                __m256d d = _mm256_sub_pd(v, ref);
+                s1 = qc_sel4(valid, _mm256_add_pd(s1, d), s1);
+                s2 = qc_sel4(valid, _mm256_add_pd(s2, _mm256_mul_pd(d, d)), s2);
+                cnt = _mm256_add_pd(cnt, _mm256_and_pd(valid, one));
+            }
+            /* moment_stat: (cnt s2 - s1^2) / (cnt (cnt - 1)), negatives to 0, exactly 0 when flat */
+            __m256d var = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(cnt, s2), _mm256_mul_pd(s1, s1)),
+                                        _mm256_div_pd(one, _mm256_mul_pd(cnt, _mm256_sub_pd(cnt, one))));
+            var = qc_sel4(_mm256_cmp_pd(var, zero, _CMP_LT_OQ), zero, var);
+            if (std)
+                var = _mm256_sqrt_pd(var);
+            var = qc_sel4(_mm256_cmp_pd(prev_end, _mm256_set1_pd((double)ws), _CMP_LT_OQ), zero, var);
+            var = qc_sel4(_mm256_cmp_pd(cnt, _mm256_set1_pd(2.0), _CMP_LT_OQ), nan, var);
+            _mm256_storeu_pd(lanes, var);
+            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+        }
+        _mm256_storeu_pd(state, ref); _mm256_storeu_pd(state + 4, s1); _mm256_storeu_pd(state + 8, s2);
+        _mm256_storeu_pd(state + 12, cnt); _mm256_storeu_pd(state + 16, last);
+        _mm256_storeu_pd(state + 20, last_at); _mm256_storeu_pd(state + 24, prev_end);
+        *since_io = since;
+    }
     #else
     static int qc_has_avx2(void) { return 0; }
     static void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
                              int mean, double* state) { (void)xs; (void)outs; (void)n; (void)w; (void)mean; (void)state; }
+    static void qc_var_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w, int std,
+                             double* state, Py_ssize_t* since_io, Py_ssize_t rebuild_min) {
+        (void)xs; (void)outs; (void)n; (void)w; (void)std; (void)state; (void)since_io; (void)rebuild_min;
+    }
     #endif
     """
     int qc_has_avx2() nogil
     void qc_sum_rows4(const double* const* xs, double* const* outs, idx_t n, idx_t w, bint mean,
                       double* state) nogil
+    void qc_var_rows4(const double* const* xs, double* const* outs, idx_t n, idx_t w, bint std,
+                      double* state, idx_t* since_io, idx_t rebuild_min) nogil
 
 
 #: Operator names; an operator's code is its position here (quantcore.kernels maps names to codes).
@@ -230,7 +303,7 @@ QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
 
-#: Whether this CPU runs the AVX2 four-row Sum/Mean kernel (x86-64 with AVX2, GCC or Clang build).
+#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
 
 
@@ -419,52 +492,6 @@ cdef void sum_steps(SumState* st, const double* x, double* out, idx_t t0, idx_t 
     st.run = run
 
 
-cdef int sum_rows4(const idx_t* rows, const double* x, double* out, const int64_t* starts,
-                   const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
-    """Sum or Mean of four rows: in AVX2 lanes over their common length (rows come sorted by span
-    length, so that is most of each), then each row's rest with the scalar loop. A row holding
-    +-inf (which pandas treats as missing) goes the scalar way, through rolling_one."""
-    cdef const double* xs[4]
-    cdef double* outs[4]
-    cdef idx_t ns[4]
-    cdef double state[24]
-    cdef idx_t l, i, m = -1, w
-    cdef bint scalar = False
-    cdef int failed = 0
-    cdef SumState st
-    cdef int ops[1]
-    cdef double params[1]
-    cdef double* one_out[1]
-    for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        outs[l] = out + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l])
-    if scalar or m == 0:
-        ops[0] = op
-        params[0] = 0.0
-        for l in range(4):
-            one_out[0] = outs[l]
-            failed += rolling_one(ops, params, one_out, 1, xs[l], ns[l], window, compat, 0)
-        return failed
-    # a window longer than a row never drops a value from it, like the scalar kernel's w = n
-    qc_sum_rows4(xs, outs, m, window if window > 0 else m, op == MEAN, state)
-    for l in range(4):
-        if ns[l] == m:
-            continue
-        st.s = state[l]
-        st.c = state[4 + l]
-        st.cnt = <idx_t>state[8 + l]
-        st.run.last = state[12 + l]
-        st.run.last_at = <idx_t>state[16 + l]
-        st.run.prev_end = <idx_t>state[20 + l]
-        w = ns[l] if (window == 0 or window > ns[l]) else window
-        sum_steps(&st, xs[l], outs[l], m, ns[l], w, op)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------
 # Var, Std, Skew, Kurt: centred power sums, periodically recomputed
 # ---------------------------------------------------------------------------------------------
@@ -518,16 +545,39 @@ cdef inline double moment_stat(int op, idx_t cnt, double s1, double s2, double s
     return f.kurt_a * d / (b * b) - f.kurt_b
 
 
+cdef struct MomentState:
+    double ref  # centre of the sums (the first valid value, then each recomputation's window mean)
+    double s1
+    double s2
+    double s3
+    double s4
+    idx_t cnt
+    idx_t since  # steps since the sums were last recomputed
+    Run run
+
+
 cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noexcept nogil:
-    cdef double ref = first_valid(x, n), v, d, d2
-    cdef double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0
-    cdef idx_t t, j, ws, cnt = 0, since = 0
+    cdef MomentState st
+    st.ref = first_valid(x, n)
+    st.s1 = st.s2 = st.s3 = st.s4 = 0.0
+    st.cnt = 0
+    st.since = 0
+    run_init(&st.run)
+    moment_steps(&st, x, out, 0, n, w, op)
+    return 0
+
+
+cdef void moment_steps(MomentState* st, const double* x, double* out, idx_t t0, idx_t n, idx_t w,
+                       int op) noexcept nogil:
+    """Rows t0..n-1 of moment_row from the state after row t0 - 1 (kept in locals meanwhile)."""
+    cdef double ref = st.ref, v, d, d2
+    cdef double s1 = st.s1, s2 = st.s2, s3 = st.s3, s4 = st.s4
+    cdef idx_t t, j, ws, cnt = st.cnt, since = st.since
     cdef bint high = op == SKEW or op == KURT
-    cdef Run run
+    cdef Run run = st.run
     cdef CountFactors f
     f.n = -1
-    run_init(&run)
-    for t in range(n):
+    for t in range(t0, n):
         ws = win_start(t, w)
         v = x[t]
         if v == v:
@@ -575,6 +625,83 @@ cdef int moment_row(const double* x, double* out, idx_t n, idx_t w, int op) noex
                     s4 += d2 * d2
                 cnt += 1
         out[t] = moment_stat(op, cnt, s1, s2, s3, s4, run_flat(&run, ws), &f)
+    st.ref = ref
+    st.s1 = s1
+    st.s2 = s2
+    st.s3 = s3
+    st.s4 = s4
+    st.cnt = cnt
+    st.since = since
+    st.run = run
+
+
+cdef bint vector_op(int op) noexcept nogil:
+    """Operators with a four-row AVX2 kernel (vector_rows4)."""
+    return op == SUM or op == MEAN or op == VAR or op == STD
+
+
+cdef int vector_rows4(const idx_t* rows, const double* x, double* out, const int64_t* starts,
+                      const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
+    """Sum, Mean, Var or Std of four rows: in AVX2 lanes over their common length (rows come sorted
+    by span length, so that is most of each), then each row's rest with the scalar loop from its
+    lane's state. A row holding +-inf (which pandas treats as missing) goes the scalar way, through
+    rolling_one."""
+    cdef const double* xs[4]
+    cdef double* outs[4]
+    cdef idx_t ns[4]
+    cdef double state[28]
+    cdef idx_t l, i, m = -1, w, since = 0
+    cdef bint scalar = False
+    cdef int failed = 0
+    cdef SumState st
+    cdef MomentState mt
+    cdef int ops[1]
+    cdef double params[1]
+    cdef double* one_out[1]
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        outs[l] = out + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l])
+    if scalar or m == 0:
+        ops[0] = op
+        params[0] = 0.0
+        for l in range(4):
+            one_out[0] = outs[l]
+            failed += rolling_one(ops, params, one_out, 1, xs[l], ns[l], window, compat, 0)
+        return failed
+    # a window longer than a row never drops a value from it, like the scalar kernels' w = n
+    if op == SUM or op == MEAN:
+        qc_sum_rows4(xs, outs, m, window if window > 0 else m, op == MEAN, state)
+    else:
+        for l in range(4):
+            state[l] = first_valid(xs[l], ns[l])
+        qc_var_rows4(xs, outs, m, window if window > 0 else m, op == STD, state, &since, REBUILD_MIN)
+    for l in range(4):
+        if ns[l] == m:
+            continue
+        w = ns[l] if (window == 0 or window > ns[l]) else window
+        if op == SUM or op == MEAN:
+            st.s = state[l]
+            st.c = state[4 + l]
+            st.cnt = <idx_t>state[8 + l]
+            st.run.last = state[12 + l]
+            st.run.last_at = <idx_t>state[16 + l]
+            st.run.prev_end = <idx_t>state[20 + l]
+            sum_steps(&st, xs[l], outs[l], m, ns[l], w, op)
+        else:
+            mt.ref = state[l]
+            mt.s1 = state[4 + l]
+            mt.s2 = state[8 + l]
+            mt.s3 = mt.s4 = 0.0
+            mt.cnt = <idx_t>state[12 + l]
+            mt.since = since
+            mt.run.last = state[16 + l]
+            mt.run.last_at = <idx_t>state[20 + l]
+            mt.run.prev_end = <idx_t>state[24 + l]
+            moment_steps(&mt, xs[l], outs[l], m, ns[l], w, op)
     return 0
 
 
@@ -1457,8 +1584,9 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
                   int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX, bint simd=True):
     """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
     for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
-    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum and Mean run four
-    rows per AVX2 vector where the CPU has it (same results bit for bit; tests compare both paths)."""
+    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var and Std
+    run four rows per AVX2 vector where the CPU has it (same results bit for bit; tests compare both
+    paths)."""
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
@@ -1477,13 +1605,13 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
             bases[j] = &o[0, 0] if N > 0 and T > 0 else NULL
         if N == 0 or T == 0:
             return
-        if simd and AVX2 and k == 1 and (ops[0] == SUM or ops[0] == MEAN) and N >= 4:
+        if simd and AVX2 and k == 1 and vector_op(ops[0]) and N >= 4:
             # rows of similar length share a vector: longest first, four at a time
             order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
             with nogil:
                 for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
-                    failed += sum_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
-                                        ops[0], compat)
+                    failed += vector_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
+                                           ops[0], compat)
                 for j in range(N - N % 4, N):
                     i = order[j]
                     failed += group_row(&ops[0], &params[0], bases, 1, &x[0, 0] + i * T + starts[i],
