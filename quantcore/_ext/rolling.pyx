@@ -115,6 +115,21 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* Whether the sample variance (ddof=1) of v's valid values in [ws, t] is at most atol2: qlib's
+       Corr mask, computed exactly (two passes); both the scalar and the four-row kernels call it. */
+    static int qc_own_std_small(const double* v, Py_ssize_t ws, Py_ssize_t t, double atol2) {
+        Py_ssize_t j, c = 0;
+        double m = 0.0, ss = 0.0;
+        for (j = ws; j <= t; j++)
+            if (v[j] == v[j]) { m += v[j]; c++; }
+        if (c < 2)
+            return 0;
+        m /= c;
+        for (j = ws; j <= t; j++)
+            if (v[j] == v[j]) ss += (v[j] - m) * (v[j] - m);
+        return ss <= atol2 * (c - 1.0);
+    }
+
     /* Sum and Mean over four rows at once, one row per lane of an AVX2 vector (x86-64 with GCC or
        Clang, chosen at run time). The running sums are a chain of dependent adds with NaN and
        window-edge bookkeeping around them: a row's step is ~35 instructions, so a lane per row does
@@ -250,6 +265,135 @@ cdef extern from *:
         _mm256_storeu_pd(state + 20, last_at); _mm256_storeu_pd(state + 24, prev_end);
         *since_io = since;
     }
+
+    /* Corr (cov = 0) or Cov (cov = 1) of pair_row, four row pairs in lanes. state (16 x 4 lanes): rx,
+       ry, px, py, pxx, pyy, pxy, pn, xn, yn, run_px (last, last_at, prev_end), run_py (the same); rx
+       and ry come in set (each row's first paired values). `since` as in qc_var_rows4. Windows
+       whose own std may be within qlib's absolute tolerance (rare) are checked lane by lane. */
+    static QC_AVX2 void qc_pair_rows4(const double* const* xs, const double* const* ys, double* const* outs,
+                                      Py_ssize_t n, Py_ssize_t w, int cov, int compat, double* state,
+                                      Py_ssize_t* since_io, Py_ssize_t rebuild_min, double atol2, double flat_rtol) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), nan = _mm256_set1_pd(NAN);
+        const __m256d v_atol2 = _mm256_set1_pd(atol2), rtol2 = _mm256_set1_pd(flat_rtol * flat_rtol);
+        __m256d rx = _mm256_loadu_pd(state), ry = _mm256_loadu_pd(state + 4);
+        __m256d px = zero, py = zero, pxx = zero, pyy = zero, pxy = zero, pn = zero, xn = zero, yn = zero;
+        __m256d xlast = nan, xlast_at = _mm256_set1_pd(-1.0), xprev_end = xlast_at;
+        __m256d ylast = nan, ylast_at = xlast_at, yprev_end = xlast_at;
+        double lanes[4];
+        Py_ssize_t t, j, ws, since = 0;
+        int l, check;
+        for (t = 0; t < n; t++) {
+            ws = t >= w ? t - w + 1 : 0;
+            __m256d a = qc_load4(xs, t), b = qc_load4(ys, t);
+            __m256d aok = _mm256_cmp_pd(a, a, _CMP_ORD_Q), bok = _mm256_cmp_pd(b, b, _CMP_ORD_Q);
+            __m256d both = _mm256_and_pd(aok, bok), tt = _mm256_set1_pd((double)t);
+            xprev_end = qc_sel4(_mm256_and_pd(both, _mm256_cmp_pd(a, xlast, _CMP_NEQ_UQ)), xlast_at, xprev_end);
+            xlast = qc_sel4(both, a, xlast);
+            xlast_at = qc_sel4(both, tt, xlast_at);
+            yprev_end = qc_sel4(_mm256_and_pd(both, _mm256_cmp_pd(b, ylast, _CMP_NEQ_UQ)), ylast_at, yprev_end);
+            ylast = qc_sel4(both, b, ylast);
+            ylast_at = qc_sel4(both, tt, ylast_at);
+            xn = _mm256_add_pd(xn, _mm256_and_pd(aok, one));
+            yn = _mm256_add_pd(yn, _mm256_and_pd(bok, one));
+            __m256d oa = zero, ob = zero;
+            if (t >= w) {
+                oa = qc_load4(xs, t - w);
+                ob = qc_load4(ys, t - w);
+                xn = _mm256_sub_pd(xn, _mm256_and_pd(_mm256_cmp_pd(oa, oa, _CMP_ORD_Q), one));
+                yn = _mm256_sub_pd(yn, _mm256_and_pd(_mm256_cmp_pd(ob, ob, _CMP_ORD_Q), one));
+            }
+            since += 1;
+            if (since >= rebuild_min && since >= t - ws + 1) {  /* re-centre on the window's paired means */
+                since = 0;
+                px = py = pn = zero;
+                for (j = ws; j <= t; j++) {
+                    __m256d xj = qc_load4(xs, j), yj = qc_load4(ys, j);
+                    __m256d ok = _mm256_and_pd(_mm256_cmp_pd(xj, xj, _CMP_ORD_Q), _mm256_cmp_pd(yj, yj, _CMP_ORD_Q));
+                    px = qc_sel4(ok, _mm256_add_pd(px, xj), px);
+                    py = qc_sel4(ok, _mm256_add_pd(py, yj), py);
+                    pn = _mm256_add_pd(pn, _mm256_and_pd(ok, one));
+                }
+                __m256d some = _mm256_cmp_pd(pn, zero, _CMP_GT_OQ);
+                rx = qc_sel4(some, _mm256_div_pd(px, pn), rx);
+                ry = qc_sel4(some, _mm256_div_pd(py, pn), ry);
+                px = py = pxx = pyy = pxy = pn = zero;
+                for (j = ws; j <= t; j++) {
+                    __m256d dx = _mm256_sub_pd(qc_load4(xs, j), rx), dy = _mm256_sub_pd(qc_load4(ys, j), ry);
+                    __m256d ok = _mm256_and_pd(_mm256_cmp_pd(dx, dx, _CMP_ORD_Q), _mm256_cmp_pd(dy, dy, _CMP_ORD_Q));
+                    px = qc_sel4(ok, _mm256_add_pd(px, dx), px);
+                    py = qc_sel4(ok, _mm256_add_pd(py, dy), py);
+                    pxx = qc_sel4(ok, _mm256_add_pd(pxx, _mm256_mul_pd(dx, dx)), pxx);
+                    pyy = qc_sel4(ok, _mm256_add_pd(pyy, _mm256_mul_pd(dy, dy)), pyy);
+                    pxy = qc_sel4(ok, _mm256_add_pd(pxy, _mm256_mul_pd(dx, dy)), pxy);
+                    pn = _mm256_add_pd(pn, _mm256_and_pd(ok, one));
+                }
+            } else {
+                if (t >= w) {
+                    __m256d dx = _mm256_sub_pd(oa, rx), dy = _mm256_sub_pd(ob, ry);
+                    __m256d ok = _mm256_and_pd(_mm256_cmp_pd(dx, dx, _CMP_ORD_Q), _mm256_cmp_pd(dy, dy, _CMP_ORD_Q));
+                    pn = _mm256_sub_pd(pn, _mm256_and_pd(ok, one));
+                    __m256d emptied = _mm256_and_pd(ok, _mm256_cmp_pd(pn, zero, _CMP_EQ_OQ));
+                    px = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(px, dx), px));
+                    py = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(py, dy), py));
+                    pxx = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(pxx, _mm256_mul_pd(dx, dx)), pxx));
+                    pyy = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(pyy, _mm256_mul_pd(dy, dy)), pyy));
+                    pxy = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(pxy, _mm256_mul_pd(dx, dy)), pxy));
+                }
+                __m256d dx = _mm256_sub_pd(a, rx), dy = _mm256_sub_pd(b, ry);
+                __m256d ok = _mm256_and_pd(_mm256_cmp_pd(dx, dx, _CMP_ORD_Q), _mm256_cmp_pd(dy, dy, _CMP_ORD_Q));
+                px = qc_sel4(ok, _mm256_add_pd(px, dx), px);
+                py = qc_sel4(ok, _mm256_add_pd(py, dy), py);
+                pxx = qc_sel4(ok, _mm256_add_pd(pxx, _mm256_mul_pd(dx, dx)), pxx);
+                pyy = qc_sel4(ok, _mm256_add_pd(pyy, _mm256_mul_pd(dy, dy)), pyy);
+                pxy = qc_sel4(ok, _mm256_add_pd(pxy, _mm256_mul_pd(dx, dy)), pxy);
+                pn = _mm256_add_pd(pn, _mm256_and_pd(ok, one));
+            }
+            /* the statistic, as pair_row's chain of cases (later selects take precedence) */
+            __m256d vws = _mm256_set1_pd((double)ws), r;
+            __m256d inv = _mm256_div_pd(one, pn), my = _mm256_mul_pd(py, inv);
+            __m256d cxy = _mm256_sub_pd(pxy, _mm256_mul_pd(px, my));
+            __m256d flat = _mm256_or_pd(_mm256_cmp_pd(xprev_end, vws, _CMP_LT_OQ), _mm256_cmp_pd(yprev_end, vws, _CMP_LT_OQ));
+            if (cov) {
+                r = _mm256_mul_pd(cxy, _mm256_div_pd(one, _mm256_sub_pd(pn, one)));
+                r = qc_sel4(flat, zero, r);
+            } else {
+                __m256d mx = _mm256_mul_pd(px, inv);
+                __m256d vx = _mm256_sub_pd(pxx, _mm256_mul_pd(px, mx)), vy = _mm256_sub_pd(pyy, _mm256_mul_pd(py, my));
+                __m256d tol = _mm256_mul_pd(rtol2, _mm256_sub_pd(pn, one));
+                __m256d cx = _mm256_add_pd(rx, mx), cy = _mm256_add_pd(ry, my);
+                __m256d none = _mm256_or_pd(
+                    _mm256_or_pd(_mm256_cmp_pd(vx, _mm256_mul_pd(_mm256_mul_pd(tol, cx), cx), _CMP_LE_OQ),
+                                 _mm256_cmp_pd(vy, _mm256_mul_pd(_mm256_mul_pd(tol, cy), cy), _CMP_LE_OQ)),
+                    _mm256_or_pd(_mm256_cmp_pd(vx, zero, _CMP_LE_OQ), _mm256_cmp_pd(vy, zero, _CMP_LE_OQ)));
+                r = _mm256_div_pd(cxy, _mm256_sqrt_pd(_mm256_mul_pd(vx, vy)));
+                r = qc_sel4(_mm256_cmp_pd(r, one, _CMP_GT_OQ), one, r);
+                r = qc_sel4(_mm256_cmp_pd(r, _mm256_sub_pd(zero, one), _CMP_LT_OQ), _mm256_set1_pd(-1.0), r);
+                r = qc_sel4(_mm256_or_pd(flat, none), nan, r);
+                if (compat) {
+                    __m256d sx = _mm256_cmp_pd(vx, _mm256_mul_pd(v_atol2, _mm256_sub_pd(xn, one)), _CMP_LE_OQ);
+                    __m256d sy = _mm256_cmp_pd(vy, _mm256_mul_pd(v_atol2, _mm256_sub_pd(yn, one)), _CMP_LE_OQ);
+                    __m256d live = _mm256_andnot_pd(_mm256_or_pd(flat, none), _mm256_or_pd(sx, sy));
+                    check = _mm256_movemask_pd(_mm256_andnot_pd(_mm256_cmp_pd(pn, _mm256_set1_pd(2.0), _CMP_LT_OQ), live));
+                    if (check) {
+                        int mx_ = _mm256_movemask_pd(sx), my_ = _mm256_movemask_pd(sy);
+                        _mm256_storeu_pd(lanes, r);
+                        for (l = 0; l < 4; l++)
+                            if ((check >> l & 1) && (((mx_ >> l & 1) && qc_own_std_small(xs[l], ws, t, atol2))
+                                                     || ((my_ >> l & 1) && qc_own_std_small(ys[l], ws, t, atol2))))
+                                lanes[l] = NAN;
+                        r = _mm256_loadu_pd(lanes);
+                    }
+                }
+            }
+            r = qc_sel4(_mm256_cmp_pd(pn, _mm256_set1_pd(2.0), _CMP_LT_OQ), nan, r);
+            _mm256_storeu_pd(lanes, r);
+            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+        }
+        __m256d keep[16] = {rx, ry, px, py, pxx, pyy, pxy, pn, xn, yn, xlast, xlast_at, xprev_end, ylast, ylast_at, yprev_end};
+        for (l = 0; l < 16; l++)
+            _mm256_storeu_pd(state + 4 * l, keep[l]);
+        *since_io = since;
+    }
     #else
     static int qc_has_avx2(void) { return 0; }
     static void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
@@ -258,6 +402,12 @@ cdef extern from *:
                              double* state, Py_ssize_t* since_io, Py_ssize_t rebuild_min) {
         (void)xs; (void)outs; (void)n; (void)w; (void)std; (void)state; (void)since_io; (void)rebuild_min;
     }
+    static void qc_pair_rows4(const double* const* xs, const double* const* ys, double* const* outs, Py_ssize_t n,
+                              Py_ssize_t w, int cov, int compat, double* state, Py_ssize_t* since_io,
+                              Py_ssize_t rebuild_min, double atol2, double flat_rtol) {
+        (void)xs; (void)ys; (void)outs; (void)n; (void)w; (void)cov; (void)compat; (void)state; (void)since_io;
+        (void)rebuild_min; (void)atol2; (void)flat_rtol;
+    }
     #endif
     """
     int qc_has_avx2() nogil
@@ -265,6 +415,10 @@ cdef extern from *:
                       double* state) nogil
     void qc_var_rows4(const double* const* xs, double* const* outs, idx_t n, idx_t w, bint std,
                       double* state, idx_t* since_io, idx_t rebuild_min) nogil
+    void qc_pair_rows4(const double* const* xs, const double* const* ys, double* const* outs, idx_t n,
+                       idx_t w, bint cov, bint compat, double* state, idx_t* since_io, idx_t rebuild_min,
+                       double atol2, double flat_rtol) nogil
+    bint qc_own_std_small(const double* v, idx_t ws, idx_t t, double atol2) nogil
 
 
 #: Operator names; an operator's code is its position here (quantcore.kernels maps names to codes).
@@ -303,7 +457,7 @@ QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
 
-#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std) (x86-64 with AVX2, GCC or Clang build).
+#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
 
 
@@ -1335,42 +1489,64 @@ cdef int ewm_expanding_row(const double* x, double* out, idx_t n) noexcept nogil
 # Corr, Cov: pairwise-complete rows
 # ---------------------------------------------------------------------------------------------
 
-cdef bint own_std_small(const double* v, idx_t ws, idx_t t) noexcept nogil:
+cdef inline bint own_std_small(const double* v, idx_t ws, idx_t t) noexcept nogil:
     """pandas' rolling std (ddof=1) of v's own valid values in [ws, t] within QLIB_STD_ATOL of 0
     (a NaN std, from fewer than two values, is not). Exact two-pass; called only near flat windows."""
-    cdef idx_t j, c = 0
-    cdef double m = 0.0, ss = 0.0
-    for j in range(ws, t + 1):
-        if v[j] == v[j]:
-            m += v[j]
-            c += 1
-    if c < 2:
-        return False
-    m /= c
-    for j in range(ws, t + 1):
-        if v[j] == v[j]:
-            ss += (v[j] - m) * (v[j] - m)
-    return ss <= QLIB_STD_ATOL * QLIB_STD_ATOL * (c - 1.0)
+    return qc_own_std_small(v, ws, t, QLIB_STD_ATOL * QLIB_STD_ATOL)
+
+
+cdef struct PairState:
+    double rx  # centres of the sums (first paired values, then each recomputation's paired means)
+    double ry
+    double px
+    double py
+    double pxx
+    double pyy
+    double pxy
+    idx_t pn  # paired (both valid) rows in the window
+    idx_t xn  # x's own valid rows in the window
+    idx_t yn
+    idx_t since
+    Run run_px
+    Run run_py
 
 
 cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t w, int op,
                   bint compat) noexcept nogil:
-    # Sums over paired rows (both valid) of dx = x - rx, dy = y - ry drive the statistic.
-    # qlib masks Corr by each side's *own* rolling std (ops.Corr). A side's own sum of squares is
-    # at least its paired one, so own std > 2e-5 follows from the paired sums unless the side is
-    # nearly flat; only then is the own std computed, exactly, from the window.
-    cdef double rx = 0.0, ry = 0.0, a, b, dx, dy, inv = 0.0, inv_nm1 = 0.0, mx, my, vx, vy, cxy, r, tol
-    cdef double px = 0.0, py = 0.0, pxx = 0.0, pyy = 0.0, pxy = 0.0
-    cdef double atol2 = QLIB_STD_ATOL * QLIB_STD_ATOL
-    cdef idx_t t, j, ws, pn = 0, xn = 0, yn = 0, since = 0, cached_n = -1
-    cdef Run run_px, run_py
-    run_init(&run_px); run_init(&run_py)
+    cdef PairState st
+    pair_init(&st, x, y, n)
+    pair_steps(&st, x, y, out, 0, n, w, op, compat)
+    return 0
+
+
+cdef void pair_init(PairState* st, const double* x, const double* y, idx_t n) noexcept nogil:
+    cdef idx_t t
+    st.rx = st.ry = 0.0
     for t in range(n):
         if x[t] == x[t] and y[t] == y[t]:
-            rx = x[t]
-            ry = y[t]
+            st.rx = x[t]
+            st.ry = y[t]
             break
-    for t in range(n):
+    st.px = st.py = st.pxx = st.pyy = st.pxy = 0.0
+    st.pn = st.xn = st.yn = st.since = 0
+    run_init(&st.run_px)
+    run_init(&st.run_py)
+
+
+cdef void pair_steps(PairState* st, const double* x, const double* y, double* out, idx_t t0, idx_t n, idx_t w,
+                     int op, bint compat) noexcept nogil:
+    """Rows t0..n-1 of pair_row from the state after row t0 - 1 (kept in locals meanwhile).
+
+    Sums over paired rows (both valid) of dx = x - rx, dy = y - ry drive the statistic. qlib masks
+    Corr by each side's *own* rolling std (ops.Corr). A side's own sum of squares is at least its
+    paired one, so own std > 2e-5 follows from the paired sums unless the side is nearly flat; only
+    then is the own std computed, exactly, from the window."""
+    cdef double rx = st.rx, ry = st.ry, a, b, dx, dy, inv = 0.0, inv_nm1 = 0.0, mx, my, vx, vy, cxy, r, tol
+    cdef double px = st.px, py = st.py, pxx = st.pxx, pyy = st.pyy, pxy = st.pxy
+    cdef double atol2 = QLIB_STD_ATOL * QLIB_STD_ATOL
+    cdef idx_t t, j, ws, pn = st.pn, xn = st.xn, yn = st.yn, since = st.since, cached_n = -1
+    cdef Run run_px = st.run_px, run_py = st.run_py
+    for t in range(t0, n):
         ws = win_start(t, w)
         a = x[t]
         b = y[t]
@@ -1460,6 +1636,73 @@ cdef int pair_row(const double* x, const double* y, double* out, idx_t n, idx_t 
             continue
         r = cxy / sqrt(vx * vy)
         out[t] = 1.0 if r > 1.0 else (-1.0 if r < -1.0 else r)
+    st.rx = rx
+    st.ry = ry
+    st.px = px
+    st.py = py
+    st.pxx = pxx
+    st.pyy = pyy
+    st.pxy = pxy
+    st.pn = pn
+    st.xn = xn
+    st.yn = yn
+    st.since = since
+    st.run_px = run_px
+    st.run_py = run_py
+
+
+cdef int pair_rows4(const idx_t* rows, const double* x, const double* y, double* out, const int64_t* starts,
+                    const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
+    """Corr or Cov of four row pairs, as vector_rows4 does for one input."""
+    cdef const double* xs[4]
+    cdef const double* ys[4]
+    cdef double* outs[4]
+    cdef idx_t ns[4]
+    cdef double state[64]
+    cdef idx_t l, i, m = -1, w, since = 0
+    cdef bint scalar = False
+    cdef int failed = 0
+    cdef PairState st
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        ys[l] = y + i * T + starts[i]
+        outs[l] = out + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l]) or has_inf(ys[l], ns[l])
+    if scalar or m == 0:
+        for l in range(4):
+            failed += pair_one(op, xs[l], ys[l], outs[l], ns[l], window, compat)
+        return failed
+    for l in range(4):
+        pair_init(&st, xs[l], ys[l], ns[l])
+        state[l] = st.rx
+        state[4 + l] = st.ry
+    qc_pair_rows4(xs, ys, outs, m, window if window > 0 else m, op == COV, compat, state, &since, REBUILD_MIN,
+                  QLIB_STD_ATOL * QLIB_STD_ATOL, FLAT_RTOL)
+    for l in range(4):
+        if ns[l] == m:
+            continue
+        st.rx = state[l]
+        st.ry = state[4 + l]
+        st.px = state[8 + l]
+        st.py = state[12 + l]
+        st.pxx = state[16 + l]
+        st.pyy = state[20 + l]
+        st.pxy = state[24 + l]
+        st.pn = <idx_t>state[28 + l]
+        st.xn = <idx_t>state[32 + l]
+        st.yn = <idx_t>state[36 + l]
+        st.run_px.last = state[40 + l]
+        st.run_px.last_at = <idx_t>state[44 + l]
+        st.run_px.prev_end = <idx_t>state[48 + l]
+        st.run_py.last = state[52 + l]
+        st.run_py.last_at = <idx_t>state[56 + l]
+        st.run_py.prev_end = <idx_t>state[60 + l]
+        st.since = since
+        w = ns[l] if (window == 0 or window > ns[l]) else window
+        pair_steps(&st, xs[l], ys[l], outs[l], m, ns[l], w, op, compat)
     return 0
 
 
@@ -1639,19 +1882,31 @@ cdef int group_row(const int* ops, const double* params, double** bases, idx_t k
 
 def pair_rolling(int op, const double[:, ::1] x, const double[:, ::1] y, double[:, ::1] out,
                  const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t window,
-                 bint compat, int threads):
-    """Fill out[i, s:e] with Corr/Cov (index into PAIR_OPS) of x and y over each row's span."""
-    cdef idx_t N = x.shape[0], T = x.shape[1], i
+                 bint compat, int threads, bint simd=True):
+    """Fill out[i, s:e] with Corr/Cov (index into PAIR_OPS) of x and y over each row's span; `simd`
+    as in rolling_group."""
+    cdef idx_t N = x.shape[0], T = x.shape[1], i, j
     cdef int nth = resolve_threads(threads), failed = 0
+    cdef const idx_t[::1] order
     if N == 0 or T == 0:
         return
     cdef const double* xp = &x[0, 0]
     cdef const double* yp = &y[0, 0]
     cdef double* op_ = &out[0, 0]
-    with nogil:
-        for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
-            failed += pair_one(op, xp + i * T + starts[i], yp + i * T + starts[i],
-                               op_ + i * T + starts[i], ends[i] - starts[i], window, compat)
+    if simd and AVX2 and N >= 4:
+        order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
+        with nogil:
+            for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
+                failed += pair_rows4(&order[4 * i], xp, yp, op_, &starts[0], &ends[0], T, window, op, compat)
+            for j in range(N - N % 4, N):
+                i = order[j]
+                failed += pair_one(op, xp + i * T + starts[i], yp + i * T + starts[i],
+                                   op_ + i * T + starts[i], ends[i] - starts[i], window, compat)
+    else:
+        with nogil:
+            for i in prange(N, num_threads=nth, schedule="dynamic", chunksize=4):
+                failed += pair_one(op, xp + i * T + starts[i], yp + i * T + starts[i],
+                                   op_ + i * T + starts[i], ends[i] - starts[i], window, compat)
     if failed:
         raise MemoryError("pair kernel could not allocate a scratch row")
 

@@ -173,8 +173,9 @@ def test_ordered_kernels_agree_on_both_paths(op, w, short_max):
 
 
 def _vector_panel():
-    """Rows of every pattern above plus random spans, signed zeros and 0/1 data, shuffled so that
-    four-row vectors mix lengths (rows are grouped longest first, the rest finished one by one)."""
+    """(x, y, starts, ends): rows of every pattern above plus random spans, signed zeros, 0/1 data,
+    flat stretches and nearly flat ones (qlib's absolute std test), shuffled so that four-row
+    vectors mix lengths (rows are grouped longest first, the rest finished one by one)."""
     rng = np.random.default_rng(11)
     n, days = 43, 300
     x = 100 + np.cumsum(rng.normal(0, 1, (n, days)), axis=1)
@@ -184,33 +185,50 @@ def _vector_panel():
     x[5, 100:140] = 2.5
     x[6, 200] = np.inf  # a row holding inf takes the scalar way
     x[7] = np.nan
+    x[[9, 12, 13], 50:120] = 3.0 + rng.normal(0, 1e-6, (3, 70))  # own std below qlib's 2e-5, not flat
+    y = 0.3 * np.nan_to_num(x) + rng.normal(0, 1, x.shape)
+    y[rng.random(y.shape) < 0.05] = np.nan
+    y[10, 150:200] = 4.0
+    y[11, 20] = -np.inf
     starts = rng.integers(0, 120, n).astype(np.int64)
     ends = np.minimum(days, starts + rng.integers(0, 260, n)).astype(np.int64)
     starts[:4], ends[:4] = 0, days
     starts[8], ends[8] = 50, 50
-    x = np.vstack([x, np.pad(X, ((0, 0), (0, days - T)), constant_values=np.nan)])
+    starts[9:14], ends[9:14] = 0, days  # with rows 0-3: two vectors of whole rows, no infinities
+    pad = ((0, 0), (0, days - T))
+    x = np.vstack([x, np.pad(X, pad, constant_values=np.nan)])
+    y = np.vstack([y, np.pad(Y, pad, constant_values=np.nan)])
     starts = np.concatenate([starts, STARTS])
     ends = np.concatenate([ends, ENDS])
     order = rng.permutation(len(x))
-    return np.ascontiguousarray(x[order]), starts[order], ends[order]
+    return np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order]), starts[order], ends[order]
 
 
 @pytest.mark.skipif(not _roll.AVX2, reason="this CPU has no AVX2: the four-row kernels are not used")
+@pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
 @pytest.mark.parametrize("w", WINDOWS + (7, 250))
-@pytest.mark.parametrize("op", ["Sum", "Mean", "Var", "Std"])
-def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(op, w):
-    x, starts, ends = _vector_panel()
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Var", "Std", "Corr", "Cov"])
+def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(op, w, compat):
+    x, y, starts, ends = _vector_panel()
     results = []
     for simd in (False, True):
         out = np.full(x.shape, 7.0)
-        _roll.rolling_group(np.array([K.ROLLING_OPS.index(op)], dtype=np.intc), x, [out], np.array([np.nan]),
-                            starts, ends, w, True, 1, simd=simd)
+        if op in K.PAIR_OPS:
+            _roll.pair_rolling(K.PAIR_OPS.index(op), x, y, out, starts, ends, w, compat, 1, simd=simd)
+        else:
+            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op)], dtype=np.intc), x, [out], np.array([np.nan]),
+                                starts, ends, w, compat, 1, simd=simd)
         results.append(out)
     scalar, vector = results
     assert np.array_equal(scalar.view(np.int64), vector.view(np.int64))
     inside = (np.arange(x.shape[1]) >= starts[:, None]) & (np.arange(x.shape[1]) < ends[:, None])
     assert (vector[~inside] == 7.0).all()  # only span cells are written (blanking is the caller's)
-    assert np.isfinite(vector[inside]).any() or (w == 1 and op in ("Var", "Std"))  # one value: no spread
+    spread = op not in ("Sum", "Mean")
+    assert np.isfinite(vector[inside]).any() or (w == 1 and spread)  # one value has no spread
+    if op == "Corr" and compat and w in (5, 20):  # qlib's own-std mask fired in the vector kernel
+        fixed = np.full(x.shape, 7.0)
+        _roll.pair_rolling(K.PAIR_OPS.index(op), x, y, fixed, starts, ends, w, False, 1, simd=True)
+        assert (np.isnan(vector) & ~np.isnan(fixed)).any()
 
 
 @pytest.mark.parametrize("w", [3, 20, 0])
