@@ -160,13 +160,18 @@ cdef extern from *:
         return _mm256_set_pd(rows[3][t], rows[2][t], rows[1][t], rows[0][t]);
     }
 
+    static inline QC_AVX2 void qc_store4(double* const* rows, Py_ssize_t t, __m256d v) {
+        double lanes[4];
+        _mm256_storeu_pd(lanes, v);
+        rows[0][t] = lanes[0]; rows[1][t] = lanes[1]; rows[2][t] = lanes[2]; rows[3][t] = lanes[3];
+    }
+
     /* state (6 x 4 lanes): s, c, count, run.last, run.last_at, run.prev_end; starts from t = 0 */
     static QC_AVX2 void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n,
                                      Py_ssize_t w, int mean, double* state) {
         const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
         const __m256d sign = _mm256_set1_pd(-0.0), nan = _mm256_set1_pd(NAN);
         __m256d s = zero, c = zero, cnt = zero, last = nan, last_at = _mm256_set1_pd(-1.0), prev_end = last_at;
-        double lanes[4];
         Py_ssize_t t;
         for (t = 0; t < n; t++) {
             if (t >= w) {
@@ -191,8 +196,7 @@ cdef extern from *:
                 r = qc_sel4(flat, last, _mm256_div_pd(r, cnt));
             }
             r = qc_sel4(_mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ), nan, r);
-            _mm256_storeu_pd(lanes, r);
-            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+            qc_store4(outs, t, r);
         }
         _mm256_storeu_pd(state, s); _mm256_storeu_pd(state + 4, c); _mm256_storeu_pd(state + 8, cnt);
         _mm256_storeu_pd(state + 12, last); _mm256_storeu_pd(state + 16, last_at);
@@ -208,7 +212,6 @@ cdef extern from *:
         const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), nan = _mm256_set1_pd(NAN);
         __m256d ref = _mm256_loadu_pd(state), s1 = zero, s2 = zero, cnt = zero;
         __m256d last = nan, last_at = _mm256_set1_pd(-1.0), prev_end = last_at;
-        double lanes[4];
         Py_ssize_t t, j, ws, since = 0;
         for (t = 0; t < n; t++) {
             ws = t >= w ? t - w + 1 : 0;
@@ -257,8 +260,7 @@ cdef extern from *:
                 var = _mm256_sqrt_pd(var);
             var = qc_sel4(_mm256_cmp_pd(prev_end, _mm256_set1_pd((double)ws), _CMP_LT_OQ), zero, var);
             var = qc_sel4(_mm256_cmp_pd(cnt, _mm256_set1_pd(2.0), _CMP_LT_OQ), nan, var);
-            _mm256_storeu_pd(lanes, var);
-            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+            qc_store4(outs, t, var);
         }
         _mm256_storeu_pd(state, ref); _mm256_storeu_pd(state + 4, s1); _mm256_storeu_pd(state + 8, s2);
         _mm256_storeu_pd(state + 12, cnt); _mm256_storeu_pd(state + 16, last);
@@ -386,13 +388,116 @@ cdef extern from *:
                 }
             }
             r = qc_sel4(_mm256_cmp_pd(pn, _mm256_set1_pd(2.0), _CMP_LT_OQ), nan, r);
-            _mm256_storeu_pd(lanes, r);
-            outs[0][t] = lanes[0]; outs[1][t] = lanes[1]; outs[2][t] = lanes[2]; outs[3][t] = lanes[3];
+            qc_store4(outs, t, r);
         }
         __m256d keep[16] = {rx, ry, px, py, pxx, pyy, pxy, pn, xn, yn, xlast, xlast_at, xprev_end, ylast, ylast_at, yprev_end};
         for (l = 0; l < 16; l++)
             _mm256_storeu_pd(state + 4 * l, keep[l]);
         *since_io = since;
+    }
+
+
+    /* Slope, Rsquare, Resi of regression_row (an output's rows NULL when not wanted), four rows in
+       lanes. state (9 x 4 lanes): ref, sx, sxx, sy, syy, sxy, count, run.last, run.last_at,
+       run.prev_end (10 x 4; ref comes in set); `since` and `anchor` are the same in every lane and
+       come back for the scalar rest. */
+    static QC_AVX2 void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
+                                            double* const* resis, Py_ssize_t n, Py_ssize_t w, int compat,
+                                            int expanding, double* state, Py_ssize_t* since_io,
+                                            Py_ssize_t* anchor_io, Py_ssize_t rebuild_min, double atol2,
+                                            double flat_rtol) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), nan = _mm256_set1_pd(NAN);
+        __m256d ref = _mm256_loadu_pd(state), sx = zero, sxx = zero, sy = zero, syy = zero, sxy = zero, cnt = zero;
+        __m256d last = nan, last_at = _mm256_set1_pd(-1.0), prev_end = last_at;
+        Py_ssize_t t, j, ws, since = 0, anchor = 0;
+        int l;
+        for (t = 0; t < n; t++) {
+            ws = t >= w ? t - w + 1 : 0;
+            __m256d v = qc_load4(xs, t), valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
+            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
+            last = qc_sel4(valid, v, last);
+            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            since += 1;
+            if (since >= rebuild_min && since >= t - ws + 1) {
+                __m256d ms = zero, mc = zero;
+                since = 0;
+                anchor = t;
+                for (j = ws; j <= t; j++) {
+                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
+                    ms = qc_sel4(ok, _mm256_add_pd(ms, xj), ms);
+                    mc = _mm256_add_pd(mc, _mm256_and_pd(ok, one));
+                }
+                ref = qc_sel4(_mm256_cmp_pd(mc, zero, _CMP_GT_OQ), _mm256_div_pd(ms, mc), ref);
+                sx = sxx = sy = syy = sxy = cnt = zero;
+                for (j = ws; j <= t; j++) {
+                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
+                    __m256d p = _mm256_set1_pd((double)(j - anchor)), d = _mm256_sub_pd(xj, ref);
+                    sx = qc_sel4(ok, _mm256_add_pd(sx, p), sx);
+                    sxx = qc_sel4(ok, _mm256_add_pd(sxx, _mm256_mul_pd(p, p)), sxx);
+                    sy = qc_sel4(ok, _mm256_add_pd(sy, d), sy);
+                    syy = qc_sel4(ok, _mm256_add_pd(syy, _mm256_mul_pd(d, d)), syy);
+                    sxy = qc_sel4(ok, _mm256_add_pd(sxy, _mm256_mul_pd(p, d)), sxy);
+                    cnt = _mm256_add_pd(cnt, _mm256_and_pd(ok, one));
+                }
+            } else {
+                if (t >= w) {
+                    __m256d old = qc_load4(xs, t - w), ok = _mm256_cmp_pd(old, old, _CMP_ORD_Q);
+                    cnt = _mm256_sub_pd(cnt, _mm256_and_pd(ok, one));
+                    __m256d emptied = _mm256_and_pd(ok, _mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ));
+                    __m256d p = _mm256_set1_pd((double)(t - w - anchor)), d = _mm256_sub_pd(old, ref);
+                    sx = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(sx, p), sx));
+                    sxx = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(sxx, _mm256_mul_pd(p, p)), sxx));
+                    sy = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(sy, d), sy));
+                    syy = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(syy, _mm256_mul_pd(d, d)), syy));
+                    sxy = _mm256_andnot_pd(emptied, qc_sel4(ok, _mm256_sub_pd(sxy, _mm256_mul_pd(p, d)), sxy));
+                }
+                __m256d p = _mm256_set1_pd((double)(t - anchor)), d = _mm256_sub_pd(v, ref);
+                sx = qc_sel4(valid, _mm256_add_pd(sx, p), sx);
+                sxx = qc_sel4(valid, _mm256_add_pd(sxx, _mm256_mul_pd(p, p)), sxx);
+                sy = qc_sel4(valid, _mm256_add_pd(sy, d), sy);
+                syy = qc_sel4(valid, _mm256_add_pd(syy, _mm256_mul_pd(d, d)), syy);
+                sxy = qc_sel4(valid, _mm256_add_pd(sxy, _mm256_mul_pd(p, d)), sxy);
+                cnt = _mm256_add_pd(cnt, _mm256_and_pd(valid, one));
+            }
+            /* the outputs, as regression_row's cases (later selects take precedence) */
+            __m256d few = _mm256_cmp_pd(cnt, _mm256_set1_pd(2.0), _CMP_LT_OQ);
+            __m256d flat = _mm256_cmp_pd(prev_end, _mm256_set1_pd((double)ws), _CMP_LT_OQ);
+            __m256d inv = _mm256_div_pd(one, cnt);
+            __m256d mx = _mm256_mul_pd(sx, inv), my = _mm256_mul_pd(sy, inv);
+            __m256d cxy = _mm256_sub_pd(sxy, _mm256_mul_pd(sx, my));
+            __m256d gapless = _mm256_cmp_pd(cnt, _mm256_set1_pd((double)(t - ws + 1)), _CMP_EQ_OQ);
+            __m256d full_vx = _mm256_div_pd(_mm256_set1_pd(12.0),
+                                            _mm256_mul_pd(cnt, _mm256_sub_pd(_mm256_mul_pd(cnt, cnt), one)));
+            __m256d slope = qc_sel4(gapless, _mm256_mul_pd(cxy, full_vx),
+                                    _mm256_div_pd(cxy, _mm256_sub_pd(sxx, _mm256_mul_pd(sx, mx))));
+            if (slopes[0] != NULL)
+                qc_store4(slopes, t, qc_sel4(few, nan, qc_sel4(flat, zero, slope)));
+            if (resis[0] != NULL) {
+                __m256d resi = _mm256_sub_pd(_mm256_sub_pd(_mm256_sub_pd(v, ref), my),
+                                             _mm256_mul_pd(slope, _mm256_sub_pd(_mm256_set1_pd((double)(t - anchor)), mx)));
+                resi = qc_sel4(flat, zero, resi);
+                qc_store4(resis, t, qc_sel4(_mm256_or_pd(few, _mm256_cmp_pd(v, v, _CMP_UNORD_Q)), nan, resi));
+            }
+            if (rsquares[0] != NULL) {
+                __m256d vy = _mm256_sub_pd(syy, _mm256_mul_pd(sy, my)), mean = _mm256_add_pd(ref, my);
+                __m256d nm1 = _mm256_sub_pd(cnt, one), bad = _mm256_cmp_pd(vy, zero, _CMP_LE_OQ);
+                if (compat) {
+                    if (!expanding)
+                        bad = _mm256_or_pd(bad, _mm256_cmp_pd(vy, _mm256_mul_pd(_mm256_set1_pd(atol2), nm1), _CMP_LE_OQ));
+                } else {
+                    __m256d fm = _mm256_mul_pd(_mm256_set1_pd(flat_rtol), mean);
+                    bad = _mm256_or_pd(bad, _mm256_cmp_pd(vy, _mm256_mul_pd(_mm256_mul_pd(fm, fm), nm1), _CMP_LE_OQ));
+                }
+                __m256d r2 = _mm256_div_pd(_mm256_mul_pd(slope, cxy), vy);
+                r2 = qc_sel4(_mm256_cmp_pd(r2, one, _CMP_LT_OQ), r2, one);
+                qc_store4(rsquares, t, qc_sel4(_mm256_or_pd(_mm256_or_pd(few, flat), bad), nan, r2));
+            }
+        }
+        __m256d keep[10] = {ref, sx, sxx, sy, syy, sxy, cnt, last, last_at, prev_end};
+        for (l = 0; l < 10; l++)
+            _mm256_storeu_pd(state + 4 * l, keep[l]);
+        *since_io = since;
+        *anchor_io = anchor;
     }
     #else
     static int qc_has_avx2(void) { return 0; }
@@ -408,6 +513,13 @@ cdef extern from *:
         (void)xs; (void)ys; (void)outs; (void)n; (void)w; (void)cov; (void)compat; (void)state; (void)since_io;
         (void)rebuild_min; (void)atol2; (void)flat_rtol;
     }
+    static void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
+                                    double* const* resis, Py_ssize_t n, Py_ssize_t w, int compat, int expanding,
+                                    double* state, Py_ssize_t* since_io, Py_ssize_t* anchor_io,
+                                    Py_ssize_t rebuild_min, double atol2, double flat_rtol) {
+        (void)xs; (void)slopes; (void)rsquares; (void)resis; (void)n; (void)w; (void)compat; (void)expanding;
+        (void)state; (void)since_io; (void)anchor_io; (void)rebuild_min; (void)atol2; (void)flat_rtol;
+    }
     #endif
     """
     int qc_has_avx2() nogil
@@ -419,6 +531,10 @@ cdef extern from *:
                        idx_t w, bint cov, bint compat, double* state, idx_t* since_io, idx_t rebuild_min,
                        double atol2, double flat_rtol) nogil
     bint qc_own_std_small(const double* v, idx_t ws, idx_t t, double atol2) nogil
+    void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
+                             double* const* resis, idx_t n, idx_t w, bint compat, bint expanding, double* state,
+                             idx_t* since_io, idx_t* anchor_io, idx_t rebuild_min, double atol2,
+                             double flat_rtol) nogil
 
 
 #: Operator names; an operator's code is its position here (quantcore.kernels maps names to codes).
@@ -457,7 +573,7 @@ QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
 
-#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
+#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
 
 
@@ -859,6 +975,58 @@ cdef int vector_rows4(const idx_t* rows, const double* x, double* out, const int
     return 0
 
 
+cdef int regression_rows4(const idx_t* rows, const int* ops, const double* params, idx_t k, const double* x,
+                          double** bases,
+                          const int64_t* starts, const int64_t* ends, idx_t T, idx_t window, bint compat,
+                          idx_t short_max) noexcept nogil:
+    """Slope/Rsquare/Resi (any of them, ops[0:k]) of four rows, as vector_rows4 does for one output."""
+    cdef const double* xs[4]
+    cdef double* outs[3][4]
+    cdef idx_t ns[4]
+    cdef double state[40]
+    cdef idx_t l, i, j, m = -1, w, since = 0, anchor = 0
+    cdef bint scalar = False, expanding = window == 0
+    cdef int failed = 0
+    cdef RegressionState st
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l])
+        for j in range(3):
+            outs[j][l] = NULL
+        for j in range(k):
+            outs[ops[j] - SLOPE][l] = bases[j] + i * T + starts[i]
+    if scalar or m == 0:
+        for l in range(4):
+            i = rows[l]
+            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
+        return failed
+    for l in range(4):
+        state[l] = first_valid(xs[l], ns[l])
+    qc_regression_rows4(xs, outs[0], outs[1], outs[2], m, window if window > 0 else m, compat, expanding, state,
+                        &since, &anchor, REBUILD_MIN, QLIB_STD_ATOL * QLIB_STD_ATOL, FLAT_RTOL)
+    for l in range(4):
+        if ns[l] == m:
+            continue
+        st.ref = state[l]
+        st.sx = state[4 + l]
+        st.sxx = state[8 + l]
+        st.sy = state[12 + l]
+        st.syy = state[16 + l]
+        st.sxy = state[20 + l]
+        st.cnt = <idx_t>state[24 + l]
+        st.run.last = state[28 + l]
+        st.run.last_at = <idx_t>state[32 + l]
+        st.run.prev_end = <idx_t>state[36 + l]
+        st.since = since
+        st.anchor = anchor
+        w = ns[l] if (window == 0 or window > ns[l]) else window
+        regression_steps(&st, xs[l], outs[0][l], outs[1][l], outs[2][l], m, ns[l], w, compat, expanding)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Max, Min, IdxMax, IdxMin: van Herk / Gil-Werman blocks
 # ---------------------------------------------------------------------------------------------
@@ -1218,20 +1386,45 @@ cdef inline int* calloc_int(idx_t k) noexcept nogil:
 # Slope, Rsquare, Resi: least squares of the value on its row position
 # ---------------------------------------------------------------------------------------------
 
+cdef struct RegressionState:
+    double ref  # centre of the values (first valid one, then each recomputation's window mean)
+    double sx
+    double sxx
+    double sy
+    double syy
+    double sxy
+    idx_t cnt
+    idx_t since
+    idx_t anchor  # the row positions are counted from (the last recomputation's row)
+    Run run
+
+
 cdef int regression_row(const double* x, double* out_slope, double* out_rsquare, double* out_resi, idx_t n,
                         idx_t w, bint compat, bint expanding) noexcept nogil:
-    # Slope, Rsquare and Resi (each output NULL when not wanted) share all their running sums.
-    # Sums over valid rows of p = row - anchor and d = value - ref; the slope and fit are
-    # invariant to both shifts. qlib uses the slot position within the window as regressor,
-    # i.e. the row index up to a shift.
-    cdef double ref = first_valid(x, n), v, p, d
-    cdef double sx = 0.0, sxx = 0.0, sy = 0.0, syy = 0.0, sxy = 0.0
+    cdef RegressionState st
+    st.ref = first_valid(x, n)
+    st.sx = st.sxx = st.sy = st.syy = st.sxy = 0.0
+    st.cnt = st.since = st.anchor = 0
+    run_init(&st.run)
+    regression_steps(&st, x, out_slope, out_rsquare, out_resi, 0, n, w, compat, expanding)
+    return 0
+
+
+cdef void regression_steps(RegressionState* st, const double* x, double* out_slope, double* out_rsquare,
+                           double* out_resi, idx_t t0, idx_t n, idx_t w, bint compat, bint expanding) noexcept nogil:
+    """Rows t0..n-1 of regression_row from the state after row t0 - 1 (kept in locals meanwhile).
+
+    Slope, Rsquare and Resi (each output NULL when not wanted) share all their running sums.
+    Sums over valid rows of p = row - anchor and d = value - ref; the slope and fit are invariant
+    to both shifts. qlib uses the slot position within the window as regressor, i.e. the row index
+    up to a shift."""
+    cdef double ref = st.ref, v, p, d
+    cdef double sx = st.sx, sxx = st.sxx, sy = st.sy, syy = st.syy, sxy = st.sxy
     cdef double inv = 0.0, inv_full_vx = 0.0, mx, my, vx, cxy, slope
-    cdef idx_t t, j, ws, cnt = 0, since = 0, anchor = 0, cached_n = -1
+    cdef idx_t t, j, ws, cnt = st.cnt, since = st.since, anchor = st.anchor, cached_n = -1
     cdef bint flat
-    cdef Run run
-    run_init(&run)
-    for t in range(n):
+    cdef Run run = st.run
+    for t in range(t0, n):
         ws = win_start(t, w)
         v = x[t]
         if v == v:
@@ -1305,7 +1498,16 @@ cdef int regression_row(const double* x, double* out_slope, double* out_rsquare,
             out_resi[t] = (v - ref) - my - slope * ((t - anchor) - mx) if v == v else NAN
         if out_rsquare != NULL:
             out_rsquare[t] = fit_rsquare(slope, cxy, syy - sy * my, ref + my, cnt, compat, expanding)
-    return 0
+    st.ref = ref
+    st.sx = sx
+    st.sxx = sxx
+    st.sy = sy
+    st.syy = syy
+    st.sxy = sxy
+    st.cnt = cnt
+    st.since = since
+    st.anchor = anchor
+    st.run = run
 
 
 cdef inline double fit_rsquare(double slope, double cxy, double vy, double mean, idx_t cnt, bint compat,
@@ -1827,14 +2029,15 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
                   int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX, bint simd=True):
     """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
     for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
-    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var and Std
-    run four rows per AVX2 vector where the CPU has it (same results bit for bit; tests compare both
-    paths)."""
+    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var, Std and
+    Slope/Rsquare/Resi run four rows per AVX2 vector where the CPU has it (same results bit for bit;
+    tests compare both paths)."""
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
     cdef double** bases
     cdef const idx_t[::1] order
+    cdef bint regression
     if not 1 <= k <= GROUP_MAX or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
         raise ValueError(f"rolling_group needs 1 to {GROUP_MAX} ops with one out and one param each")
     bases = <double**>malloc(k * sizeof(double*))
@@ -1848,16 +2051,21 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
             bases[j] = &o[0, 0] if N > 0 and T > 0 else NULL
         if N == 0 or T == 0:
             return
-        if simd and AVX2 and k == 1 and vector_op(ops[0]) and N >= 4:
+        regression = all(SLOPE <= ops[j] <= RESI for j in range(k))
+        if simd and AVX2 and N >= 4 and ((k == 1 and vector_op(ops[0])) or regression):
             # rows of similar length share a vector: longest first, four at a time
             order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
             with nogil:
                 for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
-                    failed += vector_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
-                                           ops[0], compat)
+                    if regression:
+                        failed += regression_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases,
+                                                   &starts[0], &ends[0], T, window, compat, short_window_max)
+                    else:
+                        failed += vector_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
+                                               ops[0], compat)
                 for j in range(N - N % 4, N):
                     i = order[j]
-                    failed += group_row(&ops[0], &params[0], bases, 1, &x[0, 0] + i * T + starts[i],
+                    failed += group_row(&ops[0], &params[0], bases, k, &x[0, 0] + i * T + starts[i],
                                         i * T + starts[i], ends[i] - starts[i], window, compat, short_window_max)
         else:
             with nogil:

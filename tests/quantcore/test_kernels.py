@@ -185,7 +185,8 @@ def _vector_panel():
     x[5, 100:140] = 2.5
     x[6, 200] = np.inf  # a row holding inf takes the scalar way
     x[7] = np.nan
-    x[[9, 12, 13], 50:120] = 3.0 + rng.normal(0, 1e-6, (3, 70))  # own std below qlib's 2e-5, not flat
+    x[[9, 12], 50:120] = 3.0 + rng.normal(0, 1e-6, (2, 70))  # own std below qlib's 2e-5, not flat
+    x[13, :80] = 3.0 + rng.normal(0, 1e-6, 80)  # the same from the start: expanding windows too
     y = 0.3 * np.nan_to_num(x) + rng.normal(0, 1, x.shape)
     y[rng.random(y.shape) < 0.05] = np.nan
     y[10, 150:200] = 4.0
@@ -207,28 +208,30 @@ def _vector_panel():
 @pytest.mark.skipif(not _roll.AVX2, reason="this CPU has no AVX2: the four-row kernels are not used")
 @pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
 @pytest.mark.parametrize("w", WINDOWS + (7, 250))
-@pytest.mark.parametrize("op", ["Sum", "Mean", "Var", "Std", "Corr", "Cov"])
-def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(op, w, compat):
+@pytest.mark.parametrize("ops", ["Sum", "Mean", "Var", "Std", "Corr", "Cov", "Slope-Rsquare-Resi", "Resi",
+                                 "Rsquare-Slope"])
+def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compat):
     x, y, starts, ends = _vector_panel()
+    ops = ops.split("-")
     results = []
     for simd in (False, True):
-        out = np.full(x.shape, 7.0)
-        if op in K.PAIR_OPS:
-            _roll.pair_rolling(K.PAIR_OPS.index(op), x, y, out, starts, ends, w, compat, 1, simd=simd)
+        outs = [np.full(x.shape, 7.0) for _ in ops]
+        if ops[0] in K.PAIR_OPS:
+            _roll.pair_rolling(K.PAIR_OPS.index(ops[0]), x, y, outs[0], starts, ends, w, compat, 1, simd=simd)
         else:
-            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op)], dtype=np.intc), x, [out], np.array([np.nan]),
-                                starts, ends, w, compat, 1, simd=simd)
-        results.append(out)
-    scalar, vector = results
-    assert np.array_equal(scalar.view(np.int64), vector.view(np.int64))
+            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), x, outs,
+                                np.full(len(ops), np.nan), starts, ends, w, compat, 1, simd=simd)
+        results.append(outs)
     inside = (np.arange(x.shape[1]) >= starts[:, None]) & (np.arange(x.shape[1]) < ends[:, None])
-    assert (vector[~inside] == 7.0).all()  # only span cells are written (blanking is the caller's)
-    spread = op not in ("Sum", "Mean")
-    assert np.isfinite(vector[inside]).any() or (w == 1 and spread)  # one value has no spread
-    if op == "Corr" and compat and w in (5, 20):  # qlib's own-std mask fired in the vector kernel
+    for op, scalar, vector in zip(ops, *results):
+        assert np.array_equal(scalar.view(np.int64), vector.view(np.int64)), op
+        assert (vector[~inside] == 7.0).all()  # only span cells are written (blanking is the caller's)
+        spread = op not in ("Sum", "Mean")
+        assert np.isfinite(vector[inside]).any() or (w == 1 and spread)  # one value has no spread
+    if ops == ["Corr"] and compat and w in (5, 20):  # qlib's own-std mask fired in the vector kernel
         fixed = np.full(x.shape, 7.0)
-        _roll.pair_rolling(K.PAIR_OPS.index(op), x, y, fixed, starts, ends, w, False, 1, simd=True)
-        assert (np.isnan(vector) & ~np.isnan(fixed)).any()
+        _roll.pair_rolling(K.PAIR_OPS.index("Corr"), x, y, fixed, starts, ends, w, False, 1, simd=True)
+        assert (np.isnan(results[1][0]) & ~np.isnan(fixed)).any()
 
 
 @pytest.mark.parametrize("w", [3, 20, 0])
