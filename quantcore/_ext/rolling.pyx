@@ -499,6 +499,96 @@ cdef extern from *:
         *since_io = since;
         *anchor_io = anchor;
     }
+
+    /* Med (median = 1) or Quantiles qs[0:k] of sorted_window_row, four rows in lanes, each row's
+       sorted buffer one lane of buf[0:cap] (a slot per vector, cap <= QC_SORTED_CAP; buf[-1] and
+       buf[cap] stay +inf). Every step does exactly the scalar kernel's drop-old/insert-new on each
+       lane, by selects instead of a memmove: the counts, the shift and the +inf padding are the same,
+       so the buffers and the statistics are bit for bit the scalar ones. outs[4 j + l] is row l's
+       output j. Each row's buffer (rows[l][0:cap]) and count come back for the scalar rest. */
+    #define QC_SORTED_CAP 48  /* >= SORTED_LANES_MAX rounded up to a multiple of 4 */
+    static QC_AVX2 void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, Py_ssize_t k,
+                                        Py_ssize_t n, Py_ssize_t w, Py_ssize_t cap, int median, double* const* rows,
+                                        double* counts) {
+        __m256d mem[QC_SORTED_CAP + 2], spare[QC_SORTED_CAP], *buf = mem + 1;
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), inf = _mm256_set1_pd(INFINITY);
+        const __m256d nan = _mm256_set1_pd(NAN), half = _mm256_set1_pd(2.0);
+        __m256d cnt = zero;
+        double lanes[4], c0;
+        Py_ssize_t t, j, q, l, lo;
+        for (j = 0; j < cap + 2; j++)
+            mem[j] = inf;
+        for (t = 0; t < n; t++) {
+            __m256d v = qc_load4(xs, t), old = t >= w ? qc_load4(xs, t - w) : nan;
+            __m256d vok = _mm256_cmp_pd(v, v, _CMP_ORD_Q), ook = _mm256_cmp_pd(old, old, _CMP_ORD_Q);
+            cnt = _mm256_sub_pd(_mm256_add_pd(cnt, _mm256_and_pd(vok, one)), _mm256_and_pd(ook, one));
+            v = qc_sel4(vok, v, inf);
+            old = qc_sel4(ook, old, inf);
+            __m256d p_out = zero, p_in = zero;
+            for (j = 0; j < cap; j++) {
+                p_out = _mm256_add_pd(p_out, _mm256_and_pd(_mm256_cmp_pd(buf[j], old, _CMP_LT_OQ), one));
+                p_in = _mm256_add_pd(p_in, _mm256_and_pd(_mm256_cmp_pd(buf[j], v, _CMP_LT_OQ), one));
+            }
+            __m256d up = _mm256_cmp_pd(old, v, _CMP_LT_OQ);
+            p_in = _mm256_sub_pd(p_in, _mm256_and_pd(up, one));
+            for (j = 0; j < cap; j++) {
+                __m256d jj = _mm256_set1_pd((double)j);
+                /* up: slots p_out .. p_in - 1 take their upper neighbour; else p_in + 1 .. p_out their lower one */
+                __m256d down = _mm256_and_pd(up, _mm256_and_pd(_mm256_cmp_pd(p_out, jj, _CMP_LE_OQ),
+                                                               _mm256_cmp_pd(jj, p_in, _CMP_LT_OQ)));
+                __m256d rise = _mm256_andnot_pd(up, _mm256_and_pd(_mm256_cmp_pd(p_in, jj, _CMP_LT_OQ),
+                                                                  _mm256_cmp_pd(jj, p_out, _CMP_LE_OQ)));
+                __m256d slot = qc_sel4(down, buf[j + 1], qc_sel4(rise, buf[j - 1], buf[j]));
+                spare[j] = qc_sel4(_mm256_cmp_pd(jj, p_in, _CMP_EQ_OQ), v, slot);
+            }
+            for (j = 0; j < cap; j++)
+                buf[j] = spare[j];
+            _mm256_storeu_pd(lanes, cnt);
+            c0 = lanes[0];
+            if (lanes[1] == c0 && lanes[2] == c0 && lanes[3] == c0) {  /* the same count: the same slots */
+                if (c0 == 0.0) {
+                    for (q = 0; q < k; q++)
+                        qc_store4(outs + 4 * q, t, nan);
+                } else if (median) {
+                    Py_ssize_t c = (Py_ssize_t)c0;
+                    qc_store4(outs, t, c % 2 ? buf[c / 2] : _mm256_div_pd(_mm256_add_pd(buf[c / 2 - 1], buf[c / 2]), half));
+                } else {
+                    for (q = 0; q < k; q++) {
+                        double pos = qs[q] * ((Py_ssize_t)c0 - 1), frac;
+                        lo = (Py_ssize_t)pos;
+                        frac = pos - lo;
+                        qc_store4(outs + 4 * q, t, frac == 0.0 ? buf[lo] : _mm256_add_pd(buf[lo],
+                                  _mm256_mul_pd(_mm256_sub_pd(buf[lo + 1], buf[lo]), _mm256_set1_pd(frac))));
+                    }
+                }
+            } else {
+                for (l = 0; l < 4; l++) {
+                    Py_ssize_t c = (Py_ssize_t)lanes[l];
+                    const double* col = (const double*)buf + l;  /* slot j of lane l: col[4 j] */
+                    for (q = 0; q < k; q++) {
+                        double r;
+                        if (c == 0) {
+                            r = NAN;
+                        } else if (median) {
+                            r = c % 2 ? col[4 * (c / 2)] : (col[4 * (c / 2 - 1)] + col[4 * (c / 2)]) / 2.0;
+                        } else {
+                            double pos = qs[q] * (c - 1), frac;
+                            lo = (Py_ssize_t)pos;
+                            frac = pos - lo;
+                            r = frac == 0.0 ? col[4 * lo] : col[4 * lo] + (col[4 * (lo + 1)] - col[4 * lo]) * frac;
+                        }
+                        outs[4 * q + l][t] = r;
+                    }
+                }
+            }
+        }
+        _mm256_storeu_pd(counts, cnt);
+        for (j = 0; j < cap; j++) {
+            _mm256_storeu_pd(lanes, buf[j]);
+            for (l = 0; l < 4; l++)
+                rows[l][j] = lanes[l];
+        }
+    }
     #else
     static int qc_has_avx2(void) { return 0; }
     static void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
@@ -520,6 +610,11 @@ cdef extern from *:
         (void)xs; (void)slopes; (void)rsquares; (void)resis; (void)n; (void)w; (void)compat; (void)expanding;
         (void)state; (void)since_io; (void)anchor_io; (void)rebuild_min; (void)atol2; (void)flat_rtol;
     }
+    static void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, Py_ssize_t k,
+                                Py_ssize_t n, Py_ssize_t w, Py_ssize_t cap, int median, double* const* rows,
+                                double* counts) {
+        (void)xs; (void)outs; (void)qs; (void)k; (void)n; (void)w; (void)cap; (void)median; (void)rows; (void)counts;
+    }
     #endif
     """
     int qc_has_avx2() nogil
@@ -531,6 +626,8 @@ cdef extern from *:
                        idx_t w, bint cov, bint compat, double* state, idx_t* since_io, idx_t rebuild_min,
                        double atol2, double flat_rtol) nogil
     bint qc_own_std_small(const double* v, idx_t ws, idx_t t, double atol2) nogil
+    void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, idx_t k, idx_t n, idx_t w,
+                         idx_t cap, bint median, double* const* rows, double* counts) nogil
     void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
                              double* const* resis, idx_t n, idx_t w, bint compat, bint expanding, double* state,
                              idx_t* since_io, idx_t* anchor_io, idx_t rebuild_min, double atol2,
@@ -560,6 +657,10 @@ cdef enum:
     SHORT_WINDOW_MAX = 96
     # operators per rolling_group call: the size of group_row's table of output rows
     GROUP_MAX = 8
+    # longest window the four-row Med/Quantile kernel takes: its steps cost O(window) selects, the
+    # scalar kernel's a memmove and a store-to-load stall; on 300 x 2520 (Zen 3) 2.8x faster at 5,
+    # even near 40, slower at 60
+    SORTED_LANES_MAX = 40
 
 # qlib masks Rsquare/Corr where pandas' rolling std is within this absolute distance of 0
 # (ops.py: np.isclose(std, 0, atol=2e-05)); it is scale-dependent, hence compat-only.
@@ -573,7 +674,7 @@ QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
 
-#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
+#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Med, Quantile, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
 
 
@@ -1150,15 +1251,27 @@ cdef int sorted_window_row(const double* x, double** outs, const double* qs, idx
     # no NaN branches. Both slots are counted (qc_count_below2) rather than binary-searched: over a
     # window this short a fixed-length SIMD count beats a chain of dependent loads. The shift between
     # the two slots is one memmove whose direction comes from min/max, not a mispredicted branch.
-    cdef idx_t cap = (w + 3) & ~(<idx_t>3)  # whole 4-wide count steps; the extra slots stay +inf
+    cdef idx_t cap = sorted_cap(w), t, cnt = 0
     cdef double* buf = <double*>malloc(cap * sizeof(double))
-    cdef idx_t t, j, p_out, p_in, lo, hi, up, cnt = 0
-    cdef double v, old
     if buf == NULL:
         return 1
     for t in range(cap):
         buf[t] = INFINITY
-    for t in range(n):
+    sorted_window_steps(buf, cap, &cnt, x, outs, qs, k, 0, n, w, median)
+    free(buf)
+    return 0
+
+
+cdef inline idx_t sorted_cap(idx_t w) noexcept nogil:
+    return (w + 3) & ~(<idx_t>3)  # whole 4-wide count steps; the extra slots stay +inf
+
+
+cdef void sorted_window_steps(double* buf, idx_t cap, idx_t* count, const double* x, double** outs, const double* qs,
+                              idx_t k, idx_t t0, idx_t n, idx_t w, bint median) noexcept nogil:
+    """Rows t0..n-1 of sorted_window_row, from the buffer and valid count after row t0 - 1."""
+    cdef idx_t t, j, p_out, p_in, lo, hi, up, cnt = count[0]
+    cdef double v, old
+    for t in range(t0, n):
         v = x[t]
         old = x[t - w] if t >= w else NAN
         cnt += (v == v) - (old == old)
@@ -1179,7 +1292,50 @@ cdef int sorted_window_row(const double* x, double** outs, const double* qs, idx
         else:
             for j in range(k):
                 outs[j][t] = sorted_quantile(buf, cnt, qs[j])
-    free(buf)
+    count[0] = cnt
+
+
+cdef int sorted_rows4(const idx_t* rows, const int* ops, const double* params, idx_t k, const double* x,
+                      double** bases, const int64_t* starts, const int64_t* ends, idx_t T, idx_t window,
+                      bint compat, idx_t short_max) noexcept nogil:
+    """Med or Quantiles (ops[0:k]) of four rows, as vector_rows4 does for one output; the window is
+    0 < window <= SORTED_LANES_MAX (the caller checks), and the rows must not be shorter."""
+    cdef const double* xs[4]
+    cdef double* outs[4 * GROUP_MAX]
+    cdef double* lane_outs[GROUP_MAX]
+    cdef double* bufs[4]
+    cdef idx_t ns[4]
+    cdef double counts[4]
+    cdef idx_t l, i, j, m = -1, cap = sorted_cap(window), cnt
+    cdef bint scalar = False
+    cdef int failed = 0
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l])
+        for j in range(k):
+            outs[4 * j + l] = bases[j] + i * T + starts[i]
+    if scalar or window > m:  # a row shorter than the window: the scalar kernel's w = n
+        for l in range(4):
+            i = rows[l]
+            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
+        return failed
+    bufs[0] = <double*>malloc(4 * cap * sizeof(double))
+    if bufs[0] == NULL:
+        return 1
+    for l in range(1, 4):
+        bufs[l] = bufs[0] + l * cap
+    qc_sorted_rows4(xs, outs, params, k, m, window, cap, ops[0] == MED, bufs, counts)
+    for l in range(4):
+        if ns[l] == m:
+            continue
+        for j in range(k):
+            lane_outs[j] = outs[4 * j + l]
+        cnt = <idx_t>counts[l]
+        sorted_window_steps(bufs[l], cap, &cnt, xs[l], lane_outs, params, k, m, ns[l], window, ops[0] == MED)
+    free(bufs[0])
     return 0
 
 
@@ -2029,15 +2185,15 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
                   int threads, Py_ssize_t short_window_max=SHORT_WINDOW_MAX, bint simd=True):
     """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
     for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
-    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var, Std and
-    Slope/Rsquare/Resi run four rows per AVX2 vector where the CPU has it (same results bit for bit;
-    tests compare both paths)."""
+    (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var, Std,
+    Slope/Rsquare/Resi, and Med and Quantiles over short windows run four rows per AVX2 vector where
+    the CPU has it (same results bit for bit; tests compare both paths)."""
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
     cdef double** bases
     cdef const idx_t[::1] order
-    cdef bint regression
+    cdef bint regression, ordered
     if not 1 <= k <= GROUP_MAX or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
         raise ValueError(f"rolling_group needs 1 to {GROUP_MAX} ops with one out and one param each")
     bases = <double**>malloc(k * sizeof(double*))
@@ -2052,12 +2208,17 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
         if N == 0 or T == 0:
             return
         regression = all(SLOPE <= ops[j] <= RESI for j in range(k))
-        if simd and AVX2 and N >= 4 and ((k == 1 and vector_op(ops[0])) or regression):
+        ordered = ((all(ops[j] == QUANTILE for j in range(k)) or (k == 1 and ops[0] == MED))
+                   and 0 < window <= min(short_window_max, SORTED_LANES_MAX))
+        if simd and AVX2 and N >= 4 and ((k == 1 and vector_op(ops[0])) or regression or ordered):
             # rows of similar length share a vector: longest first, four at a time
             order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
             with nogil:
                 for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
-                    if regression:
+                    if ordered:
+                        failed += sorted_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases, &starts[0],
+                                               &ends[0], T, window, compat, short_window_max)
+                    elif regression:
                         failed += regression_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases,
                                                    &starts[0], &ends[0], T, window, compat, short_window_max)
                     else:

@@ -209,7 +209,7 @@ def _vector_panel():
 @pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
 @pytest.mark.parametrize("w", WINDOWS + (7, 250))
 @pytest.mark.parametrize("ops", ["Sum", "Mean", "Var", "Std", "Corr", "Cov", "Slope-Rsquare-Resi", "Resi",
-                                 "Rsquare-Slope"])
+                                 "Rsquare-Slope", "Med", "Quantile", "Quantile-Quantile-Quantile"])
 def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compat):
     x, y, starts, ends = _vector_panel()
     ops = ops.split("-")
@@ -219,8 +219,9 @@ def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compa
         if ops[0] in K.PAIR_OPS:
             _roll.pair_rolling(K.PAIR_OPS.index(ops[0]), x, y, outs[0], starts, ends, w, compat, 1, simd=simd)
         else:
-            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), x, outs,
-                                np.full(len(ops), np.nan), starts, ends, w, compat, 1, simd=simd)
+            qs = np.array([0.8, 0.2, 0.5][:len(ops)])  # used by Quantile only
+            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), x, outs, qs,
+                                starts, ends, w, compat, 1, simd=simd)
         results.append(outs)
     inside = (np.arange(x.shape[1]) >= starts[:, None]) & (np.arange(x.shape[1]) < ends[:, None])
     for op, scalar, vector in zip(ops, *results):
