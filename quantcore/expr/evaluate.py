@@ -77,7 +77,6 @@ _PASS_NODES = (Rolling, Expanding, EMA, CrossSection)  # nodes whose panel a ker
 class _Compiled:
     name: str
     node: Node
-    canonical: str
 
 
 class Evaluator:
@@ -122,7 +121,7 @@ class Evaluator:
                 node = compile_expression(expr, fields, allow_future=allow_future)
             except ExpressionError as exc:
                 raise _named(exc, name) from None
-            out.append(_Compiled(name, node, canonical(node)))
+            out.append(_Compiled(name, node))
         return out
 
     def evaluate(
@@ -140,7 +139,7 @@ class Evaluator:
         pending: list[_Compiled] = []
         keys: dict[str, str] = {}
         for item in compiled:
-            key = cache_key(self.panel.version, item.canonical, self._semantics, dtype)
+            key = cache_key(self.panel.version, canonical(item.node), self._semantics, dtype)
             keys[item.name] = key
             hit = self._cache_get(key, shape)
             if hit is not None:
