@@ -502,22 +502,23 @@ cdef extern from *:
 
     /* Med (median = 1) or Quantiles qs[0:k] of sorted_window_row, four rows in lanes, each row's
        sorted buffer one lane of buf[0:cap] (a slot per vector, cap <= QC_SORTED_CAP; buf[-1] and
-       buf[cap] stay +inf). Every step does exactly the scalar kernel's drop-old/insert-new on each
-       lane, by selects instead of a memmove: the counts, the shift and the +inf padding are the same,
-       so the buffers and the statistics are bit for bit the scalar ones. outs[4 j + l] is row l's
-       output j. Each row's buffer (rows[l][0:cap]) and count come back for the scalar rest. */
+       buf[cap] stay +inf; each step writes the other of two buffers). Every step does exactly the
+       scalar kernel's drop-old/insert-new on each lane, by selects instead of a memmove: the counts,
+       the shift and the +inf padding are the same, so the buffers and the statistics are bit for
+       bit the scalar ones. outs[4 j + l] is row l's output j. Each row's buffer (rows[l][0:cap])
+       and count come back for the scalar rest. */
     #define QC_SORTED_CAP 48  /* >= SORTED_LANES_MAX rounded up to a multiple of 4 */
     static QC_AVX2 void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, Py_ssize_t k,
                                         Py_ssize_t n, Py_ssize_t w, Py_ssize_t cap, int median, double* const* rows,
                                         double* counts) {
-        __m256d mem[QC_SORTED_CAP + 2], spare[QC_SORTED_CAP], *buf = mem + 1;
+        __m256d mem[2][QC_SORTED_CAP + 2], *buf = mem[0] + 1, *next = mem[1] + 1, *swap;
         const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), inf = _mm256_set1_pd(INFINITY);
         const __m256d nan = _mm256_set1_pd(NAN), half = _mm256_set1_pd(2.0);
         __m256d cnt = zero;
         double lanes[4], c0;
         Py_ssize_t t, j, q, l, lo;
         for (j = 0; j < cap + 2; j++)
-            mem[j] = inf;
+            mem[0][j] = mem[1][j] = inf;
         for (t = 0; t < n; t++) {
             __m256d v = qc_load4(xs, t), old = t >= w ? qc_load4(xs, t - w) : nan;
             __m256d vok = _mm256_cmp_pd(v, v, _CMP_ORD_Q), ook = _mm256_cmp_pd(old, old, _CMP_ORD_Q);
@@ -539,10 +540,11 @@ cdef extern from *:
                 __m256d rise = _mm256_andnot_pd(up, _mm256_and_pd(_mm256_cmp_pd(p_in, jj, _CMP_LT_OQ),
                                                                   _mm256_cmp_pd(jj, p_out, _CMP_LE_OQ)));
                 __m256d slot = qc_sel4(down, buf[j + 1], qc_sel4(rise, buf[j - 1], buf[j]));
-                spare[j] = qc_sel4(_mm256_cmp_pd(jj, p_in, _CMP_EQ_OQ), v, slot);
+                next[j] = qc_sel4(_mm256_cmp_pd(jj, p_in, _CMP_EQ_OQ), v, slot);
             }
-            for (j = 0; j < cap; j++)
-                buf[j] = spare[j];
+            swap = buf;  /* the two buffers take turns (their +inf ends are never written) */
+            buf = next;
+            next = swap;
             _mm256_storeu_pd(lanes, cnt);
             c0 = lanes[0];
             if (lanes[1] == c0 && lanes[2] == c0 && lanes[3] == c0) {  /* the same count: the same slots */
@@ -658,8 +660,8 @@ cdef enum:
     # operators per rolling_group call: the size of group_row's table of output rows
     GROUP_MAX = 8
     # longest window the four-row Med/Quantile kernel takes: its steps cost O(window) selects, the
-    # scalar kernel's a memmove and a store-to-load stall; on 300 x 2520 (Zen 3) 2.8x faster at 5,
-    # even near 40, slower at 60
+    # scalar kernel's a memmove and a store-to-load stall; on 300 x 2520 (Zen 3) 2.7x faster at 5,
+    # 1.1x at 40, slower at 60
     SORTED_LANES_MAX = 40
 
 # qlib masks Rsquare/Corr where pandas' rolling std is within this absolute distance of 0
