@@ -591,6 +591,85 @@ cdef extern from *:
                 rows[l][j] = lanes[l];
         }
     }
+
+    /* Max/Min (values into `values`) and IdxMax/IdxMin (positions into `indexes`) of extreme_row,
+       four rows in lanes over their first b rows, b a whole number of blocks of w (the rows' blocks
+       agree there; each row's last, shorter block is the scalar kernel's). The per-row prefix and
+       suffix bests go to `scratch` (g, gk, h, hk: b slots of 4 lanes each), which the scalar rest
+       reads back for windows that start in the last of these blocks. next_nans[l] (NULL unless
+       qlib's NaN-first IdxMax is wanted) is row l's next-NaN table. */
+    static QC_AVX2 void qc_extreme_rows4(const double* const* xs, double* const* values, double* const* indexes,
+                                         const Py_ssize_t* const* next_nans, Py_ssize_t b, Py_ssize_t w, int is_max,
+                                         double* scratch, double* counts) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), nan = _mm256_set1_pd(NAN);
+        const __m256d ninf = _mm256_set1_pd(-INFINITY), sign = _mm256_set1_pd(is_max ? 1.0 : -1.0);
+        __m256d* g = (__m256d*)scratch, *gk = g + b, *h = gk + b, *hk = h + b;
+        __m256d bk = ninf, bi = zero, cnt = zero;
+        double at[4], lanes[4];
+        Py_ssize_t t, bs, c, ws, l;
+        for (t = 0, c = 0; t < b; t++) {
+            __m256d v = qc_load4(xs, t), tt = _mm256_set1_pd((double)t);
+            __m256d k = qc_sel4(_mm256_cmp_pd(v, v, _CMP_ORD_Q), _mm256_mul_pd(sign, v), ninf);
+            if (c == 0) {
+                bk = k;
+                bi = tt;
+            } else {
+                __m256d take = _mm256_cmp_pd(k, bk, _CMP_GT_OQ);  /* strict: an earlier equal key stays best */
+                bi = qc_sel4(take, tt, bi);
+                bk = qc_sel4(take, k, bk);
+            }
+            _mm256_storeu_pd((double*)(g + t), bi);
+            _mm256_storeu_pd((double*)(gk + t), bk);
+            if (++c == w)
+                c = 0;
+        }
+        for (bs = b - w; bs >= 0; bs -= w) {
+            bk = ninf;
+            bi = _mm256_set1_pd((double)(bs + w - 1));
+            for (t = bs + w - 1; t >= bs; t--) {
+                __m256d v = qc_load4(xs, t);
+                __m256d k = qc_sel4(_mm256_cmp_pd(v, v, _CMP_ORD_Q), _mm256_mul_pd(sign, v), ninf);
+                __m256d take = _mm256_cmp_pd(k, bk, _CMP_GE_OQ);  /* backwards, an equal key further left wins */
+                bi = qc_sel4(take, _mm256_set1_pd((double)t), bi);
+                bk = qc_sel4(_mm256_cmp_pd(k, bk, _CMP_GT_OQ), k, bk);
+                _mm256_storeu_pd((double*)(h + t), bi);
+                _mm256_storeu_pd((double*)(hk + t), bk);
+            }
+        }
+        for (t = 0, c = 0; t < b; t++) {
+            __m256d v = qc_load4(xs, t);
+            cnt = _mm256_add_pd(cnt, _mm256_and_pd(_mm256_cmp_pd(v, v, _CMP_ORD_Q), one));
+            if (t >= w) {
+                __m256d old = qc_load4(xs, t - w);
+                cnt = _mm256_sub_pd(cnt, _mm256_and_pd(_mm256_cmp_pd(old, old, _CMP_ORD_Q), one));
+            }
+            ws = t >= w ? t - w + 1 : 0;
+            __m256d gt = _mm256_loadu_pd((const double*)(g + t)), best = gt;
+            if (!(t < w || c == w - 1))  /* a window that does not start a block spans two */
+                best = qc_sel4(_mm256_cmp_pd(_mm256_loadu_pd((const double*)(hk + ws)),
+                                             _mm256_loadu_pd((const double*)(gk + t)), _CMP_GE_OQ),
+                               _mm256_loadu_pd((const double*)(h + ws)), gt);
+            __m256d none = _mm256_cmp_pd(cnt, zero, _CMP_EQ_OQ);
+            _mm256_storeu_pd(at, best);
+            if (values[0] != NULL) {
+                for (l = 0; l < 4; l++)
+                    lanes[l] = xs[l][(Py_ssize_t)at[l]];
+                qc_store4(values, t, qc_sel4(none, nan, _mm256_loadu_pd(lanes)));
+            }
+            if (indexes[0] != NULL) {
+                for (l = 0; l < 4; l++) {
+                    Py_ssize_t p = (Py_ssize_t)at[l];
+                    if (next_nans[0] != NULL && next_nans[l][ws] <= t)
+                        p = next_nans[l][ws];  /* qlib's IdxMax is np.argmax: a NaN in the window wins */
+                    lanes[l] = (double)(p - ws + 1);
+                }
+                qc_store4(indexes, t, qc_sel4(none, nan, _mm256_loadu_pd(lanes)));
+            }
+            if (++c == w)
+                c = 0;
+        }
+        _mm256_storeu_pd(counts, cnt);
+    }
     #else
     static int qc_has_avx2(void) { return 0; }
     static void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n, Py_ssize_t w,
@@ -612,6 +691,12 @@ cdef extern from *:
         (void)xs; (void)slopes; (void)rsquares; (void)resis; (void)n; (void)w; (void)compat; (void)expanding;
         (void)state; (void)since_io; (void)anchor_io; (void)rebuild_min; (void)atol2; (void)flat_rtol;
     }
+    static void qc_extreme_rows4(const double* const* xs, double* const* values, double* const* indexes,
+                                 const Py_ssize_t* const* next_nans, Py_ssize_t b, Py_ssize_t w, int is_max,
+                                 double* scratch, double* counts) {
+        (void)xs; (void)values; (void)indexes; (void)next_nans; (void)b; (void)w; (void)is_max; (void)scratch;
+        (void)counts;
+    }
     static void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, Py_ssize_t k,
                                 Py_ssize_t n, Py_ssize_t w, Py_ssize_t cap, int median, double* const* rows,
                                 double* counts) {
@@ -628,6 +713,9 @@ cdef extern from *:
                        idx_t w, bint cov, bint compat, double* state, idx_t* since_io, idx_t rebuild_min,
                        double atol2, double flat_rtol) nogil
     bint qc_own_std_small(const double* v, idx_t ws, idx_t t, double atol2) nogil
+    void qc_extreme_rows4(const double* const* xs, double* const* values, double* const* indexes,
+                          const idx_t* const* next_nans, idx_t b, idx_t w, bint is_max, double* scratch,
+                          double* counts) nogil
     void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, idx_t k, idx_t n, idx_t w,
                          idx_t cap, bint median, double* const* rows, double* counts) nogil
     void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
@@ -676,7 +764,8 @@ QLIB_STD_ABS_TOL = QLIB_STD_ATOL
 FLAT_STD_REL_TOL = FLAT_RTOL
 
 
-#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Med, Quantile, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
+#: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Max, Min,
+#: IdxMax, IdxMin, Med, Quantile, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
 
 
@@ -1134,6 +1223,44 @@ cdef int regression_rows4(const idx_t* rows, const int* ops, const double* param
 # Max, Min, IdxMax, IdxMin: van Herk / Gil-Werman blocks
 # ---------------------------------------------------------------------------------------------
 
+cdef struct ExtremeScratch:
+    # extreme_row's per-row tables: best key and row of each block's prefix (gk, g) and suffix
+    # (hk, h), and the first NaN row at or after each row (qlib's NaN-first IdxMax only)
+    double* gk
+    double* hk
+    idx_t* g
+    idx_t* h
+    idx_t* next_nan
+
+
+cdef int extreme_alloc(ExtremeScratch* e, const double* x, idx_t n, bint nan_first) noexcept nogil:
+    """0, or 1 (nothing left allocated) when out of memory."""
+    cdef idx_t t
+    e.gk = <double*>malloc(n * sizeof(double))
+    e.hk = <double*>malloc(n * sizeof(double))
+    e.g = <idx_t*>malloc(n * sizeof(idx_t))
+    e.h = <idx_t*>malloc(n * sizeof(idx_t))
+    e.next_nan = <idx_t*>malloc((n + 1) * sizeof(idx_t)) if nan_first else NULL
+    if e.gk == NULL or e.hk == NULL or e.g == NULL or e.h == NULL or (nan_first and e.next_nan == NULL):
+        extreme_free(e)
+        return 1
+    if nan_first:
+        e.next_nan[n] = n
+        for t in range(n - 1, -1, -1):
+            e.next_nan[t] = t if x[t] != x[t] else e.next_nan[t + 1]
+    return 0
+
+
+cdef void extreme_free(ExtremeScratch* e) noexcept nogil:
+    free(e.gk)
+    free(e.hk)
+    free(e.g)
+    free(e.h)
+    free(e.next_nan)
+    e.gk = e.hk = NULL
+    e.g = e.h = e.next_nan = NULL
+
+
 cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_t n, idx_t w, bint is_max,
                      bint compat) noexcept nogil:
     # Max (or Min) into out_value and IdxMax (IdxMin) into out_index, either NULL when not wanted:
@@ -1146,32 +1273,33 @@ cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_
     # Keys: +x for Max, -x for Min, NaN -> -inf; ties keep the earliest row, as np.argmax does.
     # qlib's IdxMax is np.argmax over the raw window, so a NaN in the window wins: its position
     # comes from next_nan[ws], the first NaN row at or after ws.
-    cdef double* gk = <double*>malloc(n * sizeof(double))
-    cdef double* hk = <double*>malloc(n * sizeof(double))
-    cdef idx_t* g = <idx_t*>malloc(n * sizeof(idx_t))
-    cdef idx_t* h = <idx_t*>malloc(n * sizeof(idx_t))
-    cdef idx_t* next_nan = NULL
+    cdef ExtremeScratch e
     cdef bint nan_first = out_index != NULL and compat
+    if extreme_alloc(&e, x, n, nan_first):
+        return 1
+    extreme_steps(&e, x, out_value, out_index, 0, n, w, is_max, nan_first, 0)
+    extreme_free(&e)
+    return 0
+
+
+cdef void extreme_steps(ExtremeScratch* e, const double* x, double* out_value, double* out_index, idx_t t0,
+                        idx_t n, idx_t w, bint is_max, bint nan_first, idx_t cnt) noexcept nogil:
+    """Rows t0..n-1 of extreme_row (t0 a block start), `cnt` valid rows in the window before t0;
+    windows starting before t0 read the tables' entries there, which must be filled."""
+    cdef double* gk = e.gk
+    cdef double* hk = e.hk
+    cdef idx_t* g = e.g
+    cdef idx_t* h = e.h
+    cdef idx_t* next_nan = e.next_nan
     cdef double sign = 1.0 if is_max else -1.0
     cdef double k, bk
-    cdef idx_t t, ws, bi, bs, be, c, take, best, cnt = 0
-    if gk == NULL or hk == NULL or g == NULL or h == NULL:
-        free(gk); free(hk); free(g); free(h)
-        return 1
-    if nan_first:
-        next_nan = <idx_t*>malloc((n + 1) * sizeof(idx_t))
-        if next_nan == NULL:
-            free(gk); free(hk); free(g); free(h)
-            return 1
-        next_nan[n] = n
-        for t in range(n - 1, -1, -1):
-            next_nan[t] = t if x[t] != x[t] else next_nan[t + 1]
+    cdef idx_t t, ws, bi, bs, be, c, take, best
     # (block boundaries come from counters: an integer division per row would cost more than
     # the comparisons themselves)
     c = 0
     bk = -INFINITY
-    bi = 0
-    for t in range(n):
+    bi = t0
+    for t in range(t0, n):
         k = sign * x[t] if x[t] == x[t] else -INFINITY
         if c == 0:
             bk = k
@@ -1185,8 +1313,8 @@ cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_
         c += 1
         if c == w:
             c = 0
-    bs = ((n - 1) // w) * w
-    while bs >= 0:
+    bs = t0 + ((n - 1 - t0) // w) * w
+    while bs >= t0:
         be = bs + w - 1 if bs + w - 1 < n - 1 else n - 1
         bk = -INFINITY
         bi = be
@@ -1199,7 +1327,7 @@ cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_
             hk[t] = bk
         bs -= w
     c = 0
-    for t in range(n):
+    for t in range(t0, n):
         ws = win_start(t, w)
         cnt += x[t] == x[t]
         if t >= w:
@@ -1221,7 +1349,67 @@ cdef int extreme_row(const double* x, double* out_value, double* out_index, idx_
         c += 1
         if c == w:
             c = 0
-    free(gk); free(hk); free(g); free(h); free(next_nan)
+
+
+cdef int extreme_rows4(const idx_t* rows, const int* ops, const double* params, idx_t k, const double* x,
+                       double** bases, const int64_t* starts, const int64_t* ends, idx_t T, idx_t window,
+                       bint compat, idx_t short_max) noexcept nogil:
+    """Max/IdxMax or Min/IdxMin (ops[0:k]) of four rows, as vector_rows4 does for one output: the
+    lanes take the whole blocks of `window` rows all four rows have, each row its own rest."""
+    cdef const double* xs[4]
+    cdef double* values[4]
+    cdef double* indexes[4]
+    cdef const idx_t* next_nans[4]
+    cdef ExtremeScratch es[4]
+    cdef idx_t ns[4]
+    cdef double counts[4]
+    cdef double* scratch
+    cdef idx_t l, i, j, m = -1, b, t, at
+    cdef bint scalar = False, want_index = False, is_max = False, nan_first
+    cdef int failed = 0
+    for j in range(k):
+        want_index = want_index or ops[j] == IDXMAX or ops[j] == IDXMIN
+        is_max = is_max or ops[j] == MAX or ops[j] == IDXMAX
+    nan_first = want_index and compat
+    for l in range(4):
+        i = rows[l]
+        ns[l] = ends[i] - starts[i]
+        xs[l] = x + i * T + starts[i]
+        m = ns[l] if (m < 0 or ns[l] < m) else m
+        scalar = scalar or has_inf(xs[l], ns[l])
+        values[l] = indexes[l] = NULL
+        for j in range(k):
+            if ops[j] == IDXMAX or ops[j] == IDXMIN:
+                indexes[l] = bases[j] + i * T + starts[i]
+            else:
+                values[l] = bases[j] + i * T + starts[i]
+    b = (m // window) * window if window > 0 else 0
+    if scalar or b == 0:
+        for l in range(4):
+            i = rows[l]
+            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
+        return failed
+    scratch = <double*>malloc(16 * b * sizeof(double))
+    for l in range(4):
+        es[l].gk = NULL
+    for l in range(4):
+        if scratch == NULL or extreme_alloc(&es[l], xs[l], ns[l], nan_first):
+            free(scratch)
+            for j in range(l):
+                extreme_free(&es[j])
+            return 1
+        next_nans[l] = es[l].next_nan
+    qc_extreme_rows4(xs, values, indexes, next_nans, b, window, is_max, scratch, counts)
+    for l in range(4):
+        if ns[l] > b:
+            for t in range(b - window, b):  # the last whole block's suffix bests, for windows starting there
+                at = 4 * t + l
+                es[l].h[t] = <idx_t>scratch[8 * b + at]
+                es[l].hk[t] = scratch[12 * b + at]
+            extreme_steps(&es[l], xs[l], values[l], indexes[l], b, ns[l], window, is_max, nan_first,
+                          <idx_t>counts[l])
+        extreme_free(&es[l])
+    free(scratch)
     return 0
 
 
@@ -2188,14 +2376,14 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
     """Fill outs[j][i, s:e] with operator ops[j] (param params[j]) over each row's span, in one pass
     for operators that share their state: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantiles
     (any q). Anything else: a single operator (the caller checks). `simd` lets Sum, Mean, Var, Std,
-    Slope/Rsquare/Resi, and Med and Quantiles over short windows run four rows per AVX2 vector where
-    the CPU has it (same results bit for bit; tests compare both paths)."""
+    Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, and Med and Quantiles over short windows run four
+    rows per AVX2 vector where the CPU has it (same results bit for bit; tests compare both paths)."""
     cdef idx_t N = x.shape[0], T = x.shape[1], i, j, k = ops.shape[0]
     cdef int failed = 0, nth = resolve_threads(threads)
     cdef double[:, ::1] o
     cdef double** bases
     cdef const idx_t[::1] order
-    cdef bint regression, ordered
+    cdef bint regression, ordered, extreme
     if not 1 <= k <= GROUP_MAX or len(outs) != k or params.shape[0] != k:  # group_row's table is fixed
         raise ValueError(f"rolling_group needs 1 to {GROUP_MAX} ops with one out and one param each")
     bases = <double**>malloc(k * sizeof(double*))
@@ -2212,12 +2400,17 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
         regression = all(SLOPE <= ops[j] <= RESI for j in range(k))
         ordered = ((all(ops[j] == QUANTILE for j in range(k)) or (k == 1 and ops[0] == MED))
                    and 0 < window <= min(short_window_max, SORTED_LANES_MAX))
-        if simd and AVX2 and N >= 4 and ((k == 1 and vector_op(ops[0])) or regression or ordered):
+        extreme = window > 0 and (all(ops[j] in (MAX, IDXMAX) for j in range(k))
+                                  or all(ops[j] in (MIN, IDXMIN) for j in range(k)))
+        if simd and AVX2 and N >= 4 and ((k == 1 and vector_op(ops[0])) or regression or ordered or extreme):
             # rows of similar length share a vector: longest first, four at a time
             order = np.argsort(np.subtract(starts, ends), kind="stable").astype(np.intp)
             with nogil:
                 for i in prange(N // 4, num_threads=nth, schedule="dynamic", chunksize=1):
-                    if ordered:
+                    if extreme:
+                        failed += extreme_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases, &starts[0],
+                                                &ends[0], T, window, compat, short_window_max)
+                    elif ordered:
                         failed += sorted_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases, &starts[0],
                                                &ends[0], T, window, compat, short_window_max)
                     elif regression:

@@ -209,7 +209,8 @@ def _vector_panel():
 @pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
 @pytest.mark.parametrize("w", WINDOWS + (7, 250))
 @pytest.mark.parametrize("ops", ["Sum", "Mean", "Var", "Std", "Corr", "Cov", "Slope-Rsquare-Resi", "Resi",
-                                 "Rsquare-Slope", "Med", "Quantile", "Quantile-Quantile-Quantile"])
+                                 "Rsquare-Slope", "Med", "Quantile", "Quantile-Quantile-Quantile", "Max",
+                                 "IdxMax", "Max-IdxMax", "IdxMin-Min", "Min"])
 def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compat):
     x, y, starts, ends = _vector_panel()
     ops = ops.split("-")
