@@ -1097,62 +1097,86 @@ cdef void moment_steps(MomentState* st, const double* x, double* out, idx_t t0, 
     st.run = run
 
 
+cdef struct Lanes:
+    # four rows of a (N, T) panel run in the lanes of the AVX2 kernels: rows come sorted by span
+    # length, so their common length m is most of each
+    const double* xs[4]  # each row's span
+    idx_t offsets[4]  # where its span starts in the panel (i * T + start)
+    idx_t ns[4]  # span lengths
+    idx_t m  # the shortest
+    bint scalar  # a row holds +-inf (pandas treats it as missing): all four take the scalar way
+
+
+cdef void lanes_init(Lanes* q, const idx_t* rows, const double* x, const int64_t* starts, const int64_t* ends,
+                     idx_t T) noexcept nogil:
+    cdef idx_t l, i
+    q.m = -1
+    q.scalar = False
+    for l in range(4):
+        i = rows[l]
+        q.offsets[l] = i * T + starts[i]
+        q.ns[l] = ends[i] - starts[i]
+        q.xs[l] = x + q.offsets[l]
+        q.m = q.ns[l] if (q.m < 0 or q.ns[l] < q.m) else q.m
+        q.scalar = q.scalar or has_inf(q.xs[l], q.ns[l])
+
+
+cdef int lanes_scalar(const Lanes* q, const int* ops, const double* params, idx_t k, double** bases, idx_t window,
+                      bint compat, idx_t short_max) noexcept nogil:
+    """The four rows one by one with the scalar kernels (rolling_group's group_row)."""
+    cdef idx_t l
+    cdef int failed = 0
+    for l in range(4):
+        failed += group_row(ops, params, bases, k, q.xs[l], q.offsets[l], q.ns[l], window, compat, short_max)
+    return failed
+
+
+cdef inline void lane_run(Run* r, const double* state, idx_t at, idx_t l) noexcept nogil:
+    """A Run from lane l of the three state rows last, last_at, prev_end starting at state[at]."""
+    r.last = state[at + l]
+    r.last_at = <idx_t>state[at + 4 + l]
+    r.prev_end = <idx_t>state[at + 8 + l]
+
+
 cdef bint vector_op(int op) noexcept nogil:
     """Operators with a four-row AVX2 kernel (vector_rows4)."""
     return op == SUM or op == MEAN or op == VAR or op == STD
 
 
-cdef int vector_rows4(const idx_t* rows, const double* x, double* out, const int64_t* starts,
-                      const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
-    """Sum, Mean, Var or Std of four rows: in AVX2 lanes over their common length (rows come sorted
-    by span length, so that is most of each), then each row's rest with the scalar loop from its
-    lane's state. A row holding +-inf (which pandas treats as missing) goes the scalar way, through
-    rolling_one."""
-    cdef const double* xs[4]
+cdef int vector_rows4(const idx_t* rows, const int* ops, const double* params, idx_t k, const double* x,
+                      double** bases, const int64_t* starts, const int64_t* ends, idx_t T, idx_t window,
+                      bint compat, idx_t short_max) noexcept nogil:
+    """Sum, Mean, Var or Std (ops[0]) of four rows: in AVX2 lanes over their common length, then
+    each row's rest with the scalar loop from its lane's state."""
+    cdef Lanes q
     cdef double* outs[4]
-    cdef idx_t ns[4]
     cdef double state[28]
-    cdef idx_t l, i, m = -1, w, since = 0
-    cdef bint scalar = False
-    cdef int failed = 0
+    cdef idx_t l, w, since = 0
+    cdef int op = ops[0]
     cdef SumState st
     cdef MomentState mt
-    cdef int ops[1]
-    cdef double params[1]
-    cdef double* one_out[1]
+    lanes_init(&q, rows, x, starts, ends, T)
+    if q.scalar or q.m == 0:
+        return lanes_scalar(&q, ops, params, k, bases, window, compat, short_max)
     for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        outs[l] = out + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l])
-    if scalar or m == 0:
-        ops[0] = op
-        params[0] = 0.0
-        for l in range(4):
-            one_out[0] = outs[l]
-            failed += rolling_one(ops, params, one_out, 1, xs[l], ns[l], window, compat, 0)
-        return failed
+        outs[l] = bases[0] + q.offsets[l]
     # a window longer than a row never drops a value from it, like the scalar kernels' w = n
     if op == SUM or op == MEAN:
-        qc_sum_rows4(xs, outs, m, window if window > 0 else m, op == MEAN, state)
+        qc_sum_rows4(q.xs, outs, q.m, window if window > 0 else q.m, op == MEAN, state)
     else:
         for l in range(4):
-            state[l] = first_valid(xs[l], ns[l])
-        qc_var_rows4(xs, outs, m, window if window > 0 else m, op == STD, state, &since, REBUILD_MIN)
+            state[l] = first_valid(q.xs[l], q.ns[l])
+        qc_var_rows4(q.xs, outs, q.m, window if window > 0 else q.m, op == STD, state, &since, REBUILD_MIN)
     for l in range(4):
-        if ns[l] == m:
+        if q.ns[l] == q.m:
             continue
-        w = ns[l] if (window == 0 or window > ns[l]) else window
+        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
         if op == SUM or op == MEAN:
             st.s = state[l]
             st.c = state[4 + l]
             st.cnt = <idx_t>state[8 + l]
-            st.run.last = state[12 + l]
-            st.run.last_at = <idx_t>state[16 + l]
-            st.run.prev_end = <idx_t>state[20 + l]
-            sum_steps(&st, xs[l], outs[l], m, ns[l], w, op)
+            lane_run(&st.run, state, 12, l)
+            sum_steps(&st, q.xs[l], outs[l], q.m, q.ns[l], w, op)
         else:
             mt.ref = state[l]
             mt.s1 = state[4 + l]
@@ -1160,47 +1184,34 @@ cdef int vector_rows4(const idx_t* rows, const double* x, double* out, const int
             mt.s3 = mt.s4 = 0.0
             mt.cnt = <idx_t>state[12 + l]
             mt.since = since
-            mt.run.last = state[16 + l]
-            mt.run.last_at = <idx_t>state[20 + l]
-            mt.run.prev_end = <idx_t>state[24 + l]
-            moment_steps(&mt, xs[l], outs[l], m, ns[l], w, op)
+            lane_run(&mt.run, state, 16, l)
+            moment_steps(&mt, q.xs[l], outs[l], q.m, q.ns[l], w, op)
     return 0
 
 
 cdef int regression_rows4(const idx_t* rows, const int* ops, const double* params, idx_t k, const double* x,
-                          double** bases,
-                          const int64_t* starts, const int64_t* ends, idx_t T, idx_t window, bint compat,
-                          idx_t short_max) noexcept nogil:
+                          double** bases, const int64_t* starts, const int64_t* ends, idx_t T, idx_t window,
+                          bint compat, idx_t short_max) noexcept nogil:
     """Slope/Rsquare/Resi (any of them, ops[0:k]) of four rows, as vector_rows4 does for one output."""
-    cdef const double* xs[4]
+    cdef Lanes q
     cdef double* outs[3][4]
-    cdef idx_t ns[4]
     cdef double state[40]
-    cdef idx_t l, i, j, m = -1, w, since = 0, anchor = 0
-    cdef bint scalar = False, expanding = window == 0
-    cdef int failed = 0
+    cdef idx_t l, j, w, since = 0, anchor = 0
+    cdef bint expanding = window == 0
     cdef RegressionState st
+    lanes_init(&q, rows, x, starts, ends, T)
+    if q.scalar or q.m == 0:
+        return lanes_scalar(&q, ops, params, k, bases, window, compat, short_max)
     for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l])
         for j in range(3):
             outs[j][l] = NULL
         for j in range(k):
-            outs[ops[j] - SLOPE][l] = bases[j] + i * T + starts[i]
-    if scalar or m == 0:
-        for l in range(4):
-            i = rows[l]
-            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
-        return failed
+            outs[ops[j] - SLOPE][l] = bases[j] + q.offsets[l]
+        state[l] = first_valid(q.xs[l], q.ns[l])
+    qc_regression_rows4(q.xs, outs[0], outs[1], outs[2], q.m, window if window > 0 else q.m, compat, expanding,
+                        state, &since, &anchor, REBUILD_MIN, QLIB_STD_ATOL * QLIB_STD_ATOL, FLAT_RTOL)
     for l in range(4):
-        state[l] = first_valid(xs[l], ns[l])
-    qc_regression_rows4(xs, outs[0], outs[1], outs[2], m, window if window > 0 else m, compat, expanding, state,
-                        &since, &anchor, REBUILD_MIN, QLIB_STD_ATOL * QLIB_STD_ATOL, FLAT_RTOL)
-    for l in range(4):
-        if ns[l] == m:
+        if q.ns[l] == q.m:
             continue
         st.ref = state[l]
         st.sx = state[4 + l]
@@ -1209,13 +1220,11 @@ cdef int regression_rows4(const idx_t* rows, const int* ops, const double* param
         st.syy = state[16 + l]
         st.sxy = state[20 + l]
         st.cnt = <idx_t>state[24 + l]
-        st.run.last = state[28 + l]
-        st.run.last_at = <idx_t>state[32 + l]
-        st.run.prev_end = <idx_t>state[36 + l]
+        lane_run(&st.run, state, 28, l)
         st.since = since
         st.anchor = anchor
-        w = ns[l] if (window == 0 or window > ns[l]) else window
-        regression_steps(&st, xs[l], outs[0][l], outs[1][l], outs[2][l], m, ns[l], w, compat, expanding)
+        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
+        regression_steps(&st, q.xs[l], outs[0][l], outs[1][l], outs[2][l], q.m, q.ns[l], w, compat, expanding)
     return 0
 
 
@@ -1356,57 +1365,46 @@ cdef int extreme_rows4(const idx_t* rows, const int* ops, const double* params, 
                        bint compat, idx_t short_max) noexcept nogil:
     """Max/IdxMax or Min/IdxMin (ops[0:k]) of four rows, as vector_rows4 does for one output: the
     lanes take the whole blocks of `window` rows all four rows have, each row its own rest."""
-    cdef const double* xs[4]
+    cdef Lanes q
     cdef double* values[4]
     cdef double* indexes[4]
     cdef const idx_t* next_nans[4]
     cdef ExtremeScratch es[4]
-    cdef idx_t ns[4]
     cdef double counts[4]
     cdef double* scratch
-    cdef idx_t l, i, j, m = -1, b, t, at
-    cdef bint scalar = False, want_index = False, is_max = False, nan_first
-    cdef int failed = 0
+    cdef idx_t l, j, b, t, at
+    cdef bint want_index = False, is_max = False, nan_first
+    lanes_init(&q, rows, x, starts, ends, T)
+    b = (q.m // window) * window if window > 0 else 0
+    if q.scalar or b == 0:
+        return lanes_scalar(&q, ops, params, k, bases, window, compat, short_max)
+    for l in range(4):
+        values[l] = indexes[l] = NULL
     for j in range(k):
         want_index = want_index or ops[j] == IDXMAX or ops[j] == IDXMIN
         is_max = is_max or ops[j] == MAX or ops[j] == IDXMAX
-    nan_first = want_index and compat
-    for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l])
-        values[l] = indexes[l] = NULL
-        for j in range(k):
-            if ops[j] == IDXMAX or ops[j] == IDXMIN:
-                indexes[l] = bases[j] + i * T + starts[i]
-            else:
-                values[l] = bases[j] + i * T + starts[i]
-    b = (m // window) * window if window > 0 else 0
-    if scalar or b == 0:
         for l in range(4):
-            i = rows[l]
-            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
-        return failed
+            if ops[j] == IDXMAX or ops[j] == IDXMIN:
+                indexes[l] = bases[j] + q.offsets[l]
+            else:
+                values[l] = bases[j] + q.offsets[l]
+    nan_first = want_index and compat
     scratch = <double*>malloc(16 * b * sizeof(double))
     for l in range(4):
-        es[l].gk = NULL
-    for l in range(4):
-        if scratch == NULL or extreme_alloc(&es[l], xs[l], ns[l], nan_first):
+        if scratch == NULL or extreme_alloc(&es[l], q.xs[l], q.ns[l], nan_first):
             free(scratch)
             for j in range(l):
                 extreme_free(&es[j])
             return 1
         next_nans[l] = es[l].next_nan
-    qc_extreme_rows4(xs, values, indexes, next_nans, b, window, is_max, scratch, counts)
+    qc_extreme_rows4(q.xs, values, indexes, next_nans, b, window, is_max, scratch, counts)
     for l in range(4):
-        if ns[l] > b:
+        if q.ns[l] > b:
             for t in range(b - window, b):  # the last whole block's suffix bests, for windows starting there
                 at = 4 * t + l
                 es[l].h[t] = <idx_t>scratch[8 * b + at]
                 es[l].hk[t] = scratch[12 * b + at]
-            extreme_steps(&es[l], xs[l], values[l], indexes[l], b, ns[l], window, is_max, nan_first,
+            extreme_steps(&es[l], q.xs[l], values[l], indexes[l], b, q.ns[l], window, is_max, nan_first,
                           <idx_t>counts[l])
         extreme_free(&es[l])
     free(scratch)
@@ -1490,41 +1488,31 @@ cdef int sorted_rows4(const idx_t* rows, const int* ops, const double* params, i
                       bint compat, idx_t short_max) noexcept nogil:
     """Med or Quantiles (ops[0:k]) of four rows, as vector_rows4 does for one output; the window is
     0 < window <= SORTED_LANES_MAX (the caller checks), and the rows must not be shorter."""
-    cdef const double* xs[4]
+    cdef Lanes q
     cdef double* outs[4 * GROUP_MAX]
     cdef double* lane_outs[GROUP_MAX]
     cdef double* bufs[4]
-    cdef idx_t ns[4]
     cdef double counts[4]
-    cdef idx_t l, i, j, m = -1, cap = sorted_cap(window), cnt
-    cdef bint scalar = False
-    cdef int failed = 0
+    cdef idx_t l, j, cap = sorted_cap(window), cnt
+    lanes_init(&q, rows, x, starts, ends, T)
+    if q.scalar or window > q.m:  # a row shorter than the window: the scalar kernel's w = n
+        return lanes_scalar(&q, ops, params, k, bases, window, compat, short_max)
     for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l])
         for j in range(k):
-            outs[4 * j + l] = bases[j] + i * T + starts[i]
-    if scalar or window > m:  # a row shorter than the window: the scalar kernel's w = n
-        for l in range(4):
-            i = rows[l]
-            failed += group_row(ops, params, bases, k, xs[l], i * T + starts[i], ns[l], window, compat, short_max)
-        return failed
+            outs[4 * j + l] = bases[j] + q.offsets[l]
     bufs[0] = <double*>malloc(4 * cap * sizeof(double))
     if bufs[0] == NULL:
         return 1
     for l in range(1, 4):
         bufs[l] = bufs[0] + l * cap
-    qc_sorted_rows4(xs, outs, params, k, m, window, cap, ops[0] == MED, bufs, counts)
+    qc_sorted_rows4(q.xs, outs, params, k, q.m, window, cap, ops[0] == MED, bufs, counts)
     for l in range(4):
-        if ns[l] == m:
+        if q.ns[l] == q.m:
             continue
         for j in range(k):
             lane_outs[j] = outs[4 * j + l]
         cnt = <idx_t>counts[l]
-        sorted_window_steps(bufs[l], cap, &cnt, xs[l], lane_outs, params, k, m, ns[l], window, ops[0] == MED)
+        sorted_window_steps(bufs[l], cap, &cnt, q.xs[l], lane_outs, params, k, q.m, q.ns[l], window, ops[0] == MED)
     free(bufs[0])
     return 0
 
@@ -2202,35 +2190,32 @@ cdef void pair_steps(PairState* st, const double* x, const double* y, double* ou
 cdef int pair_rows4(const idx_t* rows, const double* x, const double* y, double* out, const int64_t* starts,
                     const int64_t* ends, idx_t T, idx_t window, int op, bint compat) noexcept nogil:
     """Corr or Cov of four row pairs, as vector_rows4 does for one input."""
-    cdef const double* xs[4]
+    cdef Lanes q
     cdef const double* ys[4]
     cdef double* outs[4]
-    cdef idx_t ns[4]
     cdef double state[64]
-    cdef idx_t l, i, m = -1, w, since = 0
-    cdef bint scalar = False
+    cdef idx_t l, w, since = 0
+    cdef bint scalar
     cdef int failed = 0
     cdef PairState st
+    lanes_init(&q, rows, x, starts, ends, T)
+    scalar = q.scalar
     for l in range(4):
-        i = rows[l]
-        ns[l] = ends[i] - starts[i]
-        xs[l] = x + i * T + starts[i]
-        ys[l] = y + i * T + starts[i]
-        outs[l] = out + i * T + starts[i]
-        m = ns[l] if (m < 0 or ns[l] < m) else m
-        scalar = scalar or has_inf(xs[l], ns[l]) or has_inf(ys[l], ns[l])
-    if scalar or m == 0:
+        ys[l] = y + q.offsets[l]
+        outs[l] = out + q.offsets[l]
+        scalar = scalar or has_inf(ys[l], q.ns[l])
+    if scalar or q.m == 0:
         for l in range(4):
-            failed += pair_one(op, xs[l], ys[l], outs[l], ns[l], window, compat)
+            failed += pair_one(op, q.xs[l], ys[l], outs[l], q.ns[l], window, compat)
         return failed
     for l in range(4):
-        pair_init(&st, xs[l], ys[l], ns[l])
+        pair_init(&st, q.xs[l], ys[l], q.ns[l])
         state[l] = st.rx
         state[4 + l] = st.ry
-    qc_pair_rows4(xs, ys, outs, m, window if window > 0 else m, op == COV, compat, state, &since, REBUILD_MIN,
+    qc_pair_rows4(q.xs, ys, outs, q.m, window if window > 0 else q.m, op == COV, compat, state, &since, REBUILD_MIN,
                   QLIB_STD_ATOL * QLIB_STD_ATOL, FLAT_RTOL)
     for l in range(4):
-        if ns[l] == m:
+        if q.ns[l] == q.m:
             continue
         st.rx = state[l]
         st.ry = state[4 + l]
@@ -2242,15 +2227,11 @@ cdef int pair_rows4(const idx_t* rows, const double* x, const double* y, double*
         st.pn = <idx_t>state[28 + l]
         st.xn = <idx_t>state[32 + l]
         st.yn = <idx_t>state[36 + l]
-        st.run_px.last = state[40 + l]
-        st.run_px.last_at = <idx_t>state[44 + l]
-        st.run_px.prev_end = <idx_t>state[48 + l]
-        st.run_py.last = state[52 + l]
-        st.run_py.last_at = <idx_t>state[56 + l]
-        st.run_py.prev_end = <idx_t>state[60 + l]
+        lane_run(&st.run_px, state, 40, l)
+        lane_run(&st.run_py, state, 52, l)
         st.since = since
-        w = ns[l] if (window == 0 or window > ns[l]) else window
-        pair_steps(&st, xs[l], ys[l], outs[l], m, ns[l], w, op, compat)
+        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
+        pair_steps(&st, q.xs[l], ys[l], outs[l], q.m, q.ns[l], w, op, compat)
     return 0
 
 
@@ -2417,8 +2398,8 @@ def rolling_group(const int[::1] ops, const double[:, ::1] x, list outs, const d
                         failed += regression_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases,
                                                    &starts[0], &ends[0], T, window, compat, short_window_max)
                     else:
-                        failed += vector_rows4(&order[4 * i], &x[0, 0], bases[0], &starts[0], &ends[0], T, window,
-                                               ops[0], compat)
+                        failed += vector_rows4(&order[4 * i], &ops[0], &params[0], k, &x[0, 0], bases, &starts[0],
+                                               &ends[0], T, window, compat, short_window_max)
                 for j in range(N - N % 4, N):
                     i = order[j]
                     failed += group_row(&ops[0], &params[0], bases, k, &x[0, 0] + i * T + starts[i],
