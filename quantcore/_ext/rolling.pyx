@@ -5,7 +5,10 @@ Layout: x and out are (instruments, days) C-contiguous float64, so a row's span 
 contiguous run of doubles. Every kernel below is a flat, GIL-free loop over one span (`x`, `n` rows)
 that writes `out[0:n]`; the Python entry points at the bottom (`rolling`, `rolling_group`,
 `pair_rolling`, `ema`, `shift`) fan the rows out over OpenMP threads (`prange`; serial when built
-without OpenMP).
+without OpenMP). On x86-64 CPUs with AVX2 (checked at run time) most window operators run four rows
+at once instead, one per vector lane, each lane doing exactly the scalar loop's IEEE operations (so
+results are the same bit for bit); rows are grouped longest first and each finishes its own tail
+with the scalar loop, resumed from its lane's state (the `*_rows4` drivers, the `qc_*_rows4` C).
 Windows follow pandas `rolling(w, min_periods=1)` over the span's rows: a window covers w rows
 (fewer at the span's start), counts NaN rows and skips NaN values. Expanding windows (qlib's N=0)
 are passed as `w = n`.
