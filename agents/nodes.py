@@ -164,11 +164,28 @@ def proposer_node(state: IterationState, s: Services) -> dict:
     if hyp.direction != state.direction:
         raise ValueError(f"the proposer answered a {hyp.direction} hypothesis for a {state.direction} iteration")
     if hyp.direction == "factor":
-        hyp = hyp.model_copy(update={"factors": hyp.factors[: s.config.n_factor_candidates]})
+        factors = _fresh_names(hyp.factors[: s.config.n_factor_candidates], set(s.memory.library))
+        hyp = hyp.model_copy(update={"factors": factors})
     else:
         hyp = hyp.model_copy(update={"models": hyp.models[: s.config.n_model_candidates]})
     s.on_event("hypothesis", {"iteration": state.iteration, "text": hyp.text})
     return {"hypothesis": hyp}
+
+
+def _fresh_names(factors: list[FactorCandidate], taken: set[str]) -> list[FactorCandidate]:
+    """The candidates, each under a name no library factor and no earlier candidate has: library names
+    are unique across the project, and a proposer's names (the offline one's `mut_3_0`, an LLM's
+    `momentum_20`) repeat from run to run. A taken name gets the first free `_2`, `_3`, ... suffix.
+    Depends only on the run's own library, so a replay renames alike."""
+    out, used = [], set(taken)
+    for cand in factors:
+        name, k = cand.name, 2
+        while name in used:
+            suffix = f"_{k}"
+            name, k = cand.name[: 40 - len(suffix)] + suffix, k + 1
+        used.add(name)
+        out.append(cand if name == cand.name else cand.model_copy(update={"name": name}))
+    return out
 
 
 def coder_node(state: IterationState, s: Services) -> dict:

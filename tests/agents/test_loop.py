@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -55,6 +56,26 @@ def test_offline_loop_commits_every_iteration(finished_run):
     for f in accepted:  # admission rules held for everything in the library
         m = json.loads(f.metrics_json)
         assert abs(m["rank_ic"]) >= 0.01 and abs(m["rank_icir"]) >= 0.08
+
+
+def test_a_second_run_never_reuses_a_library_name(finished_run, tmp_path):
+    """Library names are unique across a project, and the offline proposer's names (`<family>_<iteration>_<i>`)
+    repeat from run to run: the same seed in the same project proposes the first run's names again. They
+    are renamed (`_2`, ...) before anything is written, so the run finishes and the library keeps both."""
+    root, first = finished_run
+    work = tmp_path / "project"
+    shutil.copytree(root, work)
+    store = open_project(work)
+    first_names = {f.name for f in store.rows(LibraryFactorRow, run_id=first)}
+    assert first_names  # the case needs a library to collide with
+    second = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), work, record=False)
+    store = open_project(work)
+    assert store.run(second).status == "finished"
+    proposed = [c["name"] for h in store.rows(HypothesisRow, second) for c in json.loads(h.candidates_json)]
+    assert proposed and not set(proposed) & first_names
+    assert any(n.rsplit("_", 1)[0] in first_names for n in proposed)  # a first-run name came back, renamed
+    names = [f.name for f in store.rows(LibraryFactorRow)]
+    assert len(names) == len(set(names)) and first_names <= set(names)
 
 
 def test_model_experiments_never_touch_the_sealed_test_segment(finished_run):
