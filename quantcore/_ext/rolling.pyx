@@ -140,6 +140,7 @@ cdef extern from *:
        operations in the same order (selects instead of branches, no FMA), so results are bit for bit
        those of the scalar kernel. Rows run aligned at their span start; the caller finishes rows
        longer than `n` with the scalar loop from the state left in `state`. */
+    #define QC_SORTED_CAP 48  /* slots of qc_sorted_rows4's stack buffers (checked at import) */
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #include <immintrin.h>
     #define QC_AVX2 __attribute__((target("avx2")))
@@ -169,6 +170,28 @@ cdef extern from *:
         rows[0][t] = lanes[0]; rows[1][t] = lanes[1]; rows[2][t] = lanes[2]; rows[3][t] = lanes[3];
     }
 
+    /* run_push(run, v, t) in the lanes of `take`; a run is the three vectors last, last_at, prev_end */
+    static inline QC_AVX2 void qc_run_push4(__m256d* last, __m256d* last_at, __m256d* prev_end, __m256d v,
+                                            __m256d take, Py_ssize_t t) {
+        *prev_end = qc_sel4(_mm256_and_pd(take, _mm256_cmp_pd(v, *last, _CMP_NEQ_UQ)), *last_at, *prev_end);
+        *last = qc_sel4(take, v, *last);
+        *last_at = qc_sel4(take, _mm256_set1_pd((double)t), *last_at);
+    }
+
+    /* window_mean(x, ws, t, fallback) of each lane */
+    static inline QC_AVX2 __m256d qc_window_mean4(const double* const* xs, Py_ssize_t ws, Py_ssize_t t,
+                                                  __m256d fallback) {
+        const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+        __m256d s = zero, c = zero;
+        Py_ssize_t j;
+        for (j = ws; j <= t; j++) {
+            __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
+            s = qc_sel4(ok, _mm256_add_pd(s, xj), s);
+            c = _mm256_add_pd(c, _mm256_and_pd(ok, one));
+        }
+        return qc_sel4(_mm256_cmp_pd(c, zero, _CMP_GT_OQ), _mm256_div_pd(s, c), fallback);
+    }
+
     /* state (6 x 4 lanes): s, c, count, run.last, run.last_at, run.prev_end; starts from t = 0 */
     static QC_AVX2 void qc_sum_rows4(const double* const* xs, double* const* outs, Py_ssize_t n,
                                      Py_ssize_t w, int mean, double* state) {
@@ -190,9 +213,7 @@ cdef extern from *:
             __m256d valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
             qc_neumaier4(&s, &c, v, valid);
             cnt = _mm256_add_pd(cnt, _mm256_and_pd(valid, one));
-            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
-            last = qc_sel4(valid, v, last);
-            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            qc_run_push4(&last, &last_at, &prev_end, v, valid, t);
             __m256d r = _mm256_add_pd(s, c);
             if (mean) {
                 __m256d flat = _mm256_cmp_pd(prev_end, _mm256_set1_pd((double)(t >= w ? t - w + 1 : 0)), _CMP_LT_OQ);
@@ -220,19 +241,11 @@ cdef extern from *:
             ws = t >= w ? t - w + 1 : 0;
             __m256d v = qc_load4(xs, t);
             __m256d valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
-            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
-            last = qc_sel4(valid, v, last);
-            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            qc_run_push4(&last, &last_at, &prev_end, v, valid, t);
             since += 1;
             if (since >= rebuild_min && since >= t - ws + 1) {  /* rebuild_due: re-centre on the window mean */
-                __m256d ms = zero, mc = zero;
                 since = 0;
-                for (j = ws; j <= t; j++) {
-                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
-                    ms = qc_sel4(ok, _mm256_add_pd(ms, xj), ms);
-                    mc = _mm256_add_pd(mc, _mm256_and_pd(ok, one));
-                }
-                ref = qc_sel4(_mm256_cmp_pd(mc, zero, _CMP_GT_OQ), _mm256_div_pd(ms, mc), ref);
+                ref = qc_window_mean4(xs, ws, t, ref);
                 s1 = s2 = cnt = zero;
                 for (j = ws; j <= t; j++) {
                     __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
@@ -291,13 +304,9 @@ cdef extern from *:
             ws = t >= w ? t - w + 1 : 0;
             __m256d a = qc_load4(xs, t), b = qc_load4(ys, t);
             __m256d aok = _mm256_cmp_pd(a, a, _CMP_ORD_Q), bok = _mm256_cmp_pd(b, b, _CMP_ORD_Q);
-            __m256d both = _mm256_and_pd(aok, bok), tt = _mm256_set1_pd((double)t);
-            xprev_end = qc_sel4(_mm256_and_pd(both, _mm256_cmp_pd(a, xlast, _CMP_NEQ_UQ)), xlast_at, xprev_end);
-            xlast = qc_sel4(both, a, xlast);
-            xlast_at = qc_sel4(both, tt, xlast_at);
-            yprev_end = qc_sel4(_mm256_and_pd(both, _mm256_cmp_pd(b, ylast, _CMP_NEQ_UQ)), ylast_at, yprev_end);
-            ylast = qc_sel4(both, b, ylast);
-            ylast_at = qc_sel4(both, tt, ylast_at);
+            __m256d both = _mm256_and_pd(aok, bok);
+            qc_run_push4(&xlast, &xlast_at, &xprev_end, a, both, t);
+            qc_run_push4(&ylast, &ylast_at, &yprev_end, b, both, t);
             xn = _mm256_add_pd(xn, _mm256_and_pd(aok, one));
             yn = _mm256_add_pd(yn, _mm256_and_pd(bok, one));
             __m256d oa = zero, ob = zero;
@@ -417,20 +426,12 @@ cdef extern from *:
         for (t = 0; t < n; t++) {
             ws = t >= w ? t - w + 1 : 0;
             __m256d v = qc_load4(xs, t), valid = _mm256_cmp_pd(v, v, _CMP_ORD_Q);
-            prev_end = qc_sel4(_mm256_and_pd(valid, _mm256_cmp_pd(v, last, _CMP_NEQ_UQ)), last_at, prev_end);
-            last = qc_sel4(valid, v, last);
-            last_at = qc_sel4(valid, _mm256_set1_pd((double)t), last_at);
+            qc_run_push4(&last, &last_at, &prev_end, v, valid, t);
             since += 1;
             if (since >= rebuild_min && since >= t - ws + 1) {
-                __m256d ms = zero, mc = zero;
                 since = 0;
                 anchor = t;
-                for (j = ws; j <= t; j++) {
-                    __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
-                    ms = qc_sel4(ok, _mm256_add_pd(ms, xj), ms);
-                    mc = _mm256_add_pd(mc, _mm256_and_pd(ok, one));
-                }
-                ref = qc_sel4(_mm256_cmp_pd(mc, zero, _CMP_GT_OQ), _mm256_div_pd(ms, mc), ref);
+                ref = qc_window_mean4(xs, ws, t, ref);
                 sx = sxx = sy = syy = sxy = cnt = zero;
                 for (j = ws; j <= t; j++) {
                     __m256d xj = qc_load4(xs, j), ok = _mm256_cmp_pd(xj, xj, _CMP_ORD_Q);
@@ -510,7 +511,6 @@ cdef extern from *:
        the shift and the +inf padding are the same, so the buffers and the statistics are bit for
        bit the scalar ones. outs[4 j + l] is row l's output j. Each row's buffer (rows[l][0:cap])
        and count come back for the scalar rest. */
-    #define QC_SORTED_CAP 48  /* >= SORTED_LANES_MAX rounded up to a multiple of 4 */
     static QC_AVX2 void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, Py_ssize_t k,
                                         Py_ssize_t n, Py_ssize_t w, Py_ssize_t cap, int median, double* const* rows,
                                         double* counts) {
@@ -719,6 +719,7 @@ cdef extern from *:
     void qc_extreme_rows4(const double* const* xs, double* const* values, double* const* indexes,
                           const idx_t* const* next_nans, idx_t b, idx_t w, bint is_max, double* scratch,
                           double* counts) nogil
+    enum: QC_SORTED_CAP
     void qc_sorted_rows4(const double* const* xs, double* const* outs, const double* qs, idx_t k, idx_t n, idx_t w,
                          idx_t cap, bint median, double* const* rows, double* counts) nogil
     void qc_regression_rows4(const double* const* xs, double* const* slopes, double* const* rsquares,
@@ -770,6 +771,8 @@ FLAT_STD_REL_TOL = FLAT_RTOL
 #: Whether this CPU runs the AVX2 four-row kernels (Sum, Mean, Var, Std, Slope, Rsquare, Resi, Max, Min,
 #: IdxMax, IdxMin, Med, Quantile, Corr, Cov) (x86-64 with AVX2, GCC or Clang build).
 AVX2 = bool(qc_has_avx2())
+if (SORTED_LANES_MAX + 3) & ~3 > QC_SORTED_CAP:  # sorted_cap(SORTED_LANES_MAX): the lanes' buffers on the stack
+    raise ImportError(f"SORTED_LANES_MAX {SORTED_LANES_MAX} needs more than the {QC_SORTED_CAP} slots of qc_sorted_rows4")
 
 
 def openmp_threads():
