@@ -821,6 +821,11 @@ cdef inline idx_t win_start(idx_t t, idx_t w) noexcept nogil:
     return t - w + 1 if t >= w else 0
 
 
+cdef inline idx_t row_window(idx_t window, idx_t n) noexcept nogil:
+    """The w a row kernel takes for `window` over n rows: n for expanding (0) or longer windows."""
+    return n if (window == 0 or window > n) else window
+
+
 cdef inline bint rebuild_due(idx_t since, idx_t wlen) noexcept nogil:
     return since >= REBUILD_MIN and since >= wlen
 
@@ -1176,7 +1181,7 @@ cdef int vector_rows4(const idx_t* rows, const int* ops, const double* params, i
     for l in range(4):
         if q.ns[l] == q.m:
             continue
-        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
+        w = row_window(window, q.ns[l])
         if op == SUM or op == MEAN:
             st.s = state[l]
             st.c = state[4 + l]
@@ -1229,7 +1234,7 @@ cdef int regression_rows4(const idx_t* rows, const int* ops, const double* param
         lane_run(&st.run, state, 28, l)
         st.since = since
         st.anchor = anchor
-        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
+        w = row_window(window, q.ns[l])
         regression_steps(&st, q.xs[l], outs[0][l], outs[1][l], outs[2][l], q.m, q.ns[l], w, compat, expanding)
     return 0
 
@@ -2236,7 +2241,7 @@ cdef int pair_rows4(const idx_t* rows, const double* x, const double* y, double*
         lane_run(&st.run_px, state, 40, l)
         lane_run(&st.run_py, state, 52, l)
         st.since = since
-        w = q.ns[l] if (window == 0 or window > q.ns[l]) else window
+        w = row_window(window, q.ns[l])
         pair_steps(&st, q.xs[l], ys[l], outs[l], q.m, q.ns[l], w, op, compat)
     return 0
 
@@ -2266,7 +2271,7 @@ cdef int rolling_span(const int* ops, const double* params, double** outs, idx_t
     # ops[j] (with params[j]) into outs[j], j < k: one operator, or a group sharing one pass
     # (rolling_group checks which may go together).
     cdef bint expanding = window == 0
-    cdef idx_t w = n if (expanding or window > n) else window, j
+    cdef idx_t w = row_window(window, n), j
     cdef int op = ops[0], rc = 0
     cdef double* slot[3]
     if n == 0:
@@ -2318,7 +2323,7 @@ cdef int pair_one(int op, const double* x, const double* y, double* out, idx_t n
             free(cx)
             return 1
         y = cy
-    pair_row(x, y, out, n, n if (window == 0 or window > n) else window, op, compat)
+    pair_row(x, y, out, n, row_window(window, n), op, compat)
     free(cx)
     free(cy)
     return 0
