@@ -15,7 +15,7 @@ import typer
 
 from quantcore.cli._common import console, parse_pairs, user_errors
 from quantcore.data.sources import load_market
-from quantcore.expr.cache import DiskCache
+from quantcore.expr.cache import DEFAULT_DISK_CACHE_BYTES, DiskCache
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL, FEATURE_SETS, feature_set
 from quantcore.frame_io import write_parquet
@@ -33,6 +33,10 @@ def features_command(
     start: Optional[str] = typer.Option(None, help="First date (inclusive); look-backs still use earlier data."),
     end: Optional[str] = typer.Option(None, help="Last date (inclusive)."),
     cache: Optional[Path] = typer.Option(None, help="On-disk expression cache directory (off by default)."),
+    cache_max_gb: float = typer.Option(
+        DEFAULT_DISK_CACHE_BYTES / 2**30, "--cache-max-gb",
+        help="Bound of the --cache directory: past it the entries used longest ago are deleted.",
+    ),
     qlib_compat: bool = typer.Option(
         True, "--qlib-compat/--corrected", help="qlib 0.9.7's exact operator quirks, or the corrected definitions."
     ),
@@ -48,6 +52,8 @@ def features_command(
     if clash:
         raise ValueError(f"--expr names clash with the {set_name} feature set: {', '.join(clash)}")
     expressions.update(extra)
+    if cache_max_gb <= 0:
+        raise ValueError(f"--cache-max-gb must be positive, got {cache_max_gb}")
     if not expressions and not label:
         raise ValueError("nothing to compute: give --set or at least one --expr")
     t0 = time.perf_counter()
@@ -58,7 +64,7 @@ def features_command(
         compat=qlib_compat,
         float32_arithmetic=float32_arithmetic,
         threads=threads,
-        disk_cache=DiskCache(cache) if cache else None,
+        disk_cache=DiskCache(cache, max_bytes=int(cache_max_gb * 2**30)) if cache else None,
     )
     arrays = evaluator.evaluate(expressions)
     if label:

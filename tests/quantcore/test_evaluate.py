@@ -176,6 +176,76 @@ def test_a_disk_cache_that_cannot_write_costs_the_entry_not_the_result(tmp_path,
     assert cache.write_failures == 2 and not list(tmp_path.rglob("*.npy")) and not list(tmp_path.rglob("*.tmp"))
 
 
+def _entry_ages(cache: DiskCache, keys: list[str]) -> None:
+    """Back-date entries in the order given (first = used longest ago), a minute apart."""
+    import os, time
+
+    now = time.time()
+    for i, key in enumerate(keys):
+        os.utime(cache._path(key), (now - 600 + 60 * i, now - 600 + 60 * i))
+
+
+def test_a_bounded_disk_cache_evicts_the_least_recently_used_entries(tmp_path):
+    """A long mining run writes one cache entry per new factor: past its bound the cache deletes the
+    entries used longest ago (a read counts as a use), down to 80% of the bound."""
+    arr = np.arange(1000, dtype=np.float64)  # 8,128 bytes as .npy
+    entry = 8000 + 128
+    cache = DiskCache(tmp_path, max_bytes=3 * entry + 10)
+    for key in ("aa1", "bb2", "cc3"):
+        cache.put(key, arr + len(key))
+    assert cache.size() == 3 * entry and cache.evictions == 0
+    _entry_ages(cache, ["aa1", "bb2", "cc3"])
+    assert cache.get("aa1", arr.shape) is not None  # aa1 is now the most recently used
+    cache.put("dd4", arr)  # 4 entries > bound: evict bb2 and cc3 (oldest first) down to 80%
+    left = {p.stem for p in tmp_path.rglob("*.npy")}
+    assert left == {"aa1", "dd4"} and cache.evictions == 2 and cache.size() <= 0.8 * cache.max_bytes
+    assert cache.get("bb2", arr.shape) is None and cache.misses == 1
+    np.testing.assert_array_equal(cache.get("aa1", arr.shape), arr + 3)
+    # a result larger than the whole bound is not stored, and evicts nothing
+    cache.put("big", np.zeros(10_000))
+    assert not cache._path("big").exists() and {p.stem for p in tmp_path.rglob("*.npy")} == {"aa1", "dd4"}
+
+
+def test_a_bounded_disk_cache_counts_entries_other_processes_wrote(tmp_path):
+    """Workers share one cache folder: the first write of a cache scans it, so entries another
+    process left count towards the bound, and a dead writer's stale temporary file is removed."""
+    import os, time
+
+    arr = np.ones(1000)
+    other = DiskCache(tmp_path, max_bytes=None)
+    for key in ("o1", "o2", "o3"):
+        other.put(key, arr)
+    _entry_ages(other, ["o1", "o2", "o3"])
+    stale = tmp_path / "o1" / "dead.tmp"
+    stale.write_bytes(b"half a write")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / "o1" / "live.tmp"
+    fresh.write_bytes(b"a write in progress")
+    mine = DiskCache(tmp_path, max_bytes=3 * 8128 + 10)
+    mine.put("m1", arr)
+    # four entries > bound: o1 and o2 (used longest ago) go, leaving 2 entries <= 80% of the bound
+    assert {p.stem for p in tmp_path.rglob("*.npy")} == {"o3", "m1"} and mine.evictions == 2
+    assert not stale.exists() and fresh.exists()
+    assert mine.size() <= 0.8 * mine.max_bytes
+    with pytest.raises(ValueError, match="max_bytes must be positive"):
+        DiskCache(tmp_path, max_bytes=0)
+
+
+def test_an_evaluator_on_a_small_disk_cache_gives_the_same_values(tmp_path, small_panel):
+    """Evictions never change a result: a cache bounded to about two entries still serves and recomputes
+    right, and never holds more than its bound."""
+    exprs = {"m": "Std($close, 4)", "r": "Rank($open, 3)", "s": "Sum($volume, 5)", "c": "Corr($close, $open, 5)"}
+    want = Evaluator(small_panel).evaluate(exprs)
+    one = small_panel.n_instruments * small_panel.n_days * 8 + 128
+    cache = DiskCache(tmp_path, max_bytes=2 * one + 10)
+    for _ in range(3):
+        got = Evaluator(small_panel, disk_cache=cache).evaluate(exprs)
+        for k in exprs:
+            np.testing.assert_array_equal(got[k], want[k])
+        assert cache.size() <= cache.max_bytes
+    assert cache.evictions > 0 and cache.hits + cache.misses > 0
+
+
 def test_look_ahead_is_refused_in_features_and_allowed_in_labels(small_panel):
     ev = Evaluator(small_panel)
     with pytest.raises(LookAheadError, match="'fut'"):

@@ -85,6 +85,23 @@ def test_features_cli_writes_the_contract(tmp_path):
     np.testing.assert_array_equal(frame["MOM"].to_numpy(), lib["MOM"].to_numpy())
 
 
+def test_features_cli_cache_is_bounded_and_serves_the_same_frame(tmp_path):
+    """`--cache DIR --cache-max-gb G`: a second run reads the cache, and the folder stays under G."""
+    cache = tmp_path / "cache"
+    args = ["features", "--data", "synthetic:20:120:1", "--set", "alpha158", "--cache", str(cache),
+            "--cache-max-gb", str(200_000 / 2**30)]
+    frames = []
+    for i in range(2):
+        result = runner.invoke(app, [*args, "--out", str(tmp_path / f"f{i}.parquet")])
+        assert result.exit_code == 0, result.output
+        frames.append(pd.read_parquet(tmp_path / f"f{i}.parquet"))
+        held = sum(p.stat().st_size for p in cache.rglob("*.npy"))
+        assert 0 < held <= 200_000  # 158 columns x 19 KB would be ~3 MB unbounded
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    result = runner.invoke(app, [*args[:-1], "0", "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code == 2 and "--cache-max-gb" in result.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
