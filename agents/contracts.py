@@ -8,10 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Direction", "FactorCandidate", "ModelCandidate", "Hypothesis", "CodedCandidate", "CoderOutput", "Verdict",
-    "CriticOutput", "TraceSummary", "ProposalContext", "Review",
+    "CriticOutput", "TraceSummary", "ProposalContext", "Review", "NAME_MAX",
 ]
 
 Direction = Literal["factor", "model"]
+
+NAME_MAX = 40
+"""Longest candidate name: a letter, then letters, digits or underscores."""
+_NAME_PATTERN = rf"^[A-Za-z][A-Za-z0-9_]{{0,{NAME_MAX - 1}}}$"
 
 
 class _Strict(BaseModel):
@@ -19,13 +23,13 @@ class _Strict(BaseModel):
 
 
 class FactorCandidate(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+    name: str = Field(pattern=_NAME_PATTERN)
     expression: str = Field(min_length=1, max_length=2000)
     rationale: str = ""
 
 
 class ModelCandidate(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
+    name: str = Field(pattern=_NAME_PATTERN)
     family: str
     params: dict[str, Any] = Field(default_factory=dict)
     feature_norm: Literal["none", "csrank", "cszscore"] = "none"  # cross-sectional normalisation of the features

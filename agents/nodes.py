@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from agents.backend import Backend
 from agents.config import LoopConfig
 from agents.contracts import (
+    NAME_MAX,
     CodedCandidate,
     CoderOutput,
     CriticOutput,
@@ -182,7 +183,7 @@ def _fresh_names(factors: list[FactorCandidate], taken: set[str]) -> list[Factor
         name, k = cand.name, 2
         while name in used:
             suffix = f"_{k}"
-            name, k = cand.name[: 40 - len(suffix)] + suffix, k + 1
+            name, k = cand.name[: NAME_MAX - len(suffix)] + suffix, k + 1
         used.add(name)
         out.append(cand if name == cand.name else cand.model_copy(update={"name": name}))
     return out

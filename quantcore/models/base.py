@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from quantcore.dataset import DataKey, Dataset
+from quantcore.dataset import Dataset
 from quantcore.kernels import available_cores
 from quantcore.models.errors import ModelConfigError, ModelFitError, ModelInputError
 

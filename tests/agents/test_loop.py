@@ -78,6 +78,22 @@ def test_a_second_run_never_reuses_a_library_name(finished_run, tmp_path):
     assert len(names) == len(set(names)) and first_names <= set(names)
 
 
+def test_a_renamed_candidate_keeps_a_valid_name_at_the_length_bound():
+    """A taken name of the longest allowed length is shortened to fit its suffix, and the result is a
+    name the contract accepts, unique among the library and the candidates before it."""
+    from agents.contracts import NAME_MAX, FactorCandidate
+    from agents.nodes import _fresh_names
+
+    long = "f" * NAME_MAX
+    cands = [FactorCandidate(name=long, expression="$close"), FactorCandidate(name=long, expression="$open"),
+             FactorCandidate(name="mom", expression="Ref($close, 5)")]
+    taken = {long, long[: NAME_MAX - 2] + "_2"}
+    got = [c.name for c in _fresh_names(cands, taken)]
+    assert got == [long[: NAME_MAX - 2] + "_3", long[: NAME_MAX - 2] + "_4", "mom"]
+    for name in got:
+        FactorCandidate(name=name, expression="$close")  # raises if the contract refused the name
+
+
 def test_model_experiments_never_touch_the_sealed_test_segment(finished_run):
     root, run_id = finished_run
     store = open_project(root)
