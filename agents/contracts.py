@@ -66,6 +66,7 @@ class Verdict(_Strict):
     verdict: Literal["accept", "reject", "replace_best", "keep_best"]
     reasons: list[str]
     metrics: dict[str, float] = Field(default_factory=dict)
+    replaces: list[str] = Field(default_factory=list)  # accepted factors: library factors it refines (and retires)
 
 
 class CriticOutput(_Strict):

@@ -14,7 +14,8 @@ import numpy as np
 from agents.contracts import Verdict
 from sandbox.result import ExperimentResult
 
-__all__ = ["AdmissionRules", "admit_factor", "compare_models", "bootstrap_mean_interval", "merge_folds", "model_score"]
+__all__ = ["AdmissionRules", "admit_factor", "refine_factor", "compare_models", "bootstrap_mean_interval", "merge_folds",
+           "model_score"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class AdmissionRules:
 
 
 def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, library_corr: dict[str, float],
-                 complexity: tuple[int, int]) -> Verdict:
-    """accept/reject a factor experiment's result with every reason that applied."""
+                 complexity: tuple[int, int], base: tuple[str, float] | None = None) -> Verdict:
+    """accept/reject a factor experiment's result with every reason that applied. `base`: the base
+    feature the factor correlates with most, and that correlation (a repeat of it adds nothing)."""
     if not result.ok:
         f = result.failure
         return Verdict(candidate=name, verdict="reject", reasons=[f"{f.category.value}: {f.message}"])
@@ -50,6 +52,9 @@ def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, lib
         reasons.append(f"unstable: |RankICIR| {abs(icir):.3f} < {rules.min_abs_rank_icir}")
     if m.get("loss", 0.0) > rules.max_loss:
         reasons.append(f"coverage: {m['loss']:.0%} of values lost to NaN/inf (max {rules.max_loss:.0%})")
+    if base is not None and base[1] is not None and abs(base[1]) >= rules.max_library_corr:
+        reasons.append(f"duplicate: value correlation {base[1]:+.2f} with base feature {base[0]} "
+                       f"(max {rules.max_library_corr})")
     dup = {k: c for k, c in library_corr.items() if c is not None and abs(c) >= rules.max_library_corr}
     if dup:
         k = max(dup, key=lambda key: abs(dup[key]))
@@ -60,6 +65,42 @@ def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, lib
     return Verdict(candidate=name, verdict="accept", metrics=metrics,
                    reasons=[f"passes: RankIC {rank_ic:+.4f}, RankICIR {icir:+.3f}, max |corr| with library "
                             f"{max((abs(c) for c in library_corr.values() if c is not None), default=0):.2f}"])
+
+
+def refine_factor(verdict: Verdict, result: ExperimentResult, rivals: list[str], rival_corr: dict[str, float | None],
+                  rules: AdmissionRules, seed: int) -> Verdict:
+    """A factor that passed admission but repeats library factors (`rivals`: value correlation above the
+    bound, or the same idea at another window) replaces them only if its daily RankIC beats each one's
+    beyond noise: a paired block bootstrap of the daily difference (signs aligned: a factor's direction
+    is its own) over the validation days both were scored on, the model noise band's test."""
+    name = verdict.candidate
+    own = result.details.get(name, {}).get("daily_rank_ic")
+    theirs = result.details.get("library_daily_rank_ic", {})
+    lines = []
+    for k, rival in enumerate(rivals):
+        other = theirs.get(rival)
+        corr = rival_corr.get(rival)
+        why = f"value correlation {corr:+.2f}" if corr is not None else "the same idea at another window"
+        if own is None or other is None or len(own) != len(other):
+            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
+                           reasons=[f"duplicate: repeats library factor {rival} ({why}); no paired daily RankIC to "
+                                    "compare them on"])
+        a, b = _as_series(own), _as_series(other)
+        diff = np.sign(np.nanmean(a)) * a - np.sign(np.nanmean(b)) * b
+        lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed + k)
+        band = (f"|RankIC| advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
+                f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]")
+        if not lo > 0:
+            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
+                           reasons=[f"duplicate: repeats library factor {rival} ({why}) and is not better beyond "
+                                    f"noise: {band}"])
+        lines.append(f"refines {rival} ({why}): {band}")
+    return Verdict(candidate=name, verdict="accept", metrics=verdict.metrics, reasons=verdict.reasons + lines,
+                   replaces=list(rivals))
+
+
+def _as_series(values: list) -> np.ndarray:
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def bootstrap_mean_interval(diff: np.ndarray, samples: int, block: int, confidence: float, seed: int) -> tuple[float, float]:

@@ -1,0 +1,161 @@
+"""Screening: many factor candidates scored cheaply, only the strongest original ones sent to admission.
+
+A screen scores each candidate's mean daily RankIC on the *training* segment (purged of the label's
+horizon, so no label reads a validation day) together with its largest value correlation with the base
+feature set and with the library, in batches sized to the executor's workers. Admission then judges
+the survivors on the validation segment, which the selection never saw: choosing the best of hundreds
+on one segment and confirming on another keeps the search from fitting validation noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from agents.contracts import CodedCandidate
+from agents.search import skeleton
+from quantcore.data.panel import Panel
+from quantcore.expr.ast import future_reads
+from quantcore.expr.parser import parse
+from sandbox.result import ExperimentResult
+from sandbox.spec import MAX_EXPRESSIONS
+
+__all__ = ["ScreenScore", "screen_segment", "screen_specs", "screen_scores", "select_survivors"]
+
+
+@dataclass(frozen=True)
+class ScreenScore:
+    """One screened candidate: its training-segment RankIC statistics and originality."""
+
+    name: str
+    expression: str
+    ok: bool
+    rank_ic: float = math.nan
+    rank_ic_t: float = math.nan
+    rank_icir: float = math.nan
+    base_corr: float = math.nan  # largest |value correlation| with a base feature
+    base_feature: str = ""
+    library_corr: float = 0.0  # largest |value correlation| with a library factor
+    library_factor: str = ""
+    failure: str = ""
+
+    @property
+    def fitness(self) -> float:
+        """|t| of the mean daily RankIC: what the search selects on (0 when it failed or is NaN)."""
+        return abs(self.rank_ic_t) if self.ok and math.isfinite(self.rank_ic_t) else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t), ("rank_icir", self.rank_icir),
+                                  ("base_corr", self.base_corr), ("library_corr", self.library_corr))
+                if math.isfinite(v)}
+
+
+def screen_segment(panel: Panel, train: tuple[str, str], label: str) -> tuple[str, str]:
+    """The training segment without its last days whose label reads past it (the label's horizon)."""
+    horizon = max((-r.periods for r in future_reads(parse(label))), default=0)
+    days = panel.date_index(*train)
+    stop = max(days.start + 1, days.stop - horizon)
+    return str(panel.calendar[days.start])[:10], str(panel.calendar[stop - 1])[:10]
+
+
+def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tuple[str, str], library: dict[str, str],
+                 base_features: str, corr_days: int, seed: int, workers: int) -> list[tuple[str, dict]]:
+    """(experiment name, spec) of the screen: the candidates in chunks, about two per worker so a
+    slow chunk does not leave a worker idle."""
+    n = len(candidates)
+    chunks = max(1, min(n, 2 * max(workers, 1)))
+    size = min(MAX_EXPRESSIONS, math.ceil(n / chunks))
+    out = []
+    for k, start in enumerate(range(0, n, size)):
+        batch = {c.name: c.expression for c in candidates[start:start + size]}
+        out.append((f"screen.{k}", {"kind": "factor", "market": market, "expressions": batch, "segment": list(segment),
+                                    "report": "screen", "library": dict(library), "base_features": base_features,
+                                    "corr_days": corr_days, "seed": seed}))
+    return out
+
+
+def screen_scores(candidates: list[CodedCandidate], results: dict[str, ExperimentResult]) -> list[ScreenScore]:
+    """Each candidate's screen score, from the chunk results (a failed chunk fails its members)."""
+    by_name = {}
+    for r in results.values():
+        if not r.ok:
+            continue
+        for key, value in r.metrics.items():
+            name, _, metric = key.partition(".")
+            by_name.setdefault(name, {})[metric] = value
+        for name, detail in r.details.items():
+            if isinstance(detail, dict) and name in by_name:
+                by_name[name]["_detail"] = detail
+    failed = next((r.failure.for_llm().splitlines()[0] for r in results.values() if not r.ok), "not scored")
+    out = []
+    for c in candidates:
+        m = by_name.get(c.name)
+        if m is None:
+            out.append(ScreenScore(c.name, c.expression, ok=False, failure=failed[:300]))
+            continue
+        detail = m.get("_detail", {})
+        out.append(ScreenScore(
+            c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
+            rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
+            base_feature=str((detail.get("base_correlation") or {}).get("feature", "")),
+            library_corr=_num(m.get("library_corr"), 0.0),
+            library_factor=str((detail.get("library_max") or {}).get("factor", ""))))
+    return out
+
+
+def select_survivors(scores: list[ScreenScore], k: int, bound: float, library: dict[str, str],
+                     library_fitness: dict[str, float]) -> tuple[list[str], dict[str, str]]:
+    """Up to `k` candidate names for admission, strongest first, and why each other one stopped.
+
+    A survivor is original against the base features (|corr| < `bound`); one correlated with a library
+    factor, or of the same idea at another window (same skeleton), competes to refine that factor: it
+    must out-score it on the screen, and only one challenger per library factor goes on. At most one
+    survivor per skeleton: the best window of an idea."""
+    lib_skeletons = {}
+    for name, expr in library.items():
+        try:
+            lib_skeletons.setdefault(skeleton(parse(expr)), name)
+        except Exception:  # noqa: BLE001 - a library expression that no longer parses rivals nothing
+            continue
+    why: dict[str, str] = {}
+    chosen: list[str] = []
+    used_skeletons: set[str] = set()
+    challenged: set[str] = set()
+    for s in sorted(scores, key=lambda s: (-s.fitness, s.name)):
+        if not s.ok:
+            why[s.name] = f"screen failed: {s.failure}"
+            continue
+        if s.fitness == 0.0:
+            why[s.name] = "screen: no RankIC"
+            continue
+        if math.isfinite(s.base_corr) and s.base_corr >= bound:
+            why[s.name] = f"screen: repeats base feature {s.base_feature} (|corr| {s.base_corr:.2f} >= {bound})"
+            continue
+        shape = skeleton(parse(s.expression))
+        if shape in used_skeletons:
+            why[s.name] = "screen: a stronger window of the same idea goes on"
+            continue
+        rival = s.library_factor if s.library_corr >= bound else lib_skeletons.get(shape, "")
+        if rival:
+            if rival in challenged:
+                why[s.name] = f"screen: a stronger challenger of library factor {rival} goes on"
+                continue
+            if s.fitness <= library_fitness.get(rival, 0.0):
+                why[s.name] = (f"screen: repeats library factor {rival} without beating it "
+                               f"(|t| {s.fitness:.2f} <= {library_fitness.get(rival, 0.0):.2f})")
+                continue
+            challenged.add(rival)
+        if len(chosen) >= k:
+            why[s.name] = f"screen: not among the {k} strongest (|t| {s.fitness:.2f})"
+            continue
+        chosen.append(s.name)
+        used_skeletons.add(shape)
+    return chosen, why
+
+
+def _num(value, default: float = math.nan) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return default
+    return v if math.isfinite(v) else default
