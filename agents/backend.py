@@ -10,6 +10,7 @@ from typing import Protocol
 
 from agents.contracts import FactorCandidate, Hypothesis, ProposalContext, Verdict
 from agents.offline import OfflineProposer, offline_analysis
+from agents.search import SearchPool
 
 __all__ = ["Backend", "OfflineBackend"]
 
@@ -17,7 +18,8 @@ __all__ = ["Backend", "OfflineBackend"]
 class Backend(Protocol):
     name: str
 
-    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str]) -> Hypothesis: ...
+    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str],
+                pool: SearchPool | None = None) -> Hypothesis: ...
 
     def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,
                tried: set[str]) -> FactorCandidate | None: ...
@@ -35,8 +37,8 @@ class OfflineBackend:
     def __init__(self, seed: int = 0):
         self.proposer = OfflineProposer(seed)
 
-    def propose(self, ctx, tried, library):
-        return self.proposer.propose(ctx, tried, library)
+    def propose(self, ctx, tried, library, pool=None):
+        return self.proposer.propose(ctx, tried, library, pool)
 
     def repair(self, ctx, candidate, failure, attempt, tried):
         return self.proposer.repair(ctx, candidate, failure, attempt, tried)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional, get_args
 
 import typer
 from rich.console import Console, Group
@@ -33,7 +33,12 @@ def loop_command(
     offline: bool = typer.Option(True, "--offline/--llm", help="Offline back-end (default) or an OpenAI-compatible LLM."),
     model: str = typer.Option("gpt-4o-mini", "--model", envvar="RDQUANT_MODEL", help="LLM model name."),
     fallback_offline: bool = typer.Option(False, "--fallback-offline", help="On LLM failure, fall back to offline."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Sandbox worker processes."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Experiments run at once: local worker processes, or "
+                                "Ray actors (on a cluster, e.g. its CPU count)."),
+    executor: Optional[str] = typer.Option(None, "--executor", metavar="local|ray",
+                                           help="Where experiments run: local processes (default) or Ray "
+                                                "(RAY_ADDRESS's cluster, else a local runtime); same results. "
+                                                "On --resume, the run's own unless given."),
     data: str = typer.Option("sp500", "--data", help="sp500 | synthetic[:N:T:SEED] | qlib dir | bars file."),
     seed: int = typer.Option(0, "--seed"),
     review: bool = typer.Option(False, "--review", help="Approve, edit or reject each batch before it runs."),
@@ -48,40 +53,58 @@ def loop_command(
     """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
     from agents.loop import resume_run, start_run
 
+    kinds = get_args(LoopConfig.model_fields["executor"].annotation)
+    if executor is not None and executor not in kinds:
+        _fail(f"unknown --executor {executor!r}: use one of {', '.join(kinds)}")
     display = _Display(budget or 5)
     reviewer = _prompt_review if review else None
     try:
-        with Live(display.render(), console=console, refresh_per_second=4, transient=False) as live:
-            display.live = live
+        with display:
             if resume:
-                run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget)
+                run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget,
+                                    executor_kind=executor)
             else:
                 config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
-                                    fallback_offline=fallback_offline, workers=workers, data=data, seed=seed,
-                                    review=review, max_tokens=max_tokens, max_minutes=max_minutes,
-                                    n_factor_candidates=candidates, model_folds=model_folds)
+                                    fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
+                                    data=data, seed=seed, review=review, max_tokens=max_tokens,
+                                    max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds)
                 run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     except KeyError as e:
-        err.print(f"[bold red]error:[/] {e.args[0]}")
-        raise typer.Exit(2) from None
-    except (QuantcoreError, ValueError, RuntimeError) as e:  # e.g. an unknown --data market
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        _fail(e.args[0])
+    except (QuantcoreError, ValueError, RuntimeError) as e:  # an unknown --data market, Ray missing or unreachable
+        _fail(str(e))
     print(f"\n{run_id}")  # the run id alone on the last line (for scripts)
 
 
+def _fail(message: str) -> NoReturn:
+    """The user's mistake: one line on stderr (never wrapped, never read as markup), exit 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2)
+
+
 class _Display:
-    """The live panel: iteration, hypothesis, best valid IC, accepted factors, tokens/cost, elapsed, ETA."""
+    """The live panel: iteration, hypothesis, best valid IC, accepted factors, tokens/cost, elapsed, ETA,
+    executor. It appears with the run's first event, once the run is stored and its executor connected,
+    so a refused start prints its error alone."""
 
     def __init__(self, budget: int):
         self.budget, self.start, self.live = budget, time.monotonic(), None
         self.state = {"iteration": 0, "direction": "-", "hypothesis": "baseline model", "best_ic": None,
-                      "library": 0, "tokens": 0, "cost": 0.0, "done": 0}
+                      "library": 0, "tokens": 0, "cost": 0.0, "done": 0, "executor": "-"}
         self.log: list[str] = []
+
+    def __enter__(self) -> "_Display":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
 
     def event(self, kind: str, data: dict) -> None:
         st = self.state
-        if kind == "direction":
+        if kind == "start":
+            st["executor"] = f"{data['executor']}, {data['workers']} workers"
+        elif kind == "direction":
             st["iteration"], st["direction"] = data["iteration"], data["direction"]
         elif kind == "hypothesis":
             st["hypothesis"] = data["text"]
@@ -96,7 +119,10 @@ class _Display:
                             f"({data['seconds']:.1f}s)")
         elif kind == "done":
             self.log.append(f"done: {data['reason']}")
-        if self.live is not None:
+        if self.live is None:
+            self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
+            self.live.start()
+        else:
             self.live.update(self.render())
 
     def render(self):
@@ -110,6 +136,7 @@ class _Display:
         t.add_row("accepted factors", str(st["library"]))
         t.add_row("tokens / cost", f"{st['tokens']} / ${st['cost']:.4f}")
         t.add_row("elapsed / ETA", f"{elapsed:.0f}s / " + ("-" if eta is None else f"{eta:.0f}s"))
+        t.add_row("executor", st["executor"])
         return Group(t, *self.log[-6:])
 
 

@@ -1,6 +1,6 @@
 """The research loop as a LangGraph `StateGraph`, wired in one place:
 
-    scheduler -> proposer -> coder -> review -> runner -> critic -> update --(budget left)--> next -> scheduler
+    scheduler -> proposer -> coder -> screen -> review -> runner -> critic -> update --(budget left)--> next -> scheduler
                                                                          \\--(spent/stopped)--> END
 
 Each node is a plain function in `agents.nodes` taking the typed `IterationState` and the run's
@@ -35,19 +35,22 @@ def budget_left(s: Services) -> str | None:
 
 def _next(state: IterationState, s: Services) -> dict:
     return {"iteration": state.iteration + 1, "direction": None, "context": None, "hypothesis": None, "coded": None,
-            "review": None, "results": {}, "critic": None, "stop": False}
+            "review": None, "results": {}, "critic": None, "stop": False, "screen": [], "screen_specs": {},
+            "screen_results": {}}
 
 
 def build_graph(s: Services):
     g = StateGraph(IterationState)
     for name, fn in (("scheduler", nodes.scheduler_node), ("proposer", nodes.proposer_node),
-                     ("coder", nodes.coder_node), ("review", nodes.review_node), ("runner", nodes.runner_node),
+                     ("coder", nodes.coder_node), ("screen", nodes.screen_node), ("review", nodes.review_node),
+                     ("runner", nodes.runner_node),
                      ("critic", nodes.critic_node), ("update", nodes.update_node), ("next", _next)):
         g.add_node(name, partial(fn, s=s))
     g.add_edge(START, "scheduler")
     g.add_edge("scheduler", "proposer")
     g.add_edge("proposer", "coder")
-    g.add_edge("coder", "review")
+    g.add_edge("coder", "screen")
+    g.add_edge("screen", "review")
     g.add_edge("review", "runner")
     g.add_edge("runner", "critic")
     g.add_edge("critic", "update")

@@ -227,11 +227,11 @@ class LLMBackend:
         return cls(config, client, **options)
 
     # ---- the Backend interface ------------------------------------------------------------------------
-    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str]) -> Hypothesis:
+    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str], pool=None) -> Hypothesis:
         task = "propose_factor.md" if ctx.direction == "factor" else "propose_model.md"
         values = _context_values(ctx) | ({"families": _model_families()} if ctx.direction == "model" else {})
         parse = lambda data: _hypothesis(data, ctx, library)  # noqa: E731
-        fallback = lambda: self.offline.propose(ctx, tried, library)  # noqa: E731
+        fallback = lambda: self.offline.propose(ctx, tried, library, pool)  # noqa: E731
         return self._ask("propose", ctx, task, values, parse, fallback)
 
     def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,

@@ -11,8 +11,9 @@ from agents.backend import Backend, OfflineBackend
 from agents.config import LoopConfig, stored_config
 from agents.graph import budget_left, build_graph
 from agents.decide import merge_folds
-from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows
-from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, dumps
+from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, form_of
+from agents.search import ScoredExpression
+from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
@@ -48,8 +49,21 @@ def make_backend(config: LoopConfig, replay_calls: list | None = None, tokens_us
 
 
 def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool = True) -> BaseExecutor:
+    """The configured executor with `config.workers` workers, ready to run: "ray" joins the cluster at
+    `RAY_ADDRESS` (else starts a local runtime) here, so a missing Ray or an unreachable address raises
+    `RayUnavailable` before a run stores anything."""
     limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * config.workers * 2)
-    return LocalExecutor(workers=config.workers, root=root, limits=limits, recorder=recorder, use_cache=use_cache)
+    if config.executor == "local":
+        return LocalExecutor(workers=config.workers, root=root, limits=limits, recorder=recorder, use_cache=use_cache)
+    from sandbox.ray_executor import RayExecutor
+
+    executor = RayExecutor(workers=config.workers, root=root, limits=limits, recorder=recorder, use_cache=use_cache)
+    try:
+        executor.connect()
+    except BaseException:
+        executor.close()
+        raise
+    return executor
 
 
 def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None = None, reviewer=None,
@@ -63,46 +77,65 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
     if library is None:
         library = {row.name: row.expression for row in store.library()}
     run_id = run_id or uuid.uuid4().hex[:12]
-    with store.session() as db:
-        db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,
-                                                     "library_at_start": library})))
-    return _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, record)
+    own_executor = executor is None
+    executor = executor or make_executor(config, project_paths(root)["sandbox"])  # first: a bad one stores nothing
+    try:
+        with store.session() as db:
+            # trial_mark: the project's trials before this run are the search's starting point (replay too)
+            db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,
+                                                         "library_at_start": library,
+                                                         "trial_mark": _last_trial_id(db)})))
+    except BaseException:
+        if own_executor:
+            executor.close()
+        raise
+    return _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor,
+                  record)
 
 
 def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None, reviewer=None,
                on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-               record: bool = True, budget: int | None = None) -> str:
-    """Continue a run from its last committed iteration (an interrupted iteration is redone)."""
+               record: bool = True, budget: int | None = None, executor_kind: str | None = None) -> str:
+    """Continue a run from its last committed iteration (an interrupted iteration is redone), on the
+    executor it was started with unless `executor_kind` says otherwise (results are the same)."""
     store = open_project(root)
     run = store.find_run(run_id)
     raw = json.loads(run.config_json)
     config = stored_config(raw["loop"])
-    if budget is not None:
-        config = config.model_copy(update={"budget": budget})
+    overrides = {key: value for key, value in (("budget", budget), ("executor", executor_kind)) if value is not None}
+    config = LoopConfig.model_validate({**config.model_dump(), **overrides})
     panel = load_market(config.data)
-    with store.session() as db:
-        row = db.get(RunRow, run.id)
-        row.status = "running"
-        db.add(row)
-    return _drive(run.id, store, root, config, panel, raw["segments"], backend, reviewer, on_event, executor, record)
-
-
-def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, record) -> str:
-    paths = project_paths(root)
-    memory = _memory(store, run_id)
     own_executor = executor is None
-    if executor is None:
-        recorder = None
-        if record:
-            from quantcore.recording import Recorder
+    executor = executor or make_executor(config, project_paths(root)["sandbox"])  # first: a bad one changes nothing
+    try:
+        with store.session() as db:
+            row = db.get(RunRow, run.id)
+            row.status = "running"
+            db.add(row)
+    except BaseException:
+        if own_executor:
+            executor.close()
+        raise
+    return _drive(run.id, store, root, config, panel, raw["segments"], backend, reviewer, on_event, executor,
+                  own_executor, record)
 
-            recorder = Recorder.open(paths["mlflow"], f"loop-{run_id}")
-        executor = make_executor(config, paths["sandbox"], recorder)
-    services = Services(config=config, store=store, executor=executor, backend=backend or make_backend(config, tokens_used=memory.tokens),
-                        panel=panel, segments={k: tuple(v) for k, v in segments.items()}, memory=memory,
-                        reviewer=reviewer, on_event=on_event)
+
+def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor,
+           record) -> str:
+    """Run the baseline (if not done) and the graph until the budget is spent; closes `executor` if it
+    is ours (`own_executor`), which also means results are recorded in MLflow when `record` is set."""
     status = "failed"
     try:
+        if own_executor and record:
+            from quantcore.recording import Recorder
+
+            executor.recorder = Recorder.open(project_paths(root)["mlflow"], f"loop-{run_id}")
+        memory = _memory(store, run_id, panel.version)
+        services = Services(config=config, store=store, executor=executor,
+                            backend=backend or make_backend(config, tokens_used=memory.tokens), panel=panel,
+                            segments={k: tuple(v) for k, v in segments.items()}, memory=memory, reviewer=reviewer,
+                            on_event=on_event)
+        on_event("start", {"run_id": run_id, "executor": config.executor, "workers": executor.workers})
         if not memory.best:
             _baseline(services)
         if budget_left(services) is None:
@@ -145,34 +178,57 @@ def _baseline(s: Services) -> None:
     s.on_event("best", {"metrics": result.metrics})
 
 
-def _memory(store: Store, run_id: str) -> RunMemory:
-    """The run's state as of its last committed iteration."""
+def _last_trial_id(db) -> int:
+    from sqlmodel import func, select
+
+    return int(db.exec(select(func.max(TrialRow.id))).one() or 0)
+
+
+def _memory(store: Store, run_id: str, market: str) -> RunMemory:
+    """The run's state as of its last committed iteration: its library, and what the project has tried
+    on this market (trials of earlier runs up to the run's start, then the run's own)."""
     run = store.run(run_id)
     raw = json.loads(run.config_json)
     library = dict(raw.get("library_at_start", {}))
     metrics = {}
-    for row in store.library():
-        if row.run_id == run_id:
+    for row in store.library(include_replaced=True):
+        if row.replaced_run == run_id:
+            library.pop(row.name, None)
+        elif row.run_id == run_id:
             library[row.name] = row.expression
             metrics[row.name] = json.loads(row.metrics_json)
-    tried = set()
+    mark = int(raw.get("trial_mark") or 0)
+    trials = [t for t in store.rows(TrialRow, market=market) if t.run_id == run_id or t.id <= mark]
+    tried = {t.form for t in trials}
     failures = []
     for e in store.rows(ExperimentRow, run_id):
         spec = json.loads(e.spec_json)
         for expr in spec.get("expressions", {}).values():
             try:
-                tried.add(canonical(parse(expr)))
-            except Exception:  # noqa: BLE001 - a stored bad expression is simply not a canonical form
+                tried.add(form_of(expr))
+            except Exception:  # noqa: BLE001 - a stored bad expression is simply not a form
                 pass
         if not e.ok:
             r = ExperimentResult.from_dict(json.loads(e.result_json))
-            if r.failure is not None:
+            if r.failure is not None and not e.candidate.startswith("screen."):
                 failures.append({"candidate": e.candidate, "failure": r.failure.for_llm()[:400]})
+    screened = [t for t in trials if t.stage == "screen"]
+    best_by_form: dict[str, float] = {}
+    for t in screened:
+        best_by_form[t.form] = max(best_by_form.get(t.form, 0.0), t.fitness)
+    library_fitness = {}
+    for name, expr in library.items():
+        try:
+            library_fitness[name] = best_by_form.get(form_of(expr), 0.0)
+        except Exception:  # noqa: BLE001 - an unparsable library expression has no fitness
+            library_fitness[name] = 0.0
     families: dict[str, int] = {}
     for h in store.rows(HypothesisRow, run_id):
         families[h.family] = families.get(h.family, 0) + 1
     return RunMemory(run_id=run_id, iterations_done=run.iterations_done, best=json.loads(run.best_json),
                      scheduler=json.loads(run.scheduler_json), library=library, library_metrics=metrics, tried=tried,
+                     trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
+                     library_fitness=library_fitness, market=market,
                      families=families, failures=failures[-10:], lessons=json.loads(run.lessons_json),
                      tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
                      stopped=run.status == "stopped")

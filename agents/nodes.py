@@ -4,6 +4,7 @@ scheduler -> proposer -> coder -> review -> runner -> critic -> update (see `age
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from agents.contracts import (
     TraceSummary,
     Verdict,
 )
-from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score
+from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score, refine_factor
+from agents.screen import ScreenScore, screen_scores, screen_segment, screen_specs, select_survivors
+from agents.search import ScoredExpression, SearchPool, affine_core, skeleton
 from agents.scheduler import choose_direction, update_scheduler
 from agents.store import (
     DecisionRow,
@@ -38,10 +41,12 @@ from agents.store import (
     ReviewRow,
     RunRow,
     Store,
+    TrialRow,
     dumps,
 )
 from quantcore.data.panel import Panel
 from quantcore.errors import ExpressionError
+from quantcore.features import DEFAULT_LABEL
 from quantcore.expr.ast import depth, node_count
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
@@ -65,6 +70,9 @@ class IterationState(BaseModel):
     coded: CoderOutput | None = None
     review: Review | None = None
     results: dict[str, dict] = {}  # candidate -> ExperimentResult.to_dict()
+    screen: list[CodedCandidate] = []  # factor candidates screened this iteration (before the survivors)
+    screen_specs: dict[str, dict] = {}  # screen chunk -> its spec
+    screen_results: dict[str, dict] = {}  # screen chunk -> ExperimentResult.to_dict()
     critic: CriticOutput | None = None
     stop: bool = False
     started: float = 0.0
@@ -80,7 +88,10 @@ class RunMemory:
     scheduler: dict = field(default_factory=dict)
     library: dict[str, str] = field(default_factory=dict)  # name -> expression (project-wide)
     library_metrics: dict[str, dict] = field(default_factory=dict)
-    tried: set[str] = field(default_factory=set)  # canonical forms tried in this run
+    tried: set[str] = field(default_factory=set)  # forms (canonical affine cores) tried on this market, project-wide
+    trials: list[ScoredExpression] = field(default_factory=list)  # scored trials on this market, oldest first
+    library_fitness: dict[str, float] = field(default_factory=dict)  # library factor -> its screen fitness
+    market: str = ""  # the panel's data version trials are recorded under
     families: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     lessons: list[str] = field(default_factory=list)
@@ -104,6 +115,33 @@ class Services:
     reviewer: Callable[[Hypothesis, CoderOutput, Callable[[str], str | None]], Review] | None = None
     on_event: Callable[[str, dict], None] = lambda kind, data: None
     started: float = field(default_factory=time.monotonic)
+    _base_forms: dict[str, str] | None = None
+
+    def held_forms(self) -> dict[str, str]:
+        """Form (canonical affine core) -> who holds it: the base feature set's columns and the
+        library's factors. A candidate of one of these forms adds nothing the model lacks."""
+        if self._base_forms is None:
+            from quantcore.features import feature_set
+
+            try:
+                base = feature_set(self.config.base_features)
+            except ValueError:
+                base = {}
+            self._base_forms = {form_of(e): f"base feature {k}" for k, e in base.items()}
+        return {**self._base_forms, **{form_of(e): f"library factor {k}" for k, e in self.memory.library.items()}}
+
+    @property
+    def workers(self) -> int:
+        """The run's sandbox workers (the executor's parallelism): screen batches are sized and chunked
+        from it. The stored setting, not the executor at hand: a replay on fewer workers proposes alike."""
+        return self.config.workers
+
+    @property
+    def screen_size(self) -> int:
+        """Factor candidates the offline search proposes per iteration (0 or less: no screening)."""
+        if self.backend.name != "offline" or self.config.screen_per_worker == 0:
+            return self.config.n_factor_candidates
+        return max(self.config.screen_per_worker * self.workers, self.config.n_factor_candidates)
 
     @property
     def rules(self) -> AdmissionRules:
@@ -155,17 +193,17 @@ def scheduler_node(state: IterationState, s: Services) -> dict:
     ctx = ProposalContext(run_id=m.run_id, iteration=state.iteration, direction=direction,
                           fields=sorted(s.panel.field_names), trace=trace_summary(m),
                           library_names=sorted(m.library), families_tried=dict(m.families),
-                          n_candidates=s.config.n_factor_candidates if direction == "factor" else s.config.n_model_candidates)
+                          n_candidates=s.screen_size if direction == "factor" else s.config.n_model_candidates)
     s.on_event("direction", {"iteration": state.iteration, "direction": direction})
     return {"direction": direction, "context": ctx, "started": time.monotonic()}
 
 
 def proposer_node(state: IterationState, s: Services) -> dict:
-    hyp = s.backend.propose(state.context, s.memory.tried, s.memory.library)
+    hyp = s.backend.propose(state.context, s.memory.tried, s.memory.library, pool=search_pool(s))
     if hyp.direction != state.direction:
         raise ValueError(f"the proposer answered a {hyp.direction} hypothesis for a {state.direction} iteration")
     if hyp.direction == "factor":
-        factors = _fresh_names(hyp.factors[: s.config.n_factor_candidates], set(s.memory.library))
+        factors = _fresh_names(hyp.factors[: s.screen_size], set(s.memory.library))
         hyp = hyp.model_copy(update={"factors": factors})
     else:
         hyp = hyp.model_copy(update={"models": hyp.models[: s.config.n_model_candidates]})
@@ -205,8 +243,8 @@ def coder_node(state: IterationState, s: Services) -> dict:
                 seen.add(key)
                 coded.append(CodedCandidate(name=current.name, expression=expr, spec={}))
                 break
-            if attempt >= s.config.repair_attempts:
-                refused[current.name] = problem
+            if attempt >= s.config.repair_attempts or len(hyp.factors) > s.config.n_factor_candidates:
+                refused[current.name] = problem  # a screened batch drops what does not validate
                 break
             attempt += 1
             fixed = s.backend.repair(state.context, current, problem, attempt, seen)
@@ -218,11 +256,56 @@ def coder_node(state: IterationState, s: Services) -> dict:
     out = []
     for c in coded:
         others = {k: v for k, v in batch.items() if k != c.name}
-        spec = {"kind": "factor", "market": s.config.data, "expressions": {c.name: c.expression},
-                "segment": list(s.segments["valid"]), "library": {**s.memory.library, **others},
-                "lookahead_check": True, "seed": s.config.seed}
-        out.append(c.model_copy(update={"spec": spec}))
+        out.append(c.model_copy(update={"spec": admission_spec(c.expression, c.name, others, s)}))
     return {"coded": CoderOutput(coded=out, refused=refused)}
+
+
+def admission_spec(expression: str, name: str, others: dict[str, str], s: Services) -> dict:
+    """The validation-segment experiment that decides a factor: full report, look-ahead check, value
+    correlations with the base features, the library and the batch, and the daily RankIC of library
+    factors it repeats (for a refinement's paired comparison)."""
+    return {"kind": "factor", "market": s.config.data, "expressions": {name: expression},
+            "segment": list(s.segments["valid"]), "library": {**s.memory.library, **others},
+            "base_features": s.config.base_features, "pair_threshold": s.config.max_library_corr,
+            "lookahead_check": True, "seed": s.config.seed}
+
+
+def screen_node(state: IterationState, s: Services) -> dict:
+    """Screen a large factor batch on the training segment; only the strongest original candidates
+    go on to review and admission (see `agents.screen`)."""
+    coded = state.coded
+    if state.direction != "factor" or len(coded.coded) <= s.config.n_factor_candidates:
+        return {}
+    m = s.memory
+    segment = screen_segment(s.panel, s.segments["train"], DEFAULT_LABEL)
+    named = screen_specs(coded.coded, market=s.config.data, segment=segment, library=m.library,
+                         base_features=s.config.base_features, corr_days=s.config.screen_corr_days,
+                         seed=s.config.seed, workers=s.workers)
+    s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
+    results = dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named])))
+    scores = screen_scores(coded.coded, results)
+    chosen, why = select_survivors(scores, s.config.n_factor_candidates, s.config.max_library_corr, m.library,
+                                   m.library_fitness)
+    survivors = [c for c in coded.coded if c.name in set(chosen)]
+    survivors.sort(key=lambda c: chosen.index(c.name))
+    best = sorted(scores, key=lambda x: -x.fitness)[:3]
+    note = (f" Screened {len(scores)} on {segment[0]}..{segment[1]} (best |t| "
+            f"{', '.join(f'{x.fitness:.1f}' for x in best)}); {len(survivors)} sent to admission.")
+    hyp = state.hypothesis
+    hyp = hyp.model_copy(update={"text": (hyp.text + note)[:2000],
+                                 "factors": [f for f in hyp.factors if f.name in set(chosen)]})
+    lead = next((c.name for c in survivors), None)
+    if lead is not None:
+        hyp = hyp.model_copy(update={"family": region_of(lead)})
+    return {"coded": CoderOutput(coded=survivors, refused=coded.refused), "hypothesis": hyp,
+            "screen": list(coded.coded), "screen_specs": dict(named),
+            "screen_results": {k: r.to_dict() for k, r in results.items()}}
+
+
+def region_of(name: str) -> str:
+    """The search region an offline candidate came from (its name is `<region>_<iteration>_<i>`)."""
+    parts = name.rsplit("_", 2)
+    return parts[0] if len(parts) == 3 and parts[1].isdigit() else "llm"
 
 
 def review_node(state: IterationState, s: Services) -> dict:
@@ -259,15 +342,22 @@ def critic_node(state: IterationState, s: Services) -> dict:
         verdicts = [Verdict(candidate=c.name, verdict="reject", reasons=[why]) for c in state.coded.coded]
     elif state.direction == "factor":
         accepted_now: list[str] = []
+        bound = rules.max_library_corr
+        seed = s.config.seed * 1000 + state.iteration
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
         for name in by_strength:
             r = results[name]
-            corr = {}
-            if r.ok:
-                corr_all = r.details.get(name, {}).get("correlations", {})
-                corr = {k: v for k, v in corr_all.items() if k in m.library or k in accepted_now}
             node = parse(next(c.expression for c in state.coded.coded if c.name == name))
-            v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)))
+            detail = r.details.get(name, {}) if r.ok else {}
+            corr_all = detail.get("correlations", {})
+            rivals = sorted({k for k, v in corr_all.items() if k in m.library and v is not None and abs(v) >= bound}
+                            | _same_idea(node, m.library))
+            corr = {k: v for k, v in corr_all.items() if (k in m.library and k not in rivals) or k in accepted_now}
+            base = detail.get("base_correlation") or None
+            v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)),
+                             base=(base["feature"], base["corr"]) if base else None)
+            if v.verdict == "accept" and rivals:
+                v = refine_factor(v, r, rivals, {k: corr_all.get(k) for k in rivals}, rules, seed)
             verdicts.append(v)
             if v.verdict == "accept":
                 accepted_now.append(name)
@@ -314,6 +404,8 @@ def update_node(state: IterationState, s: Services) -> dict:
         status = "partial"
     scheduler = update_scheduler(m.scheduler, state.direction, critic.reward)
     new_library = {name: next(c.expression for c in state.coded.coded if c.name == name) for name in accepted}
+    retired = {rival: v.candidate for v in critic.verdicts if v.verdict == "accept" for rival in v.replaces}
+    trials = trial_rows(state, results, m)
     new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items() if not r.ok]
     new_failures += [{"candidate": k, "failure": v[:400]} for k, v in state.coded.refused.items()]
     lessons = list(m.lessons)
@@ -330,6 +422,14 @@ def update_node(state: IterationState, s: Services) -> dict:
             db.add(EdgeRow(run_id=m.run_id, source=h.id, target=parent_id, relation=relation))
         for c in state.coded.coded:
             db.add_all(experiment_rows(m.run_id, state.iteration, c, results, hypothesis_id=h.id))
+        for key, spec in state.screen_specs.items():
+            r = ExperimentResult.from_dict(state.screen_results[key])
+            db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=key,
+                                 spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok, result_json=dumps(r.to_dict()),
+                                 mlflow_run_id=r.mlflow_run_id))
+        db.add_all(trials)
+        for rival, winner in retired.items():
+            _retire(db, rival, winner, h.id, m.run_id)
         for v in critic.verdicts:
             db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
                                reasons_json=dumps(v.reasons), metrics_json=dumps(v.metrics)))
@@ -358,13 +458,21 @@ def update_node(state: IterationState, s: Services) -> dict:
     # committed: now the in-memory state may move on
     m.iterations_done, m.scheduler, m.lessons = state.iteration, scheduler, lessons
     m.tokens, m.cost_usd, m.cpu_seconds = tokens, cost, m.cpu_seconds + cpu
+    for rival in retired:
+        m.library.pop(rival, None)
+        m.library_metrics.pop(rival, None)
+        m.library_fitness.pop(rival, None)
     m.library.update(new_library)
     m.library_metrics.update({k: verdict_of[k].metrics for k in new_library})
+    fitness = {t.candidate: t.fitness for t in trials if t.stage == "screen"}  # its screen fitness (as on resume)
+    m.library_fitness.update({k: fitness.get(k, 0.0) for k in new_library})
+    m.trials += [ScoredExpression(t.expression, t.fitness, t.region) for t in trials if t.stage == "screen"]
+    m.tried |= {t.form for t in trials}
     if new_best is not None:
         m.best = new_best
     for c in state.coded.coded:
         if c.expression:
-            m.tried.add(canonical(parse(c.expression)))
+            m.tried.add(form_of(c.expression))
     m.families[hyp.family] = m.families.get(hyp.family, 0) + 1
     m.failures = (m.failures + new_failures)[-10:]
     m.stopped = m.stopped or state.stop
@@ -385,6 +493,71 @@ def trace_summary(m: RunMemory, top_k: int = 8, last_failures: int = 5) -> Trace
                                                               ("rank_ic", "rank_icir", "ic")}} for k in top],
         failures=m.failures[-last_failures:], lessons=m.lessons[-5:], best_model=best,
     )
+
+
+def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: RunMemory) -> list[TrialRow]:
+    """Every factor candidate scored this iteration, as trials: the screened batch (training-segment
+    scores) and the admitted candidates (validation-segment scores)."""
+    if state.direction != "factor":
+        return []
+    rows = []
+    screened = screen_scores(state.screen, {k: ExperimentResult.from_dict(v) for k, v in state.screen_results.items()})
+    for sc in screened:
+        rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=sc.name,
+                             expression=sc.expression, form=form_of(sc.expression), region=region_of(sc.name),
+                             stage="screen", fitness=sc.fitness, metrics_json=dumps(sc.metrics())))
+    for c in state.coded.coded:
+        r = results.get(c.name)
+        if r is None or c.expression is None:
+            continue
+        mt = {k.split(".", 1)[1]: v for k, v in r.metrics.items() if k.startswith(f"{c.name}.")}
+        t = mt.get("rank_ic_t", math.nan)
+        rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
+                             expression=c.expression, form=form_of(c.expression), region=region_of(c.name),
+                             stage="admission", fitness=abs(t) if r.ok and math.isfinite(t) else 0.0,
+                             metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
+    return rows
+
+
+def _retire(db, rival: str, winner: str, hypothesis_id: int, run_id: str) -> None:
+    """A library factor refined out by `winner`: marked replaced, and a `refines` edge from the new
+    hypothesis to the one that produced the rival."""
+    from sqlmodel import select
+
+    row = db.exec(select(LibraryFactorRow).where(LibraryFactorRow.name == rival)).first()
+    if row is None:
+        return
+    row.replaced_by, row.replaced_run = winner, run_id
+    db.add(row)
+    source = db.exec(select(HypothesisRow).where(HypothesisRow.run_id == row.run_id)
+                     .where(HypothesisRow.iteration == row.iteration).where(HypothesisRow.direction == "factor")).first()
+    if source is not None:
+        db.add(EdgeRow(run_id=run_id, source=hypothesis_id, target=source.id, relation="refines",
+                       note=f"{winner} replaces {rival}"))
+
+
+def _same_idea(node, library: dict[str, str]) -> set[str]:
+    """Library factors of the same idea as `node` at other windows (the same skeleton)."""
+    shape = skeleton(node)
+    return {k for k, e in library.items() if skeleton(parse(e)) == shape}
+
+
+def search_pool(s: Services) -> SearchPool:
+    """What the offline search evolves: the market's scored trials, the library, the base features."""
+    from quantcore.features import feature_set
+
+    m = s.memory
+    scored = list(m.trials) + [ScoredExpression(e, m.library_fitness.get(k, 0.0), "library") for k, e in m.library.items()]
+    try:
+        seeds = list(feature_set(s.config.base_features).values())
+    except ValueError:
+        seeds = []
+    return SearchPool(scored=scored, seeds=seeds, tried=set(m.tried) | set(s.held_forms()))
+
+
+def form_of(expression: str) -> str:
+    """The identity the search deduplicates on: the canonical text of the affine core."""
+    return canonical(affine_core(parse(expression)))
 
 
 _REF = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
@@ -412,15 +585,16 @@ def _check_factor(cand: FactorCandidate, s: Services, seen: set[str]) -> tuple[s
     except ExpressionError as e:
         kind = type(e).__name__
         return f"{kind}: {e}", expr, ""
-    key = canonical(node)
+    key = canonical(affine_core(node))
     if node_count(node) > s.config.max_nodes or depth(node) > s.config.max_depth:
         return (f"too complex: {node_count(node)} nodes, depth {depth(node)} (caps {s.config.max_nodes} nodes, "
                 f"depth {s.config.max_depth})"), expr, key
-    library_keys = {canonical(parse(e)) for e in s.memory.library.values()}
-    if key in library_keys:
-        return "duplicate: already in the factor library (same canonical form)", expr, key
+    held = s.held_forms()
+    if key in held:
+        return (f"duplicate: {held[key]} already holds it up to an affine map (a*x + b carries the same "
+                "information)"), expr, key
     if key in seen:
-        return "duplicate: already tried in this run (same canonical form)", expr, key
+        return "duplicate: already tried on this market (same form up to an affine map)", expr, key
     return None, expr, key
 
 

@@ -14,7 +14,7 @@ from agents.backend import OfflineBackend
 from agents.config import stored_config
 from agents.contracts import Review
 from agents.loop import open_project, start_run
-from agents.store import DecisionRow, ExperimentRow, LLMCallRow, ReviewRow, Store
+from agents.store import DecisionRow, ExperimentRow, LLMCallRow, ReviewRow, Store, TrialRow
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
 
@@ -33,8 +33,8 @@ class ReplayReport:
 def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None) -> ReplayReport:
     run = store.find_run(run_id)
     raw = json.loads(run.config_json)
-    config = stored_config(raw["loop"]).model_copy(
-        update={"budget": max(run.iterations_done, 1), "max_minutes": None, "workers": workers})
+    # the stored worker count stays: it sizes the search's batches; `workers` only sizes this executor
+    config = stored_config(raw["loop"]).model_copy(update={"budget": max(run.iterations_done, 1), "max_minutes": None})
     if config.backend == "llm":
         from agents.llm import LLMBackend
 
@@ -52,11 +52,19 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
 
     with tempfile.TemporaryDirectory(prefix="rdquant-replay-") as tmp:
         log(f"re-executing {run.iterations_done} iterations of {run.id} (no cache, no network)")
+        _copy_prior_trials(store, open_project(tmp), int(raw.get("trial_mark") or 0))
         limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * 4)
         with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False) as executor:
             start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
                       record=False, run_id=run.id, library=raw.get("library_at_start", {}))
         return compare(store, open_project(tmp), run.id)
+
+
+def _copy_prior_trials(original: Store, scratch: Store, mark: int) -> None:
+    """The project's trials from before the run (what its search started from), in their order."""
+    rows = [t for t in original.rows(TrialRow) if t.id <= mark]
+    with scratch.session() as db:
+        db.add_all([TrialRow(**t.model_dump(exclude={"id"})) for t in rows])
 
 
 def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:

@@ -325,6 +325,7 @@ def _liquidity(g: _Sampler) -> str:
         return g.ratio()
     v, w, c = g.pick(g.volumes), g.window(low=3), g._price("close")
     return g.pick((f"{v}/(Mean({v}, {w}) + {_EPS}) - 1", f"Std({v}, {w})/(Mean({v}, {w}) + {_EPS})",
+                   f"Log({v} + 1)", f"{g.op(_LOCATION_OPS)}(Log({v} + 1), {w})", f"Log({v} * {c} + 1)",
                    f"Log(Mean({v}, {w}) + 1) - Log(Mean({v}, {g.other_window(w)}) + 1)",
                    f"Mean(Abs({g.ret()})/Log({v} * {c} + 2), {w})", f"Rank({v}, {w})",
                    f"Mean({g.volume_change()}, {w})"))
@@ -481,7 +482,8 @@ class GrammarSearch:
             node = parse(p.expression)
         except ExpressionError:
             return None
-        if unit_of(node, units) is not Unit.RATIO:
+        unit = unit_of(node, units)
+        if unit is not Unit.RATIO and not (unit is Unit.LOG and _volume_level(node, units)):
             return None
         if node_count(node) > self.max_nodes or depth(node) > self.max_depth:
             return None
@@ -492,6 +494,13 @@ class GrammarSearch:
             return None
         seen.add(key)
         return Proposal(canonical(node), p.region, p.origin)
+
+
+def _volume_level(node: Node, units: dict[str, Unit]) -> bool:
+    """A log level of traded volume: a liquidity characteristic (Datar, Naik & Radcliffe 1998;
+    Amihud 2002) that is compared across instruments as it is, unlike a log price level."""
+    return any(isinstance(n, Field) and units.get(n.name) is Unit.VOLUME for n in walk(node)) and not any(
+        isinstance(n, Field) and units.get(n.name) is Unit.PRICE for n in walk(node))
 
 
 def _payoffs(pool: SearchPool) -> tuple[dict[str, float], dict[str, float]]:

@@ -20,7 +20,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 __all__ = [
     "Store", "RunRow", "IterationRow", "HypothesisRow", "EdgeRow", "ExperimentRow", "LibraryFactorRow",
-    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "now",
+    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "TrialRow", "now",
 ]
 
 
@@ -75,6 +75,7 @@ class EdgeRow(SQLModel, table=True):
     source: int  # hypothesis id
     target: int
     relation: str  # derived_from | refines | contradicts
+    note: str = ""  # e.g. which library factor a refinement replaced
 
 
 class ExperimentRow(SQLModel, table=True):
@@ -101,6 +102,26 @@ class LibraryFactorRow(SQLModel, table=True):
     iteration: int
     metrics_json: str  # validation metrics at admission
     created: str = Field(default_factory=now)
+    replaced_by: Optional[str] = None  # a better factor of the same idea that refined it out of the library
+    replaced_run: Optional[str] = None
+
+
+class TrialRow(SQLModel, table=True):
+    """Every factor candidate the sandbox scored, screened or admitted: what the search has tried on
+    a market (the project's later runs continue from it) and how many trials a discovery cost."""
+
+    __tablename__ = "trials"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    iteration: int
+    market: str = Field(index=True)  # the panel's data version: one market however its spec is spelled
+    candidate: str
+    expression: str
+    form: str  # canonical affine core: the identity the search deduplicates on
+    region: str = ""  # the grammar region (or "llm", "evolved") it came from
+    stage: str  # screen | admission
+    fitness: float = 0.0  # |t| of its mean daily RankIC on the stage's segment
+    metrics_json: str = "{}"
 
 
 class DecisionRow(SQLModel, table=True):
@@ -175,6 +196,7 @@ class Store:
             cur.close()
 
         SQLModel.metadata.create_all(engine)
+        _add_missing_columns(engine)
         return cls(engine)
 
     @contextmanager
@@ -207,8 +229,10 @@ class Store:
             order = getattr(table, "id", None)
             return list(s.exec(q.order_by(order) if order is not None else q))
 
-    def library(self) -> list[LibraryFactorRow]:
-        return self.rows(LibraryFactorRow)
+    def library(self, include_replaced: bool = False) -> list[LibraryFactorRow]:
+        """The project's factor library (without the factors later refinements replaced)."""
+        rows = self.rows(LibraryFactorRow)
+        return rows if include_replaced else [r for r in rows if r.replaced_by is None]
 
     def find_run(self, prefix: str) -> RunRow:
         """A run by id or unique id prefix; KeyError naming the candidates otherwise."""
@@ -222,6 +246,24 @@ class Store:
         if not found:
             raise KeyError(f"no run {prefix!r} in this project")
         raise KeyError(f"run id prefix {prefix!r} is ambiguous: {', '.join(r.id for r in found)}")
+
+
+def _add_missing_columns(engine) -> None:
+    """Columns added to a table since a project's store was created, added to it in place (all are
+    nullable or have defaults): an older project opens with every run it holds."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    with engine.begin() as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
+                kind = column.type.compile(engine.dialect)
+                clause = f" DEFAULT {default!r}" if isinstance(default, (str, int, float)) else ""
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
 
 
 def dumps(value: Any) -> str:

@@ -52,6 +52,8 @@ def market_of(spec) -> str:
 class BaseExecutor:
     """Shared parent-side logic. `recorder`: a quantcore `Recorder` to log every result to, or None."""
 
+    n_workers: int  # set (or computed) by each subclass
+
     def __init__(self, *, root: str | Path = DEFAULT_SANDBOX_ROOT, limits: Limits | None = None, recorder=None,
                  use_cache: bool = True):
         self.store = SandboxStore.at(root)
@@ -63,6 +65,12 @@ class BaseExecutor:
         self.stats = {"submitted": 0, "cached": 0, "run": 0, "worker_restarts": 0}
 
     # ---- public API -----------------------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        """How many experiments run at once: callers size their batches from it (a smaller batch
+        leaves workers idle)."""
+        return self.n_workers
+
     def run(self, spec: Any) -> ExperimentResult:
         """Run one spec (dict, JSON text or spec object); never raises for a bad experiment."""
         return self.run_many([spec])[0]

@@ -5,8 +5,11 @@ structured `Failure` (see `sandbox.failures`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,10 +17,12 @@ from typing import Any, Callable
 import numpy as np
 
 from quantcore.data.panel import Panel
+from quantcore.evaluate.correlation import ReferenceStack, StackBuilder, daily_correlations, reference_stack
 from quantcore.evaluate.ic import MIN_PAIRS
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
 from quantcore.expr.cache import DiskCache, MemoryCache
 from quantcore.expr.evaluate import Evaluator
+from quantcore.features import feature_set
 from sandbox.failures import DegenerateOutput, classify
 from sandbox.guard import ForbiddenOperation, Guard, load_generated
 from sandbox.result import ExperimentResult
@@ -25,9 +30,12 @@ from sandbox.spec import FactorSpec, ModelSpec, RLSpec, WorkflowSpec, default_se
 
 __all__ = ["WorkerContext", "run_spec", "SCREEN_METRICS"]
 
-#: Per-factor metrics a factor experiment reports (validation-segment numbers).
+#: Per-factor metrics a factor experiment reports (validation-segment numbers). Besides these,
+#: `{name}.library_corr` (always) and `{name}.base_corr` (with `base_features`): see `_originality`.
 SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "n_days", "loss", "long_short",
                   "long_short_t", "autocorr")
+
+_BASE_CHUNK = 32  # base features per evaluator batch when building a base stack
 
 
 @dataclass
@@ -44,8 +52,13 @@ class WorkerContext:
     cache_bytes: int = 256 << 20
     output_chars: int = 1 << 20
     feature_cache: Callable[[str], Path | None] = lambda market: None
+    # Base-feature stacks kept for originality checks, least recently used dropped first. Stored in
+    # float32 (correlations to ~1e-6, far finer than any originality bound) to halve the memory: Alpha158
+    # on a 504-day validation segment of 300 names is ~95 MB (190 MB in float64); on 60 screening days, 11 MB.
+    base_stack_slots: int = 2
     _panels: dict[str, Panel] = field(default_factory=dict)
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
+    _base_stacks: OrderedDict = field(default_factory=OrderedDict)
 
     def panel(self, market: str) -> Panel:
         if market not in self._panels:
@@ -58,6 +71,33 @@ class WorkerContext:
             self._evaluators[market] = Evaluator(self.panel(market), threads=1,
                                                  memory_cache=MemoryCache(self.cache_bytes))
         return self._evaluators[market]
+
+    def base_stack(self, market: str, features: str | dict[str, str], days: np.ndarray) -> ReferenceStack:
+        """The base feature set's values on `days` (absolute day positions) as a float32 reference
+        stack, evaluated once per (market, feature set, days) and kept for the next experiments."""
+        exprs = feature_set(features) if isinstance(features, str) else dict(features)
+        panel = self.panel(market)
+        key = (market, panel.version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
+               hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
+        if key in self._base_stacks:
+            self._base_stacks.move_to_end(key)
+            return self._base_stacks[key]
+        while len(self._base_stacks) >= max(1, self.base_stack_slots):  # free before building the next
+            self._base_stacks.popitem(last=False)
+        names = list(exprs)
+        builder = StackBuilder(names, panel.n_instruments, len(days), np.float32)
+        # Only the history up to the last needed day: the features cannot read the future (the evaluator
+        # refuses it), so their values there are the same bit for bit, and a train segment's cost is 60%.
+        # Its own evaluator without a memory cache: 158 whole-history features would flush the
+        # candidates' and the label's cached values; chunks bound the peak to 32 (N, T) arrays.
+        last = int(np.max(days))
+        ev = Evaluator(panel if last == panel.n_days - 1 else panel.slice_dates(None, panel.calendar[last]), threads=1)
+        for lo in range(0, len(names), _BASE_CHUNK):
+            chunk = {k: exprs[k] for k in names[lo:lo + _BASE_CHUNK]}
+            for j, values in enumerate(ev.evaluate(chunk, dtype=np.float64).values()):
+                builder.add(lo + j, values[:, days])
+        stack = self._base_stacks[key] = builder.build()
+        return stack
 
     def dataset_evaluator(self, market: str, panel: Panel) -> Evaluator:
         """A fresh evaluator for one model experiment's dataset on `panel`, with the market's disk cache
@@ -119,31 +159,45 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     details: dict[str, Any] = {"segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]}
     if spec.lookahead_check:
         _check_no_look_ahead(spec, panel, factors, days, ctx, workdir)
+    corr_at = _correlation_days(days, spec.corr_days)  # absolute day positions
+    # the library in float64 (exact: a few factors, built per experiment); the base set from the worker's store
+    lib_stack = reference_stack({k: _clean(v[:, corr_at]) for k, v in library.items()}) if library else None
+    base_stack = ctx.base_stack(spec.market, spec.base_features, corr_at) if spec.base_features is not None else None
+    lib_corr: dict[str, np.ndarray] = {}
     for name, values in factors.items():
         window = values[:, days]
         _check_degenerate(name, window, spec.max_inf_share)
-        clean = np.where(np.isinf(window), np.nan, window)
+        clean = _clean(window)
         if spec.report == "screen":
-            row = _screen(clean, label, panel.calendar[days], spec.expressions.get(name, name))
+            row, daily_rank = _screen(clean, label, panel.calendar[days], spec.expressions.get(name, name))
         else:
-            report, _ = evaluate_arrays(clean, label, calendar=panel.calendar[days],
-                                        expression=spec.expressions.get(name, name))
+            report, data = evaluate_arrays(clean, label, calendar=panel.calendar[days],
+                                           expression=spec.expressions.get(name, name))
             row = report.to_dict()
+            daily_rank = _daily_rank_of(data)
         if spec.decay:
             full = evaluate_expression(panel, spec.expressions[name], spec.label, panel.calendar[days.start],
                                        panel.calendar[days.stop - 1], evaluator=ev,
                                        decay_horizons=DECAY_HORIZONS) if name in spec.expressions else None
             row["decay"] = full.to_dict()["decay"] if full else {}
-        if library:
-            from quantcore.evaluate.correlation import library_correlation
-
-            corr = library_correlation(window, {k: v[:, days] for k, v in library.items()}, MIN_PAIRS)
-            row["correlations"] = {k: c.daily_mean for k, c in corr.items()}
+        x = clean[:, corr_at - days.start]
+        if lib_stack is not None:
+            lib_corr[name] = daily_correlations(x, lib_stack, min_pairs=MIN_PAIRS)
+            if spec.report == "full":
+                row["correlations"] = {k: _finite(c) for k, c in zip(lib_stack.names, lib_corr[name])}
+        metrics.update(_originality(name, row, lib_stack, lib_corr.get(name), "library_max", "factor", "library_corr"))
+        if base_stack is not None:
+            base = daily_correlations(x, base_stack, min_pairs=MIN_PAIRS)
+            metrics.update(_originality(name, row, base_stack, base, "base_correlation", "feature", "base_corr"))
+        if spec.pair_threshold is not None:
+            row["daily_rank_ic"] = _series(daily_rank)
         details[name] = row
         for m in SCREEN_METRICS:
             v = row.get(m)
             if m in row:
                 metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
+    if spec.pair_threshold is not None:
+        details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, days, label)
     artifacts: dict[str, str] = {}
     if spec.pipeline is not None:
         metrics_p, details_p, artifacts = _pipeline(spec, panel, factors, ctx, workdir)
@@ -152,16 +206,75 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     return metrics, details, artifacts, panel.version
 
 
-def _screen(factor: np.ndarray, label: np.ndarray, calendar: np.ndarray, expression: str) -> dict:
-    """IC and RankIC with their ICIR and t-statistics only: the bulk-screening subset of the report."""
+def _screen(factor: np.ndarray, label: np.ndarray, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:
+    """IC and RankIC with their ICIR and t-statistics only: the bulk-screening subset of the report;
+    also the daily RankIC series its `rank_ic` is the mean of."""
     from quantcore.evaluate.factor_data import align
     from quantcore.evaluate.ic import daily_ic, ic_stats
 
     data = align(factor, label, calendar=calendar, name=expression)
     ic = ic_stats(daily_ic(data.factor, data.label))
-    rank_ic = ic_stats(daily_ic(data.factor_rank, data.label_rank))
-    return {"expression": expression, "ic": ic.mean, "rank_ic": rank_ic.mean, "icir": ic.icir, "rank_icir": rank_ic.icir,
-            "ic_t": ic.t_stat, "rank_ic_t": rank_ic.t_stat, "n_days": data.n_days, "loss": data.loss}
+    daily_rank = _daily_rank_of(data)
+    rank_ic = ic_stats(daily_rank)
+    return ({"expression": expression, "ic": ic.mean, "rank_ic": rank_ic.mean, "icir": ic.icir,
+             "rank_icir": rank_ic.icir, "ic_t": ic.t_stat, "rank_ic_t": rank_ic.t_stat, "n_days": data.n_days,
+             "loss": data.loss}, daily_rank)
+
+
+def _daily_rank_of(data) -> np.ndarray:
+    """Daily RankIC of aligned factor data, computed as `evaluate_arrays` computes `rank_ic` (its mean)."""
+    from quantcore.evaluate.ic import daily_ic
+
+    return daily_ic(data.factor_rank, data.label_rank, MIN_PAIRS)
+
+
+def _clean(x: np.ndarray) -> np.ndarray:
+    """+-inf as NaN: a division by zero is a missing value to every score."""
+    return np.where(np.isinf(x), np.nan, x)
+
+
+def _correlation_days(days: slice, corr_days: int) -> np.ndarray:
+    """Absolute positions of the days value correlations are averaged over: the whole scoring segment,
+    or `corr_days` of its days evenly spaced from its first to its last."""
+    n = days.stop - days.start
+    if corr_days == 0 or corr_days >= n:
+        return np.arange(days.start, days.stop)
+    return days.start + np.unique(np.linspace(0, n - 1, corr_days).round().astype(np.int64))
+
+
+def _originality(name: str, row: dict, stack: ReferenceStack | None, corr: np.ndarray | None, key: str,
+                 kind: str, metric: str) -> dict[str, float]:
+    """Put the reference of largest |correlation| in `row[key]` ({kind: its name, "corr": signed}) and
+    return `{name.metric: that |corr|}`: 0.0 against no references, NaN when none could be compared
+    (no day with enough common instruments), and then no `row[key]`."""
+    if stack is None or corr is None:
+        return {f"{name}.{metric}": 0.0}
+    ok = np.isfinite(corr)
+    if not ok.any():
+        return {f"{name}.{metric}": math.nan}
+    k = int(np.argmax(np.where(ok, np.abs(corr), -1.0)))
+    row[key] = {kind: stack.names[k], "corr": float(corr[k])}
+    return {f"{name}.{metric}": float(abs(corr[k]))}
+
+
+def _paired_library(library: dict[str, np.ndarray], lib_corr: dict[str, np.ndarray], threshold: float, days: slice,
+                    label: np.ndarray) -> dict[str, list[float | None]]:
+    """Library name -> its daily RankIC on the scoring days, for each library factor some candidate
+    correlates with at |corr| >= `threshold` (the days and order of each candidate's `daily_rank_ic`)."""
+    from quantcore.evaluate.ic import daily_rank_ic
+
+    names = list(library)
+    paired = [k for j, k in enumerate(names) if any(abs(c[j]) >= threshold for c in lib_corr.values() if np.isfinite(c[j]))]
+    return {k: _series(daily_rank_ic(_clean(library[k][:, days]), label, MIN_PAIRS)) for k in paired}
+
+
+def _series(x: np.ndarray) -> list[float | None]:
+    return [_finite(v) for v in x]
+
+
+def _finite(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
 
 
 def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Path) -> np.ndarray:
@@ -310,8 +423,7 @@ def _daily_rank_ic(prediction, evaluator: Evaluator, cfg) -> list[float | None]:
     days = panel.date_index(*cfg.dataset.segments.test)
     label = evaluator.evaluate({"y": cfg.dataset.label}, allow_future=True, dtype=np.float64)["y"]
     scores = align_signal(prediction, panel).T
-    series = daily_rank_ic(scores[:, days], label[:, days])
-    return [None if not math.isfinite(v) else float(v) for v in series]
+    return _series(daily_rank_ic(scores[:, days], label[:, days]))
 
 
 def _segments(segments, panel: Panel) -> dict:

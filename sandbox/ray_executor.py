@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,18 +26,50 @@ from sandbox.executor import BaseExecutor, Task
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WorkerConfig, WorkerSession
 
-__all__ = ["RayExecutor"]
+__all__ = ["RayExecutor", "RayUnavailable"]
 
 _START_TIMEOUT = 120.0  # seconds for an actor to be scheduled, import and report ready
+_CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before `ray.init` (which retries for minutes)
 _PING = None  # marks a liveness probe queued ahead of a batch (see `_send`)
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or the cluster to join cannot be reached: nothing was run."""
 
 
 def _import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise ImportError("RayExecutor needs Ray: pip install 'rdquant[ray]' (or use LocalExecutor)") from exc
+        raise RayUnavailable("Ray is not installed: pip install 'rdquant[ray]'") from exc
     return ray
+
+
+def _check_reachable(address: str, timeout: float = _CONNECT_TIMEOUT) -> None:
+    """Fail fast, naming the address, when nothing answers at a cluster's `host:port`: `ray.init`
+    itself retries an unreachable address for minutes. Addresses without a port are left to Ray."""
+    target = address.removeprefix("ray://") if address.startswith("ray://") else _bootstrap_address(address)
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address} ({reason}): start it with "
+                             "`ray start --head`, or leave RAY_ADDRESS unset for a local runtime") from None
+
+
+def _bootstrap_address(address: str) -> str:
+    """The `host:port` that `ray.init(address)` dials: Ray resolves "auto" and swaps a loopback host for
+    this machine's node IP (so 127.0.0.1 must be checked as that IP). Ray's own rule, from a private
+    module; if it moves, the address is checked as written."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(address) or address
+    except Exception:  # noqa: BLE001 - only a less exact check
+        return address
 
 
 class _SandboxActor:
@@ -113,6 +146,11 @@ class RayExecutor(BaseExecutor):
                 self._replace(w)
                 self._await_ready([w])
         return [w.info["pid"] for w in self._workers]
+
+    def connect(self) -> None:
+        """Join the cluster (or start the local runtime) now rather than at the first experiment, so a
+        missing Ray or an unreachable address is reported before anything else happens."""
+        self._ensure_ray()
 
     def close(self) -> None:
         ray = self._ray
@@ -209,10 +247,17 @@ class RayExecutor(BaseExecutor):
         ray = _import_ray()
         if not ray.is_initialized():
             local = self._address is None
-            # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names
-            ray.init(address="local" if local else self._address,
-                     num_cpus=(self._requested or len(os.sched_getaffinity(0))) if local else None,
-                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            if not local:
+                _check_reachable(self._address)
+            try:
+                # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names
+                ray.init(address="local" if local else self._address,
+                         num_cpus=(self._requested or len(os.sched_getaffinity(0))) if local else None,
+                         include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+            except ConnectionError as exc:  # something answers at the address, but no Ray that lets us in
+                if local:
+                    raise
+                raise RayUnavailable(f"cannot join the Ray cluster at {self._address}: {_join_failure(exc)}") from exc
             self._started_ray = True
         self._ray = ray
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_SandboxActor)
@@ -251,6 +296,20 @@ class RayExecutor(BaseExecutor):
 
             self._market_refs[folder] = self._ray.put(market_arrays(folder))
         return self._market_refs[folder]
+
+
+def _join_failure(exc: BaseException) -> str:
+    """Why `ray.init` could not join, in one line. Ray's own message ("Failed to connect to Ray cluster")
+    hides the cause in the text of a chained error; a missing token is the common one: `ray start`
+    enables token authentication (Ray 2.60), a joining driver does not send one unless told to."""
+    text, cause = [], exc
+    while cause is not None and len(text) < 8:
+        text.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if any("InvalidAuthToken" in t or "AuthenticationError" in t for t in text):
+        return ("the cluster wants its authentication token: set RAY_AUTH_MODE=token and give this machine "
+                "the cluster's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)")
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

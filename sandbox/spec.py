@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from quantcore.errors import ExpressionError
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
-from quantcore.features import DEFAULT_LABEL
+from quantcore.features import DEFAULT_LABEL, feature_set
 from quantcore.workflow.config import SegmentsConfig as Segments  # one definition of ordered segments
 
 __all__ = [
     "SPEC_VERSION", "Segments", "default_segments", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
-    "SpecError", "parse_spec", "spec_hash", "spec_json",
+    "SpecError", "RESERVED_DETAIL_KEYS", "parse_spec", "spec_hash", "spec_json",
 ]
 
 #: Bumped when the meaning of a field changes; a spec of another version is refused, not guessed at.
@@ -30,6 +30,8 @@ SPEC_VERSION = 1
 
 MAX_CODE_CHARS = 20_000
 MAX_EXPRESSIONS = 64
+#: Keys a factor experiment's `details` uses beside the factor names, so no factor may take them.
+RESERVED_DETAIL_KEYS = frozenset({"segment", "pipeline", "library_daily_rank_ic"})
 
 
 def default_segments(calendar) -> dict[str, tuple[str, str]]:
@@ -94,6 +96,18 @@ class FactorSpec(_Base):
     max_inf_share: float = Field(0.0, ge=0, le=1)  # share of +-inf values tolerated before "degenerate"
     lookahead_check: bool = False  # perturb data after a cutoff and require identical values up to it
     report: Literal["full", "screen"] = "full"  # screen: IC, RankIC and their ICIR/t only (bulk screening)
+    # Originality against what the model already has: a feature-set name ("alpha158", "alpha360", as
+    # quantcore.features.feature_set resolves it) or name -> expression. Reports each candidate's base
+    # column of largest |value correlation| on the scoring segment (`base_correlation`, `.base_corr`).
+    base_features: str | dict[str, str] | None = None
+    # Days the value correlations (library and base) are averaged over: 0 = every scoring day; k > 0 =
+    # k evenly spaced scoring days, first to last (bulk screening: cost and the worker's base-feature
+    # store scale with the days). The IC/RankIC scores always use every scoring day.
+    corr_days: int = Field(0, ge=0)
+    # Set: every library factor with |correlation| >= this against some candidate gets its daily RankIC
+    # on the scoring segment reported, and every candidate its own (same days), so a replacement can be
+    # judged day by day (a paired bootstrap) rather than on two means.
+    pair_threshold: float | None = Field(None, ge=0, le=1)
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
 
@@ -105,6 +119,18 @@ class FactorSpec(_Base):
         for name in v:
             if not name or not name.replace("_", "").isalnum():
                 raise ValueError(f"factor name {name!r} must be letters, digits and underscores")
+            if name in RESERVED_DETAIL_KEYS:
+                raise ValueError(f"factor name {name!r} is reserved (a key of the result's details); rename it")
+        return v
+
+    @field_validator("base_features")
+    @classmethod
+    def _base_features(cls, v: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        if isinstance(v, str):
+            feature_set(v)  # an unknown name fails here, listing the known ones
+            return v.lower()  # "Alpha158" and "alpha158" are one experiment
+        if isinstance(v, dict) and not v:
+            raise ValueError("base_features is an empty mapping; give a feature-set name or name -> expression")
         return v
 
     _code = field_validator("code")(classmethod(lambda cls, v: _check_code(v)))
@@ -190,6 +216,8 @@ def spec_json(spec) -> str:
     if isinstance(spec, FactorSpec):
         data["expressions"] = {k: _canonical_or_raw(v) for k, v in data["expressions"].items()}
         data["library"] = {k: _canonical_or_raw(v) for k, v in data["library"].items()}
+        if isinstance(data["base_features"], dict):
+            data["base_features"] = {k: _canonical_or_raw(v) for k, v in data["base_features"].items()}
         data["label"] = _canonical_or_raw(data["label"])
     elif isinstance(spec, ModelSpec):
         data["extra_features"] = {k: _canonical_or_raw(v) for k, v in data["extra_features"].items()}

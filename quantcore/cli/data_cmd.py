@@ -15,7 +15,10 @@ from quantcore.data.importer import DefectPolicy, ImportReport, import_bars
 from quantcore.data.panel import Panel
 from quantcore.data.qlib_format import write_qlib
 from quantcore.data.sources import MARKET_SPECS, load_market
-from quantcore.data.synthetic import PLANTED_ALPHAS, synth_market
+from quantcore.data.synthetic import planted_alphas, synth_market
+from quantcore.evaluate.ic import daily_rank_ic, ic_stats
+from quantcore.expr.evaluate import Evaluator
+from quantcore.features import DEFAULT_LABEL
 
 data_app = typer.Typer(help="Market data: synthesise, import, inspect.", no_args_is_help=True)
 
@@ -26,22 +29,47 @@ def synth_command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write (qlib format)."),
     instruments: int = typer.Option(300, "--instruments", "-n", min=2, help="Number of instruments."),
     days: int = typer.Option(2520, "--days", "-t", min=30, help="Number of trading days."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same market."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same market and alphas."),
+    alphas: int = typer.Option(4, "--alphas", "-k", min=0, help="Number of planted alphas, drawn at random from the "
+                               "seed; 0 gives a null market with no signal."),
+    reveal: bool = typer.Option(False, "--reveal", help="Print the planted alphas (hidden otherwise) with their "
+                                "target and realised rank IC."),
     force: bool = typer.Option(False, "--force", help="Replace qlib data already in --out."),
 ) -> None:
-    """Generate the synthetic market (with planted alphas) and write it as a qlib directory."""
+    """Generate the synthetic market (with hidden planted alphas) and write it as a qlib directory."""
     t0 = time.perf_counter()
-    panel = synth_market(instruments, days, seed)
+    panel = synth_market(instruments, days, seed, n_alphas=alphas)
     t1 = time.perf_counter()
     write_qlib(panel, out, overwrite=force)
     console.print(
         f"[green]wrote[/] {out}: synthetic {panel.n_instruments} instruments x {panel.n_days} days "
-        f"(seed {seed}) | generate {t1 - t0:.2f}s, write {time.perf_counter() - t1:.2f}s"
+        f"(seed {seed}, {alphas} planted alphas) | generate {t1 - t0:.2f}s, write {time.perf_counter() - t1:.2f}s"
     )
-    table = Table("planted alpha", "expression", "expected rank IC", title="planted alphas (label Ref($close,-2)/Ref($close,-1)-1)")
-    for a in PLANTED_ALPHAS:
-        table.add_row(a.name, a.expression, f"{a.expected_rank_ic:+.3f}")
-    console.print(table)
+    if not reveal:
+        if alphas:
+            console.print(f"the {alphas} planted alphas are hidden (the data holds no trace of them); --reveal prints them")
+        return
+    planted = planted_alphas(seed, alphas)
+    if not planted:
+        console.print("no planted alphas: a null market")
+        return
+    realised = _realised_rank_ics(panel, {a.name: a.expression for a in planted})
+    # plain lines, not a table: a table wraps long expressions and breaks copy-paste
+    console.print(f"[bold]planted alphas[/] (rank IC: mean daily Spearman vs {DEFAULT_LABEL}, over all {panel.n_days} days)")
+    for a in planted:
+        console.print(f"  [bold]{a.name}[/]  target {a.target_rank_ic:+.4f}  realised {realised[a.name]:+.4f}",
+                      highlight=False)
+        console.print(f"    {a.expression}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"    {a.description}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _realised_rank_ics(panel: Panel, expressions: dict[str, str]) -> dict[str, float]:
+    """Mean daily rank IC (Spearman) of each expression vs the default label on `panel`, over every day
+    with enough instruments, as factor validation measures it."""
+    evaluator = Evaluator(panel)
+    label = evaluator.evaluate({"label": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["label"]
+    values = evaluator.evaluate(expressions, dtype=np.float64)
+    return {name: ic_stats(daily_rank_ic(v, label)).mean for name, v in values.items()}
 
 
 @data_app.command("import")

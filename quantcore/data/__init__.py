@@ -5,7 +5,7 @@ from quantcore.data.importer import Defect, DefectPolicy, ImportReport, import_b
 from quantcore.data.panel import PRICE_FIELDS, Panel
 from quantcore.data.qlib_format import read_qlib, write_qlib
 from quantcore.data.sources import load_market
-from quantcore.data.synthetic import PLANTED_ALPHAS, PlantedAlpha, SynthConfig, synth_market
+from quantcore.data.synthetic import PlantedAlpha, SynthConfig, planted_alphas, synth_market
 
 __all__ = [
     "Panel",
@@ -21,6 +21,6 @@ __all__ = [
     "synth_market",
     "SynthConfig",
     "PlantedAlpha",
-    "PLANTED_ALPHAS",
+    "planted_alphas",
     "load_market",
 ]

@@ -12,7 +12,8 @@ __all__ = ["load_market", "MARKET_SPECS"]
 #: The forms `load_market` accepts, as shown in error messages and CLI help.
 MARKET_SPECS = (
     "sp500 (the embedded S&P 500 sample, the default)",
-    "synthetic or synthetic:N:T:SEED (e.g. synthetic:300:2520:0; trailing parts may be left out)",
+    "synthetic or synthetic:N:T:SEED:K (e.g. synthetic:300:2520:0; K planted alphas, default 4, "
+    "0 for a null market; trailing parts may be left out)",
     "a qlib directory (holding calendars/day.txt)",
     "a CSV or Parquet file of daily bars (.csv, .csv.gz, .parquet)",
 )
@@ -52,9 +53,10 @@ def load_market(spec: str = "sp500", **kw) -> Panel:
 
 def _synthetic_args(text: str) -> dict:
     parts = text.split(":")[1:]
-    names = ("n_instruments", "n_days", "seed")
+    names = ("n_instruments", "n_days", "seed", "n_alphas")
     if len(parts) > len(names) or any(not p.strip().lstrip("-").isdigit() for p in parts):
-        raise DataError(f"bad synthetic market spec {text!r}: expected synthetic:N:T:SEED with whole numbers")
+        raise DataError(f"bad synthetic market spec {text!r}: expected synthetic:N:T:SEED:K with whole numbers "
+                        "(instruments, days, seed, planted alphas), e.g. synthetic:300:2520:0:4")
     return {name: int(p) for name, p in zip(names, parts)}
 
 

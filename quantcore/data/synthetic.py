@@ -1,4 +1,4 @@
-"""A synthetic daily market with known structure and planted alphas, deterministic from a seed.
+"""A synthetic daily market with known structure and hidden, randomly drawn planted alphas, deterministic from a seed.
 
 `synth_market(300, 2520, seed)` builds ten years of business days for 300 instruments:
 
@@ -13,62 +13,63 @@
 * Listings (late starts), delistings (early ends) and suspensions (whole rows NaN inside a listing
   span; the price is frozen while suspended). Every span begins and ends on a trading day.
 
-PLANTED ALPHAS. For each alpha the signal s_t is computed on day t from the *observed* panel (NaN on
-suspended days, qlib semantics: rolling windows count calendar rows and skip NaN), turned into a
-cross-sectional rank z-score u_t (ranks scaled to mean 0, variance 1; NaN -> 0), and added to the
-return from close t+1 to close t+2 as `coefficient * u_t * sigma_i`, with sigma_i the instrument's
-current idiosyncratic volatility. That return is exactly qlib's default label at t,
-`Ref($close, -2)/Ref($close, -1) - 1`, so `expected_rank_ic` is the mean over days of the
-cross-sectional Spearman correlation between the expression and that label (signs included; measured
-over seeds 0-4 at the default size, spread between seeds about +/-0.005):
+PLANTED ALPHAS. `n_alphas` expressions (default 4; 0 gives a null market with no signal) are drawn at
+random from `quantcore.data.alpha_grammar` by an RNG stream of their own, so they depend only on
+(seed, n_alphas): a random operator over a random series, random windows in [3, 60], a random sign
+and a target rank IC drawn uniformly in [0.03, 0.05] in magnitude. Draws that are degenerate (mostly
+NaN, fewer than 5 distinct values a day) or too correlated with an alpha already drawn (mean daily
+rank correlation above 0.5 in magnitude) are redrawn; the checks and the calibration run on a small
+fixed reference market, so `planted_alphas(seed, n_alphas)` reveals them in ~0.25 s without building
+the market. The panel carries no trace of them: its meta holds only generator, seed, size, n_alphas.
 
-    reversal_5        Ref($close, 5)/$close - 1          +0.045   5-day losers rebound
-    volume_shock_20   $volume/Mean($volume, 20)          +0.030   abnormal volume earns a premium
-    intraday_move     ($close-$open)/$open               -0.030   intraday moves revert
-    close_volume_corr Corr($close, $volume, 10)          -0.040   price-volume correlation is sold
+Each alpha's signal s_t is computed on day t from the *observed* panel by the project's expression
+engine (qlib semantics: NaN on suspended days, rolling windows count calendar rows and skip NaN),
+turned into a cross-sectional rank z-score u_t (average-tie ranks scaled to mean 0, variance 1; NaN
+-> 0), and added to the return from close t+1 to close t+2 as `coefficient * u_t * sigma_i`, with
+sigma_i the instrument's idiosyncratic volatility that day. That return is exactly qlib's default
+label at t, `Ref($close, -2)/Ref($close, -1) - 1`. The signals read prices that the planted terms
+move, so the market is a fixed point, found by iteration: prices without alphas, signals on them,
+prices with those signals planted, signals on the new prices, ... (`_PASSES` = 4 rounds). The signals
+evaluated on the final panel correlate >= 0.99 (mostly > 0.999) with the ones planted; the slowest
+are statistics of correlations with the price level over long windows.
 
-The signals are correlated with each other (the 5-day return contains today's intraday move), so
-the coefficients are calibrated for these marginal ICs, not equal to them. A non-planted expression
-such as `Ref($close, 20)/Ref($close, 60) - 1` has a rank IC of about 0, and so does every planted
-expression when `SynthConfig(alpha_coefficients=(0, 0, 0, 0))` switches the planting off. Only the
-default label's horizon is planted; against the 1-day return `Ref($close, -1)/$close - 1` the ICs
-are smaller (about +0.034, +0.020, 0.00, -0.033), carried by the signals' day-to-day persistence.
+Coefficients are calibrated so the realised mean daily rank IC (Spearman vs the default label) of
+each expression is near its target: coefficients = C^-1 targets / `_IC_PER_COEFFICIENT`, with C the
+alphas' mean daily rank correlations measured on the reference market with the alphas planted (so
+correlated alphas, and the correlation the planted returns themselves create, do not inflate each
+other's IC) and the constant measured once by planting single alphas. Measured over seeds 0-19 at the
+default size (80 alphas): realised minus target rank IC has sd 0.0022, 92% within +/-0.004, all
+within +/-0.006, always with the drawn sign (at 200 x 1000, seeds 0-14: sd 0.003, all within
++/-0.007). Against the 1-day return `Ref($close, -1)/$close - 1` the ICs are smaller, carried only by
+the signals' day-to-day persistence. With n_alphas=0 the same expressions have rank ICs within
++/-0.0045 of 0 at the default size (sampling error ~0.0015).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from quantcore.data.alpha_grammar import MAX_WINDOW, DrawnAlpha, draw_alpha
 from quantcore.data.panel import Panel
 from quantcore.errors import DataError
 
-__all__ = ["PlantedAlpha", "PLANTED_ALPHAS", "SynthConfig", "synth_market"]
+__all__ = ["PlantedAlpha", "SynthConfig", "planted_alphas", "synth_market"]
 
 
 @dataclass(frozen=True)
 class PlantedAlpha:
-    """A signal planted in `synth_market`: its qlib expression and its mean daily rank IC vs the default label."""
+    """A signal planted in `synth_market`: its qlib expression, target mean daily rank IC vs the default
+    label, the coefficient that plants it, and what it means."""
 
-    name: str
+    name: str  # identifier-safe, unique within one market
     expression: str  # qlib syntax
-    expected_rank_ic: float  # mean daily Spearman IC vs Ref($close, -2)/Ref($close, -1) - 1
-    description: str
+    target_rank_ic: float  # mean daily Spearman IC vs Ref($close, -2)/Ref($close, -1) - 1 it is calibrated for
     coefficient: float  # return added per unit of rank z-score, in units of idiosyncratic vol
-
-
-PLANTED_ALPHAS: tuple[PlantedAlpha, ...] = (
-    PlantedAlpha("reversal_5", "Ref($close, 5)/$close - 1", 0.045,
-                 "short-term reversal: instruments that fell over 5 days rebound", 0.0337),
-    PlantedAlpha("volume_shock_20", "$volume/Mean($volume, 20)", 0.030,
-                 "volume shock: volume above its 20-day mean earns a premium", 0.0307),
-    PlantedAlpha("intraday_move", "($close-$open)/$open", -0.030,
-                 "intraday reversal: the open-to-close move reverts", -0.0155),
-    PlantedAlpha("close_volume_corr", "Corr($close, $volume, 10)", -0.040,
-                 "price-volume correlation over 10 days predicts lower returns", -0.0360),
-)
+    description: str
 
 
 @dataclass(frozen=True)
@@ -97,28 +98,122 @@ class SynthConfig:
     delisting_share: float = 0.08  # instruments delisted before the last day
     suspension_rate: float = 1 / 400  # suspension episodes per instrument-day
     suspension_mean_days: float = 3.0  # mean episode length (geometric, capped at 60)
-    # Planted coefficients in the order of PLANTED_ALPHAS; None uses theirs (calibrated for expected_rank_ic).
-    alpha_coefficients: tuple[float, ...] | None = None
 
 
-_CORR_WINDOW = 10
-_VOLUME_WINDOW = 20
-_REVERSAL_LAG = 5
+# ---- planted-alpha calibration (constants measured once; see the module docstring) ---------------
+_TARGET_RANGE = (0.03, 0.05)  # |target rank IC|, drawn uniformly
+_IC_PER_COEFFICIENT = 1.02  # realised rank IC per unit coefficient of a lone planted alpha (16 seeds: sd 0.04)
+_MAX_CORRELATION = 0.5  # planted alphas of one market: |mean daily rank correlation| at most this
+_MIN_EIGENVALUE = 0.4  # and their correlation matrix well-conditioned, so coefficients stay near targets
+_MIN_DISTINCT = 5  # a signal with fewer distinct values on the median day is degenerate
+_MIN_FINITE = 0.95  # ... and so is one that is NaN/inf on more than 5% of trading days after warm-up
+_PASSES = 4  # fixed-point rounds: signals on the final panel correlate >= 0.99 with the planted ones
+_REFERENCE = (150, 500, 20240607)  # instruments, days, seed of the alpha-free market draws are checked on
+_WARMUP = 2 * MAX_WINDOW + 10  # days before every drawn window (two nested at most) is full
+_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "factor", "industry")  # of the panel, in order
 
 
-def synth_market(n_instruments: int = 300, n_days: int = 2520, seed: int = 0, config: SynthConfig | None = None) -> Panel:
+def planted_alphas(seed: int = 0, n_alphas: int = 4) -> tuple[PlantedAlpha, ...]:
+    """The alphas `synth_market(..., seed=seed, n_alphas=n_alphas)` plants, without building that market.
+
+    Depends only on (seed, n_alphas): the draws and their checks run on a fixed reference market (default
+    `SynthConfig`). The first k of n alphas are the alphas of n_alphas=k; their coefficients differ,
+    being solved jointly."""
+    if n_alphas < 0:
+        raise DataError(f"n_alphas must be >= 0, got {n_alphas}")
+    if n_alphas == 0:
+        return ()
+    reference = _draw_market(*_REFERENCE, SynthConfig())
+    rng = np.random.default_rng([seed, 1])  # its own stream: the market's draws do not move the alphas
+    drawn, targets, scores = _draw_alphas(rng, n_alphas, _build_panel(reference, None))
+    # IC_i = K * sum_j C_ij c_j, C the alphas' mean daily rank correlations: solve for the coefficients c.
+    # Planted returns feed back into price-based signals (a 1-day return carries the planted terms of
+    # two days before, which persistent signals still resemble), and that moves C; so plant once on the
+    # reference market and solve again on the correlations measured there.
+    coefficients = np.linalg.solve(_mean_daily_corr(scores, _WARMUP), targets) / _IC_PER_COEFFICIENT
+    _, scores = _plant(reference, {a.name: a.expression for a in drawn}, coefficients)
+    coefficients = np.linalg.solve(_mean_daily_corr(scores, _WARMUP), targets) / _IC_PER_COEFFICIENT
+    return tuple(
+        PlantedAlpha(a.name, a.expression, float(t), float(c),
+                     f"{a.description}; higher values predict {'higher' if t > 0 else 'lower'} returns")
+        for a, t, c in zip(drawn, targets, coefficients)
+    )
+
+
+def _draw_alphas(rng: np.random.Generator, n_alphas: int, reference: Panel) -> tuple[list, np.ndarray, list]:
+    """Draw expressions and targets until `n_alphas` pass the checks on `reference` (not degenerate, not
+    too correlated with those kept); returns them with their (N, T) rank z-scores there."""
+    from quantcore.expr.evaluate import Evaluator  # quantcore.expr imports quantcore.data
+
+    evaluator = Evaluator(reference, threads=1)  # a small panel: a second thread costs more than it saves
+    trading = ~np.isnan(reference.fields["close"])
+    trading[:, :_WARMUP] = False
+    drawn: list[DrawnAlpha] = []
+    targets: list[float] = []
+    scores: list[np.ndarray] = []
+    for _ in range(50 * n_alphas):
+        alpha = draw_alpha(rng)
+        target = float(rng.choice((-1.0, 1.0)) * rng.uniform(*_TARGET_RANGE))
+        if alpha.name in {a.name for a in drawn}:
+            continue
+        values = evaluator.evaluate({"a": alpha.expression}, dtype=np.float64)["a"]
+        if _degenerate(values, trading):
+            continue
+        z = _rank_zscore(values, reference.starts, reference.ends)
+        corr = _mean_daily_corr([*scores, z], _WARMUP)
+        if np.abs(corr[-1, :-1]).max(initial=0.0) > _MAX_CORRELATION or np.linalg.eigvalsh(corr)[0] < _MIN_EIGENVALUE:
+            continue
+        drawn.append(alpha)
+        targets.append(target)
+        scores.append(z)
+        if len(drawn) == n_alphas:
+            return drawn, np.array(targets), scores
+    raise RuntimeError(f"found only {len(drawn)} of {n_alphas} usable alphas in {50 * n_alphas} draws; "
+                       "the grammar or the checks are broken")
+
+
+def synth_market(
+    n_instruments: int = 300, n_days: int = 2520, seed: int = 0, config: SynthConfig | None = None, n_alphas: int = 4
+) -> Panel:
     """Generate the synthetic market (see module docstring); identical output for identical arguments."""
     cfg = config or SynthConfig()
     if n_instruments < 2 or n_days < 30:
         raise DataError(f"synth_market needs at least 2 instruments and 30 days, got {n_instruments} x {n_days}")
-    coefs = cfg.alpha_coefficients if cfg.alpha_coefficients is not None else [a.coefficient for a in PLANTED_ALPHAS]
-    coef = np.asarray(coefs, dtype=np.float64)
-    if coef.shape != (len(PLANTED_ALPHAS),):
-        raise DataError(f"alpha_coefficients needs {len(PLANTED_ALPHAS)} values, got {coef.size}")
-    n, t = int(n_instruments), int(n_days)
-    rng = np.random.default_rng(seed)
-    # Generation runs day-major, arrays (T, N), so the day loop reads and writes contiguous rows.
+    market = _draw_market(int(n_instruments), int(n_days), seed, cfg)
+    alphas = planted_alphas(seed, n_alphas)
+    exprs = {a.name: a.expression for a in alphas}
+    panel, _ = _plant(market, exprs, np.array([a.coefficient for a in alphas]))
+    meta = {"generator": "quantcore.data.synthetic/2", "seed": str(seed), "size": f"{market.n}x{market.t}",
+            "n_alphas": str(n_alphas)}
+    return Panel(panel.calendar, panel.instruments, panel.fields, panel.starts, panel.ends, "synthetic", meta)
 
+
+# ---- the market without alphas ------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Market:
+    """Every random draw of one market; arrays are day-major (T, N). Prices follow from these plus the
+    planted terms, so rebuilding the panel with other planted terms reuses the same noise."""
+
+    n: int
+    t: int
+    limit: float  # +/- cap on close-to-close moves
+    industry: np.ndarray  # (N,) int codes
+    starts: np.ndarray  # (N,) listing span [start, end)
+    ends: np.ndarray
+    trading: np.ndarray  # (T, N) listed and not suspended
+    base: np.ndarray  # (T, N) return before planting and capping
+    sigma: np.ndarray  # (T, N) idiosyncratic vol
+    gap: np.ndarray  # (T, N) open / previous close
+    up_wick: np.ndarray  # (T, N) high excursion above max(open, close), relative
+    down_wick: np.ndarray
+    vwap_pos: np.ndarray  # (T, N) vwap's position in [low, high]
+    volume: np.ndarray  # (T, N) observed volume, NaN when not trading
+    price0: np.ndarray  # (N,) close before the first day
+
+
+def _draw_market(n: int, t: int, seed: int, cfg: SynthConfig) -> _Market:
+    """All draws, in a fixed order from `default_rng(seed)` (the order is part of the output's identity)."""
+    rng = np.random.default_rng(seed)
     # ---- universe: industries, betas, vol levels, listing spans, suspensions ----------------------
     industry = rng.integers(0, cfg.n_industries, n)
     beta = np.clip(1.0 + 0.3 * rng.standard_normal(n), 0.2, 2.0)
@@ -126,7 +221,7 @@ def synth_market(n_instruments: int = 300, n_days: int = 2520, seed: int = 0, co
     starts, ends = _listing_spans(rng, n, t, cfg)
     trading = _trading_mask(rng, starts, ends, t, cfg)  # (T, N): listed and not suspended
 
-    # ---- exogenous shocks, drawn in a fixed order -------------------------------------------------
+    # ---- exogenous shocks -------------------------------------------------------------------------
     regime = _ar1(rng.standard_normal(t) * cfg.regime_shock, cfg.regime_persistence)  # (T,)
     regime_vol = np.exp(regime)
     market = cfg.market_drift + cfg.market_vol * regime_vol * rng.standard_normal(t)  # (T,)
@@ -148,83 +243,107 @@ def synth_market(n_instruments: int = 300, n_days: int = 2520, seed: int = 0, co
         + cfg.volume_news * (np.minimum(np.abs(eps), 6.0) - 0.8)
     )
     price0 = np.exp(np.log(30.0) + 0.8 * rng.standard_normal(n))
+    volume = np.where(trading, np.maximum(np.round(np.exp(log_volume)), 100.0), np.nan)
+    return _Market(n, t, lim, industry, starts, ends, trading, base, sigma, gap, up_wick, down_wick, vwap_pos,
+                   volume, price0)
 
-    volume = np.where(trading, np.maximum(np.round(np.exp(log_volume)), 100.0), np.nan)  # observed
-    # Signals that depend only on exogenous data are scored up front: $volume/Mean($volume, 20).
-    volume_shock = volume / _rolling_sum(np.nan_to_num(volume), _VOLUME_WINDOW) * _rolling_sum(trading, _VOLUME_WINDOW)
-    # Corr($close, $volume, 10): close and volume are both present exactly on trading days, so the
-    # pair count and the volume sums are known up front; only the close sums are built in the loop.
-    vol0 = np.nan_to_num(volume)
-    pairs = _rolling_sum(trading, _CORR_WINDOW)
-    sum_v = _rolling_sum(vol0, _CORR_WINDOW)
-    var_v = _rolling_sum(vol0 * vol0, _CORR_WINDOW) - sum_v * sum_v / np.maximum(pairs, 1)
 
-    # ---- prices: planted signals feed back into later returns -------------------------------------
-    # A signal on day d first moves the return of day d+2, so the loop prices two days from scores
-    # it already has, then computes both days' signals in one vectorised step.
-    k = len(PLANTED_ALPHAS)
-    scores = np.zeros((t, k, n))  # rank z-scores of each signal, by day
-    scores[:, 1] = _rank_zscore(volume_shock)
-    closes = np.empty((t + 1, n))  # closes[d + 1] = latent close of day d (frozen while not trading)
-    closes[0] = price0
-    observed = np.full((_REVERSAL_LAG + t, n), np.nan)  # observed[LAG + d] = close of day d or NaN
-    w = _CORR_WINDOW  # running sums of x = observed close (0 when missing): x, x^2, x * volume
-    cum_x, cum_xx, cum_xv = (np.zeros((w + t, n)) for _ in range(3))
-    for d0 in range(0, t, 2):
-        d1 = min(d0 + 2, t)
-        for d in range(d0, d1):
-            r = base[d] + sigma[d] * (coef @ scores[d - 2]) if d >= 2 else base[d]
-            r = np.where(trading[d], np.minimum(np.maximum(r, -lim), lim), 0.0)
-            closes[d + 1] = closes[d] * (1.0 + r)
-        c, tr = closes[d0 + 1 : d1 + 1], trading[d0:d1]  # (B, N), B = 1 or 2 days
-        co = observed[_REVERSAL_LAG + d0 : _REVERSAL_LAG + d1] = np.where(tr, c, np.nan)
-        x = c * tr
-        cum_x[w + d0 : w + d1] = cum_x[w + d0 - 1] + np.cumsum(x, axis=0)
-        cum_xx[w + d0 : w + d1] = cum_xx[w + d0 - 1] + np.cumsum(x * x, axis=0)
-        cum_xv[w + d0 : w + d1] = cum_xv[w + d0 - 1] + np.cumsum(x * vol0[d0:d1], axis=0)
-        m = np.maximum(pairs[d0:d1], 1)
-        sx = cum_x[w + d0 : w + d1] - cum_x[d0:d1]
-        cov = cum_xv[w + d0 : w + d1] - cum_xv[d0:d1] - sx * sum_v[d0:d1] / m
-        var_x = cum_xx[w + d0 : w + d1] - cum_xx[d0:d1] - sx * sx / m
-        vv = var_v[d0:d1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.where((pairs[d0:d1] >= 2) & (var_x > 0) & (vv > 0), cov / np.sqrt(var_x * vv), np.nan)
-        signals = np.stack(
-            [
-                observed[d0:d1] / co - 1.0,  # Ref($close, 5)/$close - 1
-                co / (closes[d0:d1] * gap[d0:d1]) - 1.0,  # ($close-$open)/$open
-                corr,  # Corr($close, $volume, 10)
-            ],
-            axis=1,
-        )  # (B, 3, N)
-        scores[d0:d1, [0, 2, 3]] = _rank_zscore(signals.reshape(-1, n)).reshape(signals.shape)
-    close = closes[1:]
-
-    # ---- bars -------------------------------------------------------------------------------------
-    prev_close = closes[:-1]
-    opn = prev_close * gap
+def _build_panel(m: _Market, planted: np.ndarray | None, fields: tuple[str, ...] = _FIELDS) -> Panel:
+    """Prices and bars of market `m` with `planted` (T, N) (sum of coefficient x rank z-score on day d,
+    moving the return of day d + 2, in units of idiosyncratic vol) or no alphas (None). Only `fields`
+    are stored: the fixed-point passes need just the fields their expressions read."""
+    r = m.base.copy()
+    if planted is not None:
+        r[2:] += m.sigma[2:] * planted[:-2]
+    r = np.where(m.trading, np.clip(r, -m.limit, m.limit), 0.0)  # frozen price while not trading
+    # closes[d + 1] = close of day d; price0 leads the product so each close is closes[d] * (1 + r[d])
+    closes = np.cumprod(np.vstack([m.price0[None, :], 1.0 + r]), axis=0)
+    close, prev_close = closes[1:], closes[:-1]
+    lim = m.limit
+    opn = prev_close * m.gap
     top, bottom = np.maximum(opn, close), np.minimum(opn, close)
-    high = np.maximum(np.minimum(top * (1.0 + up_wick), prev_close * (1.0 + lim)), top)
-    low = np.minimum(np.maximum(bottom * (1.0 - down_wick), prev_close * (1.0 - lim)), bottom)
-    vwap = low + vwap_pos * (high - low)
-    off = ~trading
-    fields = {}
-    for key, arr in (("open", opn), ("high", high), ("low", low), ("close", close), ("volume", volume), ("vwap", vwap)):
-        arr[off] = np.nan
-        fields[key] = arr.T
-    fields["factor"] = np.where(trading, 1.0, np.nan).T
-    fields["industry"] = np.where(trading, industry[None, :].astype(np.float64), np.nan).T
+    high = np.maximum(np.minimum(top * (1.0 + m.up_wick), prev_close * (1.0 + lim)), top)
+    low = np.minimum(np.maximum(bottom * (1.0 - m.down_wick), prev_close * (1.0 - lim)), bottom)
+    vwap = low + m.vwap_pos * (high - low)
+    off = ~m.trading
+    bars = {"open": opn, "high": high, "low": low, "close": close, "volume": m.volume, "vwap": vwap}
+    out = {}
+    for key in fields:
+        if key == "factor":
+            arr = np.where(m.trading, 1.0, np.nan)
+        elif key == "industry":
+            arr = np.where(m.trading, m.industry[None, :].astype(np.float64), np.nan)
+        else:
+            arr = np.where(off, np.nan, bars[key])
+        out[key] = arr.T  # (N, T); from_arrays makes it contiguous
+    calendar = pd.bdate_range("2010-01-04", periods=m.t)
+    width = max(4, len(str(m.n - 1)))
+    instruments = [f"SYN{i:0{width}d}" for i in range(m.n)]
+    return Panel.from_arrays(calendar, instruments, out, starts=m.starts, ends=m.ends, name="synthetic")
 
-    calendar = pd.bdate_range("2010-01-04", periods=t)
-    width = max(4, len(str(n - 1)))
-    instruments = [f"SYN{i:0{width}d}" for i in range(n)]
-    meta = {
-        "generator": "quantcore.data.synthetic/1",
-        "seed": str(seed),
-        "size": f"{n}x{t}",
-        "planted_alphas": "; ".join(f"{a.name}: {a.expression} (rank IC {a.expected_rank_ic:+.3f})" for a in PLANTED_ALPHAS),
-    }
-    return Panel.from_arrays(calendar, instruments, fields, starts=starts, ends=ends, name="synthetic", meta=meta)
+
+def _plant(market: _Market, expressions: dict[str, str], coefficients: np.ndarray) -> tuple[Panel, list[np.ndarray]]:
+    """The market with `expressions` planted at `coefficients`, found as a fixed point: evaluate the
+    signals on the current panel, rebuild prices with them, repeat `_PASSES` times from the panel
+    without alphas. Returns the final panel (every field) and the (N, T) rank z-scores planted in it."""
+    if not expressions:
+        return _build_panel(market, None), []
+    from quantcore.expr.evaluate import Evaluator  # quantcore.expr imports quantcore.data
+
+    read = {f for text in expressions.values() for f in re.findall(r"\$(\w+)", text)}
+    needed = tuple(f for f in _FIELDS if f in read or f == "close")
+    panel = _build_panel(market, None, needed)
+    scores: list[np.ndarray] = []
+    for i in range(_PASSES):
+        values = Evaluator(panel).evaluate(expressions, dtype=np.float64)
+        scores = [_rank_zscore(values[name], panel.starts, panel.ends) for name in expressions]
+        planted = sum(c * z for c, z in zip(coefficients, scores))  # (N, T)
+        panel = _build_panel(market, planted.T, _FIELDS if i == _PASSES - 1 else needed)
+    return panel, scores
+
+
+# ---- signals ------------------------------------------------------------------------------------
+def _rank_zscore(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(N, T) per-day average-tie ranks of the finite values, scaled to mean 0 / variance 1; missing -> 0.
+    Average ties matter: ties broken by position would plant an instrument-order effect."""
+    from quantcore import kernels
+
+    x = np.where(np.isfinite(values), values, np.nan)
+    ranks = kernels.cross_section("CSRank", np.ascontiguousarray(x), starts, ends, threads=1)
+    valid = ~np.isnan(ranks)
+    cnt = valid.sum(axis=0)
+    filled = np.where(valid, ranks, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred = np.where(valid, filled - filled.sum(axis=0) / cnt, 0.0)
+        z = centred / np.sqrt((centred * centred).sum(axis=0) / cnt)
+    return np.where(valid & np.isfinite(z), z, 0.0)
+
+
+def _mean_daily_corr(scores: list[np.ndarray], first_day: int) -> np.ndarray:
+    """(K, K) mean over days (from `first_day`) of the cross-sectional correlation of rank z-scores."""
+    k = len(scores)
+    s = np.stack([z[:, first_day:] for z in scores])  # (K, N, T')
+    norms = np.sqrt(np.einsum("knt,knt->kt", s, s))  # (K, T')
+    out = np.eye(k)
+    for a in range(k):
+        for b in range(a):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                daily = np.einsum("nt,nt->t", s[a], s[b]) / (norms[a] * norms[b])
+            out[a, b] = out[b, a] = float(np.nanmean(daily))
+    return out
+
+
+def _degenerate(values: np.ndarray, trading: np.ndarray) -> bool:
+    """Mostly NaN/inf where the market trades, or (nearly) constant across instruments on the median day."""
+    finite = np.isfinite(values) & trading
+    if finite.sum() < _MIN_FINITE * trading.sum():
+        return True
+    days = np.flatnonzero(trading.any(axis=0))
+    x = np.sort(np.where(finite[:, days], values[:, days], np.nan), axis=0)  # NaN sorts last
+    with np.errstate(invalid="ignore"):
+        steps = np.diff(x, axis=0) > 1e-9 * np.abs(x[1:])  # rounding noise is no distinct value
+    distinct = steps.sum(axis=0) + 1
+    return float(np.median(distinct)) < _MIN_DISTINCT
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -261,22 +380,3 @@ def _trading_mask(rng: np.random.Generator, starts: np.ndarray, ends: np.ndarray
             trading[f : min(f + m, ends[i] - 1), i] = False
     return trading
 
-
-def _rolling_sum(x: np.ndarray, window: int) -> np.ndarray:
-    """Sum over the last `window` rows (fewer at the start), along axis 0."""
-    c = np.cumsum(x, axis=0, dtype=np.float64)
-    c[window:] -= c[:-window].copy()
-    return c
-
-
-def _rank_zscore(signals: np.ndarray) -> np.ndarray:
-    """Cross-sectional ranks per row scaled to mean 0 / variance 1; NaN signals score 0."""
-    k, n = signals.shape
-    valid = ~np.isnan(signals)
-    order = np.argsort(np.where(valid, signals, np.inf), axis=1)  # NaN last; +inf sorts ~3x faster than NaN
-    ranks = np.empty((k, n))
-    ranks[np.arange(k)[:, None], order] = np.arange(1.0, n + 1.0)
-    cnt = valid.sum(axis=1, keepdims=True).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = (ranks - (cnt + 1.0) / 2.0) / np.sqrt((cnt * cnt - 1.0) / 12.0)
-    return np.where(valid & (cnt > 1), z, 0.0)

@@ -73,7 +73,6 @@ def test_a_second_run_never_reuses_a_library_name(finished_run, tmp_path):
     assert store.run(second).status == "finished"
     proposed = [c["name"] for h in store.rows(HypothesisRow, second) for c in json.loads(h.candidates_json)]
     assert proposed and not set(proposed) & first_names
-    assert any(n.rsplit("_", 1)[0] in first_names for n in proposed)  # a first-run name came back, renamed
     names = [f.name for f in store.rows(LibraryFactorRow)]
     assert len(names) == len(set(names)) and first_names <= set(names)
 
@@ -203,7 +202,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     reference = tmp_path / "reference"
     start_run(LoopConfig.model_validate(json.loads(run.config_json)["loop"]), reference, run_id=run.id, record=False)
     diff = compare(store, open_project(reference), run.id)
-    assert diff.divergences == []
+    assert diff.divergences == [], diff.divergences[:3] + diff.divergences[-3:]
 
 
 def test_loop_cli_refuses_bad_input_clearly(tmp_path):

@@ -81,7 +81,11 @@ def test_proposals_are_scale_free_across_instruments():
         scaled[name] = x
     other = Panel(panel.calendar, panel.instruments, scaled, panel.starts, panel.ends, panel.name, panel.meta)
     found = _propose(7, k=64)
-    exprs = {f"f{i}": p.expression for i, p in enumerate(found) if "CSRank" not in p.expression}
+    units = field_units(FIELDS)
+    # cross-sectional ranks compare with the other instruments; log volume levels are liquidity
+    # characteristics kept as they are: neither is meant to be split-invariant
+    exprs = {f"f{i}": p.expression for i, p in enumerate(found)
+             if "CSRank" not in p.expression and unit_of(parse(p.expression), units) is Unit.RATIO}
     a = Evaluator(panel).evaluate(exprs, dtype=np.float64)
     b = Evaluator(other).evaluate(exprs, dtype=np.float64)
     bad = []

@@ -30,7 +30,7 @@ def test_synth_writes_qlib_directory(tmp_path):
     out = tmp_path / "syn"
     result = runner.invoke(app, ["data", "synth", "--out", str(out), "--instruments", "12", "--days", "90", "--seed", "5"])
     assert result.exit_code == 0, result.output
-    assert "reversal_5" in _text(result)
+    assert "4 planted alphas are hidden" in _text(result) and "--reveal" in _text(result)
     panel = read_qlib(out)
     assert (panel.n_instruments, panel.n_days) == (12, 90)
     expected = synth_market(12, 90, 5)

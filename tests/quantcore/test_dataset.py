@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from quantcore.data.panel import Panel
-from quantcore.data.synthetic import PLANTED_ALPHAS, synth_market
+from quantcore.data.synthetic import planted_alphas, synth_market
 from quantcore.dataset import (
     CSRankNorm,
     CSZScoreNorm,
@@ -43,7 +43,7 @@ SEGMENTS = {
     "valid": ("2011-01-01", "2011-03-31"),
     "test": ("2011-04-01", "2011-07-15"),
 }
-FEATURES = {a.name: a.expression for a in PLANTED_ALPHAS} | {"ret1": "$close/Ref($close, 1) - 1"}
+FEATURES = {a.name: a.expression for a in planted_alphas(0)} | {"ret1": "$close/Ref($close, 1) - 1"}
 
 
 # ---- tiny hand-made block -----------------------------------------------------------------------

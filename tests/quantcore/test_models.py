@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from quantcore.data.synthetic import PLANTED_ALPHAS, synth_market
+from quantcore.data.synthetic import planted_alphas, synth_market
 from quantcore.dataset import (
     DataKey,
     DatasetConfig,
@@ -37,7 +37,7 @@ SEGMENTS = {
     "valid": ("2011-01-01", "2011-03-31"),
     "test": ("2011-04-01", "2011-07-15"),
 }
-FEATURES = {a.name: a.expression for a in PLANTED_ALPHAS} | {
+FEATURES = {a.name: a.expression for a in planted_alphas(0)} | {
     "ret1": "$close/Ref($close, 1) - 1",
     "vol20": "Std($close/Ref($close, 1) - 1, 20)",
 }
