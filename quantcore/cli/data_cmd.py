@@ -47,29 +47,33 @@ def synth_command(
     )
     if not reveal:
         if alphas:
-            console.print(f"the {alphas} planted alphas are hidden (the data holds no trace of them); --reveal prints them")
+            console.print(f"the {alphas} planted alphas are hidden (the data holds no trace of them); "
+                          "--reveal prints them")
         return
     planted = planted_alphas(seed, alphas)
     if not planted:
         console.print("no planted alphas: a null market")
         return
-    realised = _realised_rank_ics(panel, {a.name: a.expression for a in planted})
+    realised = _realised_rank_ics(panel, {a.name: a.expression for a in planted})  # name -> (mean, std error)
     # plain lines, not a table: a table wraps long expressions and breaks copy-paste
-    console.print(f"[bold]planted alphas[/] (rank IC: mean daily Spearman vs {DEFAULT_LABEL}, over all {panel.n_days} days)")
+    console.print(f"[bold]planted alphas[/] (rank IC: mean daily Spearman vs {DEFAULT_LABEL}, "
+                  f"over all {panel.n_days} days)")
     for a in planted:
-        console.print(f"  [bold]{a.name}[/]  target {a.target_rank_ic:+.4f}  realised {realised[a.name]:+.4f}",
+        mean, error = realised[a.name]
+        console.print(f"  [bold]{a.name}[/]  target {a.target_rank_ic:+.4f}  realised {mean:+.4f} +/- {error:.4f}",
                       highlight=False)
         console.print(f"    {a.expression}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"    {a.description}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _realised_rank_ics(panel: Panel, expressions: dict[str, str]) -> dict[str, float]:
+def _realised_rank_ics(panel: Panel, expressions: dict[str, str]) -> dict[str, tuple[float, float]]:
     """Mean daily rank IC (Spearman) of each expression vs the default label on `panel`, over every day
-    with enough instruments, as factor validation measures it."""
+    with enough instruments, as factor validation measures it; with its standard error (std / sqrt(days))."""
     evaluator = Evaluator(panel)
     label = evaluator.evaluate({"label": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["label"]
     values = evaluator.evaluate(expressions, dtype=np.float64)
-    return {name: ic_stats(daily_rank_ic(v, label)).mean for name, v in values.items()}
+    stats = {name: ic_stats(daily_rank_ic(v, label)) for name, v in values.items()}
+    return {name: (s.mean, s.std / np.sqrt(s.n_days)) for name, s in stats.items()}
 
 
 @data_app.command("import")

@@ -45,7 +45,6 @@ def _persistent_alpha() -> tuple[str, str, int]:
     pytest.skip("no planted alpha with a persistent 12-40 day window in seeds 0-7")
 
 
-@pytest.mark.slow
 def test_a_stronger_twin_replaces_the_weaker_library_factor(tmp_path):
     market, strong, lag = _persistent_alpha()
     weak = f"Ref({strong}, {lag})"

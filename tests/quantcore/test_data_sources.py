@@ -18,8 +18,12 @@ def test_synthetic_specs():
     assert load_market("synthetic:20:100:3").version == synth_market(20, 100, 3).version
     assert load_market("synthetic:20:100").version == synth_market(20, 100, 0).version
     assert load_market("synthetic", n_instruments=10, n_days=60).n_instruments == 10
-    with pytest.raises(DataError, match="synthetic:N:T:SEED"):
-        load_market("synthetic:ten")
+    null = load_market("synthetic:20:100:3:0")  # K = 0 planted alphas: a null market
+    assert null.version == synth_market(20, 100, 3, n_alphas=0).version != load_market("synthetic:20:100:3").version
+    assert null.meta["n_alphas"] == "0" and load_market("synthetic:20:100:3:2").meta["n_alphas"] == "2"
+    for bad in ("synthetic:ten", "synthetic:20:100:3:4:5"):
+        with pytest.raises(DataError, match="synthetic:N:T:SEED:K"):
+            load_market(bad)
 
 
 def test_qlib_dir_and_bar_files(tmp_path):
@@ -40,7 +44,7 @@ def test_unknown_spec_lists_valid_forms(tmp_path):
     with pytest.raises(DataError) as info:
         load_market("nasdaq")
     msg = str(info.value)
-    for form in ("sp500", "synthetic:N:T:SEED", "qlib directory", "CSV or Parquet"):
+    for form in ("sp500", "synthetic:N:T:SEED:K", "qlib directory", "CSV or Parquet"):
         assert form in msg
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a qlib one"):
