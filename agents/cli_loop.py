@@ -45,7 +45,12 @@ def loop_command(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run id."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Token budget for the run."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.1, help="Time budget in minutes."),
-    candidates: int = typer.Option(4, "--candidates", min=1, max=16, help="Factor candidates per iteration."),
+    candidates: int = typer.Option(4, "--candidates", min=1, max=16,
+                                   help="Factor candidates sent to admission (validation) per iteration."),
+    screen: int = typer.Option(64, "--screen", min=0, max=1024,
+                               help="Offline search: candidates screened per worker each factor iteration "
+                                    "(training-segment RankIC and originality); the strongest go to admission. "
+                                    "0: no screening."),
     model_folds: int = typer.Option(2, "--model-folds", min=1, max=4,
                                     help="Walk-forward validation blocks each model candidate is scored on."),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
@@ -67,7 +72,8 @@ def loop_command(
                 config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
                                     fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
                                     data=data, seed=seed, review=review, max_tokens=max_tokens,
-                                    max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds)
+                                    max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds,
+                                    screen_per_worker=screen)
                 run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     except KeyError as e:
         _fail(e.args[0])
