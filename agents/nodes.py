@@ -235,10 +235,11 @@ def coder_node(state: IterationState, s: Services) -> dict:
         return {"coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s, c.feature_norm) for c in hyp.models])}
     coded, refused = [], {}
     seen = set(s.memory.tried)
+    held = s.held_forms()
     for cand in hyp.factors:
         current, attempt = cand, 0
         while True:
-            problem, expr, key = _check_factor(current, s, seen)
+            problem, expr, key = _check_factor(current, s, seen, held)
             if problem is None:
                 seen.add(key)
                 coded.append(CodedCandidate(name=current.name, expression=expr, spec={}))
@@ -576,7 +577,7 @@ def _inline_library(expr: str, s: Services) -> str:
     return _REF.sub(sub, expr)
 
 
-def _check_factor(cand: FactorCandidate, s: Services, seen: set[str]) -> tuple[str | None, str, str]:
+def _check_factor(cand: FactorCandidate, s: Services, seen: set[str], held: dict[str, str]) -> tuple[str | None, str, str]:
     """(problem or None, expression with library names inlined, canonical form)."""
     expr = _inline_library(cand.expression, s)
     try:
@@ -589,7 +590,6 @@ def _check_factor(cand: FactorCandidate, s: Services, seen: set[str]) -> tuple[s
     if node_count(node) > s.config.max_nodes or depth(node) > s.config.max_depth:
         return (f"too complex: {node_count(node)} nodes, depth {depth(node)} (caps {s.config.max_nodes} nodes, "
                 f"depth {s.config.max_depth})"), expr, key
-    held = s.held_forms()
     if key in held:
         return (f"duplicate: {held[key]} already holds it up to an affine map (a*x + b carries the same "
                 "information)"), expr, key

@@ -27,6 +27,7 @@ is never proposed again, so a later run continues where earlier runs stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -513,11 +514,7 @@ def _payoffs(pool: SearchPool) -> tuple[dict[str, float], dict[str, float]]:
     op_sum: dict[str, list[float]] = {}
     for s in pool.scored:
         region_sum.setdefault(s.region, []).append(s.fitness)
-        try:
-            ops = {getattr(n, "op", None) for n in walk(parse(s.expression))}
-        except ExpressionError:
-            continue
-        for op in ops - {None}:
+        for op in _operators(s.expression):
             op_sum.setdefault(op, []).append(s.fitness)
 
     def weight(values: list[float]) -> float:
@@ -526,6 +523,15 @@ def _payoffs(pool: SearchPool) -> tuple[dict[str, float], dict[str, float]]:
         return min(3.0, max(0.33, shrunk / mean_all))
 
     return {k: weight(v) for k, v in region_sum.items()}, {k: weight(v) for k, v in op_sum.items()}
+
+
+@functools.lru_cache(maxsize=65536)
+def _operators(expression: str) -> tuple[str, ...]:
+    """The operators an expression uses (cached: the pool is re-read every iteration)."""
+    try:
+        return tuple(sorted({n.op for n in walk(parse(expression)) if getattr(n, "op", None)}))
+    except ExpressionError:
+        return ()
 
 
 def _tournament(rng: random.Random, parents: list[ScoredExpression], size: int = 4) -> ScoredExpression:
