@@ -18,7 +18,7 @@ import numpy as np
 
 from quantcore.data.panel import Panel
 from quantcore.evaluate.correlation import ReferenceStack, StackBuilder, daily_correlations, reference_stack
-from quantcore.evaluate.ic import MIN_PAIRS
+from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, daily_ranks
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
 from quantcore.expr.cache import DiskCache, MemoryCache
 from quantcore.expr.evaluate import Evaluator
@@ -41,7 +41,8 @@ _BASE_CHUNK = 32  # base features per evaluator batch when building a base stack
 @dataclass
 class WorkerContext:
     """What a worker keeps between experiments: attached markets, one evaluator (with a bounded
-    memory cache, so labels are computed once) per market, and the audit-hook guard.
+    memory cache) per market, the label ranked on the scoring days (`label_ranks`: every candidate of
+    a loop is scored against it), and the audit-hook guard.
 
     `feature_cache`: market spec -> a folder where model experiments keep evaluated features on disk,
     shared by every worker (or None: no disk cache). Model candidates mostly reuse one feature set
@@ -56,9 +57,15 @@ class WorkerContext:
     # float32 (correlations to ~1e-6, far finer than any originality bound) to halve the memory: Alpha158
     # on a 504-day validation segment of 300 names is ~95 MB (190 MB in float64); on 60 screening days, 11 MB.
     base_stack_slots: int = 2
+    # Labels ranked on a scoring segment (values, ranks, each day's sorted values and their order:
+    # ~15 MB for 300 names x 1512 days), least recently used dropped first: a loop scores its
+    # candidates on the train segment and admits them on the valid one.
+    label_slots: int = 2
     _panels: dict[str, Panel] = field(default_factory=dict)
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
     _base_stacks: OrderedDict = field(default_factory=OrderedDict)
+    _labels: OrderedDict = field(default_factory=OrderedDict)
+    _histories: OrderedDict = field(default_factory=OrderedDict)
 
     def panel(self, market: str) -> Panel:
         if market not in self._panels:
@@ -72,6 +79,17 @@ class WorkerContext:
                                                  memory_cache=MemoryCache(self.cache_bytes))
         return self._evaluators[market]
 
+    def history_evaluator(self, market: str, stop: int) -> Evaluator:
+        """An evaluator on the market's first `stop` days, sharing the market evaluator's memory cache,
+        for factors scored before `stop`: a factor cannot read the future (the evaluator refuses it), so
+        its values there are the same bit for bit, for stop / n_days of the cost (60% on a train
+        segment). Its panel's fields are views; one is kept per scoring segment, as labels are."""
+        ev = self.evaluator(market)
+        if stop >= ev.panel.n_days:
+            return ev
+        return _kept(self._histories, (market, stop), self.label_slots, lambda: Evaluator(
+            ev.panel.slice_dates(None, ev.panel.calendar[stop - 1]), threads=1, memory_cache=ev.memory_cache))
+
     def base_stack(self, market: str, features: str | dict[str, str], days: np.ndarray) -> ReferenceStack:
         """The base feature set's values on `days` (absolute day positions) as a float32 reference
         stack, evaluated once per (market, feature set, days) and kept for the next experiments."""
@@ -79,25 +97,17 @@ class WorkerContext:
         panel = self.panel(market)
         key = (market, panel.version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
                hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
-        if key in self._base_stacks:
-            self._base_stacks.move_to_end(key)
-            return self._base_stacks[key]
-        while len(self._base_stacks) >= max(1, self.base_stack_slots):  # free before building the next
-            self._base_stacks.popitem(last=False)
-        names = list(exprs)
-        builder = StackBuilder(names, panel.n_instruments, len(days), np.float32)
-        # Only the history up to the last needed day: the features cannot read the future (the evaluator
-        # refuses it), so their values there are the same bit for bit, and a train segment's cost is 60%.
-        # Its own evaluator without a memory cache: 158 whole-history features would flush the
-        # candidates' and the label's cached values; chunks bound the peak to 32 (N, T) arrays.
-        last = int(np.max(days))
-        ev = Evaluator(panel if last == panel.n_days - 1 else panel.slice_dates(None, panel.calendar[last]), threads=1)
-        for lo in range(0, len(names), _BASE_CHUNK):
-            chunk = {k: exprs[k] for k in names[lo:lo + _BASE_CHUNK]}
-            for j, values in enumerate(ev.evaluate(chunk, dtype=np.float64).values()):
-                builder.add(lo + j, values[:, days])
-        stack = self._base_stacks[key] = builder.build()
-        return stack
+        return _kept(self._base_stacks, key, self.base_stack_slots, lambda: _base_stack(panel, exprs, days))
+
+    def label_ranks(self, market: str, label: str, days: slice) -> DailyRanks:
+        """The label's values on `days` ranked once per day (see `daily_ranks`), for every factor scored
+        against it: evaluated and sorted once per (market data version, label, days), then kept."""
+        panel = self.panel(market)
+
+        def build() -> DailyRanks:
+            values = self.evaluator(market).evaluate({"label": label}, allow_future=True, dtype=np.float64)["label"]
+            return daily_ranks(values[:, days])
+        return _kept(self._labels, (market, panel.version, label, days.start, days.stop), self.label_slots, build)
 
     def dataset_evaluator(self, market: str, panel: Panel) -> Evaluator:
         """A fresh evaluator for one model experiment's dataset on `panel`, with the market's disk cache
@@ -109,6 +119,35 @@ class WorkerContext:
             except OSError:  # an unwritable sandbox folder: compute the features, as without a cache
                 pass
         return Evaluator(panel)
+
+
+def _kept(cache: OrderedDict, key, slots: int, build: Callable[[], Any]):
+    """cache[key], built on a miss; at most `slots` entries, the least recently used dropped first
+    (before building the next, so that the old and the new never take memory together)."""
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    while len(cache) >= max(1, slots):
+        cache.popitem(last=False)
+    value = cache[key] = build()
+    return value
+
+
+def _base_stack(panel: Panel, exprs: dict[str, str], days: np.ndarray) -> ReferenceStack:
+    """`exprs` evaluated on `days` (absolute day positions) of `panel`, as a float32 reference stack."""
+    names = list(exprs)
+    builder = StackBuilder(names, panel.n_instruments, len(days), np.float32)
+    # Only the history up to the last needed day: the features cannot read the future (the evaluator
+    # refuses it), so their values there are the same bit for bit, and a train segment's cost is 60%.
+    # Its own evaluator without a memory cache: 158 whole-history features would flush the
+    # candidates' and the label's cached values; chunks bound the peak to 32 (N, T) arrays.
+    last = int(np.max(days))
+    ev = Evaluator(panel if last == panel.n_days - 1 else panel.slice_dates(None, panel.calendar[last]), threads=1)
+    for lo in range(0, len(names), _BASE_CHUNK):
+        chunk = {k: exprs[k] for k in names[lo:lo + _BASE_CHUNK]}
+        for j, values in enumerate(ev.evaluate(chunk, dtype=np.float64).values()):
+            builder.add(lo + j, values[:, days])
+    return builder.build()
 
 
 def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> ExperimentResult:
@@ -150,11 +189,14 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         days = panel.date_index(*_segments(spec.segments or (spec.pipeline and spec.pipeline.segments), panel)["valid"])
     if days.stop <= days.start:
         raise DegenerateOutput(f"no trading days in the scoring segment {spec.segment}")
-    factors = ev.evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
+    # Expressions only up to the segment's last day (bit-identical there, see `history_evaluator`),
+    # except for a pipeline, whose model trains and tests on every segment.
+    fev = ev if spec.pipeline is not None else ctx.history_evaluator(spec.market, days.stop)
+    factors = fev.evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
     if spec.code is not None:
         factors[spec.code_name] = _code_factor(spec, panel, ctx, workdir)
-    label = ev.evaluate({"label": spec.label}, allow_future=True, dtype=np.float64)["label"][:, days]
-    library = ev.evaluate(spec.library, dtype=np.float64) if spec.library else {}
+    label = ctx.label_ranks(spec.market, spec.label, days)  # the same for every factor of the loop
+    library = fev.evaluate(spec.library, dtype=np.float64) if spec.library else {}
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {"segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]}
     if spec.lookahead_check:
@@ -206,7 +248,7 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     return metrics, details, artifacts, panel.version
 
 
-def _screen(factor: np.ndarray, label: np.ndarray, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:
+def _screen(factor: np.ndarray, label: DailyRanks, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:
     """IC and RankIC with their ICIR and t-statistics only: the bulk-screening subset of the report;
     also the daily RankIC series its `rank_ic` is the mean of."""
     from quantcore.evaluate.factor_data import align
@@ -229,8 +271,10 @@ def _daily_rank_of(data) -> np.ndarray:
 
 
 def _clean(x: np.ndarray) -> np.ndarray:
-    """+-inf as NaN: a division by zero is a missing value to every score."""
-    return np.where(np.isinf(x), np.nan, x)
+    """+-inf as NaN: a division by zero is a missing value to every score. `x` itself (not a copy)
+    when it has none: nothing downstream writes to it."""
+    inf = np.isinf(x)
+    return np.where(inf, np.nan, x) if inf.any() else x
 
 
 def _correlation_days(days: slice, corr_days: int) -> np.ndarray:
@@ -258,7 +302,7 @@ def _originality(name: str, row: dict, stack: ReferenceStack | None, corr: np.nd
 
 
 def _paired_library(library: dict[str, np.ndarray], lib_corr: dict[str, np.ndarray], threshold: float, days: slice,
-                    label: np.ndarray) -> dict[str, list[float | None]]:
+                    label: DailyRanks) -> dict[str, list[float | None]]:
     """Library name -> its daily RankIC on the scoring days, for each library factor some candidate
     correlates with at |corr| >= `threshold` (the days and order of each candidate's `daily_rank_ic`)."""
     from quantcore.evaluate.ic import daily_rank_ic
@@ -339,9 +383,9 @@ class _ReadOnlyFields(dict):
 
 def _check_degenerate(name: str, x: np.ndarray, max_inf_share: float) -> None:
     finite = np.isfinite(x)
-    n_finite = int(finite.sum())
-    n_inf = int(np.isinf(x).sum())
-    cells = int((~np.isnan(x)).sum())
+    n_finite = int(np.count_nonzero(finite))
+    cells = x.size - int(np.count_nonzero(np.isnan(x)))  # not NaN: finite or +-inf
+    n_inf = cells - n_finite
     if cells == 0:
         raise DegenerateOutput(f"factor {name!r} is all NaN on the scoring segment")
     if n_finite == 0:
@@ -350,9 +394,8 @@ def _check_degenerate(name: str, x: np.ndarray, max_inf_share: float) -> None:
     if n_inf and n_inf / cells > max_inf_share:
         raise DegenerateOutput(f"factor {name!r} has {n_inf} infinite values ({n_inf / cells:.1%} of its values; "
                                "guard divisions, e.g. x / (y + 1e-12))")
-    vals = x[finite]
-    if vals.max() == vals.min():
-        raise DegenerateOutput(f"factor {name!r} is constant ({vals[0]:g}) on the scoring segment")
+    if np.max(x, initial=-np.inf, where=finite) == np.min(x, initial=np.inf, where=finite):
+        raise DegenerateOutput(f"factor {name!r} is constant ({x[finite][0]:g}) on the scoring segment")
 
 
 # ---- model / workflow ----------------------------------------------------------------------------------

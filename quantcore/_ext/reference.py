@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["rolling", "pair_rolling", "ema", "shift", "cross_section", "pearson_moments"]
+__all__ = ["rolling", "pair_rolling", "ema", "shift", "cross_section", "rank_within", "pearson_moments"]
 
 QLIB_STD_ABS_TOL = 2e-5  # qlib ops.py: np.isclose(std, 0, atol=2e-05)
 FLAT_STD_REL_TOL = 1e-10  # compat=False: flat when std <= 1e-10 * |mean|
@@ -232,6 +232,15 @@ def cross_section(op, x, starts, ends, *, groups=None, param=None, threads=None)
         if res is not None:
             out[res.index.to_numpy(), t] = res.to_numpy()
     return out
+
+
+def rank_within(keys, order, keep, *, threads=None) -> np.ndarray:
+    """pandas' pct rank of each day's kept, non-NaN cells, on the panel the sorted days spell out."""
+    keys = np.asarray(keys, dtype=np.float64)
+    t, n = keys.shape
+    x = np.full((n, t), np.nan)
+    x[np.asarray(order), np.arange(t)[:, None]] = keys  # x[order[d, j], d] = keys[d, j]
+    return cross_section("CSRank", np.where(keep, x, np.nan), np.zeros(n, np.int64), np.full(n, t, np.int64))
 
 
 def pearson_moments(x, y, both, *, threads=None) -> np.ndarray:

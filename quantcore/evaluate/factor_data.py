@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantcore.evaluate.errors import FactorEvaluationError
-from quantcore.evaluate.ic import MIN_PAIRS, cs_rank
+from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, cs_rank
 
 __all__ = ["FactorData", "align", "MAX_LOSS", "MIN_DAYS"]
 
@@ -42,7 +42,7 @@ class FactorData:
 
 def align(
     factor: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | DailyRanks,
     *,
     calendar: np.ndarray | None = None,
     min_pairs: int = MIN_PAIRS,
@@ -52,9 +52,14 @@ def align(
 ) -> FactorData:
     """Keep the cells where factor and label are both valid on days with >= `min_pairs` such cells and
     some spread in each; refuse (FactorEvaluationError) a factor that is all-NaN, constant, or loses
-    more than `max_loss` of its values, and a range with fewer than `min_days` usable days."""
+    more than `max_loss` of its values, and a range with fewer than `min_days` usable days.
+
+    `label` may be a `DailyRanks` (see `daily_ranks`): a label scored against many factors is then
+    sorted once, and its ranks over each factor's usable cells are walked from that order, equal bit
+    for bit to ranking it again."""
+    ranked = label if isinstance(label, DailyRanks) else None
     x = np.asarray(factor, dtype=np.float64)
-    y = np.asarray(label, dtype=np.float64)
+    y = ranked.values if ranked is not None else np.asarray(label, dtype=np.float64)
     if x.ndim != 2 or x.shape != y.shape:
         raise ValueError(
             f"factor and label must be (instruments, days) arrays of one shape, got {x.shape} and {y.shape}"
@@ -65,18 +70,18 @@ def align(
     n_factor = int(has_x.sum())
     if n_factor == 0:
         raise FactorEvaluationError(f"{name} is NaN on every instrument and day in the range (inf counts as NaN); nothing to score")
-    first = x[has_x][0]
-    if np.all(x[has_x] == first):
+    if np.max(x, initial=-np.inf, where=has_x) == np.min(x, initial=np.inf, where=has_x):
         raise FactorEvaluationError(
-            f"{name} is constant ({first:g} wherever defined); a constant has no cross-sectional order to score"
+            f"{name} is constant ({x[has_x][0]:g} wherever defined); a constant has no cross-sectional order to score"
         )
-    both = has_x & np.isfinite(y)
+    both = has_x & (ranked.valid if ranked is not None else np.isfinite(y))
     fx = np.where(both, x, np.nan)
     fy = np.where(both, y, np.nan)
     count = both.sum(axis=0)
-    # a day needs some spread on both sides: a constant cross-section has no order to correlate
-    spread = (np.max(fx, axis=0, initial=-np.inf, where=both) > np.min(fx, axis=0, initial=np.inf, where=both)) & (
-        np.max(fy, axis=0, initial=-np.inf, where=both) > np.min(fy, axis=0, initial=np.inf, where=both)
+    # a day needs some spread on both sides: a constant cross-section has no order to correlate (fmax and
+    # fmin skip the NaN cells; a day without cells compares NaN > NaN, False)
+    spread = (np.fmax.reduce(fx, axis=0) > np.fmin.reduce(fx, axis=0)) & (
+        np.fmax.reduce(fy, axis=0) > np.fmin.reduce(fy, axis=0)
     )
     days_used = (count >= min_pairs) & spread
     fx[:, ~days_used] = np.nan
@@ -99,7 +104,7 @@ def align(
         factor=fx,
         label=fy,
         factor_rank=cs_rank(fx),
-        label_rank=cs_rank(fy),
+        label_rank=cs_rank(fy) if ranked is None else ranked.within(both & days_used),
         count=count.astype(np.int64) * days_used,
         days_used=days_used,
         calendar=calendar,

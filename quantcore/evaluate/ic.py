@@ -61,35 +61,32 @@ def _pearson_days(x: np.ndarray, y: np.ndarray, both: np.ndarray, min_pairs: int
 
 @dataclass(frozen=True, eq=False)
 class DailyRanks:
-    """An (N, T) array ranked once per day over its own finite cells, for scoring many factors
-    against one label (or one factor against many labels) without re-ranking it every time."""
+    """An (N, T) array sorted once per day, for scoring many factors against one label (or one factor
+    against many labels) without ranking it again every time: each scoring ranks it over that day's
+    common cells, and a day's common set is seldom all its valid cells (one suspended name is enough),
+    so what is kept is the sort, which any subset of a day inherits."""
 
-    values: np.ndarray  # float64 (N, T), a read-only copy: the ranks stay true to it
+    values: np.ndarray  # float64 (N, T), a read-only copy: the order stays true to it
     valid: np.ndarray  # bool (N, T): finite cells
-    rank: np.ndarray  # (N, T) cs_rank over `valid`, NaN elsewhere
+    order: np.ndarray  # int64 (T, N): each day's instruments in ascending order of value, NaN last
+    keys: np.ndarray  # float64 (T, N): each day's values in that order
 
     def within(self, common: np.ndarray) -> np.ndarray:
-        """Ranks over each day's `common` cells (a subset of `valid`), equal to
-        cs_rank(np.where(common, values, nan)) on those cells: the cached ranks, except on days where
-        `common` drops a valid cell, which are ranked again."""
-        stale = (self.valid & ~common).any(axis=0)
-        if not stale.any():
-            return self.rank
-        out = self.rank.copy()
-        out[:, stale] = cs_rank(np.where(common[:, stale], self.values[:, stale], np.nan))
-        return out
+        """Ranks over each day's `common` cells (a subset of `valid`), NaN elsewhere: equal bit for bit
+        to cs_rank(np.where(common, values, nan)), walked from the stored order instead of sorted again."""
+        return kernels.rank_within(self.keys, self.order, common, threads=1)
 
 
 def daily_ranks(x: np.ndarray) -> DailyRanks:
-    """Rank `x` (N, T) once per day, for repeated `daily_rank_ic` calls against it."""
-    values = np.array(x, dtype=np.float64)  # a copy: a later change to x must not stale the ranks
+    """Sort `x` (N, T) once per day, for repeated `daily_rank_ic` (or `align`) calls against it."""
+    values = np.array(x, dtype=np.float64)  # a copy: a later change to x must not stale the order
     if values.ndim != 2:
         raise ValueError(f"daily_ranks needs an (instruments, days) array, got shape {values.shape}")
-    values.flags.writeable = False
-    valid = np.isfinite(values)
-    rank = cs_rank(np.where(valid, values, np.nan))
-    rank.flags.writeable = False
-    return DailyRanks(values, valid, rank)
+    order = np.argsort(values.T, axis=1, kind="stable")  # infinities in place, NaN last
+    keys = np.take_along_axis(values.T, order, axis=1)
+    for a in (values, order, keys):
+        a.flags.writeable = False
+    return DailyRanks(values, np.isfinite(values), order, keys)
 
 
 def _ranks_within(a, x: np.ndarray, both: np.ndarray) -> np.ndarray:
@@ -106,7 +103,7 @@ def daily_rank_ic(
     factor: np.ndarray | DailyRanks, label: np.ndarray | DailyRanks, min_pairs: int = MIN_PAIRS
 ) -> np.ndarray:
     """Spearman RankIC per day (T,): Pearson of the ranks over each day's common valid set. Either
-    side may be a `DailyRanks` (see `daily_ranks`), whose cached ranks are then reused."""
+    side may be a `DailyRanks` (see `daily_ranks`), which is then not sorted again."""
     x, y, both = _common(factor, label)
     rx = _ranks_within(factor, x, both)  # rank over the common set only, as pandas' pairwise corr
     ry = _ranks_within(label, y, both)

@@ -14,7 +14,7 @@ from quantcore.data.panel import Panel
 from quantcore.evaluate.correlation import FactorCorrelation, library_correlation
 from quantcore.evaluate.errors import FactorEvaluationError
 from quantcore.evaluate.factor_data import MAX_LOSS, MIN_DAYS, FactorData, align
-from quantcore.evaluate.ic import MIN_PAIRS, ICStats, daily_ic, daily_rank_ic, ic_stats
+from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, ICStats, daily_ic, daily_rank_ic, ic_stats
 from quantcore.evaluate.quantile import long_short, quantile_buckets, quantile_returns
 from quantcore.evaluate.turnover import bucket_turnover, rank_autocorr
 from quantcore.expr.evaluate import Evaluator
@@ -90,7 +90,7 @@ class FactorReport:
 
 def evaluate_arrays(
     factor: np.ndarray,
-    label: np.ndarray,
+    label: np.ndarray | DailyRanks,
     *,
     calendar: np.ndarray | None = None,
     expression: str = "factor",
@@ -100,7 +100,8 @@ def evaluate_arrays(
     max_loss: float = MAX_LOSS,
     min_days: int = MIN_DAYS,
 ) -> tuple[FactorReport, FactorData]:
-    """Report for (N, T) factor and label arrays already restricted to the days to score."""
+    """Report for (N, T) factor and label arrays already restricted to the days to score; a label scored
+    against many factors may come ranked once (`daily_ranks`), with the same report."""
     data = align(
         factor, label, calendar=calendar, min_pairs=min_pairs, max_loss=max_loss, min_days=min_days, name=expression
     )

@@ -138,10 +138,14 @@ class Evaluator:
         results: dict[str, np.ndarray] = {}
         pending: list[_Compiled] = []
         keys: dict[str, str] = {}
+        # no cache, no keys: the panel's version hashes every field (~100 ms on 300 x 2520 x 8 fields),
+        # which a throwaway evaluator (a look-ahead check's perturbed panel) would pay on every use
+        caching = self.memory_cache is not None or self.disk_cache is not None
         for item in compiled:
-            key = cache_key(self.panel.version, canonical(item.node), self._semantics, dtype)
-            keys[item.name] = key
-            hit = self._cache_get(key, shape)
+            hit = None
+            if caching:
+                key = keys[item.name] = cache_key(self.panel.version, canonical(item.node), self._semantics, dtype)
+                hit = self._cache_get(key, shape)
             if hit is not None:
                 results[item.name] = hit
             else:
@@ -153,7 +157,8 @@ class Evaluator:
 
         self._evaluate_nodes([item.node for item in pending], keep)
         for i, item in enumerate(pending):
-            self._cache_put(keys[item.name], computed[i])
+            if caching:
+                self._cache_put(keys[item.name], computed[i])
             results[item.name] = computed[i]
         return {item.name: results[item.name] for item in compiled}
 

@@ -385,6 +385,30 @@ def test_pearson_moments_equal_the_numpy_twin_bit_for_bit(n, days):
         assert np.array_equal(K.pearson_moments(x, y, both, threads=threads), want, equal_nan=True)
 
 
+@pytest.mark.parametrize("n, days", [(1, 1), (7, 3), (300, 130), (40, 64)])
+def test_rank_within_is_csrank_of_the_kept_cells_bit_for_bit(n, days):
+    """Ranks of a subset walked from days sorted once equal CSRank of that subset: ties (signed zeros
+    among them), infinities, NaN cells, days with nothing or one cell kept; cells outside the subset
+    may sit anywhere in the order."""
+    rng = np.random.default_rng(n * 1000 + days)
+    x = rng.integers(-4, 5, (n, days)) * rng.choice([0.25, 1.0], (n, days))  # many ties
+    x[rng.random(x.shape) < 0.1] = -0.0
+    x[rng.random(x.shape) < 0.05] = np.inf
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    x[rng.random(x.shape) < 0.15] = np.nan
+    keep = rng.random(x.shape) < 0.7
+    keep[:, 0] = False
+    keep[1:, -1] = False
+    want = K.cross_section("CSRank", np.where(keep, x, np.nan), np.zeros(n, np.int64), np.full(n, days, np.int64))
+    sorted_all = np.argsort(x.T, axis=1, kind="stable")
+    shuffled_rest = np.argsort(np.where(keep, x, rng.uniform(-5, 5, x.shape)).T, axis=1)
+    for order in (sorted_all, shuffled_rest):
+        keys = np.take_along_axis(x.T, order, axis=1)
+        np.testing.assert_allclose(R.rank_within(keys, order, keep), want, rtol=1e-12, atol=0)  # pandas agrees
+        for threads in (None, 1, 2):
+            assert np.array_equal(K.rank_within(keys, order, keep, threads=threads), want, equal_nan=True)
+
+
 def test_interleave_stores_features_as_days_by_instruments_by_features():
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal((7, 11)).astype(np.float32) for _ in range(5)]
@@ -608,6 +632,12 @@ X3, S3, E3 = one([1.0, 2.0, 3.0])
          "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
         (lambda: K.cross_section("CSRank", X3, S3, E3, param=0.1), "param is only used by CSWinsorize"),
         (lambda: K.rolling_group(["Max", "Min"], X3, 3, S3, E3), "operators ['Max', 'Min'] do not share one pass"),
+        (lambda: K.rank_within(X3.T, np.array([[0], [1], [0]]), X3 > 0),
+         "order must hold instrument positions in [0, 1), got 0..1"),
+        (lambda: K.rank_within(X3.T, np.zeros((1, 3), int), X3 > 0),
+         "order must be an integer array of the keys' shape (3, 1), got int64 (1, 3)"),
+        (lambda: K.rank_within(X3.T, np.zeros((3, 1), int), X3), "keep must be a bool (instruments, days) = (1, 3)"),
+        (lambda: K.rank_within(X3.T > 0, np.zeros((3, 1), int), X3 > 0), "keys must be a float (days, instruments)"),
         (lambda: K.rolling_group(["Mean", "Sum"], X3, 3, S3, E3), "do not share one pass"),
         (lambda: K.rolling_group(["Slope", "Slope"], X3, 3, S3, E3), "an operator appears twice"),
         (lambda: K.rolling_group([], X3, 3, S3, E3), "rolling_group takes 1 to 8 operators, got 0"),

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from quantcore.data.sources import load_market
+from quantcore.evaluate import evaluate_arrays
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL, alpha158
 from sandbox.experiments import WorkerContext, run_spec
@@ -161,6 +162,36 @@ def test_the_worker_keeps_base_stacks_and_bounds_them(panel, tmp_path):
     run_spec({**spec, "corr_days": 10}, ctx, tmp_path / "c")
     run_spec({**spec, "corr_days": 20}, ctx, tmp_path / "d")
     assert len(ctx._base_stacks) == 2 and stack not in ctx._base_stacks.values()
+
+
+def test_the_worker_ranks_the_label_once_and_screens_as_the_plain_report(panel, tmp_path):
+    """A worker keeps the label ranked per (data version, label, days), at most `label_slots` of them;
+    each screen's numbers equal the full report computed on plain arrays (the label ranked again for
+    every factor) bit for bit, whether its label was just built or kept from an earlier spec."""
+    ctx = WorkerContext(attach=lambda m: panel, label_slots=1)
+    exprs = {"ma": MA5, "ref": "Ref($close, 20)/$close", "sign": "Sign($close - Ref($close, 1))",
+             "vol": "$volume/Mean($volume, 10)", "corr": "Corr($close, $volume, 10)"}
+    segments = default_segments(panel.calendar)
+    kept = None
+    for k, seg in enumerate(("train", "train", "valid")):
+        r = run_spec({"kind": "factor", "market": MARKET, "expressions": exprs, "report": "screen",
+                      "segment": list(segments[seg])}, ctx, tmp_path / str(k))
+        assert r.ok, r.failure
+        days = panel.date_index(*segments[seg])
+        y = _values(panel, {"y": DEFAULT_LABEL}, days, future=True)["y"]
+        for name, x in _values(panel, exprs, days).items():
+            want, _ = evaluate_arrays(x, y, expression=exprs[name])
+            row = r.details[name]
+            got = {"ic": row["ic"], "icir": row["icir"], "ic_t": row["ic_t"], "rank_ic": row["rank_ic"],
+                   "rank_icir": row["rank_icir"], "rank_ic_t": row["rank_ic_t"], "n_days": row["n_days"],
+                   "loss": row["loss"]}
+            assert got == {"ic": want.ic.mean, "icir": want.ic.icir, "ic_t": want.ic.t_stat,
+                           "rank_ic": want.rank_ic.mean, "rank_icir": want.rank_ic.icir,
+                           "rank_ic_t": want.rank_ic.t_stat, "n_days": want.n_days, "loss": want.loss}, (seg, name)
+        assert len(ctx._labels) == len(ctx._histories) == 1  # and one evaluator on the days up to the segment's end
+        ranked = next(iter(ctx._labels.values()))
+        assert (ranked is kept) == (k == 1)  # kept for the second train spec, rebuilt for valid
+        kept = ranked
 
 
 def test_originality_fields_are_validated_and_hashed():
