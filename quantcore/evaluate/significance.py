@@ -1,0 +1,297 @@
+"""Research rigor: is a factor's IC real, new, and free of look-ahead?
+
+Pure building blocks over arrays, each answering one question a factor search must ask before it
+believes a number:
+- `newey_west_t`: the t-statistic of a daily series' mean with a HAC standard error, because daily ICs
+  of a multi-day label overlap and are autocorrelated, so the iid t (`ic_stats`) overstates them;
+- `benjamini_hochberg` / `benjamini_yekutieli` / `reject`: false-discovery-rate control across the many
+  factors a search tries;
+- `residual_ic` (and `principal_components`): the IC a factor keeps after removing what a library of
+  known factors already explains;
+- `label_horizon`: how many days ahead a label reads, i.e. how much to purge between segments
+  (see `quantcore.dataset.purge`);
+- `lookahead_cut_points`: seeded, stratified days at which to perturb the future and check that no
+  factor value before them moves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from quantcore.evaluate.ic import MIN_PAIRS, daily_rank_ic
+from quantcore.expr.ast import Node, Ref, children, future_reads
+from quantcore.expr.parser import parse
+
+__all__ = [
+    "FdrMethod", "HacStat", "PrincipalComponents", "ResidualIC", "benjamini_hochberg", "benjamini_yekutieli",
+    "label_horizon", "lookahead_cut_points", "newey_west_lags", "newey_west_t", "one_sided_p",
+    "principal_components", "reject", "residual_ic", "two_sided_p",
+]
+
+
+# ---- HAC t-statistic ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HacStat:
+    """The mean of a series and its Newey-West (HAC) standard error and t-statistic."""
+
+    mean: float
+    se: float  # sqrt(long-run variance / n); NaN with fewer than 2 points
+    t: float  # mean / se; NaN when se is 0 or undefined
+    n: int  # finite points used
+    lags: int  # Bartlett lags actually used (capped at n - 1)
+
+
+def newey_west_lags(n: int) -> int:
+    """Default Bartlett lag count floor(4 (n/100)^(2/9)), the rule of thumb of Newey & West (1994),
+    "Automatic lag selection in covariance matrix estimation", Rev. Econ. Stud. 61(4), p. 631-653."""
+    return int(math.floor(4.0 * (n / 100.0) ** (2.0 / 9.0))) if n > 0 else 0
+
+
+def newey_west_t(x: np.ndarray, lags: int | None = None) -> HacStat:
+    """t-statistic of the mean of a daily series (NaN days dropped) with a Newey-West standard error.
+
+    Long-run variance = g0 + 2 sum_{j=1..L} (1 - j/(L+1)) g_j (Bartlett weights), with autocovariances
+    g_j = sum_t e_t e_{t-j} / n of the demeaned series (the 1/n, not 1/(n-j), form that keeps the
+    estimate non-negative). With `lags=0` the se is the iid one, std(x, ddof=0) / sqrt(n).
+    NaN days are dropped before lagging, so lags count valid days, not calendar days."""
+    s = np.asarray(x, dtype=np.float64).ravel()
+    s = s[np.isfinite(s)]
+    n = int(s.size)
+    if lags is not None and lags < 0:
+        raise ValueError(f"lags must be >= 0 (or None for the Newey-West default), got {lags}")
+    lag = newey_west_lags(n) if lags is None else int(lags)
+    lag = max(0, min(lag, n - 1))
+    if n < 2:
+        return HacStat(float(s.mean()) if n else math.nan, math.nan, math.nan, n, lag)
+    mean = float(s.mean())
+    e = s - mean
+    lrv = float(e @ e) / n
+    for j in range(1, lag + 1):
+        lrv += 2.0 * (1.0 - j / (lag + 1.0)) * float(e[j:] @ e[:-j]) / n
+    se = math.sqrt(lrv / n) if lrv > 0 else 0.0
+    t = mean / se if se > 0 else math.nan
+    return HacStat(mean, se, t, n, lag)
+
+
+def two_sided_p(t: float) -> float:
+    """P(|Z| >= |t|) for a standard normal Z: the two-sided p-value of a large-sample t-statistic."""
+    return math.erfc(abs(t) / math.sqrt(2.0)) if not math.isnan(t) else math.nan
+
+
+def one_sided_p(t: float) -> float:
+    """P(Z >= t) for a standard normal Z: the p-value of "the mean is positive" (flip the sign of t to
+    test negative)."""
+    return 0.5 * math.erfc(t / math.sqrt(2.0)) if not math.isnan(t) else math.nan
+
+
+# ---- false discovery rate ----------------------------------------------------------------------
+
+
+class FdrMethod(str, Enum):
+    """Which false-discovery-rate procedure `reject` applies."""
+
+    BH = "bh"  # Benjamini-Hochberg (1995): valid for independent or positively dependent tests
+    BY = "by"  # Benjamini-Yekutieli (2001): valid under any dependence, at a cost of c(m) = sum 1/i
+
+
+def _pvalues(pvalues) -> np.ndarray:
+    p = np.array(pvalues, dtype=np.float64).ravel()
+    bad = ~np.isnan(p) & ((p < 0) | (p > 1))
+    if bad.any():
+        raise ValueError(f"p-values must lie in [0, 1] (or be NaN); got {p[bad][:5].tolist()}")
+    return p
+
+
+def _step_up(p: np.ndarray, scale: float) -> np.ndarray:
+    # q_(i) = min_{k >= i} min(1, scale * m * p_(k) / k) over the m non-NaN p-values sorted ascending
+    q = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = finite.size
+    if m == 0:
+        return q
+    order = finite[np.argsort(p[finite], kind="stable")]
+    raw = scale * m * p[order] / np.arange(1, m + 1)
+    q[order] = np.minimum(np.minimum.accumulate(raw[::-1])[::-1], 1.0)
+    return q
+
+
+def benjamini_hochberg(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values): reject where q <= the target FDR. Monotone in p,
+    capped at 1; a NaN p-value stays NaN and is not counted among the m hypotheses."""
+    return _step_up(_pvalues(pvalues), 1.0)
+
+
+def benjamini_yekutieli(pvalues) -> np.ndarray:
+    """Benjamini-Yekutieli adjusted p-values: BH's times c(m) = 1 + 1/2 + ... + 1/m (capped at 1), which
+    controls the FDR under any dependence between tests (factors of one library are dependent)."""
+    p = _pvalues(pvalues)
+    m = int((~np.isnan(p)).sum())
+    return _step_up(p, float(np.sum(1.0 / np.arange(1, m + 1))) if m else 1.0)
+
+
+def reject(pvalues, q: float, method: FdrMethod | str = FdrMethod.BY) -> np.ndarray:
+    """Boolean mask of the hypotheses rejected at false discovery rate `q`; NaN p-values are never
+    rejected. BY by default: factors mined from one library are dependent in ways BH does not cover."""
+    if not 0 < q < 1:
+        raise ValueError(f"the target false discovery rate q must lie in (0, 1), got {q}")
+    adjust = {FdrMethod.BH: benjamini_hochberg, FdrMethod.BY: benjamini_yekutieli}[FdrMethod(method)]
+    adjusted = adjust(pvalues)
+    return ~np.isnan(adjusted) & (adjusted <= q)
+
+
+# ---- residual IC -------------------------------------------------------------------------------
+
+#: A day's residual whose norm is below this fraction of the demeaned factor's is rounding noise: the
+#: factor is a linear mix of the controls that day. Ranking that noise would return a random IC.
+SPANNED_TOL = 1e-8
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualIC:
+    """Daily rank IC of what a factor adds beyond a set of controls, with its HAC t-statistic."""
+
+    daily: np.ndarray  # float64 (T',): one value per selected day, NaN where skipped
+    mean: float  # mean over the defined days
+    hac: HacStat  # Newey-West t of the daily series (default lags)
+    skipped_days: int  # days with too few instruments where the factor and every control are finite
+    spanned_days: int  # days where the factor lies in the controls' span: scored 0, not ranked noise
+
+    @property
+    def t(self) -> float:
+        return self.hac.t
+
+
+def _day_selection(t: int, days) -> np.ndarray:
+    return np.arange(t) if days is None else np.arange(t)[days]
+
+
+def residual_ic(factor: np.ndarray, label: np.ndarray, controls: np.ndarray, days=None) -> ResidualIC:
+    """Per day, regress `factor` (N, T) cross-sectionally on `controls` (F, N, T) by least squares with an
+    intercept, over the instruments where the factor and every control are finite, then take the
+    Spearman IC of the residual with `label` (N, T). `days` (a slice or index array) limits the days.
+
+    A day with fewer than max(F + 5, 20) such instruments is skipped (NaN): the fit would eat the
+    cross-section. A day where the residual vanishes (the factor is spanned by the controls) scores 0
+    where the label is defined, rather than the rank IC of rounding noise."""
+    factor = np.asarray(factor, dtype=np.float64)
+    label = np.asarray(label, dtype=np.float64)
+    controls = np.asarray(controls, dtype=np.float64)
+    if controls.ndim == 2:
+        controls = controls[None]
+    if factor.ndim != 2 or label.shape != factor.shape or controls.shape[1:] != factor.shape:
+        raise ValueError(
+            f"factor and label must be (N, T) and controls (F, N, T) over the same (N, T); got factor "
+            f"{factor.shape}, label {label.shape}, controls {controls.shape}"
+        )
+    f_count = controls.shape[0]
+    min_obs = max(f_count + 5, 20)
+    sel = _day_selection(factor.shape[1], days)
+    resid = np.full((factor.shape[0], sel.size), np.nan)
+    skipped = np.zeros(sel.size, bool)
+    spanned = np.zeros(sel.size, bool)
+    for i, d in enumerate(sel):
+        y = factor[:, d]
+        x = controls[:, :, d].T  # (N, F)
+        ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
+        if ok.sum() < min_obs:
+            skipped[i] = True
+            continue
+        yc = y[ok] - y[ok].mean()
+        scale = math.sqrt(float(yc @ yc))
+        if scale == 0.0:  # a constant factor has no cross-section to rank: leave the day NaN
+            continue
+        design = np.column_stack([np.ones(int(ok.sum())), x[ok]])
+        # lstsq (SVD) rather than normal equations: collinear controls still give the projection residual
+        beta = np.linalg.lstsq(design, y[ok], rcond=None)[0]
+        r = y[ok] - design @ beta
+        if math.sqrt(float(r @ r)) <= SPANNED_TOL * scale:
+            # scored 0 only where the day could have been scored at all (a label to compare with)
+            spanned[i] = np.isfinite(label[ok, d]).sum() >= MIN_PAIRS
+            continue
+        resid[ok, i] = r
+    daily = daily_rank_ic(resid, label[:, sel])
+    daily[spanned] = 0.0
+    hac = newey_west_t(daily)
+    return ResidualIC(daily, hac.mean, hac, int(skipped.sum()), int(spanned.sum()))
+
+
+@dataclass(frozen=True, eq=False)
+class PrincipalComponents:
+    """Pooled principal components of a stack of factors, as (k, N, T) scores usable as controls."""
+
+    scores: np.ndarray  # float64 (k, N, T): NaN where any input factor is NaN
+    loadings: np.ndarray  # float64 (k, F): unit eigenvectors of the standardised factors' covariance
+    explained: np.ndarray  # float64 (k,): fraction of the total standardised variance each explains
+
+
+def principal_components(stack: np.ndarray, k: int) -> PrincipalComponents:
+    """Top-`k` pooled principal components of `stack` (F, N, T): each factor is demeaned per day
+    (cross-sectional, as the IC sees it) and scaled to unit pooled variance, then the F x F covariance
+    over every (instrument, day) where all F are finite is diagonalised. Pooled, so one set of loadings
+    spans all days and the scores are comparable over time."""
+    stack = np.asarray(stack, dtype=np.float64)
+    if stack.ndim != 3:
+        raise ValueError(f"principal_components needs an (F, N, T) stack, got shape {stack.shape}")
+    f_count = stack.shape[0]
+    if not 1 <= k <= f_count:
+        raise ValueError(f"k must lie in [1, F={f_count}], got {k}")
+    complete = np.isfinite(stack).all(axis=0)  # (N, T)
+    if not complete.any():
+        raise ValueError("no (instrument, day) cell has every factor of the stack finite")
+    per_day = np.maximum(complete.sum(axis=0), 1)  # (T,)
+    day_mean = np.where(complete, stack, 0.0).sum(axis=1) / per_day  # (F, T)
+    z = np.where(complete, stack - day_mean[:, None, :], 0.0)  # (F, N, T), 0 off the complete cells
+    sd = np.sqrt((z**2).sum(axis=(1, 2)) / complete.sum())  # (F,)
+    z /= np.where(sd > 0, sd, 1.0)[:, None, None]  # a constant factor stays 0 and gets no weight
+    cells = z[:, complete]  # (F, cells)
+    values, vectors = np.linalg.eigh(cells @ cells.T / cells.shape[1])  # ascending
+    top = np.argsort(values)[::-1][:k]
+    loadings = vectors[:, top].T  # (k, F)
+    scores = np.einsum("kf,fnt->knt", loadings, z)
+    scores[:, ~complete] = np.nan
+    total = float(values.clip(min=0).sum())
+    explained = values[top].clip(min=0) / total if total > 0 else np.zeros(k)
+    return PrincipalComponents(scores, loadings, explained)
+
+
+# ---- look-ahead ---------------------------------------------------------------------------------
+
+
+def _reach(node: Node) -> int:
+    # rows ahead of t the node's value at t depends on: a Ref(x, p) at t is x at t - p; windows,
+    # cross-sections and masks only look back or sideways, so they pass their inputs' reach through
+    kids = children(node)
+    inner = max((_reach(k) for k in kids), default=0)
+    if isinstance(node, Ref):
+        return inner - node.periods
+    return inner
+
+
+def label_horizon(label_expression: str | Node) -> int:
+    """Largest number of days ahead a label reads (2 for qlib's `Ref($close, -2)/Ref($close, -1) - 1`):
+    the last `horizon` days of a segment have labels that read the next segment's prices. Nested
+    shifts add up: `Ref(Ref($close, 2), -3)` reads 1 day ahead."""
+    node = parse(label_expression) if isinstance(label_expression, str) else label_expression
+    if not future_reads(node):
+        return 0
+    return max(0, _reach(node))
+
+
+def lookahead_cut_points(start: int, stop: int, k: int, seed: int) -> list[int]:
+    """`k` sorted day indices in [start, stop), one drawn uniformly in each of k equal bins, so a
+    perturbation test cuts near the start, the middle and the end of a segment, reproducibly per seed.
+    Bin i is [start + i*L//k, start + (i+1)*L//k) with L = stop - start."""
+    length = stop - start
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if length < k:
+        raise ValueError(f"[{start}, {stop}) holds {max(length, 0)} days, fewer than the {k} cut points asked for")
+    rng = np.random.default_rng(seed)
+    edges = [start + (i * length) // k for i in range(k + 1)]
+    return [int(rng.integers(edges[i], edges[i + 1])) for i in range(k)]
