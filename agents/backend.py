@@ -34,8 +34,8 @@ class OfflineBackend:
 
     name = "offline"
 
-    def __init__(self, seed: int = 0):
-        self.proposer = OfflineProposer(seed)
+    def __init__(self, seed: int = 0, max_nodes: int = 40, max_depth: int = 10):
+        self.proposer = OfflineProposer(seed, max_nodes=max_nodes, max_depth=max_depth)
 
     def propose(self, ctx, tried, library, pool=None):
         return self.proposer.propose(ctx, tried, library, pool)

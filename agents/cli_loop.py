@@ -223,12 +223,15 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
         nodes[h["id"]] = (parent or tree).add(label + (f" ({h['relation']})" if h["relation"] else ""))
     # (a parent that is not shown - e.g. from another run - leaves the hypothesis at the top level)
     console.print(tree)
-    table = Table("factor", "expression", "RankIC", "RankICIR", "IC", "iteration")
+    table = Table("factor", "expression", "RankIC", "RankICIR", "IC", "iteration", "replaced by")
     for f in summary["accepted"]:
         m = f["metrics"]
         table.add_row(f["name"], f["expression"][:60], _fmt(m.get("rank_ic")), _fmt(m.get("rank_icir")),
-                      _fmt(m.get("ic")), str(f["iteration"]))
+                      _fmt(m.get("ic")), str(f["iteration"]), f["replaced_by"] or "")
     console.print(table)
+    trials = summary["trials"]
+    console.print(f"trials: {trials['screened']} screened, {trials['admitted']} judged on validation in this run; "
+                  f"{trials['project_market']} on this market in the project")
     best = summary["best_model"]
     console.print(f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "
                   f"valid RankIC {_fmt(best.get('metrics', {}).get('Rank IC'))}")

@@ -26,6 +26,7 @@ class FactorCandidate(_Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     expression: str = Field(min_length=1, max_length=2000)
     rationale: str = ""
+    region: str = ""  # where the idea came from: a search region, "evolved", or empty (an LLM's)
 
 
 class ModelCandidate(_Strict):
@@ -51,6 +52,7 @@ class CodedCandidate(_Strict):
     spec: dict[str, Any]  # a sandbox experiment spec
     fold_specs: list[dict[str, Any]] = Field(default_factory=list)  # model candidates: earlier walk-forward folds
     expression: str | None = None  # factor candidates: the validated expression (library names inlined)
+    region: str = ""  # factor candidates: the search region the idea came from (see FactorCandidate)
     family: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     feature_norm: str = "none"

@@ -86,6 +86,10 @@ def refine_factor(verdict: Verdict, result: ExperimentResult, rivals: list[str],
                            reasons=[f"duplicate: repeats library factor {rival} ({why}); no paired daily RankIC to "
                                     "compare them on"])
         a, b = _as_series(own), _as_series(other)
+        if not (np.isfinite(a) & np.isfinite(b)).any():
+            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
+                           reasons=[f"duplicate: repeats library factor {rival} ({why}); the two have no scored "
+                                    "validation day in common to compare them on"])
         diff = np.sign(np.nanmean(a)) * a - np.sign(np.nanmean(b)) * b
         lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed + k)
         band = (f"|RankIC| advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "

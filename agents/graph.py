@@ -36,7 +36,7 @@ def budget_left(s: Services) -> str | None:
 def _next(state: IterationState, s: Services) -> dict:
     return {"iteration": state.iteration + 1, "direction": None, "context": None, "hypothesis": None, "coded": None,
             "review": None, "results": {}, "critic": None, "stop": False, "screen": [], "screen_specs": {},
-            "screen_results": {}}
+            "screen_why": {}, "screen_results": {}}
 
 
 def build_graph(s: Services):

@@ -206,7 +206,7 @@ class LLMBackend:
                         ("system.md", "propose_factor.md", "propose_model.md", "repair.md", "critic.md")}
         self.tokens_used = tokens_used  # this run's tokens so far (resume: the stored total)
         self.price_in, self.price_out, self.price_note = prices(self.model)
-        self.offline = OfflineBackend(config.seed) if config.fallback_offline else None
+        self.offline = OfflineBackend(config.seed, config.max_nodes, config.max_depth) if config.fallback_offline else None
         self._calls: list[dict] = []
 
     @classmethod

@@ -13,10 +13,8 @@ from agents.graph import budget_left, build_graph
 from agents.decide import merge_folds
 from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, form_of
 from agents.search import ScoredExpression
-from agents.store import DecisionRow, ExperimentRow, HypothesisRow, RunRow, Store, TrialRow, dumps
+from agents.store import DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
-from quantcore.expr.canonical import canonical
-from quantcore.expr.parser import parse
 from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
@@ -40,7 +38,7 @@ def open_project(root: str | Path) -> Store:
 def make_backend(config: LoopConfig, replay_calls: list | None = None, tokens_used: int = 0) -> Backend:
     """The configured back-end; `tokens_used` (a resumed run's total so far) counts against --max-tokens."""
     if config.backend == "offline":
-        return OfflineBackend(config.seed)
+        return OfflineBackend(config.seed, config.max_nodes, config.max_depth)
     from agents.llm import LLMBackend
 
     backend = LLMBackend.from_env(config, replay_calls=replay_calls)
@@ -84,7 +82,8 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
             # trial_mark: the project's trials before this run are the search's starting point (replay too)
             db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,
                                                          "library_at_start": library,
-                                                         "trial_mark": _last_trial_id(db)})))
+                                                         "trial_mark": _last_id(db, TrialRow),
+                                                         "library_mark": _last_id(db, LibraryFactorRow)})))
     except BaseException:
         if own_executor:
             executor.close()
@@ -178,10 +177,11 @@ def _baseline(s: Services) -> None:
     s.on_event("best", {"metrics": result.metrics})
 
 
-def _last_trial_id(db) -> int:
+def _last_id(db, table) -> int:
+    """The newest row id of a table (0 when empty): what existed when a run started."""
     from sqlmodel import func, select
 
-    return int(db.exec(select(func.max(TrialRow.id))).one() or 0)
+    return int(db.exec(select(func.max(table.id))).one() or 0)
 
 
 def _memory(store: Store, run_id: str, market: str) -> RunMemory:
@@ -189,21 +189,17 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
     on this market (trials of earlier runs up to the run's start, then the run's own)."""
     run = store.run(run_id)
     raw = json.loads(run.config_json)
-    library = dict(raw.get("library_at_start", {}))
-    metrics = {}
-    for row in store.library(include_replaced=True):
-        if row.replaced_run == run_id:
-            library.pop(row.name, None)
-        elif row.run_id == run_id:
-            library[row.name] = row.expression
-            metrics[row.name] = json.loads(row.metrics_json)
+    library, metrics = store.run_library(run_id)
+    names_mark = int(raw.get("library_mark") or 0)
+    taken = {r.name for r in store.library(include_replaced=True) if r.id <= names_mark or r.run_id == run_id}
     mark = int(raw.get("trial_mark") or 0)
     trials = [t for t in store.rows(TrialRow, market=market) if t.run_id == run_id or t.id <= mark]
     tried = {t.form for t in trials}
     failures = []
     for e in store.rows(ExperimentRow, run_id):
         spec = json.loads(e.spec_json)
-        for expr in spec.get("expressions", {}).values():
+        screened = e.candidate.startswith("screen.")  # its scored members are trials (above); the rest may return
+        for expr in () if screened else spec.get("expressions", {}).values():
             try:
                 tried.add(form_of(expr))
             except Exception:  # noqa: BLE001 - a stored bad expression is simply not a form
@@ -228,7 +224,7 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
     return RunMemory(run_id=run_id, iterations_done=run.iterations_done, best=json.loads(run.best_json),
                      scheduler=json.loads(run.scheduler_json), library=library, library_metrics=metrics, tried=tried,
                      trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
-                     library_fitness=library_fitness, market=market,
+                     library_fitness=library_fitness, market=market, taken_names=taken,
                      families=families, failures=failures[-10:], lessons=json.loads(run.lessons_json),
                      tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
                      stopped=run.status == "stopped")

@@ -27,7 +27,7 @@ from agents.contracts import (
     Verdict,
 )
 from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score, refine_factor
-from agents.screen import ScreenScore, screen_scores, screen_segment, screen_specs, select_survivors
+from agents.screen import screen_scores, screen_segment, screen_specs, select_survivors
 from agents.search import ScoredExpression, SearchPool, affine_core, skeleton
 from agents.scheduler import choose_direction, update_scheduler
 from agents.store import (
@@ -72,6 +72,7 @@ class IterationState(BaseModel):
     results: dict[str, dict] = {}  # candidate -> ExperimentResult.to_dict()
     screen: list[CodedCandidate] = []  # factor candidates screened this iteration (before the survivors)
     screen_specs: dict[str, dict] = {}  # screen chunk -> its spec
+    screen_why: dict[str, str] = {}  # screened candidate -> why it did not go on to admission
     screen_results: dict[str, dict] = {}  # screen chunk -> ExperimentResult.to_dict()
     critic: CriticOutput | None = None
     stop: bool = False
@@ -92,6 +93,7 @@ class RunMemory:
     trials: list[ScoredExpression] = field(default_factory=list)  # scored trials on this market, oldest first
     library_fitness: dict[str, float] = field(default_factory=dict)  # library factor -> its screen fitness
     market: str = ""  # the panel's data version trials are recorded under
+    taken_names: set[str] = field(default_factory=set)  # library names in use, retired ones included (unique)
     families: dict[str, int] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     lessons: list[str] = field(default_factory=list)
@@ -199,11 +201,12 @@ def scheduler_node(state: IterationState, s: Services) -> dict:
 
 
 def proposer_node(state: IterationState, s: Services) -> dict:
-    hyp = s.backend.propose(state.context, s.memory.tried, s.memory.library, pool=search_pool(s))
+    pool = search_pool(s) if state.direction == "factor" else None
+    hyp = s.backend.propose(state.context, s.memory.tried, s.memory.library, pool=pool)
     if hyp.direction != state.direction:
         raise ValueError(f"the proposer answered a {hyp.direction} hypothesis for a {state.direction} iteration")
     if hyp.direction == "factor":
-        factors = _fresh_names(hyp.factors[: s.screen_size], set(s.memory.library))
+        factors = _fresh_names(hyp.factors[: s.screen_size], set(s.memory.library) | s.memory.taken_names)
         hyp = hyp.model_copy(update={"factors": factors})
     else:
         hyp = hyp.model_copy(update={"models": hyp.models[: s.config.n_model_candidates]})
@@ -242,7 +245,7 @@ def coder_node(state: IterationState, s: Services) -> dict:
             problem, expr, key = _check_factor(current, s, seen, held)
             if problem is None:
                 seen.add(key)
-                coded.append(CodedCandidate(name=current.name, expression=expr, spec={}))
+                coded.append(CodedCandidate(name=current.name, expression=expr, spec={}, region=current.region))
                 break
             if attempt >= s.config.repair_attempts or len(hyp.factors) > s.config.n_factor_candidates:
                 refused[current.name] = problem  # a screened batch drops what does not validate
@@ -253,22 +256,30 @@ def coder_node(state: IterationState, s: Services) -> dict:
                 refused[current.name] = problem
                 break
             current = fixed
-    batch = {c.name: c.expression for c in coded}
+    if len(coded) > s.config.n_factor_candidates:  # screened first: the survivors get admission specs
+        return {"coded": CoderOutput(coded=coded, refused=refused)}
+    return {"coded": CoderOutput(coded=with_admission_specs(coded, s), refused=refused)}
+
+
+def with_admission_specs(batch: list[CodedCandidate], s: Services) -> list[CodedCandidate]:
+    """The batch, each candidate with its admission spec (its peers are the rest of the batch)."""
     out = []
-    for c in coded:
-        others = {k: v for k, v in batch.items() if k != c.name}
+    for c in batch:
+        others = {o.name: o.expression for o in batch if o.name != c.name}
         out.append(c.model_copy(update={"spec": admission_spec(c.expression, c.name, others, s)}))
-    return {"coded": CoderOutput(coded=out, refused=refused)}
+    return out
 
 
 def admission_spec(expression: str, name: str, others: dict[str, str], s: Services) -> dict:
     """The validation-segment experiment that decides a factor: full report, look-ahead check, value
     correlations with the base features, the library and the batch, and the daily RankIC of library
     factors it repeats (for a refinement's paired comparison)."""
+    library = s.memory.library
     return {"kind": "factor", "market": s.config.data, "expressions": {name: expression},
-            "segment": list(s.segments["valid"]), "library": {**s.memory.library, **others},
+            "segment": list(s.segments["valid"]), "library": {**library, **others},
             "base_features": s.config.base_features, "pair_threshold": s.config.max_library_corr,
-            "lookahead_check": True, "seed": s.config.seed}
+            "pair_with": sorted(_same_idea(parse(expression), library)), "lookahead_check": True,
+            "seed": s.config.seed}
 
 
 def screen_node(state: IterationState, s: Services) -> dict:
@@ -284,29 +295,22 @@ def screen_node(state: IterationState, s: Services) -> dict:
                          seed=s.config.seed, workers=s.workers)
     s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
     results = dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named])))
-    scores = screen_scores(coded.coded, results)
+    scores = screen_scores(coded.coded, results, dict(named))
     chosen, why = select_survivors(scores, s.config.n_factor_candidates, s.config.max_library_corr, m.library,
                                    m.library_fitness)
-    survivors = [c for c in coded.coded if c.name in set(chosen)]
-    survivors.sort(key=lambda c: chosen.index(c.name))
+    survivors = with_admission_specs(sorted((c for c in coded.coded if c.name in set(chosen)),
+                                            key=lambda c: chosen.index(c.name)), s)
     best = sorted(scores, key=lambda x: -x.fitness)[:3]
     note = (f" Screened {len(scores)} on {segment[0]}..{segment[1]} (best |t| "
             f"{', '.join(f'{x.fitness:.1f}' for x in best)}); {len(survivors)} sent to admission.")
     hyp = state.hypothesis
     hyp = hyp.model_copy(update={"text": (hyp.text + note)[:2000],
                                  "factors": [f for f in hyp.factors if f.name in set(chosen)]})
-    lead = next((c.name for c in survivors), None)
-    if lead is not None:
-        hyp = hyp.model_copy(update={"family": region_of(lead)})
+    if survivors:
+        hyp = hyp.model_copy(update={"family": survivors[0].region or hyp.family})
     return {"coded": CoderOutput(coded=survivors, refused=coded.refused), "hypothesis": hyp,
-            "screen": list(coded.coded), "screen_specs": dict(named),
+            "screen": list(coded.coded), "screen_specs": dict(named), "screen_why": why,
             "screen_results": {k: r.to_dict() for k, r in results.items()}}
-
-
-def region_of(name: str) -> str:
-    """The search region an offline candidate came from (its name is `<region>_<iteration>_<i>`)."""
-    parts = name.rsplit("_", 2)
-    return parts[0] if len(parts) == 3 and parts[1].isdigit() else "llm"
 
 
 def review_node(state: IterationState, s: Services) -> dict:
@@ -343,6 +347,7 @@ def critic_node(state: IterationState, s: Services) -> dict:
         verdicts = [Verdict(candidate=c.name, verdict="reject", reasons=[why]) for c in state.coded.coded]
     elif state.direction == "factor":
         accepted_now: list[str] = []
+        claimed: set[str] = set()  # library factors a stronger candidate of this batch already refines
         bound = rules.max_library_corr
         seed = s.config.seed * 1000 + state.iteration
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
@@ -351,8 +356,8 @@ def critic_node(state: IterationState, s: Services) -> dict:
             node = parse(next(c.expression for c in state.coded.coded if c.name == name))
             detail = r.details.get(name, {}) if r.ok else {}
             corr_all = detail.get("correlations", {})
-            rivals = sorted({k for k, v in corr_all.items() if k in m.library and v is not None and abs(v) >= bound}
-                            | _same_idea(node, m.library))
+            rivals = sorted(({k for k, v in corr_all.items() if k in m.library and v is not None and abs(v) >= bound}
+                             | _same_idea(node, m.library)) - claimed)
             corr = {k: v for k, v in corr_all.items() if (k in m.library and k not in rivals) or k in accepted_now}
             base = detail.get("base_correlation") or None
             v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)),
@@ -362,6 +367,7 @@ def critic_node(state: IterationState, s: Services) -> dict:
             verdicts.append(v)
             if v.verdict == "accept":
                 accepted_now.append(name)
+                claimed.update(v.replaces)
         best_before = max((abs(x.get("rank_ic", 0.0)) for x in m.library_metrics.values()), default=0.0)
         best_new = max((abs(v.metrics.get("rank_ic", 0.0)) for v in verdicts if v.verdict == "accept"), default=0.0)
         reward = max(0.0, best_new - best_before)
@@ -398,14 +404,17 @@ def update_node(state: IterationState, s: Services) -> dict:
                         "daily_rank_ic": candidate_result(coded, results).details.get("daily_rank_ic")}
     calls = s.backend.drain_calls()
     seconds = time.monotonic() - state.started
-    cpu = sum(r.seconds for r in results.values())
+    cpu = sum(r.seconds for r in results.values()) + sum(r.get("seconds", 0.0) for r in state.screen_results.values())
     status = ("rejected" if state.review and state.review.action in ("reject", "stop") else
               "accepted" if accepted or new_best else "rejected")
     if accepted and len(accepted) < len(critic.verdicts):
         status = "partial"
     scheduler = update_scheduler(m.scheduler, state.direction, critic.reward)
     new_library = {name: next(c.expression for c in state.coded.coded if c.name == name) for name in accepted}
-    retired = {rival: v.candidate for v in critic.verdicts if v.verdict == "accept" for rival in v.replaces}
+    retired: dict[str, str] = {}
+    for v in critic.verdicts:
+        for rival in v.replaces if v.verdict == "accept" else ():
+            retired.setdefault(rival, v.candidate)
     trials = trial_rows(state, results, m)
     new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items() if not r.ok]
     new_failures += [{"candidate": k, "failure": v[:400]} for k, v in state.coded.refused.items()]
@@ -464,6 +473,7 @@ def update_node(state: IterationState, s: Services) -> dict:
         m.library_metrics.pop(rival, None)
         m.library_fitness.pop(rival, None)
     m.library.update(new_library)
+    m.taken_names |= set(new_library)
     m.library_metrics.update({k: verdict_of[k].metrics for k in new_library})
     fitness = {t.candidate: t.fitness for t in trials if t.stage == "screen"}  # its screen fitness (as on resume)
     m.library_fitness.update({k: fitness.get(k, 0.0) for k in new_library})
@@ -472,7 +482,7 @@ def update_node(state: IterationState, s: Services) -> dict:
     if new_best is not None:
         m.best = new_best
     for c in state.coded.coded:
-        if c.expression:
+        if c.expression and c.name in results:  # what ran (a rejected batch is free to come back, as on resume)
             m.tried.add(form_of(c.expression))
     m.families[hyp.family] = m.families.get(hyp.family, 0) + 1
     m.failures = (m.failures + new_failures)[-10:]
@@ -498,15 +508,19 @@ def trace_summary(m: RunMemory, top_k: int = 8, last_failures: int = 5) -> Trace
 
 def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: RunMemory) -> list[TrialRow]:
     """Every factor candidate scored this iteration, as trials: the screened batch (training-segment
-    scores) and the admitted candidates (validation-segment scores)."""
+    scores, and why each one stopped there) and the admitted candidates (validation-segment scores)."""
     if state.direction != "factor":
         return []
     rows = []
-    screened = screen_scores(state.screen, {k: ExperimentResult.from_dict(v) for k, v in state.screen_results.items()})
-    for sc in screened:
+    screen = {k: ExperimentResult.from_dict(v) for k, v in state.screen_results.items()}
+    region = {c.name: c.region for c in state.screen}
+    for sc in screen_scores(state.screen, screen, state.screen_specs) if state.screen else []:
+        if not sc.scored:  # its chunk failed as a whole: nothing was learnt about the candidate
+            continue
+        why = state.screen_why.get(sc.name, "sent to admission")
         rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=sc.name,
-                             expression=sc.expression, form=form_of(sc.expression), region=region_of(sc.name),
-                             stage="screen", fitness=sc.fitness, metrics_json=dumps(sc.metrics())))
+                             expression=sc.expression, form=form_of(sc.expression), region=region.get(sc.name, ""),
+                             stage="screen", fitness=sc.fitness, metrics_json=dumps({**sc.metrics(), "outcome": why})))
     for c in state.coded.coded:
         r = results.get(c.name)
         if r is None or c.expression is None:
@@ -514,7 +528,7 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         mt = {k.split(".", 1)[1]: v for k, v in r.metrics.items() if k.startswith(f"{c.name}.")}
         t = mt.get("rank_ic_t", math.nan)
         rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
-                             expression=c.expression, form=form_of(c.expression), region=region_of(c.name),
+                             expression=c.expression, form=form_of(c.expression), region=c.region,
                              stage="admission", fitness=abs(t) if r.ok and math.isfinite(t) else 0.0,
                              metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
     return rows

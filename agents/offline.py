@@ -40,6 +40,7 @@ class OfflineProposer:
     """Deterministic proposer; never proposes a form already tried (`pool.tried`: affine cores)."""
 
     def __init__(self, seed: int = 0, max_nodes: int = 40, max_depth: int = 10):
+        """`max_nodes` / `max_depth`: the coder's complexity caps, so the search proposes nothing it refuses."""
         self.seed = seed
         self.search = GrammarSearch(seed, max_nodes=max_nodes, max_depth=max_depth)
 
@@ -58,7 +59,7 @@ class OfflineProposer:
                 f"({', '.join(f'{r} {n}' for r, n in regions.most_common(6))}); each is screened cheaply and "
                 "only the strongest original ones are sent to admission")
         factors = [FactorCandidate(name=f"{p.region[:20]}_{ctx.iteration}_{i}", expression=p.expression,
-                                   rationale=p.origin[:300]) for i, p in enumerate(found)]
+                                   rationale=p.origin[:300], region=p.region) for i, p in enumerate(found)]
         return Hypothesis(direction="factor", text=text, family="search", factors=factors)
 
     def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,
@@ -68,7 +69,7 @@ class OfflineProposer:
                                     salt=f"repair:{candidate.name}:{attempt}")
         if not found:
             return None
-        return FactorCandidate(name=candidate.name, expression=found[0].expression,
+        return FactorCandidate(name=candidate.name, expression=found[0].expression, region=found[0].region,
                                rationale=f"replaces a refused candidate ({failure.splitlines()[0][:120]})")
 
     # ---- model ideas --------------------------------------------------------------------------------

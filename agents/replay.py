@@ -1,8 +1,10 @@
 """`rdquant replay RUN_ID`: re-execute a run offline from its stored LLM responses and reviews, in a
-scratch project, and compare every decision and metric with the stored ones."""
+scratch project holding what the run started from, and compare everything it decided, measured and
+asked with the stored run (see `compare`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -14,7 +16,9 @@ from agents.backend import OfflineBackend
 from agents.config import stored_config
 from agents.contracts import Review
 from agents.loop import open_project, start_run
-from agents.store import DecisionRow, ExperimentRow, LLMCallRow, ReviewRow, Store, TrialRow
+from agents.store import (
+    DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, LLMCallRow, ReviewRow, Store, TrialRow,
+)
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
 
@@ -32,6 +36,9 @@ class ReplayReport:
 
 def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None) -> ReplayReport:
     run = store.find_run(run_id)
+    if not store.rows(DecisionRow, run.id):  # nothing to re-execute, nothing a replay could vouch for
+        return ReplayReport(run.id, divergences=["the stored run has no decisions: nothing to compare (a run that "
+                                                 "decided nothing cannot match)"])
     raw = json.loads(run.config_json)
     # the stored worker count stays: it sizes the search's batches; `workers` only sizes this executor
     config = stored_config(raw["loop"]).model_copy(update={"budget": max(run.iterations_done, 1), "max_minutes": None})
@@ -41,7 +48,7 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
         calls = [c.model_dump() for c in store.rows(LLMCallRow, run.id)]
         backend = LLMBackend.from_env(config, replay_calls=calls)
     else:
-        backend = OfflineBackend(config.seed)
+        backend = OfflineBackend(config.seed, config.max_nodes, config.max_depth)
     reviews = [Review(action=r.action, reason=r.reason, edits=json.loads(r.edits_json))
                for r in store.rows(ReviewRow, run.id)]
 
@@ -52,7 +59,8 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
 
     with tempfile.TemporaryDirectory(prefix="rdquant-replay-") as tmp:
         log(f"re-executing {run.iterations_done} iterations of {run.id} (no cache, no network)")
-        _copy_prior_trials(store, open_project(tmp), int(raw.get("trial_mark") or 0))
+        _copy_project_state(store, open_project(tmp), int(raw.get("trial_mark") or 0),
+                            int(raw.get("library_mark") or 0), raw.get("library_at_start", {}))
         limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * 4)
         with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False) as executor:
             start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
@@ -60,40 +68,80 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
         return compare(store, open_project(tmp), run.id)
 
 
-def _copy_prior_trials(original: Store, scratch: Store, mark: int) -> None:
-    """The project's trials from before the run (what its search started from), in their order."""
+def _copy_project_state(original: Store, scratch: Store, mark: int, names_mark: int, library: dict[str, str]) -> None:
+    """What the run started from: the project's trials before it (in their order) and the rows of the
+    library it started with, as they were then (a refinement of the run may retire one of them)."""
     rows = [t for t in original.rows(TrialRow) if t.id <= mark]
+    factors = [f for f in original.library(include_replaced=True) if f.id <= names_mark or library.get(f.name) == f.expression]
     with scratch.session() as db:
         db.add_all([TrialRow(**t.model_dump(exclude={"id"})) for t in rows])
+        # as they were then: a factor the run (or a later one) retired was still in the library
+        db.add_all([LibraryFactorRow(**f.model_dump(exclude={"id", "replaced_by", "replaced_run"})) for f in factors
+                    if f.name in library] + [LibraryFactorRow(**f.model_dump(exclude={"id"})) for f in factors
+                                            if f.name not in library])
 
 
 def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
-    """Every decision (candidate, verdict, metrics) and experiment metric of `run_id`, side by side."""
+    """Everything `run_id` decided and measured, side by side: decisions (verdict, metrics), experiments
+    (spec, metrics, details, failure), hypotheses, trials, the library it changed, the best model, and
+    each LLM call's request (a recorded call the replay did not make is a divergence too). A run with
+    nothing decided cannot match: there is nothing to vouch for."""
     report = ReplayReport(run_id)
+    out = report.divergences
     a, b = _decisions(original, run_id), _decisions(replayed, run_id)
     report.iterations = len({it for it, _ in a})
+    if not a:
+        out.append("the stored run has no decisions: nothing to compare (a run that decided nothing cannot match)")
     for key in sorted(set(a) | set(b)):
         it, cand = key
         if key not in b:
-            report.divergences.append(f"iteration {it}: decision on {cand} is missing from the replay")
+            out.append(f"iteration {it}: decision on {cand} is missing from the replay")
             continue
         if key not in a:
-            report.divergences.append(f"iteration {it}: the replay decided on {cand}, the original did not")
+            out.append(f"iteration {it}: the replay decided on {cand}, the original did not")
             continue
         (va, ma), (vb, mb) = a[key], b[key]
         report.decisions += 1
         if va != vb:
-            report.divergences.append(f"iteration {it}: {cand} was {va!r}, replay says {vb!r}")
-        report.metrics += _diff_metrics(f"iteration {it}: {cand} decision metric", ma, mb, report.divergences)
+            out.append(f"iteration {it}: {cand} was {va!r}, replay says {vb!r}")
+        report.metrics += _diff_metrics(f"iteration {it}: {cand} decision metric", ma, mb, out)
     ea, eb = _experiments(original, run_id), _experiments(replayed, run_id)
     for key in sorted(set(ea) | set(eb)):
         it, cand = key
         if key not in ea or key not in eb:
-            report.divergences.append(f"iteration {it}: experiment {cand} exists only in the "
-                                      f"{'replay' if key in eb else 'original'}")
+            out.append(f"iteration {it}: experiment {cand} exists only in the {'replay' if key in eb else 'original'}")
             continue
-        report.metrics += _diff_metrics(f"iteration {it}: experiment {cand}", ea[key], eb[key], report.divergences)
+        (spec_a, res_a), (spec_b, res_b) = ea[key], eb[key]
+        if spec_a != spec_b:
+            out.append(f"iteration {it}: experiment {cand}'s spec differs")
+        report.metrics += _diff_metrics(f"iteration {it}: experiment {cand}", res_a.pop("metrics", {}),
+                                        res_b.pop("metrics", {}), out)
+        _diff_values(f"iteration {it}: experiment {cand}", res_a, res_b, out)
+    for name, rows in (("hypothesis", _hypotheses), ("trial", _trials), ("library factor", _library),
+                       ("LLM call", _calls)):
+        ra, rb = rows(original, run_id), rows(replayed, run_id)
+        for key in sorted(set(ra) | set(rb), key=str):
+            if key not in rb:
+                out.append(f"{name} {key} of the stored run " + ("was never asked for by the replay (unused)"
+                                                                 if name == "LLM call" else "is missing from the replay"))
+            elif key not in ra:
+                out.append(f"{name} {key} exists only in the replay")
+            else:
+                _diff_values(f"{name} {key}", ra[key], rb[key], out)
+    _diff_values("best model", _best(original, run_id), _best(replayed, run_id), out)
     return report
+
+
+_VOLATILE = frozenset({"seconds", "cached", "artifacts", "mlflow_run_id", "latency_s", "created", "id"})
+
+
+def _stable(value):
+    """A stored value without what legitimately differs between runs (timings, paths, ids, row ids)."""
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
 
 
 def _decisions(store: Store, run_id: str) -> dict:
@@ -101,7 +149,66 @@ def _decisions(store: Store, run_id: str) -> dict:
 
 
 def _experiments(store: Store, run_id: str) -> dict:
-    return {(e.iteration, e.candidate): json.loads(e.result_json).get("metrics", {}) for e in store.rows(ExperimentRow, run_id)}
+    return {(e.iteration, e.candidate): (json.loads(e.spec_json), _stable(json.loads(e.result_json)))
+            for e in store.rows(ExperimentRow, run_id)}
+
+
+def _hypotheses(store: Store, run_id: str) -> dict:
+    return {(h.iteration, h.direction): {"family": h.family, "text": h.text, "status": h.status, "feedback": h.feedback,
+                                         "candidates": json.loads(h.candidates_json)}
+            for h in store.rows(HypothesisRow, run_id)}
+
+
+def _trials(store: Store, run_id: str) -> dict:
+    return {(t.iteration, t.candidate, t.stage): {"expression": t.expression, "form": t.form, "fitness": t.fitness,
+                                                  "metrics": json.loads(t.metrics_json)}
+            for t in store.rows(TrialRow, run_id)}
+
+
+def _library(store: Store, run_id: str) -> dict:
+    return {r.name: {"expression": r.expression, "iteration": r.iteration, "metrics": json.loads(r.metrics_json),
+                     "replaced_by": r.replaced_by if r.replaced_run == run_id else None}  # not a later run's doing
+            for r in store.library(include_replaced=True) if r.run_id == run_id or r.replaced_run == run_id}
+
+
+def _calls(store: Store, run_id: str) -> dict:
+    """Each LLM call by (iteration, node, attempt, order), its request hashed: the prompt the replay
+    built must be the one the recorded run sent."""
+    out, seen = {}, {}
+    for c in store.rows(LLMCallRow, run_id):
+        key = (c.iteration, c.node, c.attempt)
+        seen[key] = seen.get(key, 0) + 1
+        out[(*key, seen[key])] = {"request_sha256": hashlib.sha256(c.request_json.encode()).hexdigest(), "ok": c.ok,
+                                  "model": c.model}
+    return out
+
+
+def _best(store: Store, run_id: str) -> dict:
+    run = store.run(run_id)
+    return json.loads(run.best_json) if run is not None else {}
+
+
+def _diff_values(where: str, a, b, out: list[str], path: str = "") -> None:
+    """Every leaf that differs between two JSON-like values (NaN equals NaN), named by its path."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a or key not in b:
+                out.append(f"{where} {path}{key}: only in the {'replay' if key in b else 'original'}")
+            else:
+                _diff_values(where, a[key], b[key], out, f"{path}{key}.")
+        return
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff_values(where, x, y, out, f"{path}{i}.")
+        return
+    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    if not same:
+        out.append(f"{where} {path.rstrip('.')}: stored {_short(a)}, replay {_short(b)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _diff_metrics(where: str, a: dict, b: dict, out: list[str]) -> int:

@@ -40,7 +40,7 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, workers: int = 2
     raw = json.loads(run.config_json)
     config = stored_config(raw["loop"])
     summary = run_summary(store, run.id)
-    library = {**raw.get("library_at_start", {}), **{f["name"]: f["expression"] for f in summary["accepted"]}}
+    library, _ = store.run_library(run.id)
     best = summary["best_model"]
     segments = {k: list(v) for k, v in raw["segments"].items()}
     specs = {
@@ -75,7 +75,13 @@ def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | Non
     sections = [
         MetricsSection("Run", {"run": summary["run_id"], "status": summary["status"], "iterations": summary["iterations"],
                                "data": summary["config"]["data"], "backend": summary["config"]["backend"],
-                               "accepted factors": len(summary["accepted"]), "tokens": summary["tokens"],
+                               "factors accepted (refined out later in the run)":
+                                   f"{len(summary['accepted'])} "
+                                   f"({sum(1 for f in summary['accepted'] if f['name'] not in summary['library'])})",
+                               "trials (screened / judged on validation)":
+                                   f"{summary['trials']['screened']} / {summary['trials']['admitted']}",
+                               "trials on this market, whole project": summary["trials"]["project_market"],
+                               "tokens": summary["tokens"],
                                "cost ($)": summary["cost_usd"], "CPU seconds": round(summary["cpu_seconds"], 1)}),
         TableSection("Sealed test segment: final model vs the Alpha158 + LightGBM baseline",
                      pd.DataFrame(headline).rename_axis("metric")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agents.store import DecisionRow, EdgeRow, HypothesisRow, LibraryFactorRow, RunRow, Store
+from agents.store import DecisionRow, EdgeRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow
 
 __all__ = ["runs_overview", "run_summary"]
 
@@ -36,8 +36,8 @@ def run_summary(store: Store, run_id: str) -> dict:
         hypotheses.append({"id": h.id, "iteration": h.iteration, "direction": h.direction, "family": h.family,
                            "text": h.text, "status": h.status, "feedback": h.feedback, "parent": parent,
                            "relation": relation, "candidates": json.loads(h.candidates_json)})
-    accepted = [{"name": f.name, "expression": f.expression, "iteration": f.iteration, "metrics": json.loads(f.metrics_json)}
-                for f in store.rows(LibraryFactorRow, run_id=run.id)]
+    accepted = [{"name": f.name, "expression": f.expression, "iteration": f.iteration, "metrics": json.loads(f.metrics_json),
+                 "replaced_by": f.replaced_by} for f in store.rows(LibraryFactorRow, run_id=run.id)]
     decisions = [{"iteration": d.iteration, "candidate": d.candidate, "verdict": d.verdict,
                   "reasons": json.loads(d.reasons_json)} for d in store.rows(DecisionRow, run.id)]
     best = {k: v for k, v in json.loads(run.best_json).items() if k != "daily_rank_ic"}
@@ -45,4 +45,15 @@ def run_summary(store: Store, run_id: str) -> dict:
             "config": config["loop"], "segments": {k: v for k, v in config["segments"].items() if k != "test"},
             "tokens": run.tokens, "cost_usd": run.cost_usd, "cpu_seconds": run.cpu_seconds,
             "hypotheses": hypotheses, "accepted": accepted, "decisions": decisions, "best_model": best,
-            "library_at_start": config.get("library_at_start", {})}
+            "library_at_start": config.get("library_at_start", {}), "library": store.run_library(run.id)[0],
+            "trials": trial_counts(store, run.id)}
+
+
+def trial_counts(store: Store, run_id: str) -> dict:
+    """How many factor candidates the run scored (screened, admitted) and how many the whole project
+    has scored on the same market: the number of trials behind every discovery."""
+    own = store.rows(TrialRow, run_id)
+    markets = {t.market for t in own}
+    project = [t for t in store.rows(TrialRow) if t.market in markets] if markets else []
+    return {"screened": sum(t.stage == "screen" for t in own), "admitted": sum(t.stage == "admission" for t in own),
+            "project_market": len(project)}

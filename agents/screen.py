@@ -38,6 +38,7 @@ class ScreenScore:
     library_corr: float = 0.0  # largest |value correlation| with a library factor
     library_factor: str = ""
     failure: str = ""
+    scored: bool = True  # False: its chunk failed as a whole (not a trial of the candidate)
 
     @property
     def fitness(self) -> float:
@@ -63,6 +64,8 @@ def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tupl
     """(experiment name, spec) of the screen: the candidates in chunks, about two per worker so a
     slow chunk does not leave a worker idle."""
     n = len(candidates)
+    if n == 0:
+        return []
     chunks = max(1, min(n, 2 * max(workers, 1)))
     size = min(MAX_EXPRESSIONS, math.ceil(n / chunks))
     out = []
@@ -74,26 +77,31 @@ def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tupl
     return out
 
 
-def screen_scores(candidates: list[CodedCandidate], results: dict[str, ExperimentResult]) -> list[ScreenScore]:
-    """Each candidate's screen score, from the chunk results (a failed chunk fails its members)."""
-    by_name = {}
-    for r in results.values():
-        if not r.ok:
-            continue
-        for key, value in r.metrics.items():
-            name, _, metric = key.partition(".")
-            by_name.setdefault(name, {})[metric] = value
-        for name, detail in r.details.items():
-            if isinstance(detail, dict) and name in by_name:
-                by_name[name]["_detail"] = detail
-    failed = next((r.failure.for_llm().splitlines()[0] for r in results.values() if not r.ok), "not scored")
+def screen_scores(candidates: list[CodedCandidate], results: dict[str, ExperimentResult],
+                  specs: dict[str, dict]) -> list[ScreenScore]:
+    """Each candidate's screen score, from its chunk's result. A degenerate factor fails alone; a chunk
+    that failed as a whole leaves its members unscored (`scored` False: not a trial, free to come back).
+    Every chunk failing at once is not the candidates' doing: a RuntimeError names the first failure."""
+    failures = [r for r in results.values() if not r.ok]
+    if results and len(failures) == len(results):
+        raise RuntimeError(f"every screening experiment failed, first: {failures[0].failure.for_llm()[:500]}")
+    chunk_of, by_failed = {}, {}
+    for key, r in results.items():
+        for name in specs.get(key, {}).get("expressions", {}):
+            (chunk_of if r.ok else by_failed)[name] = r
     out = []
     for c in candidates:
-        m = by_name.get(c.name)
-        if m is None:
-            out.append(ScreenScore(c.name, c.expression, ok=False, failure=failed[:300]))
+        r = chunk_of.get(c.name)
+        if r is None:
+            failed = by_failed.get(c.name)
+            why = failed.failure.for_llm().splitlines()[0][:300] if failed is not None else "not scored"
+            out.append(ScreenScore(c.name, c.expression, ok=False, failure=why, scored=False))
             continue
-        detail = m.get("_detail", {})
+        detail = r.details.get(c.name) or {}
+        if "degenerate" in detail:
+            out.append(ScreenScore(c.name, c.expression, ok=False, failure=str(detail["degenerate"])[:300]))
+            continue
+        m = {k.partition(".")[2]: v for k, v in r.metrics.items() if k.partition(".")[0] == c.name}
         out.append(ScreenScore(
             c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
             rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import random
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,7 +40,7 @@ from quantcore.expr.ast import (
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
 
-__all__ = ["Unit", "Region", "REGIONS", "WINDOWS", "ScoredExpression", "SearchPool", "GrammarSearch",
+__all__ = ["Unit", "Region", "REGIONS", "WINDOWS", "ScoredExpression", "SearchPool", "Proposal", "GrammarSearch",
            "unit_of", "field_units", "affine_core", "skeleton"]
 
 
@@ -65,7 +64,6 @@ QUANTILES = (0.1, 0.2, 0.25, 0.5, 0.75, 0.8, 0.9)
 _MIN_WINDOW = {"Skew": 3, "Kurt": 4, "Corr": 3, "Cov": 3, "Slope": 3, "Rsquare": 3, "Resi": 3, "Std": 2}
 
 # rolling operators by how they scale their input: linear ones keep the unit, the rest are unit-free
-_LINEAR_OPS = ("Mean", "EMA", "WMA", "Med", "Max", "Min", "Quantile", "Std", "Mad", "Slope", "Resi", "Delta", "Sum")
 _LOCATION_OPS = ("Mean", "EMA", "WMA", "Med", "Max", "Min", "Quantile")  # same unit, same sign as the input
 _SPREAD_OPS = ("Std", "Mad", "Slope", "Resi")  # same unit, a dispersion or a trend
 _FREE_OPS = ("Rank", "IdxMax", "IdxMin", "Rsquare", "Skew", "Kurt")  # unit-free outputs
@@ -209,7 +207,6 @@ class _Sampler:
         self.volumes = [f"${f}" for f, u in units.items() if u is Unit.VOLUME]
         self.ratios = [f"${f}" for f, u in units.items() if u is Unit.RATIO]
         self.raws = [f"${f}" for f, u in units.items() if u is Unit.RAW]
-        self.close = "$close" if "close" in units else (self.prices[0] if self.prices else None)
 
     def pick(self, seq: Sequence):
         return seq[self.rng.randrange(len(seq))]
@@ -423,10 +420,10 @@ class GrammarSearch:
     def propose(self, iteration: int, k: int, fields: Iterable[str], pool: SearchPool, salt: str = "") -> list[Proposal]:
         rng = random.Random(f"{self.seed}:{iteration}:search:{salt}")
         units = field_units(fields)
-        if not any(u is not Unit.OTHER for u in units.values()):
-            return []
         region_w, op_w = _payoffs(pool)
         sampler = _Sampler(rng, units, lambda op: op_w.get(op, 1.0))
+        if not (sampler.prices or sampler.volumes or sampler.raws):  # nothing but ratio fields: no levels to draw
+            return []
         parents = sorted(pool.scored, key=lambda s: -s.fitness)[:128]
         # early on, most candidates come from the regions; as scores accumulate, from evolution
         evolve_share = 0.0 if not parents else min(0.7, 0.45 + len(pool.scored) / 4000)
@@ -662,8 +659,3 @@ def _crossover(rng, a: Node, b: Node, units) -> Node | None:
         return None
     path, _ = rng.choice(spots_a)
     return _replace(a, path, rng.choice(spots_b))
-
-
-def fitness_of(rank_ic_t: float | None) -> float:
-    """A screened trial's fitness: |t| of its mean daily RankIC (0 for a failed or NaN one)."""
-    return abs(rank_ic_t) if rank_ic_t is not None and math.isfinite(rank_ic_t) else 0.0

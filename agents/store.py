@@ -234,6 +234,22 @@ class Store:
         rows = self.rows(LibraryFactorRow)
         return rows if include_replaced else [r for r in rows if r.replaced_by is None]
 
+    def run_library(self, run_id: str) -> tuple[dict[str, str], dict[str, dict]]:
+        """The factor library as run `run_id` left it (name -> expression, name -> validation metrics of
+        the factors it admitted): what it started with, plus what it admitted, minus what it refined out.
+        A later run retiring one of its factors does not change this run's library."""
+        run = self.run(run_id)
+        raw = json.loads(run.config_json) if run is not None else {}
+        library = dict(raw.get("library_at_start", {}))
+        metrics = {}
+        for row in self.library(include_replaced=True):
+            if row.replaced_run == run_id:
+                library.pop(row.name, None)
+            elif row.run_id == run_id:
+                library[row.name] = row.expression
+                metrics[row.name] = json.loads(row.metrics_json)
+        return library, metrics
+
     def find_run(self, prefix: str) -> RunRow:
         """A run by id or unique id prefix; KeyError naming the candidates otherwise."""
         with self.session() as s:
@@ -252,6 +268,7 @@ def _add_missing_columns(engine) -> None:
     """Columns added to a table since a project's store was created, added to it in place (all are
     nullable or have defaults): an older project opens with every run it holds."""
     from sqlalchemy import inspect, text
+    from sqlalchemy.exc import OperationalError
 
     inspector = inspect(engine)
     with engine.begin() as conn:
@@ -263,7 +280,11 @@ def _add_missing_columns(engine) -> None:
                 default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
                 kind = column.type.compile(engine.dialect)
                 clause = f" DEFAULT {default!r}" if isinstance(default, (str, int, float)) else ""
-                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
+                try:
+                    conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'))
+                except OperationalError as e:  # another process opening the same old store added it first
+                    if "duplicate column" not in str(e):
+                        raise
 
 
 def dumps(value: Any) -> str:

@@ -72,10 +72,12 @@ def _max_abs_corr(x: np.ndarray, others: dict[str, np.ndarray]) -> tuple[str | N
 def score_market(data: str, seed: int, n_alphas: int, root: Path, run_id: str, workers: int) -> dict:
     store = open_project(root)
     summary = run_summary(store, run_id)
-    accepted = {f["name"]: f["expression"] for f in summary["accepted"]}
+    # the library the run ends with (the final model's extra features): refined-out factors are not in it
+    accepted = summary["library"]
+    replaced = sum(1 for f in summary["accepted"] if f["name"] not in accepted)
     factor_s = [r.seconds for r in store.rows(IterationRow, run_id) if r.direction == "factor"]
     screened = sum(1 for t in store.rows(TrialRow, run_id) if t.stage == "screen")
-    out = {"data": data, "run_id": run_id, "accepted": len(accepted), "screened": screened,
+    out = {"data": data, "run_id": run_id, "accepted": len(accepted), "replaced": replaced, "screened": screened,
            "factor_iterations": len(factor_s), "factor_s_mean": float(np.mean(factor_s)) if factor_s else None,
            "factor_s_max": float(max(factor_s)) if factor_s else None}
     if data.startswith("synthetic"):
@@ -114,13 +116,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--root", type=Path, default=Path("runs/quality"))
     ap.add_argument("--out", type=Path, help="also write the summary as a Markdown table")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the runs already in --root again (no new loop; wall time and RSS read from the "
+                         "first scoring's JSON next to them)")
     args = ap.parse_args()
     markets = ([(args.data, 0)] if args.data else
                [(f"synthetic:{args.size}:{s}:{args.alphas}", s) for s in args.seeds])
     results = []
     for data, seed in markets:
         root = args.root / data.replace(":", "_")
-        run_id, wall, rss = run_loop(data, seed, args.budget, args.workers, root)
+        timing = root / "loop_timing.json"
+        if not args.rescore and (root / "rdquant.db").exists():
+            raise SystemExit(f"{root} already holds a project: the benchmark needs a fresh one per market "
+                             "(remove it, pick another --root, or --rescore it)")
+        if args.rescore:
+            run_id, wall, rss = (json.loads(timing.read_text())[k] for k in ("run_id", "wall_s", "peak_rss_gib"))
+        else:
+            run_id, wall, rss = run_loop(data, seed, args.budget, args.workers, root)
+            timing.write_text(json.dumps({"run_id": run_id, "wall_s": wall, "peak_rss_gib": rss}))
         res = score_market(data, seed, args.alphas, root, run_id, args.workers)
         res.update({"wall_s": wall, "peak_rss_gib": rss})
         results.append(res)
@@ -134,7 +147,7 @@ def main() -> None:
 
 def _print(r: dict) -> None:
     print(f"\n{r['data']}: run {r['run_id']}, {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, "
-          f"{r['accepted']} accepted of {r['screened']} screened; factor iterations {r['factor_iterations']} "
+          f"{r['accepted']} in the library ({r['replaced']} more refined out) of {r['screened']} screened; factor iterations {r['factor_iterations']} "
           f"({r['factor_s_mean'] or 0:.1f} s mean, {r['factor_s_max'] or 0:.1f} s max)")
     for p in r.get("planted", []):
         tag = "held by base" if p["held_by_base"] else ("FOUND" if p["found"] else "missed")

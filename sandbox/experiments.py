@@ -208,7 +208,13 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     lib_corr: dict[str, np.ndarray] = {}
     for name, values in factors.items():
         window = values[:, days]
-        _check_degenerate(name, window, spec.max_inf_share)
+        try:
+            _check_degenerate(name, window, spec.max_inf_share)
+        except DegenerateOutput as e:
+            if spec.report != "screen":
+                raise
+            details[name] = {"degenerate": str(e)}  # a screen judges each factor alone: the rest are scored
+            continue
         clean = _clean(window)
         if spec.report == "screen":
             row, daily_rank = _screen(clean, label, panel.calendar[days], spec.expressions.get(name, name))
@@ -231,15 +237,16 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         if base_stack is not None:
             base = daily_correlations(x, base_stack, min_pairs=MIN_PAIRS)
             metrics.update(_originality(name, row, base_stack, base, "base_correlation", "feature", "base_corr"))
-        if spec.pair_threshold is not None:
+        if spec.pair_threshold is not None or spec.pair_with:
             row["daily_rank_ic"] = _series(daily_rank)
         details[name] = row
         for m in SCREEN_METRICS:
             v = row.get(m)
             if m in row:
                 metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
-    if spec.pair_threshold is not None:
-        details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, days, label)
+    if spec.pair_threshold is not None or spec.pair_with:
+        details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, spec.pair_with,
+                                                           days, label)
     artifacts: dict[str, str] = {}
     if spec.pipeline is not None:
         metrics_p, details_p, artifacts = _pipeline(spec, panel, factors, ctx, workdir)
@@ -301,14 +308,16 @@ def _originality(name: str, row: dict, stack: ReferenceStack | None, corr: np.nd
     return {f"{name}.{metric}": float(abs(corr[k]))}
 
 
-def _paired_library(library: dict[str, np.ndarray], lib_corr: dict[str, np.ndarray], threshold: float, days: slice,
-                    label: DailyRanks) -> dict[str, list[float | None]]:
+def _paired_library(library: dict[str, np.ndarray], lib_corr: dict[str, np.ndarray], threshold: float | None,
+                    pair_with: tuple[str, ...], days: slice, label: DailyRanks) -> dict[str, list[float | None]]:
     """Library name -> its daily RankIC on the scoring days, for each library factor some candidate
-    correlates with at |corr| >= `threshold` (the days and order of each candidate's `daily_rank_ic`)."""
+    correlates with at |corr| >= `threshold` and each one named in `pair_with` (the days and order of
+    each candidate's `daily_rank_ic`)."""
     from quantcore.evaluate.ic import daily_rank_ic
 
     names = list(library)
-    paired = [k for j, k in enumerate(names) if any(abs(c[j]) >= threshold for c in lib_corr.values() if np.isfinite(c[j]))]
+    paired = [k for j, k in enumerate(names) if k in pair_with or (threshold is not None and any(
+        abs(c[j]) >= threshold for c in lib_corr.values() if np.isfinite(c[j])))]
     return {k: _series(daily_rank_ic(_clean(library[k][:, days]), label, MIN_PAIRS)) for k in paired}
 
 

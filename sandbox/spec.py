@@ -108,6 +108,9 @@ class FactorSpec(_Base):
     # on the scoring segment reported, and every candidate its own (same days), so a replacement can be
     # judged day by day (a paired bootstrap) rather than on two means.
     pair_threshold: float | None = Field(None, ge=0, le=1)
+    # Library factors whose daily RankIC is reported whatever their correlation (the same idea at
+    # another window, a refinement's rival by construction); names must be in `library`.
+    pair_with: tuple[str, ...] = ()
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
 
@@ -141,6 +144,9 @@ class FactorSpec(_Base):
             raise ValueError("a factor experiment needs `expressions` or `code`")
         if self.code is not None and self.code_name in self.expressions:
             raise ValueError(f"code_name {self.code_name!r} is also an expression name")
+        missing = [k for k in self.pair_with if k not in self.library]
+        if missing:
+            raise ValueError(f"pair_with names {', '.join(missing)}, not in the spec's library")
         return self
 
 

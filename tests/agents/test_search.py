@@ -190,3 +190,24 @@ def test_refinement_without_paired_series_rejects():
     r = ExperimentResult(spec_hash="x", kind="factor", details={"new": {}})
     out = refine_factor(passed, r, ["old"], {"old": None}, rules, 0)
     assert out.verdict == "reject" and math.isfinite(len(out.reasons))
+
+
+def test_screen_scores_fail_a_degenerate_factor_alone_and_leave_a_failed_chunk_unscored():
+    from agents.contracts import CodedCandidate
+    from agents.screen import screen_scores
+    from sandbox.result import Failure, FailureCategory
+
+    cands = [CodedCandidate(name=n, expression=e, spec={}) for n, e in
+             (("a", "Std($close, 5)/$close"), ("b", "$open/$close - 1"), ("c", "Skew($close/Ref($close, 1) - 1, 5)"))]
+    specs = {"screen.0": {"expressions": {"a": "x", "b": "y"}}, "screen.1": {"expressions": {"c": "z"}}}
+    ok = ExperimentResult(spec_hash="h0", kind="factor", metrics={"a.rank_ic": 0.02, "a.rank_ic_t": 3.0},
+                          details={"a": {"base_correlation": {"feature": "STD5", "corr": 0.9}},
+                                   "b": {"degenerate": "factor 'b' is constant (0) on the scoring segment"}})
+    crashed = ExperimentResult(spec_hash="h1", kind="factor",
+                               failure=Failure(FailureCategory.WORKER_CRASH, "the worker died (signal 9)"))
+    a, b, c = screen_scores(cands, {"screen.0": ok, "screen.1": crashed}, specs)
+    assert a.ok and a.fitness == 3.0 and a.base_feature == "STD5"
+    assert not b.ok and b.scored and "constant" in b.failure  # a trial: it was scored and found degenerate
+    assert not c.ok and not c.scored and "worker died" in c.failure  # not a trial: nothing was learnt about it
+    with pytest.raises(RuntimeError, match="every screening experiment failed"):
+        screen_scores(cands, {"screen.1": crashed}, {"screen.1": specs["screen.1"]})

@@ -209,3 +209,22 @@ def test_originality_fields_are_validated_and_hashed():
     assert spec_hash({**spec, "base_features": {"a": "Mean($close,5)"}}) == \
         spec_hash({**spec, "base_features": {"a": " Mean( $close , 5 ) "}})
     assert len({plain, spec_hash({**spec, "corr_days": 60}), spec_hash({**spec, "pair_threshold": 0.7})}) == 3
+
+
+def test_a_screen_fails_a_degenerate_factor_alone(run, ctx, tmp_path):
+    """In bulk screening one constant factor must not sink its chunk: it is reported degenerate on its
+    own, the others are scored; a full report still fails the whole experiment on it."""
+    exprs = {"ma5": MA5, "flat": "$close / $close"}
+    result = run(expressions=exprs, report="screen")
+    assert "constant" in result.details["flat"]["degenerate"]
+    assert "flat.rank_ic" not in result.metrics and math.isfinite(result.metrics["ma5.rank_ic"])
+    full = run_spec({"kind": "factor", "market": MARKET, "expressions": exprs}, ctx, tmp_path / "full")
+    assert not full.ok and full.failure.category.value == "degenerate_output"
+
+
+def test_pair_with_reports_a_named_library_factor_whatever_its_correlation(run):
+    result = run(expressions={"ma5": MA5}, library={"far": "Std($close/Ref($close, 1) - 1, 60)"}, pair_with=["far"])
+    daily = result.details["library_daily_rank_ic"]["far"]
+    assert len(daily) == len(result.details["ma5"]["daily_rank_ic"])
+    with pytest.raises(SpecError, match="pair_with"):
+        parse_spec({"kind": "factor", "market": MARKET, "expressions": {"ma5": MA5}, "pair_with": ["nope"]})
