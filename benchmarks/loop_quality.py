@@ -173,6 +173,25 @@ def _table(results: list[dict]) -> list[str]:
         lines.append(f"| average | {np.mean(recalls):.0%} ({sum(r['found'] for r in results)} / {findable}) | "
                      f"{np.mean([r['accepted'] for r in results]):.1f} | "
                      f"{np.mean([r['unmatched'] for r in results]):.1f} | | | | |")
+    if any(r.get("planted") for r in results):
+        lines += ["", "Each planted alpha, the closest Alpha158 column and the closest factor of the final library",
+                  "(mean daily |value correlation| on the validation segment):", "",
+                  "| market | planted alpha | best Alpha158 column (\\|corr\\|) | best accepted factor (\\|corr\\|) | |",
+                  "|---|---|---|---|---|"]
+        for r in results:
+            for p in r.get("planted", []):
+                tag = "held by the base set" if p["held_by_base"] else ("**found**" if p["found"] else "missed")
+                best = p["best"] if len(p["best"]) <= 70 else p["best"][:70] + "..."
+                lines.append(f"| {r['data']} | `{p['planted']}` | {p['base']} ({p['base_corr']:.2f}) | `{best}` "
+                             f"({p['corr']:.2f}) | {tag} |")
+    lines += ["", "Sealed test segment, Alpha158 + LightGBM baseline -> final model (base features + the library +",
+              "the best model settings), `rdquant report`'s numbers:", "",
+              "| market | IC | Rank IC | ARR with cost | IR with cost | MDD with cost |", "|---|---|---|---|---|---|"]
+    for r in results:
+        b, f = r["test"]["baseline"], r["test"]["final"]
+        lines.append(f"| {r['data']} | {b['IC']:.4f} -> {f['IC']:.4f} | {b['Rank IC']:.4f} -> {f['Rank IC']:.4f} | "
+                     f"{b['ARR.with_cost']:.1%} -> {f['ARR.with_cost']:.1%} | {b['IR.with_cost']:.2f} -> "
+                     f"{f['IR.with_cost']:.2f} | {b['MDD.with_cost']:.1%} -> {f['MDD.with_cost']:.1%} |")
     return lines
 
 
