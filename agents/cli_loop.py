@@ -230,7 +230,7 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
                       _fmt(m.get("ic")), str(f["iteration"]), f["replaced_by"] or "")
     console.print(table)
     trials = summary["trials"]
-    console.print(f"trials: {trials['screened']} screened, {trials['admitted']} judged on validation in this run; "
+    console.print(f"trials: {trials['screened']} screened, {trials['judged']} judged on validation in this run; "
                   f"{trials['project_market']} on this market in the project")
     best = summary["best_model"]
     console.print(f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "

@@ -79,7 +79,7 @@ def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | Non
                                    f"{len(summary['accepted'])} "
                                    f"({sum(1 for f in summary['accepted'] if f['name'] not in summary['library'])})",
                                "trials (screened / judged on validation)":
-                                   f"{summary['trials']['screened']} / {summary['trials']['admitted']}",
+                                   f"{summary['trials']['screened']} / {summary['trials']['judged']}",
                                "trials on this market, whole project": summary["trials"]["project_market"],
                                "tokens": summary["tokens"],
                                "cost ($)": summary["cost_usd"], "CPU seconds": round(summary["cpu_seconds"], 1)}),

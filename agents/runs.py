@@ -50,10 +50,10 @@ def run_summary(store: Store, run_id: str) -> dict:
 
 
 def trial_counts(store: Store, run_id: str) -> dict:
-    """How many factor candidates the run scored (screened, admitted) and how many the whole project
+    """How many factor candidates the run scored (screened, judged on validation) and how many the whole project
     has scored on the same market: the number of trials behind every discovery."""
     own = store.rows(TrialRow, run_id)
     markets = {t.market for t in own}
     project = [t for t in store.rows(TrialRow) if t.market in markets] if markets else []
-    return {"screened": sum(t.stage == "screen" for t in own), "admitted": sum(t.stage == "admission" for t in own),
+    return {"screened": sum(t.stage == "screen" for t in own), "judged": sum(t.stage == "admission" for t in own),
             "project_market": len(project)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from agents.config import LoopConfig
 from agents.loop import open_project, start_run
 from agents.replay import replay_run
+from agents.runs import run_summary
 from agents.store import ExperimentRow, TrialRow
 from quantcore.data.sources import load_market
 from quantcore.data.synthetic import planted_alphas
@@ -30,6 +31,10 @@ def test_a_later_run_continues_the_search_and_replays(tmp_path):
     tried_second = {t.form for t in store.rows(TrialRow, second)}
     assert len(tried_first) >= 40 and len(tried_second) >= 40
     assert not tried_first & tried_second  # nothing tried again: the store remembers
+    counts = run_summary(store, second)["trials"]  # what `runs show` and the report print
+    assert counts["screened"] == sum(t.stage == "screen" for t in store.rows(TrialRow, second)) >= 40
+    assert counts["judged"] == sum(t.stage == "admission" for t in store.rows(TrialRow, second))
+    assert counts["project_market"] == len(store.rows(TrialRow, first)) + len(store.rows(TrialRow, second))
     screens = [e for e in store.rows(ExperimentRow, second) if e.candidate.startswith("screen.")]
     assert screens and all(e.ok for e in screens)
     report = replay_run(store, second, workers=2)  # starts from the first run's trials, as the run did
