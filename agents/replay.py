@@ -132,16 +132,23 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
     return report
 
 
-_VOLATILE = frozenset({"seconds", "cached", "artifacts", "mlflow_run_id", "latency_s", "created", "id"})
+# what legitimately differs between a run and its replay: where and how long it ran, and whether the
+# MLflow recorder (absent in a replay) could store it
+_VOLATILE_RESULT = frozenset({"seconds", "cached", "artifacts", "mlflow_run_id"})
+_VOLATILE_DETAILS = frozenset({"seconds", "recording_error"})
 
 
-def _stable(value):
-    """A stored value without what legitimately differs between runs (timings, paths, ids, row ids)."""
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
+def _stable(result: dict) -> dict:
+    """A stored experiment result without its volatile keys (only at their known places: a factor
+    named `seconds` inside the details is still compared)."""
+    out = {k: v for k, v in result.items() if k not in _VOLATILE_RESULT}
+    details = out.get("details")
+    if isinstance(details, dict):
+        details = {k: v for k, v in details.items() if k not in _VOLATILE_DETAILS}
+        if isinstance(details.get("pipeline"), dict):  # a factor experiment's model run times itself too
+            details["pipeline"] = {k: v for k, v in details["pipeline"].items() if k not in _VOLATILE_DETAILS}
+        out["details"] = details
+    return out
 
 
 def _decisions(store: Store, run_id: str) -> dict:
