@@ -15,6 +15,7 @@ from agents.nodes import IterationState, RunMemory, Services, _model_spec, candi
 from agents.search import ScoredExpression
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
+from quantcore.errors import ExpressionError
 from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
@@ -216,7 +217,7 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
     for name, expr in library.items():
         try:
             library_fitness[name] = best_by_form.get(form_of(expr), 0.0)
-        except Exception:  # noqa: BLE001 - an unparsable library expression has no fitness
+        except ExpressionError:  # an unparsable library expression has no fitness
             library_fitness[name] = 0.0
     families: dict[str, int] = {}
     for h in store.rows(HypothesisRow, run_id):

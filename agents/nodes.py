@@ -27,7 +27,7 @@ from agents.contracts import (
     Verdict,
 )
 from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score, refine_factor
-from agents.screen import screen_scores, screen_segment, screen_specs, select_survivors
+from agents.screen import screen_scores, screen_segment, screen_specs, select_survivors, t_fitness
 from agents.search import ScoredExpression, SearchPool, affine_core, skeleton
 from agents.scheduler import choose_direction, update_scheduler
 from agents.store import (
@@ -529,7 +529,7 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         t = mt.get("rank_ic_t", math.nan)
         rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
                              expression=c.expression, form=form_of(c.expression), region=c.region,
-                             stage="admission", fitness=abs(t) if r.ok and math.isfinite(t) else 0.0,
+                             stage="admission", fitness=t_fitness(t, r.ok),
                              metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
     return rows
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from agents.contracts import CodedCandidate
 from agents.search import skeleton
 from quantcore.data.panel import Panel
+from quantcore.errors import ExpressionError
 from quantcore.expr.ast import future_reads
 from quantcore.expr.parser import parse
 from sandbox.result import ExperimentResult
 from sandbox.spec import MAX_EXPRESSIONS
 
-__all__ = ["ScreenScore", "screen_segment", "screen_specs", "screen_scores", "select_survivors"]
+__all__ = ["ScreenScore", "t_fitness", "screen_segment", "screen_specs", "screen_scores", "select_survivors"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,18 @@ class ScreenScore:
 
     @property
     def fitness(self) -> float:
-        """|t| of the mean daily RankIC: what the search selects on (0 when it failed or is NaN)."""
-        return abs(self.rank_ic_t) if self.ok and math.isfinite(self.rank_ic_t) else 0.0
+        """What the search selects on: see `t_fitness`."""
+        return t_fitness(self.rank_ic_t, self.ok)
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t), ("rank_icir", self.rank_icir),
                                   ("base_corr", self.base_corr), ("library_corr", self.library_corr))
                 if math.isfinite(v)}
+
+
+def t_fitness(rank_ic_t: float, ok: bool = True) -> float:
+    """A trial's fitness: |t| of its mean daily RankIC, 0 when it failed or the t is NaN."""
+    return abs(rank_ic_t) if ok and math.isfinite(rank_ic_t) else 0.0
 
 
 def screen_segment(panel: Panel, train: tuple[str, str], label: str) -> tuple[str, str]:
@@ -123,7 +129,7 @@ def select_survivors(scores: list[ScreenScore], k: int, bound: float, library: d
     for name, expr in library.items():
         try:
             lib_skeletons.setdefault(skeleton(parse(expr)), name)
-        except Exception:  # noqa: BLE001 - a library expression that no longer parses rivals nothing
+        except ExpressionError:  # a library expression that no longer parses rivals nothing
             continue
     why: dict[str, str] = {}
     chosen: list[str] = []
