@@ -53,6 +53,28 @@ def loop_command(
                                     "0: no screening."),
     model_folds: int = typer.Option(2, "--model-folds", min=1, max=4,
                                     help="Walk-forward validation blocks each model candidate is scored on."),
+    embargo: int = typer.Option(5, "--embargo", min=0,
+                                help="Trading days dropped on top of the label's 2-day horizon at every segment "
+                                     "and fold boundary: train, valid and each fold's fit and early-stop ranges "
+                                     "end horizon + embargo days before what follows (against leaks through "
+                                     "autocorrelated features). On --resume, the run's own (its segments are "
+                                     "stored)."),
+    label: Optional[str] = typer.Option(None, "--label",
+                                        help="Label expression factors and models predict (default: the next "
+                                             "day's return, Ref($close, -2)/Ref($close, -1) - 1)."),
+    fdr_q: float = typer.Option(0.05, "--fdr-q", min=0.0001, max=0.5,
+                                help="False discovery rate controlled across every admission trial of the "
+                                     "project on the market."),
+    fdr_method: str = typer.Option("by", "--fdr-method", metavar="by|bh",
+                                   help="Benjamini-Yekutieli (any dependence) or Benjamini-Hochberg (independent "
+                                        "or positively dependent tests)."),
+    residual_components: int = typer.Option(10, "--residual-components", min=0, max=64,
+                                            help="Base-feature principal components a factor's residual RankIC "
+                                                 "(its admission statistic) is taken after, with the library; "
+                                                 "0: raw RankIC."),
+    model_alpha: float = typer.Option(0.05, "--model-alpha", min=0.0001, max=0.5,
+                                      help="The run's false model-replacement rate, split over its model "
+                                           "comparisons."),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
 ) -> None:
     """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
@@ -61,6 +83,8 @@ def loop_command(
     kinds = get_args(LoopConfig.model_fields["executor"].annotation)
     if executor is not None and executor not in kinds:
         _fail(f"unknown --executor {executor!r}: use one of {', '.join(kinds)}")
+    if fdr_method not in ("by", "bh"):
+        _fail(f"unknown --fdr-method {fdr_method!r}: use by or bh")
     display = _Display(budget or 5)
     reviewer = _prompt_review if review else None
     try:
@@ -73,7 +97,8 @@ def loop_command(
                                     fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
                                     data=data, seed=seed, review=review, max_tokens=max_tokens,
                                     max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds,
-                                    screen_per_worker=screen)
+                                    screen_per_worker=screen, embargo_days=embargo, fdr_q=fdr_q, fdr_method=fdr_method,
+                                    residual_components=residual_components, model_alpha=model_alpha, label=label)
                 run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     except KeyError as e:
         _fail(e.args[0])
@@ -235,10 +260,32 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
     best = summary["best_model"]
     console.print(f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "
                   f"valid RankIC {_fmt(best.get('metrics', {}).get('Rank IC'))}")
+    cost = summary["discovery_cost"]
+    t, per = cost["totals"], cost["per_factor"]
+    if per is None:
+        console.print(f"cost per accepted factor: the run holds no accepted factor, nothing to divide "
+                      f"(run total: {t['tokens']:,} tokens, ${t['cost_usd']:.4f}, {t['cpu_seconds']:,.1f} CPU s, "
+                      f"{t['trials_screened'] + t['trials_judged']:,} trials)")
+    else:
+        console.print(f"cost per accepted factor ({cost['accepted']} held by the run): {per['tokens']:,.0f} tokens, "
+                      f"${per['cost_usd']:.4f}, {per['cpu_seconds']:,.1f} CPU s, {per['trials_screened']:,.1f} "
+                      f"trials screened, {per['trials_judged']:,.1f} judged on validation")
+    ev = summary["evaluation"]
+    if not ev["times_opened"]:
+        console.print(f"sealed test: not opened (`rdquant report {summary['run_id']}` scores the final model on "
+                      "validation, then opens it)")
+        return
+    console.print(_figures_table({"final.valid": ev["valid"] or {}, **ev["test"]}))
+    last = ev["openings"][-1]
+    n = ev["times_opened"]
+    console.print(f"sealed test opened {n} time{'s' if n != 1 else ''}; last {last['opened'] or '(not recorded)'}")
+    if ev["changed"]:
+        console.print(escape(f"the run changed since ({'; '.join(ev['changed'])}): these figures are for the earlier "
+                             f"state; `rdquant report {summary['run_id']} --reopen` scores it again"))
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else f"{v:+.4f}"
+    return "-" if v is None or v != v else f"{v:+.4f}"  # (v != v: NaN)
 
 
 # ---- replay and report ------------------------------------------------------------------------------------
@@ -265,19 +312,31 @@ def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
 
 def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
                    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
-                   workers: int = typer.Option(2, "--workers", min=1)) -> None:
-    """A self-contained HTML report; the sealed test segment is evaluated here, once per run."""
+                   workers: int = typer.Option(2, "--workers", min=1),
+                   reopen: bool = typer.Option(False, "--reopen", help="Score the sealed test again for a run "
+                                               "changed since it was opened (the report counts every opening)."),
+                   ) -> None:
+    """A self-contained HTML report; the final model is scored on validation first, then the sealed test
+    segment is opened, once per state of the run."""
     from agents.loop import open_project
-    from agents.report import build_report
+    from agents.report import SealedTestChanged, build_report
 
     try:
-        path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers,
+        path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers, reopen=reopen,
                                       log=lambda m: console.print(f"  [dim]{m}[/]"))
-    except KeyError as e:
-        err.print(f"[bold red]error:[/] {e.args[0]}")
-        raise typer.Exit(2) from None
-    table = Table("test segment", "baseline", "final")
-    for key in headline["baseline"]:
-        table.add_row(key, f"{headline['baseline'][key]:.4f}", f"{headline['final'].get(key, float('nan')):.4f}")
-    console.print(table)
+    except (KeyError, SealedTestChanged) as e:
+        _fail(e.args[0])
+    console.print(_figures_table({k: headline[k] for k in ("final.valid", "baseline", "final")}))
+    console.print(f"sealed test opened {headline['times_opened']} time{'s' if headline['times_opened'] != 1 else ''}")
     console.print(f"report: {path}")
+
+
+def _figures_table(columns: dict[str, dict]) -> Table:
+    """Metric rows, one column per stored figure set: the final model on validation, the test figures."""
+    from agents.runs import HEADLINE
+
+    names = {"final.valid": "final (validation)", "baseline": "baseline (test)", "final": "final (test)"}
+    table = Table("metric", *(names[k] for k in columns))
+    for key in HEADLINE:
+        table.add_row(key, *(_fmt(c.get(key)) for c in columns.values()))
+    return table

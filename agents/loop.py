@@ -8,18 +8,20 @@ from pathlib import Path
 from typing import Callable
 
 from agents.backend import Backend, OfflineBackend
-from agents.config import LoopConfig, stored_config
+from agents.config import LoopConfig, loop_label, purge_days, stored_config
 from agents.graph import budget_left, build_graph
-from agents.decide import merge_folds
+from agents.decide import admission_p, merge_folds
+from agents.recorded import read_back
 from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, form_of
 from agents.search import ScoredExpression
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
+from quantcore.dataset.purge import purge_segments
 from quantcore.errors import ExpressionError
 from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
-from sandbox.result import ExperimentResult
+from sandbox.result import ExperimentResult, FailureCategory
 from sandbox.spec import default_segments
 
 __all__ = ["open_project", "start_run", "resume_run", "make_backend", "project_paths"]
@@ -67,12 +69,18 @@ def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool
 
 def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None = None, reviewer=None,
               on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-              record: bool = True, run_id: str | None = None, library: dict[str, str] | None = None) -> str:
+              run_id: str | None = None, library: dict[str, str] | None = None) -> str:
     """A new run: store its settings (and the library it starts from, by default the project's), run
-    the baseline, loop."""
+    the baseline, loop. The stored segments are purged (`purge_days`): train and valid end the label's
+    horizon plus the embargo before the next segment starts. Resume reuses them as stored; replay derives
+    the same ones again from the stored settings."""
     store = open_project(root)
     panel = load_market(config.data)
+    _check_label(loop_label(config), panel)
     segments = dict(config.segments) if config.segments else default_segments(panel.calendar)
+    if config.embargo_days is not None:  # None: a replayed run stored before purging keeps its segments as given
+        # a segment the purge would empty raises SegmentError (a ValueError) naming it, before anything is stored
+        segments = purge_segments(panel.calendar, segments, *purge_days(config))
     if library is None:
         library = {row.name: row.expression for row in store.library()}
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -89,13 +97,12 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
         if own_executor:
             executor.close()
         raise
-    return _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor,
-                  record)
+    return _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor)
 
 
 def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None, reviewer=None,
                on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-               record: bool = True, budget: int | None = None, executor_kind: str | None = None) -> str:
+               budget: int | None = None, executor_kind: str | None = None) -> str:
     """Continue a run from its last committed iteration (an interrupted iteration is redone), on the
     executor it was started with unless `executor_kind` says otherwise (results are the same)."""
     store = open_project(root)
@@ -117,16 +124,17 @@ def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None,
             executor.close()
         raise
     return _drive(run.id, store, root, config, panel, raw["segments"], backend, reviewer, on_event, executor,
-                  own_executor, record)
+                  own_executor)
 
 
-def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor,
-           record) -> str:
+def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor) -> str:
     """Run the baseline (if not done) and the graph until the budget is spent; closes `executor` if it
-    is ours (`own_executor`), which also means results are recorded in MLflow when `record` is set."""
+    is ours (`own_executor`). Every result is recorded in MLflow, where the critic reads its metrics back:
+    an executor without a recorder records, for this run, in the project's store (experiment `loop-<run>`)."""
     status = "failed"
+    recorder_before = executor.recorder
     try:
-        if own_executor and record:
+        if executor.recorder is None:
             from quantcore.recording import Recorder
 
             executor.recorder = Recorder.open(project_paths(root)["mlflow"], f"loop-{run_id}")
@@ -149,9 +157,27 @@ def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_e
             row = db.get(RunRow, run_id)
             row.status = status if status != "failed" or row.status != "stopped" else row.status
             db.add(row)
+        executor.recorder = recorder_before  # a caller's executor records where it did before
         if own_executor:
             executor.close()
     return run_id
+
+
+def _check_label(label: str, panel) -> None:
+    """A label that does not parse, names a missing field, or reads no future day is refused (a
+    ValueError naming it) before anything is stored: a label of the past is no prediction target."""
+    from quantcore.evaluate.significance import label_horizon
+    from quantcore.expr.parser import parse
+    from quantcore.expr.validate import validate
+
+    try:
+        node = parse(label)
+        validate(node, panel.field_names, allow_future=True)
+    except ExpressionError as e:
+        raise ValueError(f"--label {label!r}: {e}") from None
+    if label_horizon(node) < 1:
+        raise ValueError(f"--label {label!r} reads no future day: a label must be what happens after the day "
+                         "the factors see (e.g. Ref($close, -2)/Ref($close, -1) - 1)")
 
 
 def _baseline(s: Services) -> None:
@@ -160,7 +186,9 @@ def _baseline(s: Services) -> None:
     coded = _model_spec("baseline", "lightgbm", {}, s)
     s.on_event("baseline", {"features": s.config.base_features})
     named = candidate_specs(coded)
-    folds = s.executor.run_many([spec for _, spec in named])
+    # its metrics as MLflow recorded them, like every decision's (see `agents.recorded`)
+    folds = list(read_back({key: r for (key, _), r in zip(named, s.executor.run_many([spec for _, spec in named]))},
+                           s.executor.recorder).values())
     result = merge_folds(folds)
     if not result.ok:
         raise RuntimeError(f"the baseline model failed: {result.failure.for_llm()}")
@@ -207,7 +235,8 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
                 pass
         if not e.ok:
             r = ExperimentResult.from_dict(json.loads(e.result_json))
-            if r.failure is not None and not e.candidate.startswith("screen."):
+            if (r.failure is not None and not e.candidate.startswith("screen.")
+                    and r.failure.category is not FailureCategory.RECORD):  # ours, no lesson (as in update_node)
                 failures.append({"candidate": e.candidate, "failure": r.failure.for_llm()[:400]})
     screened = [t for t in trials if t.stage == "screen"]
     best_by_form: dict[str, float] = {}
@@ -226,6 +255,7 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
                      scheduler=json.loads(run.scheduler_json), library=library, library_metrics=metrics, tried=tried,
                      trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
                      library_fitness=library_fitness, market=market, taken_names=taken,
+                     admission_p=[admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"],
                      families=families, failures=failures[-10:], lessons=json.loads(run.lessons_json),
                      tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
                      stopped=run.status == "stopped")

@@ -4,6 +4,7 @@ scheduler -> proposer -> coder -> review -> runner -> critic -> update (see `age
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -13,7 +14,7 @@ from typing import Callable
 from pydantic import BaseModel, ConfigDict
 
 from agents.backend import Backend
-from agents.config import LoopConfig
+from agents.config import LoopConfig, loop_label, purge_days
 from agents.contracts import (
     NAME_MAX,
     CodedCandidate,
@@ -26,7 +27,17 @@ from agents.contracts import (
     TraceSummary,
     Verdict,
 )
-from agents.decide import AdmissionRules, admit_factor, compare_models, merge_folds, model_score, refine_factor
+from agents.decide import (
+    AdmissionRules,
+    admission_p,
+    admit_factor,
+    compare_models,
+    merge_folds,
+    model_score,
+    refine_factor,
+    trial_significance,
+)
+from agents.recorded import cite, read_back
 from agents.screen import screen_scores, screen_segment, screen_specs, select_survivors, t_fitness
 from agents.search import ScoredExpression, SearchPool, affine_core, skeleton
 from agents.scheduler import choose_direction, update_scheduler
@@ -46,13 +57,12 @@ from agents.store import (
 )
 from quantcore.data.panel import Panel
 from quantcore.errors import ExpressionError
-from quantcore.features import DEFAULT_LABEL
 from quantcore.expr.ast import depth, node_count
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
 from quantcore.expr.validate import validate
 from sandbox.executor import BaseExecutor
-from sandbox.result import ExperimentResult
+from sandbox.result import ExperimentResult, FailureCategory
 
 __all__ = ["IterationState", "Services", "RunMemory", "inner_folds", "fold_key", "candidate_specs", "candidate_result",
            "experiment_rows"]
@@ -91,6 +101,7 @@ class RunMemory:
     library_metrics: dict[str, dict] = field(default_factory=dict)
     tried: set[str] = field(default_factory=set)  # forms (canonical affine cores) tried on this market, project-wide
     trials: list[ScoredExpression] = field(default_factory=list)  # scored trials on this market, oldest first
+    admission_p: list[float] = field(default_factory=list)  # raw p of every admission trial on this market
     library_fitness: dict[str, float] = field(default_factory=dict)  # library factor -> its screen fitness
     market: str = ""  # the panel's data version trials are recorded under
     taken_names: set[str] = field(default_factory=set)  # library names in use, retired ones included (unique)
@@ -149,30 +160,46 @@ class Services:
     def rules(self) -> AdmissionRules:
         c = self.config
         return AdmissionRules(min_abs_rank_ic=c.min_abs_rank_ic, min_abs_rank_icir=c.min_abs_rank_icir,
-                              max_library_corr=c.max_library_corr, max_nodes=c.max_nodes, max_depth=c.max_depth)
+                              max_library_corr=c.max_library_corr, max_nodes=c.max_nodes, max_depth=c.max_depth,
+                              fdr_q=c.fdr_q, fdr_method=c.fdr_method, model_alpha=c.model_alpha,
+                              model_tests=c.budget * c.n_model_candidates)
 
 
 MIN_FOLD_FIT_DAYS = 250  # about a trading year: Alpha158's 60-day warm-up leaves enough rows to fit on
 
 
-def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int) -> list[dict[str, tuple[str, str]]]:
+def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int, *, horizon: int,
+                embargo: int) -> list[dict[str, tuple[str, str]]]:
     """Walk-forward folds for model experiments: fold 0 scores the validation segment (fitting on the
     first 80% of train, early-stopping on the rest); fold j scores the block of the same length that
     ends where fold j-1's block starts, fitting and early-stopping on what precedes it. More scored days
     narrow the noise band honestly, without touching the test segment. A fold is dropped when what
-    precedes its block is shorter than the block or than MIN_FOLD_FIT_DAYS (too little to fit on)."""
+    precedes its block is shorter than the block or than MIN_FOLD_FIT_DAYS (too little to fit on).
+
+    Purged: `horizon + embargo` trading days (the label's horizon, `label_horizon`, plus an embargo) lie
+    between fitting and early-stopping and between early-stopping and the scored block, so no label a
+    fold fits or stops on reads a price of the days after it. Fold 0 early-stops until train's end or
+    `horizon + embargo` days before valid, whichever is earlier (purged segments already end there)."""
+    if horizon < 0 or embargo < 0:
+        raise ValueError(f"horizon and embargo must be >= 0 trading days, got {horizon} and {embargo}")
+    drop = horizon + embargo
     train, valid = panel.date_index(*segments["train"]), panel.date_index(*segments["valid"])
     block = valid.stop - valid.start
     day = lambda i: str(panel.calendar[i])[:10]  # noqa: E731
     out = []
     for j in range(max(folds, 1)):
         start = valid.start - j * block
-        if j > 0 and start - train.start < max(block, MIN_FOLD_FIT_DAYS):
+        stop_end = min(train.stop, valid.start - drop) if j == 0 else start - drop  # early-stopping ends here
+        if j > 0 and stop_end - train.start < max(block, MIN_FOLD_FIT_DAYS):
             break
         end = valid.stop if j == 0 else start + block
-        fit_end = train.stop if j == 0 else start  # fold 0: exactly the train segment
-        cut = train.start + int((fit_end - train.start) * 0.8)
-        out.append({"train": (day(train.start), day(cut - 1)), "valid": (day(cut), day(fit_end - 1)),
+        cut = train.start + int((stop_end - train.start) * 0.8)  # early-stopping starts here
+        fit_end = cut - drop
+        if fit_end <= train.start:
+            raise ValueError(f"segment 'train' {tuple(segments['train'])} is too short for a model fold: fitting, "
+                             f"{drop} purged days (horizon {horizon} + embargo {embargo}), early-stopping and "
+                             f"{drop} more; lengthen it or lower the embargo")
+        out.append({"train": (day(train.start), day(fit_end - 1)), "valid": (day(cut), day(stop_end - 1)),
                     "test": (day(start), day(end - 1))})
     return out
 
@@ -275,11 +302,13 @@ def admission_spec(expression: str, name: str, others: dict[str, str], s: Servic
     correlations with the base features, the library and the batch, and the daily RankIC of library
     factors it repeats (for a refinement's paired comparison)."""
     library = s.memory.library
+    residual = {"residual_components": s.config.residual_components,
+                "controls": sorted(library)} if s.config.residual_components else {}
     return {"kind": "factor", "market": s.config.data, "expressions": {name: expression},
             "segment": list(s.segments["valid"]), "library": {**library, **others},
             "base_features": s.config.base_features, "pair_threshold": s.config.max_library_corr,
             "pair_with": sorted(_same_idea(parse(expression), library)), "lookahead_check": True,
-            "seed": s.config.seed}
+            "seed": s.config.seed, "label": loop_label(s.config), **residual}
 
 
 def screen_node(state: IterationState, s: Services) -> dict:
@@ -289,10 +318,10 @@ def screen_node(state: IterationState, s: Services) -> dict:
     if state.direction != "factor" or len(coded.coded) <= s.config.n_factor_candidates:
         return {}
     m = s.memory
-    segment = screen_segment(s.panel, s.segments["train"], DEFAULT_LABEL)
+    segment = screen_segment(s.panel, s.segments["train"], loop_label(s.config))
     named = screen_specs(coded.coded, market=s.config.data, segment=segment, library=m.library,
                          base_features=s.config.base_features, corr_days=s.config.screen_corr_days,
-                         seed=s.config.seed, workers=s.workers)
+                         seed=s.config.seed, workers=s.workers, label=loop_label(s.config))
     s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
     results = dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named])))
     scores = screen_scores(coded.coded, results, dict(named))
@@ -338,9 +367,12 @@ def runner_node(state: IterationState, s: Services) -> dict:
 
 
 def critic_node(state: IterationState, s: Services) -> dict:
+    """Decide on the results as read back from the MLflow runs the executor logged (`read_back`): each
+    verdict cites the runs it read, and the read-back results replace the sandbox's in the state, so the
+    store keeps what was decided on (a missing or differing record is a `record` failure)."""
     m, rules = s.memory, s.rules
     verdicts: list[Verdict] = []
-    results = {k: ExperimentResult.from_dict(v) for k, v in state.results.items()}
+    results = read_back({k: ExperimentResult.from_dict(v) for k, v in state.results.items()}, s.executor.recorder)
     reward = 0.0
     if state.review is not None and state.review.action in ("reject", "stop"):
         why = f"rejected by the reviewer: {state.review.reason or 'no reason given'}"
@@ -350,6 +382,8 @@ def critic_node(state: IterationState, s: Services) -> dict:
         claimed: set[str] = set()  # library factors a stronger candidate of this batch already refines
         bound = rules.max_library_corr
         seed = s.config.seed * 1000 + state.iteration
+        significance = trial_significance(m.admission_p, {k: admission_p(_factor_metrics(k, r)) for k, r in results.items()
+                                                          if r.ok}, rules.fdr_method) if rules.fdr_q is not None else {}
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
         for name in by_strength:
             r = results[name]
@@ -361,7 +395,8 @@ def critic_node(state: IterationState, s: Services) -> dict:
             corr = {k: v for k, v in corr_all.items() if (k in m.library and k not in rivals) or k in accepted_now}
             base = detail.get("base_correlation") or None
             v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)),
-                             base=(base["feature"], base["corr"]) if base else None)
+                             base=(base["feature"], base["corr"]) if base else None,
+                             significance=significance.get(name))
             if v.verdict == "accept" and rivals:
                 v = refine_factor(v, r, rivals, {k: corr_all.get(k) for k in rivals}, rules, seed)
             verdicts.append(v)
@@ -384,7 +419,12 @@ def critic_node(state: IterationState, s: Services) -> dict:
     for name, reason in state.coded.refused.items():
         verdicts.append(Verdict(candidate=name, verdict="reject", reasons=[f"refused by the coder: {reason}"]))
     analysis, feedback = s.backend.analyse(state.context, state.hypothesis, verdicts)
-    return {"critic": CriticOutput(verdicts=verdicts, reward=reward, analysis=analysis, feedback=feedback)}
+    # cited after the analysis: a run id tells the LLM nothing, and a replay's ids differ
+    cited = {c.name: cite([results[k] for k, _ in candidate_specs(c) if k in results]) for c in state.coded.coded}
+    verdicts = [v.model_copy(update={"reasons": [*v.reasons, cited[v.candidate]]}) if cited.get(v.candidate) else v
+                for v in verdicts]
+    return {"critic": CriticOutput(verdicts=verdicts, reward=reward, analysis=analysis, feedback=feedback),
+            "results": {k: r.to_dict() for k, r in results.items()}}
 
 
 def update_node(state: IterationState, s: Services) -> dict:
@@ -416,7 +456,9 @@ def update_node(state: IterationState, s: Services) -> dict:
         for rival in v.replaces if v.verdict == "accept" else ():
             retired.setdefault(rival, v.candidate)
     trials = trial_rows(state, results, m)
-    new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items() if not r.ok]
+    # a `record` failure is ours (the MLflow store), not the proposer's: it is no lesson for it
+    new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items()
+                    if not r.ok and r.failure.category is not FailureCategory.RECORD]
     new_failures += [{"candidate": k, "failure": v[:400]} for k, v in state.coded.refused.items()]
     lessons = list(m.lessons)
     if critic.feedback and critic.feedback not in lessons:
@@ -479,6 +521,7 @@ def update_node(state: IterationState, s: Services) -> dict:
     m.library_fitness.update({k: fitness.get(k, 0.0) for k in new_library})
     m.trials += [ScoredExpression(t.expression, t.fitness, t.region) for t in trials if t.stage == "screen"]
     m.tried |= {t.form for t in trials}
+    m.admission_p += [admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"]
     if new_best is not None:
         m.best = new_best
     for c in state.coded.coded:
@@ -512,6 +555,8 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
     if state.direction != "factor":
         return []
     rows = []
+    adjusted = {v.candidate: {k: v.metrics[k] for k in ("p_adjusted", "trials") if k in v.metrics}
+                for v in (state.critic.verdicts if state.critic else [])}
     screen = {k: ExperimentResult.from_dict(v) for k, v in state.screen_results.items()}
     region = {c.name: c.region for c in state.screen}
     for sc in screen_scores(state.screen, screen, state.screen_specs) if state.screen else []:
@@ -525,13 +570,18 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         r = results.get(c.name)
         if r is None or c.expression is None:
             continue
-        mt = {k.split(".", 1)[1]: v for k, v in r.metrics.items() if k.startswith(f"{c.name}.")}
-        t = mt.get("rank_ic_t", math.nan)
+        mt = {**_factor_metrics(c.name, r), **adjusted.get(c.name, {})}
+        t = mt.get("residual_t", mt.get("rank_ic_hac_t", mt.get("rank_ic_t", math.nan)))
         rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
                              expression=c.expression, form=form_of(c.expression), region=c.region,
                              stage="admission", fitness=t_fitness(t, r.ok),
                              metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
     return rows
+
+
+def _factor_metrics(name: str, r: ExperimentResult) -> dict[str, float]:
+    """A factor experiment's metrics of `name`, without the name's prefix."""
+    return {k.split(".", 1)[1]: v for k, v in r.metrics.items() if k.startswith(f"{name}.")}
 
 
 def _retire(db, rival: str, winner: str, hypothesis_id: int, run_id: str) -> None:
@@ -622,11 +672,12 @@ def _validate_edit(expr: str, s: Services) -> str | None:
 
 
 def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm: str = "none") -> CodedCandidate:
-    spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features,
+    spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features, "label": loop_label(s.config),
             "extra_features": dict(s.memory.library), "family": family, "params": params, "feature_norm": feature_norm,
             "seed": s.config.seed}
+    horizon, embargo = purge_days(s.config)
     specs = [{**spec, "segments": {k: list(v) for k, v in fold.items()}}
-             for fold in inner_folds(s.segments, s.panel, s.config.model_folds)]
+             for fold in inner_folds(s.segments, s.panel, s.config.model_folds, horizon=horizon, embargo=embargo)]
     return CodedCandidate(name=name, spec=specs[0], fold_specs=specs[1:], family=family, params=params,
                           feature_norm=feature_norm)
 

@@ -16,6 +16,7 @@ from agents.backend import OfflineBackend
 from agents.config import stored_config
 from agents.contracts import Review
 from agents.loop import open_project, start_run
+from agents.recorded import uncited
 from agents.store import (
     DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, LLMCallRow, ReviewRow, Store, TrialRow,
 )
@@ -63,8 +64,9 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
                             int(raw.get("library_mark") or 0), raw.get("library_at_start", {}))
         limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * 4)
         with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False) as executor:
+            # recorded in the scratch project's MLflow store: the critic reads the metrics back from there too
             start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
-                      record=False, run_id=run.id, library=raw.get("library_at_start", {}))
+                      run_id=run.id, library=raw.get("library_at_start", {}))
         return compare(store, open_project(tmp), run.id)
 
 
@@ -82,10 +84,10 @@ def _copy_project_state(original: Store, scratch: Store, mark: int, names_mark: 
 
 
 def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
-    """Everything `run_id` decided and measured, side by side: decisions (verdict, metrics), experiments
-    (spec, metrics, details, failure), hypotheses, trials, the library it changed, the best model, and
-    each LLM call's request (a recorded call the replay did not make is a divergence too). A run with
-    nothing decided cannot match: there is nothing to vouch for."""
+    """Everything `run_id` decided and measured, side by side: decisions (verdict, metrics, reasons but the
+    MLflow runs they cite), experiments (spec, metrics, details, failure), hypotheses, trials, the library
+    it changed, the best model, and each LLM call's request (a recorded call the replay did not make is a
+    divergence too). A run with nothing decided cannot match: there is nothing to vouch for."""
     report = ReplayReport(run_id)
     out = report.divergences
     a, b = _decisions(original, run_id), _decisions(replayed, run_id)
@@ -100,10 +102,11 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
         if key not in a:
             out.append(f"iteration {it}: the replay decided on {cand}, the original did not")
             continue
-        (va, ma), (vb, mb) = a[key], b[key]
+        (va, ma, ra), (vb, mb, rb) = a[key], b[key]
         report.decisions += 1
         if va != vb:
             out.append(f"iteration {it}: {cand} was {va!r}, replay says {vb!r}")
+        _diff_values(f"iteration {it}: {cand} decision reasons", ra, rb, out)
         report.metrics += _diff_metrics(f"iteration {it}: {cand} decision metric", ma, mb, out)
     ea, eb = _experiments(original, run_id), _experiments(replayed, run_id)
     for key in sorted(set(ea) | set(eb)):
@@ -132,8 +135,8 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
     return report
 
 
-# what legitimately differs between a run and its replay: where and how long it ran, and whether the
-# MLflow recorder (absent in a replay) could store it
+# what legitimately differs between a run and its replay: where and how long it ran, and its MLflow run
+# (a new one in the scratch project's store; `uncited` drops it from the decision reasons compared)
 _VOLATILE_RESULT = frozenset({"seconds", "cached", "artifacts", "mlflow_run_id"})
 _VOLATILE_DETAILS = frozenset({"seconds", "recording_error"})
 
@@ -152,7 +155,9 @@ def _stable(result: dict) -> dict:
 
 
 def _decisions(store: Store, run_id: str) -> dict:
-    return {(d.iteration, d.candidate): (d.verdict, json.loads(d.metrics_json)) for d in store.rows(DecisionRow, run_id)}
+    """(iteration, candidate) -> (verdict, metrics, reasons without the MLflow runs they cite)."""
+    return {(d.iteration, d.candidate): (d.verdict, json.loads(d.metrics_json), uncited(json.loads(d.reasons_json)))
+            for d in store.rows(DecisionRow, run_id)}
 
 
 def _experiments(store: Store, run_id: str) -> dict:

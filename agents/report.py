@@ -1,9 +1,12 @@
 """`rdquant report RUN_ID`: one self-contained HTML file about a run.
 
-The sealed test segment is used here and only here: the baseline (base features + the default
-LightGBM) and the final model (base features + the library the run ends with + the best model
-settings) are trained on train/valid and scored once on test; the numbers are stored
-(`evaluations` table) so a second report reuses them instead of peeking again."""
+The sealed test segment is used here and only here. The final model (base features + the library the
+run ends with + the best model settings) is first scored on validation as the loop scored every model
+(`inner_folds`' fold 0), and that figure is stored; only then are the baseline (base features + the
+default LightGBM) and the final model trained on train/valid and scored on test. Each opening of the
+test is stored (`test_openings`: when, and the hash of the final spec it scored) with its figures
+(`evaluations`), so a second report of the same run state reuses them; a run that changed since
+(resumed, say) is refused unless `reopen` is given, and every reopening is counted in the report."""
 
 from __future__ import annotations
 
@@ -18,75 +21,124 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from agents.config import stored_config  # noqa: E402
-from agents.runs import run_summary  # noqa: E402
-from agents.store import EvaluationRow, IterationRow, Store, dumps  # noqa: E402
+from agents.config import purge_days, stored_config  # noqa: E402
+from agents.nodes import inner_folds  # noqa: E402
+from agents.runs import HEADLINE, evaluation, run_state, run_summary, state_changes  # noqa: E402
+from agents.store import EvaluationRow, OpeningRow, Store, dumps  # noqa: E402
+from quantcore.data.sources import load_market  # noqa: E402
 from quantcore.report.html import FigureSection, MetricsSection, TableSection, TextSection, write_html_report  # noqa: E402
 from sandbox.limits import Limits  # noqa: E402
 from sandbox.local import LocalExecutor  # noqa: E402
+from sandbox.spec import spec_hash  # noqa: E402
 
-__all__ = ["build_report", "sealed_test"]
-
-HEADLINE = ("IC", "Rank IC", "ICIR", "ARR.with_cost", "IR.with_cost", "MDD.with_cost", "ARR.without_cost")
+__all__ = ["build_report", "sealed_test", "SealedTestChanged"]
 
 
-def sealed_test(store: Store, root: str | Path, run_id: str, *, workers: int = 2,
-                log: Callable[[str], None] = lambda m: None) -> dict[str, dict]:
-    """{"baseline": {...}, "final": {...}} test-segment metrics (+ the daily report path), computed once."""
+class SealedTestChanged(RuntimeError):
+    """The run changed since its sealed test was opened: the stored test figures are for another state."""
+
+
+def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = False, workers: int = 2,
+                log: Callable[[str], None] = lambda m: None) -> dict:
+    """The run's report figures (`agents.runs.evaluation`). Reused when the test was already opened for
+    the run's current state; otherwise the final model is scored on validation and stored, then the test
+    is opened and the opening recorded. Raises SealedTestChanged if the run changed since the last
+    opening and `reopen` is not set."""
     run = store.find_run(run_id)
-    stored = {r.name: r for r in store.rows(EvaluationRow, run.id)}
-    if {"baseline", "final"} <= set(stored):
-        return {k: {**json.loads(v.metrics_json), **json.loads(v.detail_json)} for k, v in stored.items()}
     raw = json.loads(run.config_json)
     config = stored_config(raw["loop"])
-    summary = run_summary(store, run.id)
-    library, _ = store.run_library(run.id)
-    best = summary["best_model"]
+    state = run_state(store, run.id)
+    best = state["best_model"]
     segments = {k: list(v) for k, v in raw["segments"].items()}
-    specs = {
-        "baseline": {"kind": "model", "market": config.data, "features": config.base_features, "family": "lightgbm",
-                     "segments": segments, "seed": config.seed},
-        "final": {"kind": "model", "market": config.data, "features": config.base_features, "extra_features": library,
-                  "family": best.get("family") or "lightgbm", "params": best.get("params", {}),
-                  "feature_norm": best.get("feature_norm", "none"), "segments": segments,
-                  "seed": config.seed},
-    }
-    log(f"evaluating baseline and final model on the sealed test segment {segments['test'][0]} .. {segments['test'][1]}")
+    base = {"kind": "model", "market": config.data, "features": config.base_features, "seed": config.seed,
+            "label": loop_label(config)}
+    specs = {"baseline": {**base, "family": "lightgbm", "segments": segments},
+             "final": {**base, "extra_features": state["library"], "family": best["family"], "params": best["params"],
+                       "feature_norm": best["feature_norm"], "segments": segments}}
+    final_hash = spec_hash(specs["final"])
+    seen = evaluation(store, run.id)
+    reason = "first report"
+    if seen["openings"]:
+        last = seen["openings"][-1]
+        changes = state_changes(last["state"], state) if last["state"] is not None else None
+        if not reopen:
+            if last["final_hash"] in (None, final_hash) and seen["test"] is not None:
+                return seen  # the same state (or one a report before openings were recorded scored): no new look
+            when = f"on {last['opened']}" if last["opened"] else "by an earlier report"
+            raise SealedTestChanged(
+                f"run {run.id} changed since its sealed test was opened {when} "
+                f"({'; '.join(changes) if changes else 'the final model spec differs'}): the stored test figures "
+                f"are for the earlier state, and scoring this one is another look at the test segment. To do it "
+                f"anyway, run `rdquant report {run.id} --reopen`; the report will say the test was opened "
+                f"{seen['times_opened'] + 1} times.")
+        reason = "--reopen: " + ("the earlier opening's state was not recorded" if changes is None
+                                 else "; ".join(changes) or "the run is unchanged")
+    number = seen["times_opened"] + 1
+
+    # the final combination on validation, as the loop scored every model: fit on train's first 80%,
+    # early-stop on the rest, score the validation segment (test untouched)
+    horizon, embargo = purge_days(config)
+    fold = inner_folds({k: tuple(v) for k, v in raw["segments"].items()}, load_market(config.data), 1,
+                       horizon=horizon, embargo=embargo)[0]
+    valid_spec = {**specs["final"], "segments": {k: list(v) for k, v in fold.items()}}
     limits = Limits(wall_seconds=1800, cpu_seconds=3600 * workers)
     with LocalExecutor(workers=workers, root=Path(root) / "sandbox", limits=limits) as ex:
+        log(f"scoring the final model on the validation segment {fold['test'][0]} .. {fold['test'][1]}")
+        [r] = ex.run_many([valid_spec])
+        if not r.ok:
+            raise RuntimeError(f"the final model failed on validation (the sealed test stays closed): "
+                               f"{r.failure.for_llm()}")
+        with store.session() as db:
+            db.add(EvaluationRow(run_id=run.id, name="final.valid", opening=number, metrics_json=dumps(r.metrics),
+                                 detail_json=dumps({"segments": fold, "final_hash": final_hash,
+                                                    "n_features_extra": len(state["library"])})))
+        log(f"opening the sealed test segment {segments['test'][0]} .. {segments['test'][1]} (opening {number})")
         results = dict(zip(specs, ex.run_many(list(specs.values()))))
-    out = {}
-    with store.session() as db:
+    for name, r in results.items():
+        if not r.ok:
+            raise RuntimeError(f"the {name} model failed on the test segment: {r.failure.for_llm()}")
+    with store.session() as db:  # the opening and its figures together: a failed opening leaves no record of one
+        db.add(OpeningRow(run_id=run.id, number=number, final_hash=final_hash, state_json=dumps(state), reason=reason))
         for name, r in results.items():
-            if not r.ok:
-                raise RuntimeError(f"the {name} model failed on the test segment: {r.failure.for_llm()}")
             detail = {"report_path": str(Path(r.artifacts["mlflow_capture"]) / "artifacts" / "report.parquet"),
-                      "n_features_extra": len(library) if name == "final" else 0}
-            db.add(EvaluationRow(run_id=run.id, name=name, metrics_json=dumps(r.metrics), detail_json=dumps(detail)))
-            out[name] = {**r.metrics, **detail}
-    return out
+                      "n_features_extra": len(state["library"]) if name == "final" else 0}
+            db.add(EvaluationRow(run_id=run.id, name=name, opening=number, metrics_json=dumps(r.metrics),
+                                 detail_json=dumps(detail)))
+    return evaluation(store, run.id)
 
 
-def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | None = None, workers: int = 2,
-                 log: Callable[[str], None] = lambda m: None) -> tuple[Path, dict]:
+def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | None = None, reopen: bool = False,
+                 workers: int = 2, log: Callable[[str], None] = lambda m: None) -> tuple[Path, dict]:
+    """Write the run's HTML report; returns its path and the headline figures
+    {"final.valid" | "baseline" | "final": {metric: value}, "times_opened": n}."""
+    run_id = store.find_run(run_id).id
+    figures = sealed_test(store, root, run_id, reopen=reopen, workers=workers, log=log)
     summary = run_summary(store, run_id)
-    test = sealed_test(store, root, summary["run_id"], workers=workers, log=log)
-    headline = {k: {m: float(test[k].get(m, math.nan)) for m in HEADLINE} for k in ("baseline", "final")}
+    columns = {"final.valid": figures["valid"] or {}, "baseline": figures["test"]["baseline"],
+               "final": figures["test"]["final"]}
+    headline = {k: {m: float(v.get(m, math.nan)) for m in HEADLINE} for k, v in columns.items()}
+    n = figures["times_opened"]
+    held = summary["discovery_cost"]["accepted"]
     sections = [
         MetricsSection("Run", {"run": summary["run_id"], "status": summary["status"], "iterations": summary["iterations"],
                                "data": summary["config"]["data"], "backend": summary["config"]["backend"],
                                "factors accepted (refined out later in the run)":
-                                   f"{len(summary['accepted'])} "
-                                   f"({sum(1 for f in summary['accepted'] if f['name'] not in summary['library'])})",
+                                   f"{len(summary['accepted'])} ({len(summary['accepted']) - held})",
                                "trials (screened / judged on validation)":
-                                   f"{summary['trials']['screened']} / {summary['trials']['judged']}",
-                               "trials on this market, whole project": summary["trials"]["project_market"],
-                               "tokens": summary["tokens"],
-                               "cost ($)": summary["cost_usd"], "CPU seconds": round(summary["cpu_seconds"], 1)}),
-        TableSection("Sealed test segment: final model vs the Alpha158 + LightGBM baseline",
-                     pd.DataFrame(headline).rename_axis("metric")),
+                                   f"{summary['trials']['screened']:,} / {summary['trials']['judged']:,}",
+                               "trials on this market, whole project": f"{summary['trials']['project_market']:,}",
+                               "tokens": f"{summary['tokens']:,}", "cost": _dollars(summary["cost_usd"]),
+                               "CPU seconds": f"{summary['cpu_seconds']:,.1f}",
+                               "sealed test": _openings_line(figures)}),
+        TableSection(f"Final model on validation, then on the sealed test segment (test opened {_times(n)}) "
+                     "vs the Alpha158 + LightGBM baseline", _headline_frame(headline)),
     ]
-    fig = _cumulative_figure(test)
+    if n > 1 or figures["openings"][-1]["opened"] is None:
+        sections.append(TableSection(f"Openings of the sealed test ({_times(n)})", pd.DataFrame([
+            {"opening": o["number"], "opened": _when(o["opened"]),
+             "final spec": (o["final_hash"] or "not recorded")[:12], "why": o["reason"]} for o in figures["openings"]
+        ]).set_index("opening")))
+    fig = _cumulative_figure(figures["test"])
     if fig is not None:
         sections.append(FigureSection.of("Cumulative excess return with cost (test segment)", fig))
     fig = _ic_over_iterations(summary)
@@ -95,14 +147,72 @@ def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | Non
     if summary["accepted"]:
         sections.append(TableSection("Accepted factors (validation metrics)", pd.DataFrame([
             {"name": f["name"], "iteration": f["iteration"], "expression": f["expression"],
-             **{k: f["metrics"].get(k) for k in ("rank_ic", "rank_icir", "ic", "icir")}} for f in summary["accepted"]
+             **{k: _number(f["metrics"].get(k)) for k in ("rank_ic", "rank_icir", "ic", "icir")}}
+            for f in summary["accepted"]
         ]).set_index("name")))
     sections.append(TextSection("Hypothesis graph", _graph_text(summary)))
-    sections.append(TableSection("Cost per accepted factor", _cost_table(store, summary)))
+    cost = summary["discovery_cost"]
+    title = (f"Cost per accepted factor ({held} held by the run)" if held else
+             "Cost of the run (it holds no accepted factor, so there is no cost per factor)")
+    sections.append(TableSection(title, _cost_frame(cost)))
     path = out or Path(root) / "reports" / f"{summary['run_id']}.html"
     write_html_report(path, sections, title=f"rdquant run {summary['run_id']}")
     plt.close("all")
-    return path, headline
+    return path, {**headline, "times_opened": n}
+
+
+def _times(n: int) -> str:
+    return f"{n} time" if n == 1 else f"{n} times"
+
+
+def _when(iso: str | None) -> str:
+    return "not recorded" if iso is None else f"{iso[:16].replace('T', ' ')} UTC"  # stored as UTC ISO seconds
+
+
+def _openings_line(figures: dict) -> str:
+    when = _when(figures["openings"][-1]["opened"])
+    line = f"opened {_times(figures['times_opened'])}; last {when}"
+    if figures["changed"]:
+        line += f" (the run changed since: {'; '.join(figures['changed'])})"
+    return line
+
+
+def _metric_text(metric: str, value: float) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.2%}" if metric.startswith(("ARR", "MDD")) else f"{value:+.4f}"
+
+
+def _headline_frame(headline: dict[str, dict[str, float]]) -> pd.DataFrame:
+    names = {"final.valid": "final (validation)", "baseline": "baseline (test)", "final": "final (test)"}
+    return pd.DataFrame({names[k]: {m: _metric_text(m, v) for m, v in cols.items()} for k, cols in headline.items()}
+                        ).rename_axis("metric")
+
+
+def _number(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:+.4f}"
+
+
+def _dollars(value: float) -> str:
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.4f}"  # LLM runs cost cents
+
+
+COST_ROWS = {  # discovery_cost key -> (row label, format of the run total, format of a per-factor share)
+    "tokens": ("tokens", "{:,}".format, "{:,.0f}".format),
+    "cost_usd": ("cost", _dollars, _dollars),
+    "cpu_seconds": ("CPU seconds", "{:,.1f}".format, "{:,.1f}".format),
+    "wall_seconds": ("wall seconds", "{:,.1f}".format, "{:,.1f}".format),
+    "trials_screened": ("trials screened", "{:,}".format, "{:,.1f}".format),
+    "trials_judged": ("trials judged on validation", "{:,}".format, "{:,.1f}".format),
+}
+
+
+def _cost_frame(cost: dict) -> pd.DataFrame:
+    """The run's totals and, when it holds accepted factors, the totals divided by their number."""
+    frame = {"run total": {label: total(cost["totals"][k]) for k, (label, total, _) in COST_ROWS.items()}}
+    if cost["per_factor"] is not None:
+        frame["per accepted factor"] = {label: per(cost["per_factor"][k]) for k, (label, _, per) in COST_ROWS.items()}
+    return pd.DataFrame(frame)
 
 
 def _excess_with_cost(report_path: str) -> pd.Series | None:
@@ -158,12 +268,3 @@ def _graph_text(summary: dict) -> str:
 
     walk(None, 0)
     return "\n".join(lines) or "(no hypotheses)"
-
-
-def _cost_table(store: Store, summary: dict) -> pd.DataFrame:
-    iterations = {r.number: r for r in store.rows(IterationRow, summary["run_id"])}
-    n = max(len(summary["accepted"]), 1)
-    total = {"tokens": summary["tokens"], "cost ($)": summary["cost_usd"], "CPU seconds": summary["cpu_seconds"],
-             "wall seconds": sum(r.seconds for r in iterations.values())}
-    per = {k: v / n for k, v in total.items()}
-    return pd.DataFrame({"run total": total, "per accepted factor": per}).round(4)

@@ -33,6 +33,7 @@ class ScreenScore:
     ok: bool
     rank_ic: float = math.nan
     rank_ic_t: float = math.nan
+    rank_ic_hac_t: float = math.nan  # with a Newey-West standard error (NaN in results of older code)
     rank_icir: float = math.nan
     base_corr: float = math.nan  # largest |value correlation| with a base feature
     base_feature: str = ""
@@ -43,11 +44,15 @@ class ScreenScore:
 
     @property
     def fitness(self) -> float:
-        """What the search selects on: see `t_fitness`."""
-        return t_fitness(self.rank_ic_t, self.ok)
+        """What the search selects on: see `t_fitness`; the HAC t when measured. Daily ICs of a
+        multi-day label overlap, and a smooth ensemble's autocorrelated ICs inflate the iid t most, so
+        the iid t would steer the search towards them."""
+        t = self.rank_ic_hac_t if math.isfinite(self.rank_ic_hac_t) else self.rank_ic_t
+        return t_fitness(t, self.ok)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t), ("rank_icir", self.rank_icir),
+        return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t),
+                                  ("rank_ic_hac_t", self.rank_ic_hac_t), ("rank_icir", self.rank_icir),
                                   ("base_corr", self.base_corr), ("library_corr", self.library_corr))
                 if math.isfinite(v)}
 
@@ -66,7 +71,7 @@ def screen_segment(panel: Panel, train: tuple[str, str], label: str) -> tuple[st
 
 
 def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tuple[str, str], library: dict[str, str],
-                 base_features: str, corr_days: int, seed: int, workers: int) -> list[tuple[str, dict]]:
+                 base_features: str, corr_days: int, seed: int, workers: int, label: str) -> list[tuple[str, dict]]:
     """(experiment name, spec) of the screen: the candidates in chunks, about two per worker so a
     slow chunk does not leave a worker idle."""
     n = len(candidates)
@@ -79,7 +84,7 @@ def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tupl
         batch = {c.name: c.expression for c in candidates[start:start + size]}
         out.append((f"screen.{k}", {"kind": "factor", "market": market, "expressions": batch, "segment": list(segment),
                                     "report": "screen", "library": dict(library), "base_features": base_features,
-                                    "corr_days": corr_days, "seed": seed}))
+                                    "corr_days": corr_days, "seed": seed, "label": label}))
     return out
 
 
@@ -110,7 +115,7 @@ def screen_scores(candidates: list[CodedCandidate], results: dict[str, Experimen
         m = {k.partition(".")[2]: v for k, v in r.metrics.items() if k.partition(".")[0] == c.name}
         out.append(ScreenScore(
             c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
-            rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
+            rank_ic_hac_t=_num(m.get("rank_ic_hac_t")), rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
             base_feature=str((detail.get("base_correlation") or {}).get("feature", "")),
             library_corr=_num(m.get("library_corr"), 0.0),
             library_factor=str((detail.get("library_max") or {}).get("factor", ""))))

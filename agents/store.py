@@ -2,7 +2,8 @@
 
 Tables: runs, iterations, hypotheses (+ edges: derived_from, refines, contradicts), experiments
 (spec, result, MLflow run id), the accepted factor library (shared by all runs of the project),
-decisions with reasons, every LLM call, every human review. An iteration is written in one
+decisions with reasons, every LLM call, every human review, the report's evaluations and each
+opening of a run's sealed test segment. An iteration is written in one
 transaction by `commit_iteration`: a loop killed mid-iteration leaves no trace of it, so
 `--resume` redoes exactly that iteration (its experiments come back from the sandbox cache).
 """
@@ -20,7 +21,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 __all__ = [
     "Store", "RunRow", "IterationRow", "HypothesisRow", "EdgeRow", "ExperimentRow", "LibraryFactorRow",
-    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "TrialRow", "now",
+    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "OpeningRow", "TrialRow", "now",
 ]
 
 
@@ -166,14 +167,32 @@ class ReviewRow(SQLModel, table=True):
 
 
 class EvaluationRow(SQLModel, table=True):
-    """Sealed test-segment results, computed once per run for the report (never shown to agents)."""
+    """The report's figures (never shown to agents): the final model on validation, scored first, then the
+    baseline and the final model on the sealed test segment."""
 
     __tablename__ = "evaluations"
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: str = Field(index=True)
-    name: str  # baseline | final
+    name: str  # final.valid | baseline | final
     metrics_json: str
     detail_json: str = "{}"
+    # the test opening the figures belong to (final.valid: the one it was scored for); None: stored by a
+    # report older than the openings table, which opened the test once
+    opening: Optional[int] = None
+
+
+class OpeningRow(SQLModel, table=True):
+    """Each opening of a run's sealed test segment: when, and the state of the run it scored. A report of
+    the same state reuses the figures; scoring another state is a reopening, counted and shown."""
+
+    __tablename__ = "test_openings"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(index=True)
+    number: int  # 1, 2, ... within the run
+    opened: str = Field(default_factory=now)
+    final_hash: str  # spec hash of the final model's test spec (market, segments, library, model settings)
+    state_json: str  # {"library": {name: expression}, "best_model": {name, family, params, feature_norm}}
+    reason: str = ""  # why it was opened: the first report, or a --reopen and what had changed
 
 
 class Store:

@@ -96,6 +96,8 @@ class BaseExecutor:
         to_run = []
         for key, task in tasks.items():
             cached = self.store.cached(key) if self.use_cache else None
+            if cached is not None and self.recorder is not None and cached.ok and cached.mlflow_run_id is None:
+                cached = None  # cached without a record (none was kept then): run it again, recorded this time
             if cached is None:
                 to_run.append(task)
                 continue
@@ -107,7 +109,8 @@ class BaseExecutor:
             task = by_id[task_id]
             self.stats["run"] += 1
             result = self._record(task, result)
-            if self.use_cache and result.spec_hash:
+            # a result whose recording failed is not kept: a later hit would carry no record to read back
+            if self.use_cache and result.spec_hash and "recording_error" not in result.details:
                 self.store.put(task.key, result)
             for n, i in enumerate(owners[task.key]):
                 yield i, result if n == 0 else result.with_(cached=True)

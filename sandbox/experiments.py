@@ -12,14 +12,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from quantcore.data.panel import Panel
-from quantcore.evaluate.correlation import ReferenceStack, StackBuilder, daily_correlations, reference_stack
+from quantcore.evaluate.correlation import (ReferenceStack, StackBuilder, daily_correlations, reference_stack,
+                                            stack_components)
 from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, daily_ranks
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
+from quantcore.evaluate.significance import newey_west_t, residual_ic, two_sided_p
 from quantcore.expr.cache import DiskCache, MemoryCache
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import feature_set
@@ -32,8 +34,8 @@ __all__ = ["WorkerContext", "run_spec", "SCREEN_METRICS"]
 
 #: Per-factor metrics a factor experiment reports (validation-segment numbers). Besides these,
 #: `{name}.library_corr` (always) and `{name}.base_corr` (with `base_features`): see `_originality`.
-SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "n_days", "loss", "long_short",
-                  "long_short_t", "autocorr")
+SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "rank_ic_hac_t", "rank_ic_p", "n_days",
+                  "loss", "long_short", "long_short_t", "autocorr", "residual_rank_ic", "residual_t", "residual_p")
 
 _BASE_CHUNK = 32  # base features per evaluator batch when building a base stack
 
@@ -64,6 +66,7 @@ class WorkerContext:
     _panels: dict[str, Panel] = field(default_factory=dict)
     _evaluators: dict[str, Evaluator] = field(default_factory=dict)
     _base_stacks: OrderedDict = field(default_factory=OrderedDict)
+    _components: OrderedDict = field(default_factory=OrderedDict)
     _labels: OrderedDict = field(default_factory=OrderedDict)
     _histories: OrderedDict = field(default_factory=OrderedDict)
 
@@ -98,6 +101,14 @@ class WorkerContext:
         key = (market, panel.version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
                hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
         return _kept(self._base_stacks, key, self.base_stack_slots, lambda: _base_stack(panel, exprs, days))
+
+    def base_components(self, market: str, features: str | dict[str, str], days: slice, k: int) -> np.ndarray:
+        """The base feature set's top-`k` pooled principal-component scores on `days`, (k, N, T) float64:
+        the controls a residual IC regresses on, computed once per (market, feature set, days, k)."""
+        positions = np.arange(days.start, days.stop)
+        stack = self.base_stack(market, features, positions)
+        key = (market, self.panel(market).version, json.dumps(features, sort_keys=True), days.start, days.stop, k)
+        return _kept(self._components, key, self.base_stack_slots, lambda: stack_components(stack, k))
 
     def label_ranks(self, market: str, label: str, days: slice) -> DailyRanks:
         """The label's values on `days` ranked once per day (see `daily_ranks`), for every factor scored
@@ -228,6 +239,8 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
                                        panel.calendar[days.stop - 1], evaluator=ev,
                                        decay_horizons=DECAY_HORIZONS) if name in spec.expressions else None
             row["decay"] = full.to_dict()["decay"] if full else {}
+        hac = newey_west_t(daily_rank)  # daily ICs of a multi-day label overlap: the iid t overstates them
+        row["rank_ic_hac_t"], row["rank_ic_p"] = _finite(hac.t), _finite(two_sided_p(hac.t))
         x = clean[:, corr_at - days.start]
         if lib_stack is not None:
             lib_corr[name] = daily_correlations(x, lib_stack, min_pairs=MIN_PAIRS)
@@ -237,6 +250,8 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         if base_stack is not None:
             base = daily_correlations(x, base_stack, min_pairs=MIN_PAIRS)
             metrics.update(_originality(name, row, base_stack, base, "base_correlation", "feature", "base_corr"))
+        if spec.residual_components is not None:
+            row.update(_residual(spec, name, clean, label, days, ctx, library, lib_stack, lib_corr.get(name)))
         if spec.pair_threshold is not None or spec.pair_with:
             row["daily_rank_ic"] = _series(daily_rank)
         details[name] = row
@@ -253,6 +268,26 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         metrics.update(metrics_p)
         details["pipeline"] = details_p
     return metrics, details, artifacts, panel.version
+
+
+def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks, days: slice, ctx: WorkerContext,
+              library: dict[str, np.ndarray], lib_stack: ReferenceStack | None, lib_corr: np.ndarray | None) -> dict:
+    """A factor's residual RankIC on the scoring days (see `FactorSpec.residual_components`): its
+    mean, HAC t and two-sided p, and the library factors it was regressed on."""
+    corr = dict(zip(lib_stack.names, lib_corr)) if lib_stack is not None and lib_corr is not None else {}
+    threshold = spec.pair_threshold
+
+    def rival(k: str) -> bool:
+        c = corr.get(k, math.nan)
+        return k in spec.pair_with or (threshold is not None and math.isfinite(c) and abs(c) >= threshold)
+
+    used = [k for k in spec.controls if not rival(k)]
+    base = ctx.base_components(spec.market, spec.base_features, days, spec.residual_components)
+    controls = np.concatenate([base, np.stack([_clean(library[k][:, days]) for k in used])]) if used else base
+    res = residual_ic(factor, label.values, controls)
+    return {"residual_rank_ic": _finite(res.mean), "residual_t": _finite(res.hac.t),
+            "residual_p": _finite(two_sided_p(res.hac.t)), "residual_controls": used,
+            "residual_components": spec.residual_components}
 
 
 def _screen(factor: np.ndarray, label: DailyRanks, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:
@@ -332,55 +367,105 @@ def _finite(v) -> float | None:
 
 def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Path) -> np.ndarray:
     """Run generated `factor(fields)` under the guard; returns its (N, T) float64 output."""
+    out: list[np.ndarray] = []
+    _run_code(spec, [panel], ctx, workdir, lambda _, arr: out.append(arr))
+    return out[0]
+
+
+def _run_code(spec: FactorSpec, panels: Iterable[Panel], ctx: WorkerContext, workdir: Path,
+              emit: Callable[[int, np.ndarray], None]) -> None:
+    """Run generated `factor(fields)` on each panel, loaded afresh each time (no state carries over),
+    and hand `emit` (position, its (N, T) float64 output). One guarded block for all: its exit (a full
+    garbage collection, ~50 ms in a worker) is paid once. `panels` and `emit` run guarded: numpy only."""
     guard = ctx.guard
     with guard.active(workdir, ctx.output_chars):
-        namespace = load_generated(spec.code)
-        fn = namespace.get("factor")
-        if not callable(fn):
-            raise DegenerateOutput("the code defines no function `factor(fields)`")
-        out = fn(_ReadOnlyFields(panel.fields))
-        # converted (and the output released) while still guarded: a returned object's `__array__`,
-        # `__float__` or `__del__` is generated code too
-        try:
-            arr = np.asarray(out, dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise DegenerateOutput(f"factor() returned a {type(out).__name__} that is not numeric: {e}") from None
-        del namespace, fn, out
+        for i, panel in enumerate(panels):
+            namespace = load_generated(spec.code)
+            fn = namespace.get("factor")
+            if not callable(fn):
+                raise DegenerateOutput("the code defines no function `factor(fields)`")
+            out = fn(_ReadOnlyFields(panel.fields))
+            # converted (and the output released) while still guarded: a returned object's `__array__`,
+            # `__float__` or `__del__` is generated code too
+            try:
+                arr = np.asarray(out, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise DegenerateOutput(f"factor() returned a {type(out).__name__} that is not numeric: {e}") from None
+            del namespace, fn, out
+            if guard.refusals:
+                raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
+            if arr.shape != (panel.n_instruments, panel.n_days):
+                raise DegenerateOutput(f"factor() returned shape {arr.shape}; expected (instruments, days) = "
+                                       f"{(panel.n_instruments, panel.n_days)}")
+            arr = np.array(arr, copy=True)
+            arr[panel.outside_span] = np.nan
+            emit(i, arr)
+            del arr
     if guard.refusals:
         raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
-    if arr.shape != (panel.n_instruments, panel.n_days):
-        raise DegenerateOutput(f"factor() returned shape {arr.shape}; expected (instruments, days) = "
-                               f"{(panel.n_instruments, panel.n_days)}")
-    arr = np.array(arr, copy=True)
-    arr[panel.outside_span] = np.nan
-    return arr
 
 
 def _check_no_look_ahead(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], days: slice,
                          ctx: WorkerContext, workdir: Path) -> None:
-    """Perturbation test: scramble every field after a cutoff day inside the scoring segment; a factor
-    that reads only the past keeps every value up to the cutoff bit for bit."""
+    """Perturbation test at `spec.lookahead_cuts` seeded cut days spread over the scoring segment (one
+    in each equal part, `lookahead_cut_points`) and its last day: for each, scramble every field after
+    the cut; a factor that reads only the past keeps every value up to the cut bit for bit. (One
+    mid-segment cut passed code that leaks only later in the segment.)"""
     from quantcore.errors import LookAheadError
+    from quantcore.evaluate.significance import lookahead_cut_points
+    from quantcore.expr.ast import fields_used
 
-    cut = days.start + (days.stop - days.start) // 2
-    rng = np.random.default_rng(12345)
-    perturbed = {}
-    for key, arr in panel.fields.items():
-        x = np.array(arr, copy=True)
-        x[:, cut + 1:] *= rng.uniform(0.5, 1.5, size=x[:, cut + 1:].shape)
-        perturbed[key] = x
-    shadow = Panel(panel.calendar, panel.instruments, perturbed, panel.starts, panel.ends, panel.name, panel.meta)
-    again = Evaluator(shadow, threads=1).evaluate(spec.expressions, dtype=np.float64) if spec.expressions else {}
-    if spec.code is not None:
-        again[spec.code_name] = _code_factor(spec, shadow, ctx, workdir)
-    for name, values in factors.items():
-        before, after = values[:, : cut + 1], again[name][:, : cut + 1]
-        same = (before == after) | (np.isnan(before) & np.isnan(after))
-        if not same.all():
-            bad = int((~same).sum())
-            day = str(panel.calendar[int(np.nonzero(~same)[1].min())])[:10]
-            raise LookAheadError(f"factor {name!r} changed on {bad} cells up to {str(panel.calendar[cut])[:10]} when "
-                                 f"only later data changed (first on {day}): it reads the future")
+    seed = spec.seed % (1 << 64)  # numpy seeds are non-negative; a spec's may not be
+    k = min(spec.lookahead_cuts, days.stop - days.start)  # a segment shorter than k days: every day is a cut
+    cuts = set(lookahead_cut_points(days.start, days.stop, k, seed))
+    # ... and the segment's last day (the one before it when the market ends there: nothing follows the
+    # market's last day): no value on the segment may depend on what follows it, so code that leaks
+    # only on the segment's last few days is caught whatever the seed.
+    last = min(days.stop - 1, panel.n_days - 2)
+    cuts = sorted(cuts | {last} if last >= days.start else cuts)
+    # Only the days up to the segment's end (views): no value after it is compared, and a factor that
+    # reads only the past has the same values there on the shorter panel (see `history_evaluator`);
+    # one that reads past the end changes, as it does when those days are scrambled.
+    history = panel.slice_dates(None, panel.calendar[days.stop - 1])
+
+    def compare(name: str, i: int, again: np.ndarray) -> None:
+        cut = cuts[i]
+        before, after = factors[name][:, : cut + 1], again[:, : cut + 1]
+        changed = ~((before == after) | (np.isnan(before) & np.isnan(after)))
+        if changed.any():
+            first = str(panel.calendar[int(np.nonzero(changed)[1].min())])[:10]
+            raise LookAheadError(
+                f"factor {name!r} changed on {int(changed.sum())} cells up to {str(panel.calendar[cut])[:10]} "
+                f"(look-ahead cut {i + 1} of {len(cuts)}, seed {spec.seed}) when only later data changed "
+                f"(first on {first}): it reads the future; use only data up to each day")
+
+    if spec.expressions:  # scramble only the fields they read
+        used = set().union(*(fields_used(c.node) for c in Evaluator(history).compile(spec.expressions)))
+        for i, cut in enumerate(cuts):
+            if cut + 1 >= history.n_days:
+                continue  # nothing scrambled, later days only cut off: what `history_evaluator` relies on
+            again = Evaluator(_scrambled(history, cut, seed, used), threads=1).evaluate(spec.expressions,
+                                                                                       dtype=np.float64)
+            for name, values in again.items():
+                compare(name, i, values)
+    if spec.code is not None:  # every field; each scrambled panel built (guarded) when its turn comes
+        shadows = (_scrambled(history, cut, seed, set(history.fields)) for cut in cuts)
+        _run_code(spec, shadows, ctx, workdir, lambda i, values: compare(spec.code_name, i, values))
+
+
+def _scrambled(panel: Panel, cut: int, seed: int, keys: set[str]) -> Panel:
+    """`panel` with the fields in `keys` times seeded noise in [0.5, 1.5) after day `cut`, as fresh
+    read-only copies (one cut's scrambling never reaches another's; generated code cannot write to them);
+    the other fields shared. Field j's noise depends on (seed, cut, j) only: reproducible per spec."""
+    fields = {}
+    for j, (key, arr) in enumerate(panel.fields.items()):
+        if key in keys:
+            arr = np.array(arr, copy=True)
+            tail = arr[:, cut + 1:]
+            tail *= np.random.default_rng((seed, cut, j)).uniform(0.5, 1.5, size=tail.shape)
+            arr.flags.writeable = False
+        fields[key] = arr
+    return Panel(panel.calendar, panel.instruments, fields, panel.starts, panel.ends, panel.name, panel.meta)
 
 
 class _ReadOnlyFields(dict):

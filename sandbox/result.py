@@ -23,6 +23,7 @@ class FailureCategory(str, Enum):
     FORBIDDEN_OPERATION = "forbidden_operation"  # network, subprocess, file access outside the run dir...
     DEGENERATE_OUTPUT = "degenerate_output"  # all-NaN, constant, inf, wrong shape, too large
     WORKER_CRASH = "worker_crash"  # the worker process died (signal, hard exit)
+    RECORD = "record"  # the result's MLflow record is missing, unreadable or differs from it (agents.recorded)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,10 @@ class FactorSpec(_Base):
     decay: bool = False  # IC decay over 20 horizons (costs ~20 label evaluations)
     max_inf_share: float = Field(0.0, ge=0, le=1)  # share of +-inf values tolerated before "degenerate"
     lookahead_check: bool = False  # perturb data after a cutoff and require identical values up to it
+    # That check's cutoffs: one seeded day (`seed`) in each of k equal parts of the scoring segment (k
+    # capped at its length), plus its last day, so code that leaks only early or late in the segment is
+    # caught too; each costs one evaluation of the expressions and the code up to the segment's end.
+    lookahead_cuts: int = Field(5, ge=1, le=64)
     report: Literal["full", "screen"] = "full"  # screen: IC, RankIC and their ICIR/t only (bulk screening)
     # Originality against what the model already has: a feature-set name ("alpha158", "alpha360", as
     # quantcore.features.feature_set resolves it) or name -> expression. Reports each candidate's base
@@ -111,6 +115,13 @@ class FactorSpec(_Base):
     # Library factors whose daily RankIC is reported whatever their correlation (the same idea at
     # another window, a refinement's rival by construction); names must be in `library`.
     pair_with: tuple[str, ...] = ()
+    # Set (with `base_features`): each factor's residual RankIC is reported, its daily IC after a
+    # cross-sectional regression on the base features' top-k pooled principal components and on the
+    # library factors named in `controls` (`residual_rank_ic`, `residual_t`, `residual_p`): what the
+    # factor adds to what the model already has. A control the factor repeats (|corr| >=
+    # `pair_threshold`, or named in `pair_with`) is left out: it is the rival the factor would replace.
+    residual_components: int | None = Field(None, ge=1, le=64)
+    controls: tuple[str, ...] = ()
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     pipeline: PipelineConfig | None = None  # also add the factors to a feature set and run model + backtest
 
@@ -147,6 +158,11 @@ class FactorSpec(_Base):
         missing = [k for k in self.pair_with if k not in self.library]
         if missing:
             raise ValueError(f"pair_with names {', '.join(missing)}, not in the spec's library")
+        missing = [k for k in self.controls if k not in self.library]
+        if missing:
+            raise ValueError(f"controls names {', '.join(missing)}, not in the spec's library")
+        if self.residual_components is not None and self.base_features is None:
+            raise ValueError("residual_components needs base_features (the components are theirs)")
         return self
 
 

@@ -18,7 +18,7 @@ from quantcore.evaluate.ic import MIN_PAIRS, daily_ic, pooled_corr
 
 __all__ = [
     "FactorCorrelation", "ReferenceStack", "StackBuilder", "daily_correlation_matrix", "daily_correlations",
-    "library_correlation", "reference_stack",
+    "library_correlation", "reference_stack", "stack_components",
 ]
 
 #: A side whose spread over a day's joint cells is below this share of its own spread that day (both in
@@ -308,3 +308,33 @@ def daily_correlations(x: np.ndarray, stack: ReferenceStack | np.ndarray, days: 
         mean = np.where(ok, r, 0.0).sum(axis=0) / used
     mean[used == 0] = np.nan
     return mean
+
+
+def stack_components(stack: ReferenceStack, k: int, chunk_days: int = 64) -> np.ndarray:
+    """Top-`k` pooled principal-component scores of a reference stack, as (k, N, T) float64 controls
+    (NaN on rows where every reference is invalid).
+
+    The stack is already centred and scaled per day and reference (what the IC sees), so its pooled
+    covariance over live cells is one F x F product, accumulated `chunk_days` days at a time in float64
+    rather than copying the (T, N, F) stack to the (F, N, T) float64 layout
+    `quantcore.evaluate.significance.principal_components` takes (~300 MB for Alpha158 on a validation
+    segment). Holes (a reference invalid in a live row: a look-back warm-up) hold 0, the day's mean:
+    mean imputation, which only shrinks their cell's score towards the centre."""
+    t, n, f = stack.shape
+    if not 1 <= k <= f:
+        raise ValueError(f"k must lie in [1, {f}] references, got {k}")
+    cov = np.zeros((f, f))
+    for lo in range(0, t, chunk_days):
+        z = stack.z[lo:lo + chunk_days].reshape(-1, f).astype(np.float64)
+        cov += z.T @ z
+    live = int((~stack.dead).sum())
+    if live == 0:
+        raise ValueError("the reference stack has no live (instrument, day) cell")
+    values, vectors = np.linalg.eigh(cov / live)
+    loadings = vectors[:, np.argsort(values)[::-1][:k]]  # (F, k)
+    scores = np.empty((k, n, t))
+    for lo in range(0, t, chunk_days):
+        part = stack.z[lo:lo + chunk_days].astype(np.float64) @ loadings  # (days, N, k)
+        scores[:, :, lo:lo + part.shape[0]] = part.transpose(2, 1, 0)
+    scores[:, stack.dead.T] = np.nan
+    return scores

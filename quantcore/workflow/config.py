@@ -54,16 +54,31 @@ class SegmentsConfig(_Strict):
         return self
 
 
+class PurgeConfig(_Strict):
+    # trading days dropped after the label's horizon: rolling features and overlapping labels are
+    # autocorrelated, so days just past a boundary still inform it; 5, a trading week, covers the short
+    # windows (Lopez de Prado, "Advances in Financial Machine Learning", 2018, ch. 7: purging and embargo)
+    embargo: int = Field(5, ge=0)
+
+
 class DatasetConfig(_Strict):
     features: str | dict[str, str] = "alpha158"  # a feature-set name, or name -> expression
     extra_features: dict[str, str] = Field(default_factory=dict)  # added to the set (e.g. mined factors)
     label: str = "Ref($close, -2) / Ref($close, -1) - 1"  # qlib's default label
     segments: SegmentsConfig
+    # opt-in: train and valid end the label's horizon + `embargo` trading days before the next segment
+    # starts, so no label they hold reads its prices. Off by default, as in qlib; `true` = `{}` (embargo 5)
+    purge: PurgeConfig | None = None
     infer_processors: tuple[ProcessorConfig, ...] = ()
     learn_processors: tuple[ProcessorConfig, ...] = (
         ProcessorConfig(name="DropnaLabel"),
         ProcessorConfig(name="CSZScoreNorm", fields_group="label"),
     )  # qlib's Alpha158 defaults
+
+    @field_validator("purge", mode="before")
+    @classmethod
+    def _purge_switch(cls, v: Any) -> Any:
+        return {} if v is True else None if v is False else v
 
 
 class ModelConfig(_Strict):

@@ -22,8 +22,11 @@ from quantcore.backtest.strategy import Strategy
 from quantcore.data.panel import Panel
 from quantcore.data.sources import load_market
 from quantcore.dataset import DatasetConfig, build_dataset, make_processor
+from quantcore.dataset.errors import SegmentError
+from quantcore.dataset.purge import purge_segments
 from quantcore.evaluate.ic import daily_ic, daily_rank_ic
 from quantcore.evaluate.report import evaluate_arrays
+from quantcore.evaluate.significance import label_horizon
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import feature_set
 from quantcore.models import make_model
@@ -61,7 +64,20 @@ class WorkflowResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _dataset_config(cfg: WorkflowConfig) -> DatasetConfig:
+def _segments(cfg: WorkflowConfig, calendar: np.ndarray) -> dict[str, tuple[str, str]]:
+    """The dataset's segments (inclusive ISO dates); with `dataset.purge`, train and valid end the label's
+    horizon + the embargo trading days of `calendar` before the next segment starts (the test keeps its end)."""
+    d = cfg.dataset
+    segments = {name: tuple(str(x) for x in getattr(d.segments, name)) for name in ("train", "valid", "test")}
+    if d.purge is None:
+        return segments
+    try:
+        return purge_segments(calendar, segments, label_horizon(d.label), d.purge.embargo)
+    except SegmentError as err:
+        raise SegmentError(f"dataset.purge: {err}") from None
+
+
+def _dataset_config(cfg: WorkflowConfig, segments: dict[str, tuple[str, str]]) -> DatasetConfig:
     d = cfg.dataset
     features = feature_set(d.features) if isinstance(d.features, str) else dict(d.features)
     clash = sorted(set(features) & set(d.extra_features))
@@ -78,7 +94,6 @@ def _dataset_config(cfg: WorkflowConfig) -> DatasetConfig:
             out.append(make_processor(p.name, **kwargs))
         return tuple(out)
 
-    segments = {name: tuple(str(x) for x in getattr(d.segments, name)) for name in ("train", "valid", "test")}
     return DatasetConfig(
         features=features,
         segments=segments,
@@ -163,7 +178,10 @@ def run_workflow(
                         "data.days": panel.n_days})
         lap("data")
 
-        dataset = build_dataset(panel, _dataset_config(cfg), evaluator)
+        segments = _segments(cfg, panel.calendar)
+        if cfg.dataset.purge is not None:
+            run.log_params({"dataset.purged_segments": {name: list(bounds) for name, bounds in segments.items()}})
+        dataset = build_dataset(panel, _dataset_config(cfg, segments), evaluator)
         lap("dataset")
 
         model = (model if model is not None else make_model(cfg.model.family, **_model_params(cfg))).fit(dataset)

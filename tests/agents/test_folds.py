@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from agents.decide import AdmissionRules, compare_models, merge_folds
 from agents.nodes import inner_folds
+from quantcore.data.panel import Panel
 from quantcore.data.sources import load_market
+from quantcore.dataset.purge import purge_segments
+from quantcore.expr.evaluate import evaluate
+from quantcore.features import DEFAULT_LABEL
 from sandbox.result import ExperimentResult
 from sandbox.spec import default_segments
 
 
 def test_folds_are_chronological_disjoint_and_never_reach_test():
+    """Unpurged (horizon 0, embargo 0): the folds of runs stored before purging, which replay as they ran."""
     panel = load_market("synthetic:20:2520:0")
     segments = default_segments(panel.calendar)
-    folds = inner_folds(segments, panel, 4)
+    folds = inner_folds(segments, panel, 4, horizon=0, embargo=0)
     assert folds[0]["test"] == segments["valid"]
     # fold 0 fits on the first 80% of train and early-stops on the rest of it
     train = panel.calendar[panel.date_index(*segments["train"])]
@@ -31,10 +38,54 @@ def test_folds_are_chronological_disjoint_and_never_reach_test():
     assert len(set(scored)) == 1
     # the embedded market (1,259 days) gets two folds
     sp500 = load_market("sp500")
-    assert len(inner_folds(default_segments(sp500.calendar), sp500, 2)) == 2
+    assert len(inner_folds(default_segments(sp500.calendar), sp500, 2, horizon=0, embargo=0)) == 2
     # a short market keeps one fold rather than fit on a few weeks
     short = load_market("synthetic:20:400:0")
-    assert len(inner_folds(default_segments(short.calendar), short, 2)) == 1
+    assert len(inner_folds(default_segments(short.calendar), short, 2, horizon=0, embargo=0)) == 1
+
+
+def _labels_blind_to(panel: Panel, label: np.ndarray, last: int, first_changed: int) -> bool:
+    """Whether the label of every day up to `last` stays the same when every close from day
+    `first_changed` on moves: those labels read no price of those days."""
+    close = panel.fields["close"].copy()
+    close[:, first_changed:] *= 1.5
+    moved = evaluate(panel.with_fields(close=close), {"y": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["y"]
+    return np.array_equal(label[:, : last + 1], moved[:, : last + 1], equal_nan=True)
+
+
+@pytest.mark.parametrize("embargo", [0, 5])
+def test_purged_folds_keep_the_horizon_and_embargo_between_fit_early_stop_and_scored_days(embargo):
+    """Default label: horizon 2 (it reads the closes of t+1 and t+2). Inside every fold, exactly 2 + embargo
+    trading days separate fitting from early-stopping and at least that many early-stopping from the
+    scored block; fold 0 scores exactly the purged validation segment. Checked against the label itself:
+    moving the prices of the later range leaves every label of the earlier one unchanged."""
+    horizon = 2
+    panel = load_market("synthetic:20:2520:0")
+    segments = purge_segments(panel.calendar, default_segments(panel.calendar), horizon, embargo)
+    folds = inner_folds(segments, panel, 4, horizon=horizon, embargo=embargo)
+    assert len(folds) == 3 and folds[0]["test"] == segments["valid"]
+    label = evaluate(panel, {"y": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["y"]
+    at = pd.DatetimeIndex(panel.calendar).get_loc
+    for f in folds:
+        fit_end, stop_start = at(pd.Timestamp(f["train"][1])), at(pd.Timestamp(f["valid"][0]))
+        stop_end, scored = at(pd.Timestamp(f["valid"][1])), at(pd.Timestamp(f["test"][0]))
+        assert stop_start - fit_end - 1 == horizon + embargo
+        assert scored - stop_end - 1 >= horizon + embargo
+        assert _labels_blind_to(panel, label, fit_end, stop_start)
+        assert _labels_blind_to(panel, label, stop_end, scored)
+    # fold 0 early-stops up to the purged train's end, exactly horizon + embargo days before valid
+    assert folds[0]["valid"][1] == segments["train"][1]
+    # the unpurged folds do read the days after them: the check above can fail
+    unpurged = inner_folds(segments, panel, 1, horizon=0, embargo=0)[0]
+    fit_end, stop_start = at(pd.Timestamp(unpurged["train"][1])), at(pd.Timestamp(unpurged["valid"][0]))
+    assert stop_start == fit_end + 1 and not _labels_blind_to(panel, label, fit_end, stop_start)
+
+
+def test_a_train_segment_too_short_to_purge_twice_is_refused_by_name():
+    panel = load_market("synthetic:20:400:0")
+    segments = {"train": ("2010-01-04", "2010-01-08"), "valid": ("2010-02-01", "2010-06-30")}  # 5 days
+    with pytest.raises(ValueError, match="segment 'train'.*embargo 5"):
+        inner_folds(segments, panel, 1, horizon=2, embargo=5)
 
 
 def _result(daily: np.ndarray, arr: float) -> ExperimentResult:

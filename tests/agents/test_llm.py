@@ -295,6 +295,7 @@ def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(s
     from agents.loop import make_executor, open_project, project_paths, start_run
     from agents.store import HypothesisRow, LLMCallRow
     from quantcore.data.sources import load_market
+    from quantcore.recording import Recorder
     from sandbox.spec import default_segments
 
     def respond(body):
@@ -315,7 +316,7 @@ def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(s
     server.respond = respond
     server.queue.append(reply("{truncated"))  # the first proposal is retried
     config = LoopConfig(backend="llm", budget=2, data=MARKET, workers=1, n_factor_candidates=3)
-    run_id = start_run(config, tmp_path, record=False)
+    run_id = start_run(config, tmp_path)
 
     store = open_project(tmp_path)
     assert store.run(run_id).status == "finished"
@@ -326,11 +327,13 @@ def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(s
     assert store.run(run_id).tokens == sum(r.prompt_tokens + r.completion_tokens for r in rows) > 0
     assert [c["response_text"] for c in load_replay_calls(store, run_id)] == [r.response_text for r in rows]
 
-    # replay in a fresh project (experiments come from the first project's sandbox cache): no server
+    # replay in a fresh project (experiments come from the first project's sandbox cache, their MLflow runs
+    # from its store, where the critic reads them back): no server
     server.stop()
     replay = LLMBackend(config, replay_calls=load_replay_calls(store, run_id))
-    with make_executor(config, project_paths(tmp_path)["sandbox"]) as executor:
-        again = start_run(config, tmp_path / "replay", backend=replay, executor=executor, record=False)
+    recorder = Recorder.open(project_paths(tmp_path)["mlflow"], "replay")
+    with make_executor(config, project_paths(tmp_path)["sandbox"], recorder=recorder) as executor:
+        again = start_run(config, tmp_path / "replay", backend=replay, executor=executor)
     store2 = open_project(tmp_path / "replay")
 
     def hypotheses(st, rid):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -30,7 +31,7 @@ CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    run_id = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), root, record=False)
+    run_id = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), root)
     return root, run_id
 
 
@@ -58,17 +59,19 @@ def test_offline_loop_commits_every_iteration(finished_run):
         assert abs(m["rank_ic"]) >= 0.01 and abs(m["rank_icir"]) >= 0.08
 
 
-def test_a_second_run_never_reuses_a_library_name(finished_run, tmp_path):
+def test_a_second_run_never_reuses_a_library_name(tmp_path):
     """Library names are unique across a project, and the offline proposer's names (`<family>_<iteration>_<i>`)
     repeat from run to run: the same seed in the same project proposes the first run's names again. They
     are renamed (`_2`, ...) before anything is written, so the run finishes and the library keeps both."""
-    root, first = finished_run
+    # lenient gates, so that the first run surely leaves a library to collide with (on 60 names the
+    # trial-aware test admits little); the naming rule does not depend on them
+    lenient = {"fdr_q": 0.5, "min_abs_rank_ic": 0.0, "residual_components": 0}
     work = tmp_path / "project"
-    shutil.copytree(root, work)
+    first = start_run(LoopConfig(budget=1, data=MARKET, workers=2, seed=3, **lenient), work)
     store = open_project(work)
     first_names = {f.name for f in store.rows(LibraryFactorRow, run_id=first)}
     assert first_names  # the case needs a library to collide with
-    second = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), work, record=False)
+    second = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3, **lenient), work)
     store = open_project(work)
     assert store.run(second).status == "finished"
     proposed = [c["name"] for h in store.rows(HypothesisRow, second) for c in json.loads(h.candidates_json)]
@@ -101,6 +104,43 @@ def test_model_experiments_never_touch_the_sealed_test_segment(finished_run):
         spec = json.loads(e.spec_json)
         text = json.dumps(spec)
         assert test_start not in text and test_end not in text, (e.candidate, text[:300])
+
+
+def test_a_new_run_stores_segments_purged_by_the_label_horizon_and_embargo(finished_run):
+    """The loop's label reads two days ahead; with the default embargo (5 trading days) the stored train
+    and valid end exactly 2 + 5 trading days of the market's calendar before the next segment starts, the
+    test keeps the 60/20/20 split's bounds, and every model experiment scores days its fit and early-stop
+    labels cannot read."""
+    root, run_id = finished_run
+    store = open_project(root)
+    raw = json.loads(store.run(run_id).config_json)
+    assert raw["loop"]["embargo_days"] == 5
+    stored, split = raw["segments"], default_segments(load_market(MARKET).calendar)
+    at = pd.DatetimeIndex(load_market(MARKET).calendar).get_loc
+    day = lambda d: at(pd.Timestamp(d))  # noqa: E731
+    assert day(stored["valid"][0]) - day(stored["train"][1]) - 1 == 2 + 5
+    assert day(stored["test"][0]) - day(stored["valid"][1]) - 1 == 2 + 5
+    assert [stored[k][0] for k in ("train", "valid", "test")] == [split[k][0] for k in ("train", "valid", "test")]
+    assert stored["test"] == list(split["test"])
+    models = [json.loads(e.spec_json) for e in store.rows(ExperimentRow, run_id) if e.candidate.startswith("baseline")]
+    assert len(models) == 2
+    for spec in models:
+        seg = spec["segments"]
+        assert day(seg["valid"][0]) - day(seg["train"][1]) - 1 == 7
+        assert day(seg["test"][0]) - day(seg["valid"][1]) - 1 >= 7
+    assert next(s["segments"]["test"] for s in models) == stored["valid"]  # fold 0 scores the purged valid
+
+
+def test_a_segment_the_purge_would_empty_is_a_clear_cli_error(tmp_path):
+    runner = CliRunner()
+    # 30 days split 60/20/20: valid holds 6 days, fewer than the 2 + 5 the default purge drops
+    short = runner.invoke(app, ["loop", "--budget", "1", "--data", "synthetic:5:30:0", "--root", str(tmp_path)])
+    assert short.exit_code == 2 and "Traceback" not in short.output
+    assert "segment 'valid' holds 6 trading days" in short.output and "embargo 5" in short.output, short.output
+    wide = runner.invoke(app, ["loop", "--budget", "1", "--data", "synthetic:5:30:0", "--embargo", "20",
+                               "--root", str(tmp_path)])
+    assert wide.exit_code == 2 and "segment 'train'" in wide.output and "embargo 20" in wide.output, wide.output
+    assert open_project(tmp_path).runs() == []  # nothing half-started is stored
 
 
 def test_runs_list_and_show_json(finished_run):
@@ -200,7 +240,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert len(keys) == len(set(keys))
     # and it decided exactly what an uninterrupted run with the same settings decides
     reference = tmp_path / "reference"
-    start_run(LoopConfig.model_validate(json.loads(run.config_json)["loop"]), reference, run_id=run.id, record=False)
+    start_run(LoopConfig.model_validate(json.loads(run.config_json)["loop"]), reference, run_id=run.id)
     diff = compare(store, open_project(reference), run.id)
     assert diff.divergences == [], diff.divergences[:3] + diff.divergences[-3:]
 

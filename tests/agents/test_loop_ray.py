@@ -40,7 +40,7 @@ def ray_and_local_runs(tmp_path_factory):
     result = CliRunner().invoke(app, LOOP + ["--executor", "ray", "--root", str(ray_root)], env={"RAY_ADDRESS": None})
     assert result.exit_code == 0, result.output
     run_id = result.output.strip().splitlines()[-1]
-    start_run(LoopConfig(budget=1, data=MARKET, seed=3, workers=2), local_root, run_id=run_id, record=False)
+    start_run(LoopConfig(budget=1, data=MARKET, seed=3, workers=2), local_root, run_id=run_id)
     return open_project(ray_root), open_project(local_root), run_id, ray_root
 
 

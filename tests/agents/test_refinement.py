@@ -21,6 +21,7 @@ from quantcore.expr.evaluate import Evaluator
 from quantcore.data.synthetic import planted_alphas
 from quantcore.expr.ast import max_lookback
 from quantcore.expr.parser import parse
+from quantcore.recording import Recorder
 from sandbox.local import LocalExecutor
 from sandbox.spec import default_segments
 
@@ -59,7 +60,8 @@ def test_a_stronger_twin_replaces_the_weaker_library_factor(tmp_path):
                                 metrics_json="{}"))
         db.add(RunRow(id="second", config_json=dumps({"loop": config.model_dump(mode="json")})))
     memory = RunMemory(run_id="second", library={"old": weak}, market=panel.version)
-    with LocalExecutor(workers=2, root=tmp_path / "sandbox", use_cache=False) as executor:
+    recorder = Recorder.open(tmp_path, "refinement")  # the critic reads the metrics back from MLflow
+    with LocalExecutor(workers=2, root=tmp_path / "sandbox", recorder=recorder, use_cache=False) as executor:
         s = Services(config=config, store=store, executor=executor, backend=OfflineBackend(0), panel=panel,
                      segments={k: tuple(v) for k, v in default_segments(panel.calendar).items()}, memory=memory)
         coded = CodedCandidate(name="new", expression=strong, spec=admission_spec(strong, "new", {}, s))

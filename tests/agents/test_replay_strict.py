@@ -11,21 +11,32 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.cli import app
-from agents.config import LoopConfig
-from agents.loop import open_project, start_run
+from agents.config import LoopConfig, stored_config
+from agents.loop import open_project, resume_run, start_run
+from agents.nodes import inner_folds
 from agents.replay import compare, replay_run
 from agents.store import ExperimentRow, LLMCallRow, RunRow, TrialRow, dumps
+from quantcore.data.sources import load_market
+from sandbox.spec import default_segments
 
 MARKET = "synthetic:60:700:4:4"
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """A stored run, and the same run re-executed into a second project (what a replay builds)."""
+    """A run stored before purging existed (its settings have no `embargo_days`: unpurged segments and
+    folds), and the same run re-executed from its stored settings into a second project (what a replay
+    builds): the strict comparisons below hold for such runs too."""
     root, again = tmp_path_factory.mktemp("original"), tmp_path_factory.mktemp("again")
-    config = LoopConfig(budget=1, data=MARKET, workers=2, seed=2, screen_per_worker=16)
-    run_id = start_run(config, root, record=False)
-    start_run(config, again, run_id=run_id, record=False)
+    config = LoopConfig(budget=1, data=MARKET, workers=2, seed=2, screen_per_worker=16, embargo_days=None)
+    run_id = start_run(config, root)
+    with open_project(root).session() as db:
+        row = db.get(RunRow, run_id)
+        raw = json.loads(row.config_json)
+        del raw["loop"]["embargo_days"]
+        row.config_json = dumps(raw)
+        db.add(row)
+    start_run(stored_config(raw["loop"]), again, run_id=run_id)
     return root, again, run_id
 
 
@@ -40,6 +51,29 @@ def test_an_unaltered_run_matches_in_every_part(recorded):
     report = compare(open_project(root), open_project(again), run_id)
     assert report.divergences == []
     assert report.decisions >= 2 and report.metrics > 100
+
+
+def test_a_run_stored_before_purging_resumes_with_its_segments_and_unpurged_folds(recorded, tmp_path):
+    root, _, run_id = recorded
+    store = _copy(root, tmp_path)
+    raw = json.loads(store.run(run_id).config_json)
+    panel = load_market(MARKET)
+    assert "embargo_days" not in raw["loop"]
+    assert raw["segments"] == {k: list(v) for k, v in default_segments(panel.calendar).items()}  # unpurged
+    resume_run(run_id, tmp_path / "copy", budget=2)  # where _copy put it
+    run = store.run(run_id)
+    assert run.iterations_done == 2 and json.loads(run.config_json) == raw
+    folds = [{k: list(v) for k, v in f.items()}
+             for f in inner_folds(raw["segments"], panel, raw["loop"]["model_folds"], horizon=0, embargo=0)]
+    # the baseline (iteration 0) and the resumed iteration score on unpurged folds and segments
+    specs = {(e.iteration, e.candidate): json.loads(e.spec_json) for e in store.rows(ExperimentRow, run_id)
+             if e.iteration in (0, 2)}
+    assert {it for it, _ in specs} == {0, 2} and specs[0, "baseline"]["segments"] == folds[0]
+    for (it, name), spec in specs.items():
+        if spec["kind"] == "model":
+            assert spec["segments"] in folds, (it, name)
+        elif not name.startswith("screen."):  # factor admission: the stored, unpurged validation segment
+            assert spec["segment"] == raw["segments"]["valid"], (it, name)
 
 
 def test_one_altered_detail_value_fails(recorded, tmp_path):

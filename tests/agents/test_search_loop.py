@@ -4,13 +4,17 @@ such a run match, and the planted answers of a synthetic market never reach the 
 from __future__ import annotations
 
 import ast
+import json
+import math
+import re
 from pathlib import Path
 
 from agents.config import LoopConfig
+from agents.decide import admission_p
 from agents.loop import open_project, start_run
 from agents.replay import replay_run
 from agents.runs import run_summary
-from agents.store import ExperimentRow, TrialRow
+from agents.store import DecisionRow, ExperimentRow, TrialRow
 from quantcore.data.sources import load_market
 from quantcore.data.synthetic import planted_alphas
 
@@ -24,8 +28,8 @@ def _config(seed: int) -> LoopConfig:
 
 
 def test_a_later_run_continues_the_search_and_replays(tmp_path):
-    first = start_run(_config(0), tmp_path, record=False)
-    second = start_run(_config(0), tmp_path, record=False)  # same seed, same project
+    first = start_run(_config(0), tmp_path)
+    second = start_run(_config(0), tmp_path)  # same seed, same project
     store = open_project(tmp_path)
     tried_first = {t.form for t in store.rows(TrialRow, first)}
     tried_second = {t.form for t in store.rows(TrialRow, second)}
@@ -35,6 +39,12 @@ def test_a_later_run_continues_the_search_and_replays(tmp_path):
     assert counts["screened"] == sum(t.stage == "screen" for t in store.rows(TrialRow, second)) >= 40
     assert counts["judged"] == sum(t.stage == "admission" for t in store.rows(TrialRow, second))
     assert counts["project_market"] == len(store.rows(TrialRow, first)) + len(store.rows(TrialRow, second))
+    # the second run's admission tests are adjusted over the first run's admission trials too
+    tested = [t for run in (first, second) for t in store.rows(TrialRow, run)
+              if t.stage == "admission" and math.isfinite(admission_p(json.loads(t.metrics_json)))]
+    cited = {int(n) for d in store.rows(DecisionRow, second)
+             for n in re.findall(r"over (\d+) admission trials", " ".join(json.loads(d.reasons_json)))}
+    assert cited == {len(tested)} and len(tested) > sum(t.run_id == second for t in tested) > 0
     screens = [e for e in store.rows(ExperimentRow, second) if e.candidate.startswith("screen.")]
     assert screens and all(e.ok for e in screens)
     report = replay_run(store, second, workers=2)  # starts from the first run's trials, as the run did
@@ -56,7 +66,7 @@ def test_planted_alphas_never_reach_the_agents_or_the_sandbox(tmp_path):
     panel = load_market(MARKET)
     meta = " ".join(str(v) for v in panel.meta.values())
     assert not any(e in meta for e in expressions)
-    start_run(_config(1), tmp_path, record=False)
+    start_run(_config(1), tmp_path)
     exported = [p for p in (tmp_path / "sandbox" / "markets").rglob("*") if p.is_file() and p.stat().st_size < 5_000_000
                 and p.suffix in (".json", ".txt", ".yaml", ".md", "")]
     assert exported

@@ -261,3 +261,26 @@ def test_cut_points_are_stratified_and_seeded():
     assert lookahead_cut_points(0, 3, 3, seed=1) == [0, 1, 2]
     with pytest.raises(ValueError, match="fewer than"):
         lookahead_cut_points(0, 2, 3, seed=0)
+
+
+def test_stack_components_span_a_latent_structure_like_principal_components():
+    from quantcore.evaluate.correlation import reference_stack, stack_components
+
+    rng = np.random.default_rng(4)
+    n, t, k, f = 90, 30, 2, 7
+    latent = rng.standard_normal((k, n, t))
+    stack = np.einsum("fk,knt->fnt", rng.standard_normal((f, k)), latent) + 0.01 * rng.standard_normal((f, n, t))
+    stack[:, 5, :] = np.nan  # an instrument outside its listing: a dead row
+    scores = stack_components(reference_stack({f"r{i}": stack[i] for i in range(f)}), k, chunk_days=7)
+    assert scores.shape == (k, n, t) and np.isnan(scores[:, 5, :]).all()
+    live = np.isfinite(scores[0, :, 0])
+    # the two latent factors lie in the components' span, day by day (R^2 of a per-day regression:
+    # the stack is standardised per day, so the mix's coefficients differ from day to day)
+    for j in range(k):
+        for d in range(t):
+            y = latent[j][live, d]
+            x = np.column_stack([np.ones(y.size), scores[:, live, d].T])
+            r = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+            assert 1 - (r @ r) / ((y - y.mean()) @ (y - y.mean())) > 0.99
+    with pytest.raises(ValueError, match="k must lie"):
+        stack_components(reference_stack({"a": stack[0]}), 2)

@@ -173,3 +173,47 @@ def test_cli_run_and_bad_workflow(tmp_path):
     assert res.exit_code == 2
     assert "backtest.topk" in " ".join(res.output.split())
     assert "Traceback" not in res.output
+
+
+def test_purge_is_opt_in_and_cuts_the_label_horizon_plus_embargo(tmp_path):
+    """Off by default (segments as written, as in qlib); `dataset.purge` ends train and valid 2 (the
+    default label reads two days ahead) + `embargo` trading days before the next segment starts, counted
+    on the market's calendar, and the model is fitted on that; the test segment keeps its bounds."""
+    for switch, expected in ((True, 5), ({}, 5), ({"embargo": 0}, 0), (False, None)):
+        raw = _raw(tmp_path)
+        raw["dataset"]["purge"] = switch
+        purge = parse_workflow(raw).dataset.purge
+        assert (None if purge is None else purge.embargo) == expected, switch
+    raw = _raw(tmp_path)
+    raw["dataset"]["purge"] = {"embargo": -1}
+    with pytest.raises(WorkflowConfigError, match="dataset.purge.embargo"):
+        parse_workflow(raw)
+
+    recorder = Recorder.open(tmp_path / "store", "tests")
+    raw = _raw(tmp_path / "store")
+    off = run_workflow(parse_workflow(raw), recorder)
+    raw["dataset"]["purge"] = {"embargo": 3}
+    on = run_workflow(parse_workflow(raw), recorder)
+    assert not any(k.startswith("dataset.purged_segments") for k in recorder.get_run(off.run_id).params)
+    params = recorder.get_run(on.run_id).params
+    used = {name: json.loads(params[f"dataset.purged_segments.{name}"]) for name in ("train", "valid", "test")}
+    calendar = pd.DatetimeIndex(load_market(MARKET).calendar)
+    day = lambda d: calendar.get_loc(pd.Timestamp(d))  # noqa: E731
+    written = raw["dataset"]["segments"]
+    for name, following in (("train", "valid"), ("valid", "test")):
+        assert used[name][0] == written[name][0]
+        assert day(written[name][1]) - day(used[name][1]) == 2 + 3  # both written ends are trading days
+        assert day(used[following][0]) - day(used[name][1]) - 1 == 2 + 3
+    # the test keeps its bounds: its start, and its last trading day (the market ends before the written end)
+    assert used["test"] == [written["test"][0], str(calendar[calendar <= written["test"][1]][-1].date())]
+    assert not off.prediction.equals(on.prediction)  # fitted on fewer days
+    assert off.prediction.index.equals(on.prediction.index)  # scored on the same test days
+
+    # an embargo that empties a segment is one clear line from the CLI
+    wf = tmp_path / "wf.yaml"
+    raw["dataset"]["purge"] = {"embargo": 100}
+    raw["record"]["plots"] = False
+    wf.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["run", str(wf)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "dataset.purge: segment 'valid'" in " ".join(res.output.split()), res.output
