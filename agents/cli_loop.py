@@ -248,11 +248,15 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
         nodes[h["id"]] = (parent or tree).add(label + (f" ({h['relation']})" if h["relation"] else ""))
     # (a parent that is not shown - e.g. from another run - leaves the hypothesis at the top level)
     console.print(tree)
-    table = Table("factor", "expression", "RankIC", "RankICIR", "IC", "iteration", "replaced by")
+    # validation figures; p: the admission test's raw p-value, p adj.: FDR-adjusted over the trials counted
+    table = Table("factor", "expression", "RankIC", "residual RankIC", "p", "p adj. (trials)", "iteration",
+                  "replaced by")
     for f in summary["accepted"]:
         m = f["metrics"]
-        table.add_row(f["name"], f["expression"][:60], _fmt(m.get("rank_ic")), _fmt(m.get("rank_icir")),
-                      _fmt(m.get("ic")), str(f["iteration"]), f["replaced_by"] or "")
+        p = m.get("residual_p", m.get("rank_ic_p"))
+        trials = f" ({int(m['trials'])})" if "trials" in m else ""
+        table.add_row(f["name"], f["expression"][:60], _fmt(m.get("rank_ic")), _fmt(m.get("residual_rank_ic")),
+                      _fmt_p(p), _fmt_p(m.get("p_adjusted")) + trials, str(f["iteration"]), f["replaced_by"] or "")
     console.print(table)
     trials = summary["trials"]
     console.print(f"trials: {trials['screened']} screened, {trials['judged']} judged on validation in this run; "
@@ -286,6 +290,10 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
 
 def _fmt(v) -> str:
     return "-" if v is None or v != v else f"{v:+.4f}"  # (v != v: NaN)
+
+
+def _fmt_p(p) -> str:
+    return "-" if p is None or p != p else f"{p:.2g}"
 
 
 # ---- replay and report ------------------------------------------------------------------------------------

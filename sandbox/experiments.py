@@ -522,7 +522,7 @@ def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
     if spec.code is not None:
         from sandbox.generated_model import GeneratedModel
 
-        model = GeneratedModel(spec.code, ctx.guard, workdir, ctx.output_chars)
+        model = GeneratedModel(spec.code, ctx.guard, workdir, ctx.output_chars, seed=spec.seed)
     metrics, details, artifacts = _run_workflow_doc(cfg, panel, workdir, ctx, market=spec.market, model=model)
     return metrics, details, artifacts, panel.version
 

@@ -175,7 +175,10 @@ class ModelSpec(_Base):
     family: str = "lightgbm"
     params: dict[str, Any] = Field(default_factory=dict)
     feature_norm: Literal["none", "csrank", "cszscore"] = "none"  # per-day normalisation of every feature
-    code: str | None = None  # Python defining `class Model` with fit(x_train, y_train, x_valid, y_valid), predict(x)
+    # Python defining `class Model` with fit(x_train, y_train, x_valid, y_valid), predict(x). predict gets the
+    # whole test segment at once; its predictions must pass a look-ahead gate (`sandbox.generated_model`):
+    # rows after seeded cut days (`seed`) perturbed, every earlier prediction the same bit for bit.
+    code: str | None = None
     label: str = DEFAULT_LABEL
     segments: Segments | None = None  # None: the market's calendar split 60/20/20 (train/valid/test)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
