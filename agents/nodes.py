@@ -323,7 +323,9 @@ def screen_node(state: IterationState, s: Services) -> dict:
                          base_features=s.config.base_features, corr_days=s.config.screen_corr_days,
                          seed=s.config.seed, workers=s.workers, label=loop_label(s.config))
     s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
-    results = dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named])))
+    # scores as MLflow recorded them, like the critic's (a chunk whose record differs fails as a whole)
+    results = read_back(dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named]))),
+                        s.executor.recorder)
     scores = screen_scores(coded.coded, results, dict(named))
     chosen, why = select_survivors(scores, s.config.n_factor_candidates, s.config.max_library_corr, m.library,
                                    m.library_fitness)

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from agents.config import purge_days, stored_config  # noqa: E402
+from agents.config import loop_label, purge_days, stored_config  # noqa: E402
 from agents.nodes import inner_folds  # noqa: E402
 from agents.runs import HEADLINE, evaluation, run_state, run_summary, state_changes  # noqa: E402
 from agents.store import EvaluationRow, OpeningRow, Store, dumps  # noqa: E402

@@ -107,7 +107,8 @@ def _kill_during_experiment(ex: LocalExecutor) -> dict:
 
 def test_corpus_is_large_and_covers_every_category():
     assert len(CASES) >= 60 and len(BY_NAME) == len(CASES), "case names must be unique"
-    assert {c["expect"] for c in CASES} == {c.value for c in FailureCategory}
+    # every category the sandbox assigns (`record` is the critic's: an MLflow record that disagrees)
+    assert {c["expect"] for c in CASES} == {c.value for c in FailureCategory} - {FailureCategory.RECORD.value}
     for case in CASES:
         assert case["why"].strip() and "\n" not in case["why"], case["name"]
 
