@@ -102,8 +102,13 @@ def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, lib
             reasons.append(f"weak: |RankIC| {abs(rank_ic):.4f} < {rules.min_abs_rank_ic}")
         if not (abs(icir) >= rules.min_abs_rank_icir):
             reasons.append(f"unstable: |RankICIR| {abs(icir):.3f} < {rules.min_abs_rank_icir}")
-    if m.get("loss", 0.0) > rules.max_loss:
-        reasons.append(f"coverage: {m['loss']:.0%} of values lost to NaN/inf (max {rules.max_loss:.0%})")
+    loss = m.get("loss", 0.0)
+    if not (loss <= rules.max_loss):  # NaN fails: a coverage that could not be measured is not acceptable
+        reasons.append(f"coverage: {loss:.0%} of values lost to NaN/inf (max {rules.max_loss:.0%})")
+    for key, what in (("base_corr", "the base features"), ("library_corr", "the library")):
+        if key in m and m[key] is not None and math.isnan(m[key]):
+            reasons.append(f"originality unknown: no validation day had enough instruments in common with "
+                           f"{what} to measure a correlation")
     if base is not None and base[1] is not None and abs(base[1]) >= rules.max_library_corr:
         reasons.append(f"duplicate: value correlation {base[1]:+.2f} with base feature {base[0]} "
                        f"(max {rules.max_library_corr})")

@@ -79,3 +79,13 @@ def test_model_replacement_at_the_split_level(seed):
     assert compare_models("m", _model(cand, 0.1), best.tolist(), {"ARR.with_cost": 0.05}, RULES, 0).verdict == "replace_best"
     v = compare_models("m", _model(cand, math.nan), best.tolist(), {"ARR.with_cost": 0.05}, RULES, seed=0)
     assert v.verdict == "keep_best" and "undefined with-cost ARR" in v.reasons[0]
+
+
+def test_unmeasured_coverage_or_originality_never_passes():
+    sig = Significance(1e-6, 1e-5, 10, "by")
+    good = dict(rank_ic=0.05, residual_rank_ic=0.03, residual_t=5.0, residual_p=1e-6, loss=0.0, base_corr=0.2,
+                library_corr=0.1)
+    assert admit_factor("f", _factor("f", **good), RULES, {}, (5, 3), significance=sig).verdict == "accept"
+    for key, why in (("loss", "coverage"), ("base_corr", "originality unknown"), ("library_corr", "originality unknown")):
+        v = admit_factor("f", _factor("f", **{**good, key: math.nan}), RULES, {}, (5, 3), significance=sig)
+        assert v.verdict == "reject" and any(r.startswith(why) for r in v.reasons), (key, v.reasons)
