@@ -10,9 +10,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sandbox.executor import DEFAULT_SANDBOX_ROOT
-from sandbox.limits import Limits
+from sandbox.limits import Limits, LimitsError
 from sandbox.local import LocalExecutor
 from sandbox.result import ExperimentResult
 
@@ -27,25 +28,22 @@ _err = Console(stderr=True)
 def run_command(
     spec: Path = typer.Argument(..., help="Experiment spec (JSON); '-' reads standard input."),
     root: Path = typer.Option(DEFAULT_SANDBOX_ROOT, "--root", help="Sandbox folder (markets, experiment dirs, result cache)."),
-    wall_seconds: float = typer.Option(120.0, "--wall-seconds", help="Wall-clock limit."),
-    cpu_seconds: float = typer.Option(240.0, "--cpu-seconds", help="CPU-time limit."),
-    memory_mb: int = typer.Option(4096, "--memory-mb", help="Memory the worker may grow by."),
+    # limits are read as text and checked here, so that every bad value gets the same one-line answer
+    wall_seconds: str = typer.Option("120", "--wall-seconds", metavar="SECONDS", help="Wall-clock limit."),
+    cpu_seconds: str = typer.Option("240", "--cpu-seconds", metavar="SECONDS", help="CPU-time limit."),
+    memory_mb: str = typer.Option("4096", "--memory-mb", metavar="MIB", help="Memory the worker may grow by."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Serve an identical earlier result from the cache."),
     record: Optional[Path] = typer.Option(None, "--record", help="Also log the result to the MLflow store in this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Run one spec; exit 0 if it succeeded, 1 if the experiment failed (the failure is printed), 2 for bad usage."""
-    try:
-        text = sys.stdin.read() if str(spec) == "-" else spec.read_text()
-    except OSError as e:
-        _err.print(f"[bold red]error:[/] cannot read {spec}: {e.strerror or e}")
-        raise typer.Exit(2) from None
+    limits = _limits(wall_seconds=wall_seconds, cpu_seconds=cpu_seconds, memory_mb=memory_mb)
+    text = _read_spec(spec)
     recorder = None
     if record is not None:
         from quantcore.recording import Recorder
 
         recorder = Recorder.open(record, "sandbox")
-    limits = Limits(wall_seconds=wall_seconds, cpu_seconds=cpu_seconds, memory_mb=memory_mb)
     with LocalExecutor(workers=1, root=root, limits=limits, recorder=recorder, use_cache=cache) as executor:
         result = executor.run(text)
     if as_json:
@@ -53,6 +51,53 @@ def run_command(
     else:
         _print(result)
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _limits(**options: str) -> Limits:
+    """`Limits` from the command line's text, or a usage error naming the option."""
+    values: dict[str, float | int] = {}
+    for name, text in options.items():
+        try:
+            value = float(text)
+        except ValueError:
+            raise _usage_error(f"{_option(name)} takes a number, got {text!r}") from None
+        values[name] = int(value) if name == "memory_mb" and value.is_integer() else value
+    try:
+        return Limits(**values)
+    except LimitsError as e:
+        raise _usage_error(f"{_option(e.field)} must be {e.requirement}, got {options[e.field]}") from None
+
+
+def _read_spec(spec: Path) -> str:
+    """The spec's text: UTF-8 holding a JSON object. (Text that is no JSON at all goes on to the
+    executor, whose `invalid_spec` failure quotes the parser, as for every other spec mistake.)"""
+    name = "standard input" if str(spec) == "-" else str(spec)
+    try:
+        data = sys.stdin.buffer.read() if str(spec) == "-" else spec.read_bytes()
+    except OSError as e:
+        raise _usage_error(f"cannot read {name}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _usage_error(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise _usage_error(f"{name} holds {kind}; a spec is a JSON object ({{\"kind\": ...}})")
+    return text
+
+
+def _option(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _usage_error(message: str) -> typer.Exit:
+    """Print `message` as one line on standard error; the caller raises the returned exit (status 2)."""
+    _err.print(Text.assemble(("error:", "bold red"), " ", message.replace("\n", " ")), soft_wrap=True)
+    return typer.Exit(2)
 
 
 def _print(result: ExperimentResult) -> None:

@@ -37,8 +37,9 @@ class Task:
     name: str = ""
     tags: dict[str, str] = field(default_factory=dict)
 
-    def message(self) -> tuple:
-        return (self.task_id, self.spec_json, self.workdir, self.markets)
+    def message(self) -> dict:
+        """What a worker needs to run it (one entry of a "run" message, `sandbox.channel`)."""
+        return {"task_id": self.task_id, "spec_json": self.spec_json, "workdir": self.workdir, "markets": self.markets}
 
 
 def market_of(spec) -> str:

@@ -181,7 +181,8 @@ def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> Experime
         return ExperimentResult(spec_hash=key, kind=spec.kind, metrics=metrics, details=details, artifacts=artifacts,
                                 seconds=time.perf_counter() - start, data_version=version)
     except BaseException as exc:  # noqa: BLE001 - includes the CPU-limit signal's exception
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not ctx.guard.refusals:
+        # (type(), not isinstance: isinstance reads `__class__`, which generated code can make raise)
+        if issubclass(type(exc), (KeyboardInterrupt, SystemExit)) and not ctx.guard.refusals:
             raise
         failure = classify(exc, refusals=ctx.guard.refusals, source=getattr(spec, "code", None))
         return ExperimentResult(spec_hash=key, kind=spec.kind, failure=failure, seconds=time.perf_counter() - start)

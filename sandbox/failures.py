@@ -46,26 +46,55 @@ _CATEGORY_OF = (
 
 def classify(exc: BaseException, *, refusals: list[str] | None = None, source: str | None = None) -> Failure:
     """The failure for `exc`. `refusals` (the guard's) win: code that swallowed a refused operation
-    is still forbidden. `source` (generated code) lets the context quote the failing line."""
+    is still forbidden. `source` (generated code) lets the context quote the failing line. Never
+    raises, even for an exception generated code built to break printing (`__str__` raising, say)."""
+    try:
+        return _classify(exc, refusals, source)
+    except BaseException:  # noqa: BLE001 - isinstance itself runs code for an exception with a `__class__` property
+        return Failure(FailureCategory.RUNTIME_ERROR, "the experiment raised an exception that cannot be inspected")
+
+
+def _classify(exc: BaseException, refusals: list[str] | None, source: str | None) -> Failure:
     if refusals:
         return Failure(FailureCategory.FORBIDDEN_OPERATION, f"the sandbox refused {refusals[0]}",
                        _code_context(exc, source) if source else "")
     if isinstance(exc, CodeRejected):
         return Failure(FailureCategory(exc.category), str(exc), exc.context)
-    if isinstance(exc, ImportError) and "not allowed in the sandbox" in str(exc):
-        return Failure(FailureCategory.FORBIDDEN_OPERATION, str(exc), _code_context(exc, source))
+    if isinstance(exc, ImportError) and "not allowed in the sandbox" in _text(exc):
+        return Failure(FailureCategory.FORBIDDEN_OPERATION, _text(exc), _code_context(exc, source))
     category = _category(exc)
     if category is FailureCategory.RUNTIME_ERROR and _quantcore_input_error(exc):
         category = FailureCategory.INVALID_SPEC
-    message = f"{type(exc).__name__}: {exc}" if category is FailureCategory.RUNTIME_ERROR else str(exc)
+    message = _described(exc) if category is FailureCategory.RUNTIME_ERROR else _text(exc)
     if not message.strip():
-        message = type(exc).__name__
+        message = _name(exc)
     if isinstance(exc, (ExpressionError, SpecError)):
         context = str(exc)  # parse errors carry the expression with a caret; spec errors list every key
         message = context.splitlines()[0]
     else:
         context = _code_context(exc, source) if source else _trimmed_traceback(exc)
     return Failure(category, message, context)
+
+
+def _text(exc: BaseException) -> str:
+    """`str(exc)` as a plain str, or a placeholder when the exception cannot be printed."""
+    try:
+        text = str(exc)
+        return text if type(text) is str else str.__str__(text)  # a str subclass could override strip() & co.
+    except BaseException:  # noqa: BLE001 - __str__ is the experiment's code
+        return f"<{_name(exc)} that cannot be printed>"
+
+
+def _name(exc: BaseException) -> str:
+    try:
+        name = type(exc).__name__  # a metaclass can make even this run code
+        return name if type(name) is str else "Exception"
+    except BaseException:  # noqa: BLE001
+        return "Exception"
+
+
+def _described(exc: BaseException) -> str:
+    return f"{_name(exc)}: {_text(exc)}"
 
 
 def _category(exc: BaseException) -> FailureCategory:
@@ -87,7 +116,7 @@ def _trimmed_traceback(exc: BaseException, frames: int = 4) -> str:
     """The last few frames and the exception line: where it broke, without the executor's plumbing."""
     tb = traceback.extract_tb(exc.__traceback__)[-frames:]
     lines = [f'  File "{_short(f.filename)}", line {f.lineno}, in {f.name}\n    {f.line or ""}' for f in tb]
-    return "\n".join(lines + [f"{type(exc).__name__}: {exc}"])
+    return "\n".join(lines + [_described(exc)])
 
 
 def _code_context(exc: BaseException, source: str | None) -> str:
@@ -98,7 +127,7 @@ def _code_context(exc: BaseException, source: str | None) -> str:
     f = frames[-1]
     lines = source.splitlines()
     text = lines[f.lineno - 1].rstrip() if f.lineno and 0 < f.lineno <= len(lines) else ""
-    return f"line {f.lineno}, in {f.name}:\n    {text.strip()}\n{type(exc).__name__}: {exc}"
+    return f"line {f.lineno}, in {f.name}:\n    {text.strip()}\n{_described(exc)}"
 
 
 def _short(path: str) -> str:

@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
+import numbers
 import os
 import resource
 import signal
 from dataclasses import dataclass
 
-__all__ = ["Limits", "apply_process_limits", "arm_cpu_limit", "isolate_network", "address_space_bytes"]
+__all__ = ["Limits", "LimitsError", "apply_process_limits", "arm_cpu_limit", "isolate_network", "address_space_bytes"]
 
 _CLONE_NEWNET = 0x40000000
 _CLONE_NEWUSER = 0x10000000
+# Upper bounds, so that every limit stays something the kernel and the parent's clock can hold:
+MAX_WALL_SECONDS = 1e6  # ~11.6 days: past any experiment, and inside poll(2)'s timeout (a C int of ms, ~24.8 days)
+MAX_CPU_SECONDS = 1e9  # an RLIMIT_CPU in whole seconds (callers scale it by their worker count)
+MAX_MEMORY_MB = 1 << 30  # 1 PiB: the worker's size plus this stays far inside RLIMIT_AS's 64-bit rlim_t
+MAX_OUTPUT_CHARS = 1 << 40
+
+
+class LimitsError(ValueError):
+    """A limit that is not a usable number: `field` names it, `requirement` says what it must be."""
+
+    def __init__(self, field: str, requirement: str, value: object):
+        self.field, self.requirement, self.value = field, requirement, value
+        super().__init__(f"{field} must be {requirement}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -28,8 +43,18 @@ class Limits:
     output_chars: int = 1 << 20
 
     def __post_init__(self) -> None:
-        if self.wall_seconds <= 0 or self.cpu_seconds <= 0 or self.memory_mb <= 0:
-            raise ValueError(f"limits must be positive: {self}")
+        for name, top in (("wall_seconds", MAX_WALL_SECONDS), ("cpu_seconds", MAX_CPU_SECONDS)):
+            value = getattr(self, name)
+            if not (_real(value) and math.isfinite(value) and 0 < value <= top):
+                raise LimitsError(name, f"a number of seconds above 0 and at most {top:g}", value)
+        for name, unit, top in (("memory_mb", "MiB", MAX_MEMORY_MB), ("output_chars", "characters", MAX_OUTPUT_CHARS)):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
+                raise LimitsError(name, f"a whole number of {unit} from 1 to {top}", value)
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def address_space_bytes() -> int:

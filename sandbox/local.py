@@ -3,7 +3,10 @@
 Workers start once, attach the exported markets (memory-mapped) and serve batches of tasks. The
 parent watches every worker: a task past its wall-clock limit gets its worker's whole process group
 killed; a worker that dies (segfault, OOM kill, hard exit) fails only the task it was running; the
-unstarted rest of its batch goes back to the queue and a fresh worker takes its place."""
+unstarted rest of its batch goes back to the queue and a fresh worker takes its place. Workers answer
+in JSON (`sandbox.channel`), read without ever blocking and checked against the result schema: a
+malformed, oversized or out-of-order message is the running task's `worker_crash`, and the worker is
+replaced, exactly as if it had died."""
 
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Iterator
 
+from sandbox.channel import MAX_MESSAGE_BYTES, FrameReader, ProtocolError, encode, read_ready, read_result, send_frame
 from sandbox.executor import BaseExecutor, Task
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
@@ -26,6 +30,7 @@ from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
 __all__ = ["LocalExecutor"]
 
 _START_TIMEOUT = 120.0  # seconds for a spawned worker to import and report ready
+_SEND_TIMEOUT = 30.0  # seconds for an idle worker to take a batch off the socket (a healthy one: microseconds)
 
 
 class _Process:
@@ -59,7 +64,7 @@ class _Process:
 @dataclass
 class _Worker:
     process: _Process
-    conn: Connection
+    channel: FrameReader  # the parent's end of the worker's socket (reads; `.sock` sends)
     info: dict = field(default_factory=dict)
     batch: deque = field(default_factory=deque)  # tasks sent and not yet answered, in order
     deadline: float = math.inf  # wall-clock limit of the task at the head of `batch`
@@ -72,15 +77,20 @@ class LocalExecutor(BaseExecutor):
 
     `batch_size`: tasks sent to a worker in one message (amortises the pipe round trip for cheap
     factor experiments; model and workflow experiments are always sent one at a time).
-    `max_tasks_per_worker`: recycle a worker after this many tasks (None = never)."""
+    `max_tasks_per_worker`: recycle a worker after this many tasks (None = never).
+    `max_message_bytes`: the largest message either side of a worker's channel accepts."""
 
     def __init__(self, workers: int | None = None, *, batch_size: int = 8, max_tasks_per_worker: int | None = None,
-                 isolate_network: bool = True, cache_bytes: int = 256 << 20, **kw):
+                 isolate_network: bool = True, cache_bytes: int = 256 << 20,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, **kw):
         super().__init__(**kw)
         self.n_workers = max(1, workers or len(os.sched_getaffinity(0)))
         self.batch_size = max(1, batch_size)
         self.max_tasks_per_worker = max_tasks_per_worker
-        self._config = WorkerConfig(limits=self.limits, isolate_network=isolate_network, cache_bytes=cache_bytes)
+        if max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be at least 1024, got {max_message_bytes}")
+        self._config = WorkerConfig(limits=self.limits, isolate_network=isolate_network, cache_bytes=cache_bytes,
+                                    max_message_bytes=max_message_bytes)
         self._workers: list[_Worker] = []
 
     # ---- capabilities ----------------------------------------------------------------------------
@@ -100,15 +110,15 @@ class LocalExecutor(BaseExecutor):
     def close(self) -> None:
         for w in self._workers:
             try:
-                w.conn.send(("stop",))
-            except (OSError, ValueError):
+                send_frame(w.channel.sock, encode({"op": "stop"}), timeout=1.0)
+            except (OSError, TimeoutError):
                 pass
         for w in self._workers:
             w.process.join(timeout=5)
             if w.process.is_alive():
                 _kill_group(w.process.pid)
                 w.process.join(timeout=5)
-            w.conn.close()
+            w.channel.sock.close()
             w.process.close()
         self._workers = []
 
@@ -122,26 +132,29 @@ class LocalExecutor(BaseExecutor):
         while queue or any(w.batch for w in self._workers):
             for w in self._workers:
                 if not w.batch and queue:
-                    self._send(w, queue, limit)
+                    yield from self._send(w, queue, limit)
             busy = [w for w in self._workers if w.batch]
+            if not busy:  # every send failed (each failed one task): send again
+                continue
             now = time.monotonic()
             timeout = max(0.0, min(w.deadline for w in busy) - now)
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
+            ready = wait([w.channel for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
             for w in busy:
-                if w.conn in ready:
-                    yield from self._drain(w, limit)
+                if w.channel in ready:
+                    yield from self._drain(w, queue, limit)
                 if not w.batch:
                     continue
-                if w.process.sentinel in ready or not w.process.is_alive():
-                    yield from self._drain(w, limit)  # results it sent before dying
+                if w.process.sentinel in ready or w.channel.eof or not w.process.is_alive():
+                    yield from self._drain(w, queue, limit)  # results it sent before dying
                     if w.batch:
                         yield self._lost(w, queue, self._death_failure(w))
                 elif time.monotonic() >= w.deadline:
                     yield self._lost(w, queue, Failure(
                         FailureCategory.TIMEOUT, f"wall-clock limit of {limit:g} s exceeded; the worker's process group was killed"))
 
-    def _send(self, w: _Worker, queue: deque, limit: float) -> None:
-        if not w.process.is_alive():  # died while idle (killed from outside): start a fresh one first
+    def _send(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
+        """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
+        if not w.process.is_alive() or self._spoke_unasked(w):  # killed from outside, or talking out of turn
             self._replace(w)
         size = self.batch_size if queue[0].kind == "factor" else 1
         if self.max_tasks_per_worker:
@@ -150,21 +163,40 @@ class LocalExecutor(BaseExecutor):
         while queue and len(batch) < size and (not batch or queue[0].kind == "factor"):
             batch.append(queue.popleft())
         w.batch.extend(batch)
-        w.conn.send(("run", [t.message() for t in batch]))
         w.deadline = time.monotonic() + limit
         w.oom_kills = _oom_kills()
+        try:
+            send_frame(w.channel.sock, encode({"op": "run", "tasks": [t.message() for t in batch]}), _SEND_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            yield self._lost(w, queue, Failure(FailureCategory.WORKER_CRASH,
+                                               f"the experiment could not be sent to the worker: {exc}"))
 
-    def _drain(self, w: _Worker, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
-        while w.batch and w.conn.poll():
-            try:
-                kind, task_id, payload = w.conn.recv()
-            except (EOFError, OSError):
-                return
-            task = w.batch.popleft()
-            assert task_id == task.task_id, "worker answered out of order"
-            w.served += 1
-            w.deadline = time.monotonic() + limit  # the next task in the batch starts now
-            yield task_id, ExperimentResult.from_dict(payload)
+    def _spoke_unasked(self, w: _Worker) -> bool:
+        """Whether an idle worker sent something (or closed its end) since its last batch."""
+        try:
+            return bool(w.channel.read()) or w.channel.pending or w.channel.eof
+        except ProtocolError:
+            return True
+
+    def _drain(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
+        """Yield the results `w` has sent; a message that breaks the protocol fails the running task."""
+        try:
+            for frame in w.channel.read():
+                if not w.batch:
+                    raise ProtocolError("a message after the last result of its batch")
+                task = w.batch[0]
+                result = read_result(frame, task.task_id, task.spec_hash, self._config.max_message_bytes)
+                w.batch.popleft()
+                w.served += 1
+                w.deadline = time.monotonic() + limit  # the next task in the batch starts now
+                yield task.task_id, result
+        except ProtocolError as exc:
+            failure = Failure(FailureCategory.WORKER_CRASH, f"the worker broke the result protocol: {exc}")
+            if w.batch:
+                yield self._lost(w, queue, failure)
+            else:
+                self._replace(w)
+            return
         if not w.batch and self.max_tasks_per_worker and w.served >= self.max_tasks_per_worker:
             self._replace(w)
 
@@ -179,7 +211,9 @@ class LocalExecutor(BaseExecutor):
     def _death_failure(self, w: _Worker) -> Failure:
         w.process.join(timeout=1)
         code = w.process.exitcode
-        if code is not None and code < 0:
+        if code is None:  # alive, but its end of the channel is closed
+            return Failure(FailureCategory.WORKER_CRASH, "the worker closed its channel mid-experiment")
+        if code < 0:
             sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             if -code == signal.SIGXCPU:
                 return Failure(FailureCategory.TIMEOUT, f"CPU time limit of {self.limits.cpu_seconds:g} s exceeded (SIGXCPU)")
@@ -211,25 +245,35 @@ class LocalExecutor(BaseExecutor):
             stdout=subprocess.DEVNULL, env={**WORKER_ENV, **os.environ, "PYTHONNOUSERSITE": "1"},
         )
         theirs.close()
-        conn = Connection(ours.detach())
+        channel = FrameReader(ours, self._config.max_message_bytes)
         process = _Process(popen)
-        if not conn.poll(_START_TIMEOUT):
-            _kill_group(process.pid)
-            raise RuntimeError(f"a sandbox worker did not start within {_START_TIMEOUT:g} s")
+        deadline = time.monotonic() + _START_TIMEOUT
+        frames: list[bytes] = []
         try:
-            kind, info = conn.recv()
-        except EOFError:
-            raise RuntimeError(f"a sandbox worker exited while starting (status {popen.wait()})") from None
-        return _Worker(process, conn, info)
+            while not frames and not channel.eof and wait([channel], max(0.0, deadline - time.monotonic())):
+                frames = channel.read()
+            if not frames and channel.eof:
+                raise RuntimeError(f"a sandbox worker exited while starting (status {popen.wait()})")
+            if not frames:
+                raise RuntimeError(f"a sandbox worker did not start within {_START_TIMEOUT:g} s")
+            info = read_ready(frames[0], self._config.max_message_bytes)
+        except (RuntimeError, ProtocolError) as exc:
+            _kill_group(process.pid)
+            ours.close()
+            process.close()
+            if isinstance(exc, ProtocolError):
+                raise RuntimeError(f"a sandbox worker started but did not report ready: {exc}") from None
+            raise
+        return _Worker(process, channel, info)
 
     def _replace(self, w: _Worker) -> None:
         _kill_group(w.process.pid)
         w.process.join(timeout=5)
-        w.conn.close()
+        w.channel.sock.close()
         w.process.close()
         fresh = self._start()
         self.stats["worker_restarts"] += 1
-        w.process, w.conn, w.info, w.deadline, w.served = fresh.process, fresh.conn, fresh.info, math.inf, 0
+        w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
 
 
 def _oom_kills() -> int | None:

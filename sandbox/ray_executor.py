@@ -10,7 +10,14 @@ Limits: the wall clock is the parent's (`ray.wait` with a deadline, then `ray.ki
 actor); CPU time and address space are rlimits set inside the actor, as in a local worker. Not
 available under Ray: a network namespace (the actor talks to the runtime over the network; the
 guard still refuses sockets in generated code) and process-group kills. On a cluster the
-experiment folders are written on the node that ran the experiment."""
+experiment folders are written on the node that ran the experiment.
+
+Results come back as `sandbox.channel` messages (JSON bytes, size-limited) and are read with the strict
+result schema, as from a local worker: a malformed one is that experiment's `worker_crash` and the
+actor is replaced. What this does not close: `ray.get` itself deserialises what the actor process put
+in the object store with Ray's pickle-based serialiser, so an actor whose generated code took over
+its process could still hand the driver a pickle. That closes only when the experiment runs in a
+child of the actor (the OS jail of issue 18, item 6) and the actor relays checked messages."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from sandbox.channel import MAX_MESSAGE_BYTES, ProtocolError, read_ready, read_result, ready_message, result_message
 from sandbox.executor import BaseExecutor, Task
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WorkerConfig, WorkerSession
@@ -77,12 +85,13 @@ class _SandboxActor:
 
     def __init__(self, config: WorkerConfig):
         self.session = WorkerSession(config, load=_panel_from_ref)
+        self.max_bytes = config.max_message_bytes
 
-    def ready(self) -> dict:
-        return self.session.info
+    def ready(self) -> bytes:
+        return ready_message(self.session.info)
 
-    def run(self, spec_json: str, workdir: str, markets: dict) -> dict:
-        return self.session.run(spec_json, workdir, markets).to_dict()
+    def run(self, task_id: int, spec_json: str, workdir: str, markets: dict) -> bytes:
+        return result_message(task_id, self.session.run(spec_json, workdir, markets), self.max_bytes)
 
 
 def _panel_from_ref(ref):
@@ -104,15 +113,19 @@ class RayExecutor(BaseExecutor):
 
     `address`: a Ray cluster to join (default: `RAY_ADDRESS`, else a local runtime with `workers` CPUs).
     `batch_size`: factor experiments queued on an actor at once (hides the round trip between them;
-    model and workflow experiments go one at a time)."""
+    model and workflow experiments go one at a time).
+    `max_message_bytes`: the largest result an actor may return (see `sandbox.channel`)."""
 
     def __init__(self, workers: int | None = None, *, address: str | None = None, batch_size: int = 8,
-                 cache_bytes: int = 256 << 20, **kw):
+                 cache_bytes: int = 256 << 20, max_message_bytes: int = MAX_MESSAGE_BYTES, **kw):
         super().__init__(**kw)
         self.batch_size = max(1, batch_size)
         self._address = address or os.environ.get("RAY_ADDRESS") or None
         self._requested = workers
-        self._config = WorkerConfig(limits=self.limits, isolate_network=False, cache_bytes=cache_bytes)
+        if max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be at least 1024, got {max_message_bytes}")
+        self._config = WorkerConfig(limits=self.limits, isolate_network=False, cache_bytes=cache_bytes,
+                                    max_message_bytes=max_message_bytes)
         self._ray = None
         self._actor_class = None
         self._started_ray = False
@@ -141,8 +154,8 @@ class RayExecutor(BaseExecutor):
         self._ensure_workers()
         for w in self._workers:
             try:
-                w.info = self._ray.get(w.actor.ready.remote(), timeout=_START_TIMEOUT)
-            except self._ray.exceptions.RayActorError:
+                w.info = self._read_ready(self._ray.get(w.actor.ready.remote(), timeout=_START_TIMEOUT))
+            except (self._ray.exceptions.RayActorError, ProtocolError):
                 self._replace(w)
                 self._await_ready([w])
         return [w.info["pid"] for w in self._workers]
@@ -199,7 +212,7 @@ class RayExecutor(BaseExecutor):
         while queue and len(w.inflight) <= size and (len(w.inflight) == 1 or queue[0].kind == "factor"):
             task = queue.popleft()
             markets = {m: self._market_ref(folder) for m, folder in task.markets.items()}
-            w.inflight.append((task, w.actor.run.remote(task.spec_json, task.workdir, markets)))
+            w.inflight.append((task, w.actor.run.remote(task.task_id, task.spec_json, task.workdir, markets)))
         w.deadline = time.monotonic() + _START_TIMEOUT  # the probe also waits for a replaced actor to start
 
     def _drain(self, w: _Worker, ready: set, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
@@ -219,14 +232,29 @@ class RayExecutor(BaseExecutor):
             except ray.exceptions.RayError as exc:  # the actor lives, but this call's result could not come back
                 if task is _PING:
                     raise
-                payload = ExperimentResult(spec_hash=task.spec_hash, kind=task.kind, failure=Failure(
-                    FailureCategory.WORKER_CRASH, f"the worker could not return a result: {_first_line(exc)}")).to_dict()
+                result = ExperimentResult(spec_hash=task.spec_hash, kind=task.kind, failure=Failure(
+                    FailureCategory.WORKER_CRASH, f"the worker could not return a result: {_first_line(exc)}"))
+            else:
+                try:
+                    if task is _PING:
+                        info = self._read_ready(payload)
+                    else:
+                        result = read_result(payload, task.task_id, task.spec_hash, self._config.max_message_bytes)
+                except ProtocolError as exc:
+                    if task is _PING and not w.info:  # a fresh actor: our own bug, not an experiment's
+                        raise RuntimeError(f"a sandbox actor started but did not report ready: {exc}") from None
+                    if task is _PING:  # an actor that ran experiments before and now answers nonsense
+                        self._requeue(w, queue)
+                    else:
+                        yield self._lost(w, queue, Failure(FailureCategory.WORKER_CRASH,
+                                                           f"the worker broke the result protocol: {exc}"))
+                    return
             w.inflight.popleft()
             w.deadline = time.monotonic() + limit  # the next call in the batch starts now
             if task is _PING:
-                w.info = payload
+                w.info = info
             else:
-                yield task.task_id, ExperimentResult.from_dict(payload)
+                yield task.task_id, result
 
     def _lost(self, w: _Worker, queue: deque, failure: Failure) -> tuple[int, ExperimentResult]:
         """Fail the task at the head of `w`, requeue the rest of its batch, replace the actor."""
@@ -279,8 +307,11 @@ class RayExecutor(BaseExecutor):
                 ray.kill(w.actor, no_restart=True)
             raise RuntimeError(f"{len(pending)} sandbox actor(s) did not start within {_START_TIMEOUT:g} s "
                                "(not enough free CPUs in the Ray cluster?)")
-        for w, info in zip(workers, ray.get(refs)):
-            w.info = info
+        for w, ready in zip(workers, ray.get(refs)):
+            w.info = self._read_ready(ready)
+
+    def _read_ready(self, payload) -> dict:
+        return read_ready(payload, self._config.max_message_bytes)
 
     def _replace(self, w: _Worker) -> None:
         """Kill `w`'s actor and start a fresh one without waiting: the probe ahead of its next batch

@@ -1,9 +1,8 @@
 """The worker process: spawned (never forked), its own process group, limited, isolated, and reused.
 
 Started by `main` as `python -c ... FD CONFIG_JSON` (a fresh interpreter: nothing inherited but the
-socket FD). Protocol over that socket (multiprocessing Connection, pickled tuples):
-  parent -> worker  ("run", [(task_id, spec_json, workdir, market_folders), ...])  |  ("stop",)
-  worker -> parent  ("ready", info)  then ("result", task_id, result_dict) once per task, in order
+socket FD). It speaks `sandbox.channel`'s protocol over that socket (JSON frames, no pickle): a "ready"
+message, then one "result" per task of each "run" message, in order, until "stop".
 The parent enforces wall-clock limits by killing the whole process group (see `sandbox.local`).
 """
 
@@ -11,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
+
+from sandbox.channel import MAX_MESSAGE_BYTES
 
 # Defaults read once at process start (OpenMP and malloc initialise before the worker's own code runs):
 # one experiment per core, kernels single-threaded (without this a tiny experiment takes ~6x longer).
@@ -34,6 +34,7 @@ class WorkerConfig:
     limits: object  # sandbox.limits.Limits (kept untyped so this module imports nothing heavy)
     isolate_network: bool = True
     cache_bytes: int = 256 << 20
+    max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest message either side of the channel accepts
 
 
 class WorkerSession:
@@ -103,27 +104,22 @@ class WorkerSession:
 
 def worker_main(conn, config: WorkerConfig) -> None:
     """Serve experiments on `conn` (the parent started us in our own session / process group)."""
-    from sandbox.result import ExperimentResult, Failure, FailureCategory
+    from sandbox.channel import ProtocolError, decode, ready_message, result_message
 
     session = WorkerSession(config)
-    conn.send(("ready", session.info))
+    conn.send_bytes(ready_message(session.info))
     while True:
         try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the parent went away
-        if message[0] == "stop":
+            message = decode(conn.recv_bytes(config.max_message_bytes), config.max_message_bytes)
+        except (EOFError, OSError, ProtocolError):
+            return  # the parent went away (or is not speaking the protocol: nothing to serve)
+        if message["op"] != "run":
             return
-        for task_id, spec_json, workdir, market_folders in message[1]:
-            result = session.run(spec_json, workdir, market_folders)
-            payload = result.to_dict()
+        for task in message["tasks"]:
+            result = session.run(task["spec_json"], task["workdir"], task["markets"])
             try:
-                conn.send(("result", task_id, payload))
-            except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                bad = ExperimentResult(result.spec_hash, result.kind, failure=Failure(
-                    FailureCategory.DEGENERATE_OUTPUT, f"the result could not be sent back: {exc}"))
-                conn.send(("result", task_id, bad.to_dict()))
-            except (BrokenPipeError, OSError):
+                conn.send_bytes(result_message(task["task_id"], result, config.max_message_bytes))
+            except OSError:
                 return
         sys.stdout.flush()
 

@@ -227,6 +227,66 @@ def test_cli_answers_bad_input_clearly(tmp_path):
     assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "not valid JSON" in bad.stdout
 
 
+@pytest.mark.parametrize("content, options, fragment", [
+    (b"\xff\xfe{\"kind\": \"factor\"}", [], "is not UTF-8 text (byte 0xff at offset 0)"),
+    (b"[1, 2]", [], "holds an array; a spec is a JSON object"),
+    (b"\"factor\"", [], "holds a string; a spec is a JSON object"),
+    (b"null", [], "holds null; a spec is a JSON object"),
+    (None, ["--wall-seconds", "-1"], "--wall-seconds must be a number of seconds above 0"),
+    (None, ["--wall-seconds", "nan"], "--wall-seconds must be a number of seconds above 0"),
+    (None, ["--cpu-seconds", "inf"], "--cpu-seconds must be a number of seconds above 0"),
+    (None, ["--memory-mb", "1e14"], "--memory-mb must be a whole number of MiB from 1 to"),
+    (None, ["--memory-mb", "100000000000000"], "--memory-mb must be a whole number of MiB from 1 to"),
+    (None, ["--memory-mb", "0.5"], "--memory-mb must be a whole number of MiB"),
+    (None, ["--wall-seconds", "soon"], "--wall-seconds takes a number, got 'soon'"),
+])
+def test_cli_refuses_bad_specs_and_limits_in_one_line(tmp_path, content, options, fragment):
+    """Exit 2 and one line naming the problem: no traceback, no hang, no worker left running."""
+    spec = tmp_path / "spec.json"
+    spec.write_bytes(content if content is not None else json.dumps(factor({"rev": REV})).encode())
+    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    done = subprocess.run(cmd + [str(spec), *options], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
+    assert not (tmp_path / "sbx" / "markets").exists() or not any((tmp_path / "sbx" / "markets").iterdir())  # no worker ran
+
+
+def test_cli_refuses_a_spec_on_standard_input_that_is_not_utf8(tmp_path):
+    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    piped = subprocess.run(cmd + ["-"], input=b"{\"kind\": \"\x80\"}", capture_output=True, timeout=120)
+    assert piped.returncode == 2 and piped.stderr.decode().startswith("error: standard input is not UTF-8 text")
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"wall_seconds": -1}, "wall_seconds must be"), ({"wall_seconds": math.nan}, "wall_seconds must be"),
+    ({"cpu_seconds": math.inf}, "cpu_seconds must be"), ({"memory_mb": 10 ** 14}, "memory_mb must be"),
+    ({"memory_mb": 1.5}, "memory_mb must be a whole number"), ({"memory_mb": True}, "memory_mb must be"),
+    ({"output_chars": 0}, "output_chars must be"),
+])
+def test_limits_refuse_what_the_kernel_or_the_clock_cannot_hold(kw, fragment):
+    from sandbox.limits import LimitsError
+
+    with pytest.raises(LimitsError, match=fragment) as err:
+        Limits(**kw)
+    assert err.value.field == next(iter(kw))
+
+
+def test_an_exception_that_cannot_be_printed_is_still_a_structured_failure(executor):
+    head = "import numpy as np\nclass E(Exception):\n"
+    cases = {
+        "str_raises": head + "    def __str__(self):\n        raise ValueError('no')\n",
+        "str_returns_a_number": head + "    def __str__(self):\n        return 5\n",
+        "class_attribute_raises": head + "    @property\n    def __class__(self):\n        raise ValueError('no')\n",
+    }
+    specs = [{"kind": "factor", "market": MARKET, "code": code + "def factor(fields):\n    raise E('x')\n"}
+             for code in cases.values()]
+    restarts = executor.stats["worker_restarts"]
+    for name, result in zip(cases, executor.run_many(specs)):
+        assert result.failure.category is FailureCategory.RUNTIME_ERROR, (name, result.failure)
+        assert result.failure.message and "\n" not in result.failure.message
+    assert executor.stats["worker_restarts"] == restarts  # the worker did not die of it
+
+
 def test_the_cache_key_follows_the_code(tmp_path):
     """Editing a source file or rebuilding a kernel changes the code digest in every cache key;
     files that are not code (data, notes, bytecode) do not."""
