@@ -1,4 +1,5 @@
-"""`rdquant sandbox run SPEC.json`: run one experiment spec in the sandbox and print its result."""
+"""`rdquant sandbox run SPEC.json`: run one experiment spec in the sandbox and print its result.
+`rdquant sandbox doctor`: which OS containment layers work on this machine."""
 
 from __future__ import annotations
 
@@ -51,6 +52,22 @@ def run_command(
     else:
         _print(result)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@sandbox_app.command("doctor")
+def doctor_command(
+    as_json: bool = typer.Option(False, "--json", help="Print the layers as one JSON object."),
+) -> None:
+    """Probe which containment layers (bwrap, namespaces, seccomp, cgroups v2, Landlock) work here; exit 0."""
+    from sandbox.jail import jail_capabilities
+
+    layers = jail_capabilities()
+    if as_json:
+        print(json.dumps({layer.value: probe._asdict() for layer, probe in layers.items()}, sort_keys=True))
+        return
+    for layer, probe in layers.items():
+        mark = "[green]available[/]" if probe.available else "[red]missing[/]  "
+        _out.print(f"{layer.value:<18} {mark} ", Text(probe.why), soft_wrap=True)
 
 
 def _limits(**options: str) -> Limits:
