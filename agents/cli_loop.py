@@ -145,8 +145,11 @@ class _Display:
             st["done"] = data["iteration"]
             st["library"], st["tokens"], st["cost"] = data["library"], data["tokens"], data["cost_usd"]
             st["best_ic"] = data["best"].get("Rank IC", st["best_ic"])
-            acc = ", ".join(data["accepted"]) or "none"
-            self.log.append(f"#{data['iteration']} {data['direction']}: accepted {acc}; {data['analysis']} "
+            if data["direction"] == "model":  # a model is not accepted: it replaces the best, or not
+                what = f"new best model {data['new_best']}" if data.get("new_best") else "best model kept"
+            else:
+                what = f"accepted {', '.join(data['accepted']) or 'none'}"
+            self.log.append(f"#{data['iteration']} {data['direction']}: {what}; {data['analysis']} "
                             f"({data['seconds']:.1f}s)")
         elif kind == "done":
             self.log.append(f"done: {data['reason']}")

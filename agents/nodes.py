@@ -533,7 +533,8 @@ def update_node(state: IterationState, s: Services) -> dict:
     m.failures = (m.failures + new_failures)[-10:]
     m.stopped = m.stopped or state.stop
     s.on_event("iteration", {"iteration": state.iteration, "direction": state.direction, "hypothesis": hyp.text,
-                             "accepted": accepted, "best": m.best.get("metrics", {}), "library": len(m.library),
+                             "accepted": accepted, "new_best": new_best["name"] if new_best else None,
+                             "best": m.best.get("metrics", {}), "library": len(m.library),
                              "reward": critic.reward, "seconds": seconds, "tokens": tokens, "cost_usd": cost,
                              "analysis": critic.analysis})
     return {}

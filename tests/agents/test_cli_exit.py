@@ -44,3 +44,17 @@ def test_lightgbm_without_sklearn_leaves_sklearn_importable():
     assert out.stdout.split() == ["True", "False", "False", "False", "True"]
     pre = "import sklearn; from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn as f; print(f())"
     assert subprocess.run([sys.executable, "-c", pre], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
+
+
+def test_the_iteration_log_says_what_a_model_iteration_did():
+    """A model iteration replaces the best model or keeps it; it accepts no factor (the log said
+    "accepted none" next to "1 of 1 model candidates accepted")."""
+    from agents.cli_loop import _Display
+
+    base = {"library": 0, "tokens": 0, "cost_usd": 0.0, "best": {}, "analysis": "why", "seconds": 1.0, "accepted": []}
+    with _Display(3) as display:
+        display.event("iteration", {**base, "iteration": 1, "direction": "model", "new_best": "csrank_2"})
+        display.event("iteration", {**base, "iteration": 2, "direction": "model", "new_best": None})
+        display.event("iteration", {**base, "iteration": 3, "direction": "factor", "accepted": ["mom_3_1"]})
+    assert display.log == ["#1 model: new best model csrank_2; why (1.0s)", "#2 model: best model kept; why (1.0s)",
+                           "#3 factor: accepted mom_3_1; why (1.0s)"]
