@@ -19,7 +19,8 @@ from quantcore.evaluate.significance import FdrMethod, benjamini_hochberg, benja
 from sandbox.result import ExperimentResult
 
 __all__ = ["AdmissionRules", "Significance", "admit_factor", "refine_factor", "compare_models",
-           "bootstrap_mean_interval", "merge_folds", "model_score", "trial_significance", "admission_p"]
+           "bootstrap_mean_interval", "merge_folds", "model_score", "trial_significance", "admission_p",
+           "factor_metrics"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class Significance:
         return self.adjusted <= q  # NaN never passes
 
 
+def factor_metrics(name: str, result: ExperimentResult) -> dict[str, float]:
+    """A factor experiment's metrics of factor `name`, without the `name.` prefix."""
+    return {k.split(".", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"{name}.")}
+
+
 def admission_p(metrics: dict) -> float:
     """The p-value a factor is admitted on: its residual RankIC's when measured, else its raw RankIC's
     (HAC t, two-sided); NaN when neither was (a failed experiment is not a test)."""
@@ -89,7 +95,7 @@ def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, lib
     if not result.ok:
         f = result.failure
         return Verdict(candidate=name, verdict="reject", reasons=[f"{f.category.value}: {f.message}"])
-    m = {k.split(".", 1)[1]: v for k, v in result.metrics.items() if k.startswith(f"{name}.")}
+    m = factor_metrics(name, result)
     reasons = []
     nodes, depth = complexity
     if nodes > rules.max_nodes or depth > rules.max_depth:

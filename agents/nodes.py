@@ -31,6 +31,7 @@ from agents.decide import (
     AdmissionRules,
     admission_p,
     admit_factor,
+    factor_metrics,
     compare_models,
     merge_folds,
     model_score,
@@ -384,7 +385,7 @@ def critic_node(state: IterationState, s: Services) -> dict:
         claimed: set[str] = set()  # library factors a stronger candidate of this batch already refines
         bound = rules.max_library_corr
         seed = s.config.seed * 1000 + state.iteration
-        significance = trial_significance(m.admission_p, {k: admission_p(_factor_metrics(k, r)) for k, r in results.items()
+        significance = trial_significance(m.admission_p, {k: admission_p(factor_metrics(k, r)) for k, r in results.items()
                                                           if r.ok}, rules.fdr_method) if rules.fdr_q is not None else {}
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
         for name in by_strength:
@@ -573,18 +574,13 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         r = results.get(c.name)
         if r is None or c.expression is None:
             continue
-        mt = {**_factor_metrics(c.name, r), **adjusted.get(c.name, {})}
+        mt = {**factor_metrics(c.name, r), **adjusted.get(c.name, {})}
         t = mt.get("residual_t", mt.get("rank_ic_hac_t", mt.get("rank_ic_t", math.nan)))
         rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
                              expression=c.expression, form=form_of(c.expression), region=c.region,
                              stage="admission", fitness=t_fitness(t, r.ok),
                              metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
     return rows
-
-
-def _factor_metrics(name: str, r: ExperimentResult) -> dict[str, float]:
-    """A factor experiment's metrics of `name`, without the name's prefix."""
-    return {k.split(".", 1)[1]: v for k, v in r.metrics.items() if k.startswith(f"{name}.")}
 
 
 def _retire(db, rival: str, winner: str, hypothesis_id: int, run_id: str) -> None:

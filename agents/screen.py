@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from agents.contracts import CodedCandidate
+from agents.decide import factor_metrics
 from agents.search import skeleton
 from quantcore.data.panel import Panel
 from quantcore.errors import ExpressionError
@@ -112,7 +113,7 @@ def screen_scores(candidates: list[CodedCandidate], results: dict[str, Experimen
         if "degenerate" in detail:
             out.append(ScreenScore(c.name, c.expression, ok=False, failure=str(detail["degenerate"])[:300]))
             continue
-        m = {k.partition(".")[2]: v for k, v in r.metrics.items() if k.partition(".")[0] == c.name}
+        m = factor_metrics(c.name, r)
         out.append(ScreenScore(
             c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
             rank_ic_hac_t=_num(m.get("rank_ic_hac_t")), rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
