@@ -7,6 +7,8 @@ and yield each task's result as it arrives."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -36,6 +38,7 @@ class Task:
     key: str  # result cache key
     name: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    generated: bool = False  # runs generated Python (a factor's or a model's `code`), not only our own code
 
     def message(self) -> dict:
         """What a worker needs to run it (one entry of a "run" message, `sandbox.channel`)."""
@@ -63,7 +66,7 @@ class BaseExecutor:
         self.use_cache = use_cache
         self._markets: dict[str, tuple[str, str]] = {}  # market spec -> (folder, data version)
         self._next_id = 0
-        self.stats = {"submitted": 0, "cached": 0, "run": 0, "worker_restarts": 0}
+        self.stats = {"submitted": 0, "cached": 0, "run": 0, "worker_restarts": 0, "fresh_workers": 0}
 
     # ---- public API -----------------------------------------------------------------------------
     @property
@@ -109,6 +112,7 @@ class BaseExecutor:
         for task_id, result in self._dispatch(to_run):
             task = by_id[task_id]
             self.stats["run"] += 1
+            result = _checked_artifacts(task, result)
             result = self._record(task, result)
             # a result whose recording failed is not kept: a later hit would carry no record to read back
             if self.use_cache and result.spec_hash and "recording_error" not in result.details:
@@ -145,7 +149,8 @@ class BaseExecutor:
         self._next_id += 1
         return Task(task_id=self._next_id, spec_json=spec_json(spec), spec_hash=key_hash, kind=spec.kind,
                     workdir=str(self.store.workdir(key_hash)), markets={market: folder},
-                    key=self.store.result_key(key_hash, version), name=f"{spec.kind}-{key_hash[:8]}")
+                    key=self.store.result_key(key_hash, version), name=f"{spec.kind}-{key_hash[:8]}",
+                    generated=getattr(spec, "code", None) is not None)
 
     def _market(self, market: str) -> tuple[str, str]:
         if market not in self._markets:
@@ -179,6 +184,65 @@ class BaseExecutor:
     def _tag(self, run_id: str, task: Task, result: ExperimentResult) -> None:
         self.recorder.client.set_tag(run_id, "spec_hash", task.spec_hash)
         self.recorder.client.set_tag(run_id, "kind", task.kind)
+
+
+#: The most a capture folder may hold: a model's report and predictions are tens of MB at most.
+MAX_CAPTURE_BYTES = 1 << 30
+
+
+def _checked_artifacts(task: Task, result: ExperimentResult) -> ExperimentResult:
+    """The parent reads what a worker wrote, so a result's artifacts must be files the experiment made
+    in its own folder: a path elsewhere, a link (to a host file the worker could not read, for the
+    parent to copy into MLflow), a device or an oversized capture makes the experiment a
+    `forbidden_operation`, and nothing of it is read."""
+    if not result.artifacts:
+        return result
+    workdir = Path(os.path.realpath(task.workdir))
+    problem = None
+    for name, raw in result.artifacts.items():
+        path = Path(str(raw))
+        inside = _inside(path, Path(task.workdir))
+        # realpath resolves every link on the way: it differs from the plain path if there is one
+        if not inside or Path(os.path.realpath(path)) != workdir / path.relative_to(task.workdir):
+            problem = f"artifact {name!r} is not in the experiment's own folder, or is reached through a link ({raw})"
+        else:
+            problem = _tree_problem(path)
+            problem = problem and f"artifact {name!r}: {problem}"
+        if problem:
+            break
+    if problem is None:
+        return result
+    failure = Failure(FailureCategory.FORBIDDEN_OPERATION, f"the sandbox refused the experiment's output: {problem}")
+    return ExperimentResult(spec_hash=result.spec_hash, kind=result.kind, failure=failure, seconds=result.seconds,
+                            data_version=result.data_version)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.relative_to(folder)
+    except ValueError:
+        return False
+    return ".." not in path.parts
+
+
+def _tree_problem(root: Path) -> str | None:
+    """Why the tree at `root` is not plain folders and files of bounded total size, or None."""
+    if root.exists() and not root.is_dir():
+        return None if stat.S_ISREG(root.lstat().st_mode) and root.lstat().st_size <= MAX_CAPTURE_BYTES else \
+            f"{root} is not a plain file of at most {MAX_CAPTURE_BYTES >> 20} MiB"
+    total = 0
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            entry = Path(folder, name)
+            st = entry.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                return f"{entry} is a symbolic link"
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                return f"{entry} is not a plain file or folder"
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if total > MAX_CAPTURE_BYTES:
+                return f"holds more than {MAX_CAPTURE_BYTES >> 20} MiB"
+    return None
 
 
 def _kind_of(raw: Any) -> str:

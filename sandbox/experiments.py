@@ -381,7 +381,7 @@ def _run_code(spec: FactorSpec, panels: Iterable[Panel], ctx: WorkerContext, wor
     guard = ctx.guard
     with guard.active(workdir, ctx.output_chars):
         for i, panel in enumerate(panels):
-            namespace = load_generated(spec.code)
+            namespace = load_generated(spec.code, restricted=guard.python_rules)
             fn = namespace.get("factor")
             if not callable(fn):
                 raise DegenerateOutput("the code defines no function `factor(fields)`")

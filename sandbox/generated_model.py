@@ -58,7 +58,7 @@ class GeneratedModel(BaseModel):
 
     def _fit(self, dataset: Dataset, info: FitInfo) -> None:
         def build_and_fit(xt, yt, xv, yv):
-            cls = load_generated(self.source).get("Model")
+            cls = load_generated(self.source, restricted=self.guard.python_rules).get("Model")
             if not isinstance(cls, type):
                 raise DegenerateOutput("the code defines no class `Model`")
             impl = cls()

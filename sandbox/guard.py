@@ -250,9 +250,14 @@ def _namespace(filename: str) -> dict[str, Any]:
     return {"__builtins__": safe, "__name__": "experiment", "__file__": filename}
 
 
-def load_generated(source: str, filename: str = GENERATED_FILE) -> dict[str, Any]:
+def load_generated(source: str, filename: str = GENERATED_FILE, restricted: bool = True) -> dict[str, Any]:
     """Screen and execute generated code's top level in a fresh restricted namespace; returns it.
-    Run inside `Guard.active` so top-level side effects are guarded too."""
+    Run inside `Guard.active` so top-level side effects are guarded too. `restricted=False` (a guard
+    without its Python rules, under the OS jail only): plain Python, full builtins, any import."""
+    if not restricted:
+        namespace = {"__name__": "experiment", "__file__": filename}
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - the OS jail is the boundary here
+        return namespace
     tree = screen_code(source, filename)
     namespace = _namespace(filename)
     exec(compile(tree, filename, "exec"), namespace)  # noqa: S102 - screened code, restricted namespace, audited
@@ -284,9 +289,12 @@ class Guard:
     """Per-worker audit-hook state: which directory generated code may write, and what it tried.
 
     `install()` adds the hook once (audit hooks cannot be removed); it does nothing unless a block
-    runs under `active(...)`, so the worker's own file and socket work is unaffected."""
+    runs under `active(...)`, so the worker's own file and socket work is unaffected.
+    `python_rules=False`: no screen, no restricted namespace, no hook - only the output cap; for
+    workers inside the OS jail and seccomp filter, which then contain the code alone."""
 
     read_roots: tuple[Path, ...] = ()
+    python_rules: bool = True
     refusals: list[str] = field(default_factory=list)
     _workdir: Path | None = None
     _thread: int | None = None
@@ -301,9 +309,10 @@ class Guard:
     @contextmanager
     def active(self, workdir: str | Path, output_limit: int = 1 << 20) -> Iterator[_CappedText]:
         """Guard the block: generated code may write only under `workdir`; prints are captured."""
-        self.install()
+        if self.python_rules:
+            self.install()
         self.refusals = []
-        self._workdir = Path(workdir).resolve()
+        self._workdir = Path(workdir).resolve() if self.python_rules else None
         self._thread = threading.get_ident()
         out = _CappedText(output_limit)
         swallowed: list[BaseException] = []

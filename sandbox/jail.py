@@ -7,13 +7,14 @@ experiment folder; nothing else of the host's file system.
     subprocess.run(jail_argv(jail, [sys.executable, "-c", "..."]))
 
 `jail_capabilities()` says, at run time, which layers work on this machine (`rdquant sandbox doctor`).
-Groundwork for issue 18 item 1: the executors do not use it yet.
+`sandbox.local.LocalExecutor` starts every worker this way where the probe passes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import functools
 import importlib.util
 import os
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-__all__ = ["Jail", "JailUnavailable", "Layer", "Probe", "bwrap_binary", "interpreter_paths", "jail_argv", "jail_capabilities"]
+__all__ = ["Jail", "JailUnavailable", "Layer", "Probe", "bwrap_binary", "interpreter_paths", "jail_argv", "jail_capabilities", "jail_unavailable_reason"]
 
 # The only file of /etc the jail sees. Measured with strace (python + numpy, pandas, pyarrow,
 # lightgbm): the interpreter opens /etc/ld.so.cache, /etc/ld.so.preload, /etc/localtime and
@@ -106,8 +107,9 @@ def _outermost(paths: Sequence[Path]) -> tuple[Path, ...]:
 class Jail:
     """Where a jailed worker may read and write. Every path is seen inside at the same place as outside."""
 
-    experiment_dir: Path  # the only writable path; also HOME, TMPDIR and the working directory
+    experiment_dir: Path  # writable; also HOME, TMPDIR and the working directory
     market_dir: Path | None = None  # the exported markets, read-only
+    writable: tuple[Path, ...] = ()  # more writable folders (a pool worker's feature caches), bound after the rest
     readonly: tuple[Path, ...] = ()  # interpreter, packages, code: see `interpreter_paths`
     env: Mapping[str, str] = field(default_factory=dict)  # added to a cleared environment
     hostname: str = "jail"  # UTS namespace: the host's name does not leak
@@ -119,13 +121,16 @@ class Jail:
                    readonly=interpreter_paths(), **kwargs)
 
 
-def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None) -> list[str]:
-    """The argv that runs `command` inside `jail` (give it to subprocess; fds in `pass_fds` go through)."""
+def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None, status_fd: int | None = None) -> list[str]:
+    """The argv that runs `command` inside `jail` (give it to subprocess; fds in `pass_fds` go through).
+    `status_fd`: bwrap writes JSON lines there, the first with the host pid of the jail's first process."""
     assert command, "a jailed command needs at least the program to run"
     experiment = Path(os.path.realpath(jail.experiment_dir))
     if not experiment.is_dir():
         raise FileNotFoundError(f"experiment folder {experiment} does not exist; create it before starting the jail")
     argv = [str(bwrap or bwrap_binary())]
+    if status_fd is not None:
+        argv += ["--json-status-fd", str(status_fd)]
     # Explicit namespaces, not --unshare-all: that one silently skips the user namespace where it
     # cannot have it (--unshare-user-try); a jail that cannot be built must fail, not run weaker.
     argv += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
@@ -146,7 +151,11 @@ def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None) -> 
     for path in _outermost([*jail.readonly, *market]):
         if Path("/usr") not in (path, *path.parents):
             argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--bind", str(experiment), str(experiment), "--chdir", str(experiment)]
+    argv += ["--bind", str(experiment), str(experiment)]
+    for path in jail.writable:
+        real = os.path.realpath(path)
+        argv += ["--bind", real, real]
+    argv += ["--chdir", str(experiment)]
     # bwrap builds the view on a tmpfs root (and /dev, /dev/shm), writable by the jailed user: made
     # read-only once every bind is in place, so the experiment folder is the one place to write.
     argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
@@ -157,6 +166,17 @@ def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None) -> 
     for key, value in env.items():
         argv += ["--setenv", key, value]
     return [*argv, "--", *command]
+
+
+@functools.lru_cache(maxsize=1)
+def jail_unavailable_reason() -> str | None:
+    """None when the full jail starts this interpreter here; otherwise why not. Probed once per process."""
+    try:
+        bwrap = bwrap_binary()
+    except JailUnavailable as e:
+        return str(e)
+    probe = _probe_jail(bwrap)
+    return None if probe.available else probe.why
 
 
 def jail_capabilities() -> dict[Layer, Probe]:
@@ -204,18 +224,13 @@ def _probe_jail(bwrap: Path) -> Probe:
 
 
 def _probe_seccomp() -> Probe:
-    # bwrap's --seccomp takes a compiled BPF program; building one needs libseccomp's Python bindings.
-    status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""
-    if "Seccomp:" not in status:
-        return Probe(False, "the kernel has no seccomp (no Seccomp: line in /proc/self/status)")
-    for module in ("pyseccomp", "seccomp"):
-        if importlib.util.find_spec(module) is not None:
-            return Probe(True, f"kernel seccomp and the {module} bindings are available (no filter is built yet)")
-    import ctypes.util
+    from sandbox.seccomp import seccomp_unavailable_reason
 
-    library = ctypes.util.find_library("seccomp")
-    where = f"{library} is installed" if library else "libseccomp is not installed"
-    return Probe(False, f"kernel supports seccomp and {where}, but no Python bindings (pyseccomp/seccomp) to compile a filter")
+    why = seccomp_unavailable_reason()
+    if why is not None:
+        return Probe(False, why)
+    return Probe(True, "kernel seccomp and libseccomp: every local worker loads a filter (no processes, programs, "
+                       "sockets or ptrace)")
 
 
 def _probe_cgroup_v2() -> Probe:

@@ -41,13 +41,15 @@ class Limits:
     cpu_seconds: float = 240.0
     memory_mb: int = 4096
     output_chars: int = 1 << 20
+    file_mb: int = 2048  # the largest file a worker may write (RLIMIT_FSIZE): a feature cache entry, a capture
 
     def __post_init__(self) -> None:
         for name, top in (("wall_seconds", MAX_WALL_SECONDS), ("cpu_seconds", MAX_CPU_SECONDS)):
             value = getattr(self, name)
             if not (_real(value) and math.isfinite(value) and 0 < value <= top):
                 raise LimitsError(name, f"a number of seconds above 0 and at most {top:g}", value)
-        for name, unit, top in (("memory_mb", "MiB", MAX_MEMORY_MB), ("output_chars", "characters", MAX_OUTPUT_CHARS)):
+        for name, unit, top in (("memory_mb", "MiB", MAX_MEMORY_MB), ("output_chars", "characters", MAX_OUTPUT_CHARS),
+                                ("file_mb", "MiB", MAX_MEMORY_MB)):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
                 raise LimitsError(name, f"a whole number of {unit} from 1 to {top}", value)
@@ -67,8 +69,11 @@ def address_space_bytes() -> int:
 
 
 def apply_process_limits(limits: Limits) -> None:
-    """Whole-worker limits: no core files, and an address-space cap of current size + memory_mb."""
+    """Whole-worker limits: no core files, files of at most file_mb (a write past it fails with EFBIG
+    instead of the default SIGXFSZ kill), and an address-space cap of current size + memory_mb."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb << 20, limits.file_mb << 20))
     cap = address_space_bytes() + limits.memory_mb * (1 << 20)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 

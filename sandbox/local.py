@@ -3,15 +3,26 @@
 Workers start once, attach the exported markets (memory-mapped) and serve batches of tasks. The
 parent watches every worker: a task past its wall-clock limit gets its worker's whole process group
 killed; a worker that dies (segfault, OOM kill, hard exit) fails only the task it was running; the
-unstarted rest of its batch goes back to the queue and a fresh worker takes its place. Workers answer
+unstarted rest of its batch goes back to the queue and a fresh worker takes its place.
+
+Where bubblewrap runs (`sandbox.jail`), every worker starts in a jail: its own user, PID, IPC and
+network namespaces and a read-only view of the interpreter and the markets. A pool worker runs only
+the project's own code (expressions, model families, workflows) and may write the experiment folders
+and the markets' feature caches. An experiment with generated code (a factor's or a model's `code`)
+runs alone on a worker started for it, whose one writable folder is its own experiment folder, and
+that worker is replaced before anything else runs: no generated code ever shares an interpreter, a
+cache or a folder with another experiment. Every worker loads a seccomp filter (`sandbox.seccomp`)
+once ready: no new processes, programs or sockets. Workers answer
 in JSON (`sandbox.channel`), read without ever blocking and checked against the result schema: a
 malformed, oversized or out-of-order message is the running task's `worker_crash`, and the worker is
 replaced, exactly as if it had died."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -20,10 +31,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Iterator
 
 from sandbox.channel import MAX_MESSAGE_BYTES, FrameReader, ProtocolError, encode, read_ready, read_result, send_frame
 from sandbox.executor import BaseExecutor, Task
+from sandbox.jail import Jail, JailUnavailable, jail_argv, jail_unavailable_reason
+from sandbox.seccomp import seccomp_unavailable_reason
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
 
@@ -34,12 +48,19 @@ _SEND_TIMEOUT = 30.0  # seconds for an idle worker to take a batch off the socke
 
 
 class _Process:
-    """A worker subprocess with a pidfd sentinel (readable once it exits), for `connection.wait`."""
+    """A worker subprocess with a pidfd sentinel (readable once it exits), for `connection.wait`.
 
-    def __init__(self, popen: subprocess.Popen):
+    In the jail, `popen` is bwrap and the worker runs in a PID namespace of its own, in another
+    session: `status_fd` is the read end of bwrap's --json-status-fd, which names the namespace's
+    first process, so `kill` can wait for it - and with it every process of the namespace (the kernel
+    kills and reaps them all before the namespace's init is gone)."""
+
+    def __init__(self, popen: subprocess.Popen, status_fd: int = -1):
         self.popen = popen
         self.pid = popen.pid
         self.sentinel = os.pidfd_open(popen.pid)
+        self._status_fd = status_fd
+        self._inner = -1  # pidfd of the namespace's init, once known
 
     def is_alive(self) -> bool:
         return self.popen.poll() is None
@@ -54,11 +75,40 @@ class _Process:
         except subprocess.TimeoutExpired:
             pass
 
+    def learn_inner(self) -> None:
+        """Read the namespace init's pid from bwrap's status (written before the worker started)."""
+        if self._status_fd < 0 or self._inner >= 0:
+            return
+        if select.select([self._status_fd], [], [], 1.0)[0]:
+            for line in os.read(self._status_fd, 4096).decode(errors="replace").splitlines():
+                try:
+                    pid = json.loads(line).get("child-pid")
+                except ValueError:
+                    continue
+                if type(pid) is int:
+                    try:
+                        self._inner = os.pidfd_open(pid)
+                    except OSError:
+                        pass  # gone already
+                    return
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (and in the jail its PID namespace); wait for them."""
+        _kill_group(self.pid)
+        if self._inner >= 0:
+            try:
+                signal.pidfd_send_signal(self._inner, signal.SIGKILL)
+            except OSError:
+                pass
+            select.select([self._inner], [], [], 5.0)  # readable once it, and so its namespace, is gone
+        self.join(timeout=5)
+
     def close(self) -> None:
-        try:
-            os.close(self.sentinel)
-        except OSError:
-            pass
+        for name in ("sentinel", "_inner", "_status_fd"):  # once: a number may belong to another file afterwards
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
 
 @dataclass
@@ -70,6 +120,7 @@ class _Worker:
     deadline: float = math.inf  # wall-clock limit of the task at the head of `batch`
     served: int = 0
     oom_kills: int | None = None  # the cgroup's OOM-kill count when the current batch was sent
+    generated: bool = False  # started for (and ran) generated code: replaced before its next task
 
 
 class LocalExecutor(BaseExecutor):
@@ -78,37 +129,60 @@ class LocalExecutor(BaseExecutor):
     `batch_size`: tasks sent to a worker in one message (amortises the pipe round trip for cheap
     factor experiments; model and workflow experiments are always sent one at a time).
     `max_tasks_per_worker`: recycle a worker after this many tasks (None = never).
-    `max_message_bytes`: the largest message either side of a worker's channel accepts."""
+    `max_message_bytes`: the largest message either side of a worker's channel accepts.
+    `jail`: start workers in `sandbox.jail` (None: where it runs here; True: required, `JailUnavailable`
+    otherwise; False: never). `seccomp`: workers load `sandbox.seccomp`'s filter where libseccomp is.
+    `python_guard=False` drops the guard's Python rules for generated code (any import, full builtins):
+    allowed only where the jail and the seccomp filter both hold, which then contain it alone."""
 
     def __init__(self, workers: int | None = None, *, batch_size: int = 8, max_tasks_per_worker: int | None = None,
                  isolate_network: bool = True, cache_bytes: int = 256 << 20,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, **kw):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, jail: bool | None = None, seccomp: bool = True,
+                 python_guard: bool = True, **kw):
         super().__init__(**kw)
         self.n_workers = max(1, workers or len(os.sched_getaffinity(0)))
         self.batch_size = max(1, batch_size)
         self.max_tasks_per_worker = max_tasks_per_worker
         if max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, got {max_message_bytes}")
+        why_not = jail_unavailable_reason() if jail is not False else "turned off by the caller (jail=False)"
+        if jail and why_not:
+            raise JailUnavailable(f"a jail was required but cannot start here: {why_not}")
+        self.jailed = why_not is None
+        self._jail_note = why_not
+        if not python_guard:
+            missing = why_not or (seccomp_unavailable_reason() if seccomp else "seccomp=False")
+            if missing:
+                raise ValueError(f"python_guard=False needs the jail and the seccomp filter, and {missing}")
         self._config = WorkerConfig(limits=self.limits, isolate_network=isolate_network, cache_bytes=cache_bytes,
-                                    max_message_bytes=max_message_bytes)
+                                    max_message_bytes=max_message_bytes, jailed=self.jailed, seccomp=seccomp,
+                                    python_guard=python_guard)
         self._workers: list[_Worker] = []
 
     # ---- capabilities ----------------------------------------------------------------------------
     @property
     def capabilities(self) -> dict:
-        """What isolation the workers actually got (detected when they start)."""
+        """Which containment layers the workers actually got (the seccomp filter as they reported it)."""
         self._ensure_workers()
         info = self._workers[0].info
-        return {"workers": self.n_workers, "network_isolated": info.get("network_isolated", False),
-                "network_note": info.get("network_note"), "limits": self.limits.__dict__,
-                "start_method": "exec", "process_group_kill": True}
+        return {"workers": self.n_workers, "jail": self.jailed, "jail_note": self._jail_note,
+                "seccomp": info.get("seccomp", False), "seccomp_note": info.get("seccomp_note"),
+                "network_isolated": info.get("network_isolated", False), "network_note": info.get("network_note"),
+                "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed else ""),
+                "limits": self.limits.__dict__, "start_method": "exec", "process_group_kill": True}
 
     def worker_pids(self) -> list[int]:
+        """The pids of the processes that serve the next tasks (started where none is running)."""
         self._ensure_workers()
+        for w in self._workers:
+            if w.process.sentinel < 0:  # retired after generated code
+                self._replace(w)
         return [w.process.pid for w in self._workers]
 
     def close(self) -> None:
         for w in self._workers:
+            if w.process.sentinel < 0:
+                continue  # retired
             try:
                 send_frame(w.channel.sock, encode({"op": "stop"}), timeout=1.0)
             except (OSError, TimeoutError):
@@ -116,8 +190,7 @@ class LocalExecutor(BaseExecutor):
         for w in self._workers:
             w.process.join(timeout=5)
             if w.process.is_alive():
-                _kill_group(w.process.pid)
-                w.process.join(timeout=5)
+                self._retire(w)
             w.channel.sock.close()
             w.process.close()
         self._workers = []
@@ -154,13 +227,14 @@ class LocalExecutor(BaseExecutor):
 
     def _send(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
         """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
-        if not w.process.is_alive() or self._spoke_unasked(w):  # killed from outside, or talking out of turn
-            self._replace(w)
-        size = self.batch_size if queue[0].kind == "factor" else 1
-        if self.max_tasks_per_worker:
-            size = max(1, min(size, self.max_tasks_per_worker - w.served))
+        if w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
+            self._replace(w, queue[0] if queue[0].generated else None)    # or talking out of turn
+        elif queue[0].generated and self.jailed:  # a jail of its own, writing only its experiment's folder
+            self._replace(w, queue[0])
+        w.generated = w.generated or queue[0].generated  # retired once it has answered
+        size = self.batch_size if queue[0].kind == "factor" and not queue[0].generated else 1
         batch = []
-        while queue and len(batch) < size and (not batch or queue[0].kind == "factor"):
+        while queue and len(batch) < size and (not batch or (queue[0].kind == "factor" and not queue[0].generated)):
             batch.append(queue.popleft())
         w.batch.extend(batch)
         w.deadline = time.monotonic() + limit
@@ -197,7 +271,9 @@ class LocalExecutor(BaseExecutor):
             else:
                 self._replace(w)
             return
-        if not w.batch and self.max_tasks_per_worker and w.served >= self.max_tasks_per_worker:
+        if not w.batch and w.generated:
+            self._retire(w)  # now, not at its next task: nothing it started may run on while it idles
+        elif not w.batch and self.max_tasks_per_worker and w.served >= self.max_tasks_per_worker:
             self._replace(w)
 
     def _lost(self, w: _Worker, queue: deque, failure: Failure) -> tuple[int, ExperimentResult]:
@@ -211,6 +287,8 @@ class LocalExecutor(BaseExecutor):
     def _death_failure(self, w: _Worker) -> Failure:
         w.process.join(timeout=1)
         code = w.process.exitcode
+        if self.jailed and code is not None and code > 128 and code - 128 in signal.valid_signals():
+            code = 128 - code  # bwrap exits 128 + n when the worker inside died from signal n
         if code is None:  # alive, but its end of the channel is closed
             return Failure(FailureCategory.WORKER_CRASH, "the worker closed its channel mid-experiment")
         if code < 0:
@@ -234,19 +312,29 @@ class LocalExecutor(BaseExecutor):
         while len(self._workers) < self.n_workers:
             self._workers.append(self._start())
 
-    def _start(self) -> _Worker:
+    def _start(self, task: Task | None = None) -> _Worker:
         """A fresh interpreter (fork + exec: it inherits nothing of ours but one socket) in its own session,
-        so its process group - and any child it manages to start - can be killed at once."""
+        so its process group - and any child it manages to start - can be killed at once. `task`: the
+        generated-code experiment it is started for (in the jail, its folder is the only one writable)."""
         ours, theirs = socket.socketpair()
-        popen = subprocess.Popen(
-            [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
-             config_json(self._config)],
-            pass_fds=(theirs.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, env={**WORKER_ENV, **os.environ, "PYTHONNOUSERSITE": "1"},
-        )
-        theirs.close()
+        command = [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
+                   config_json(self._config)]
+        env = {**_passed_env(), **WORKER_ENV, "PYTHONNOUSERSITE": "1"}
+        status_read, status_write = os.pipe() if self.jailed else (-1, -1)
+        if self.jailed:
+            inside = {k: v for k, v in env.items() if k not in ("PATH", "HOME", "TMPDIR", "LANG")}  # the jail's own
+            command = jail_argv(self._jail_for(task, inside), command, status_fd=status_write)
+            env = {}
+        passed = (theirs.fileno(), status_write) if self.jailed else (theirs.fileno(),)
+        try:
+            popen = subprocess.Popen(command, pass_fds=passed, start_new_session=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+            if status_write >= 0:
+                os.close(status_write)
         channel = FrameReader(ours, self._config.max_message_bytes)
-        process = _Process(popen)
+        process = _Process(popen, status_read)
         deadline = time.monotonic() + _START_TIMEOUT
         frames: list[bytes] = []
         try:
@@ -257,23 +345,51 @@ class LocalExecutor(BaseExecutor):
             if not frames:
                 raise RuntimeError(f"a sandbox worker did not start within {_START_TIMEOUT:g} s")
             info = read_ready(frames[0], self._config.max_message_bytes)
+            process.learn_inner()
         except (RuntimeError, ProtocolError) as exc:
-            _kill_group(process.pid)
+            process.kill()
             ours.close()
             process.close()
             if isinstance(exc, ProtocolError):
                 raise RuntimeError(f"a sandbox worker started but did not report ready: {exc}") from None
             raise
-        return _Worker(process, channel, info)
+        return _Worker(process, channel, info, generated=task is not None)
 
-    def _replace(self, w: _Worker) -> None:
-        _kill_group(w.process.pid)
-        w.process.join(timeout=5)
+    def _jail_for(self, task: Task | None, env: dict[str, str]) -> Jail:
+        """A pool worker writes the experiment folders and the markets' feature caches; a worker for
+        generated code writes its experiment's folder only and reads the markets."""
+        markets = self.store.root / "markets"
+        if task is None:
+            return Jail.for_this_interpreter(self.store.root / "experiments", writable=(markets,), env=env)
+        Path(task.workdir).mkdir(parents=True, exist_ok=True)
+        return Jail.for_this_interpreter(Path(task.workdir), market_dir=markets, env=env)
+
+    def _retire(self, w: _Worker) -> None:
+        """Kill `w`'s whole process group and close its channel; `_send` starts its successor."""
+        if w.process.sentinel < 0:
+            return  # retired already (its pid may be another process's by now)
+        w.process.kill()
         w.channel.sock.close()
         w.process.close()
-        fresh = self._start()
-        self.stats["worker_restarts"] += 1
+
+    def _replace(self, w: _Worker, task: Task | None = None) -> None:
+        """Retire `w` and start its successor (for `task`'s generated code, if given). Counted in
+        `stats`: "worker_restarts" for a worker that failed or was recycled, "fresh_workers" for the
+        planned starts around generated code."""
+        planned = task is not None or (w.generated and w.process.sentinel < 0)  # not a crash: retired as planned
+        self._retire(w)
+        fresh = self._start(task)
+        self.stats["fresh_workers" if planned else "worker_restarts"] += 1
         w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
+        w.generated = fresh.generated
+
+
+#: What a worker keeps of this process's environment (no API keys or tokens: a worker has no use for them).
+_PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "PYTHONHASHSEED", "CUDA_VISIBLE_DEVICES")
+
+
+def _passed_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
 
 
 def _oom_kills() -> int | None:

@@ -35,6 +35,9 @@ class WorkerConfig:
     isolate_network: bool = True
     cache_bytes: int = 256 << 20
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest message either side of the channel accepts
+    jailed: bool = False  # started inside `sandbox.jail` (its own network namespace already)
+    python_guard: bool = True  # the guard's Python rules (screen, namespace, audit hook) on generated code
+    seccomp: bool = False  # load `sandbox.seccomp`'s filter once ready (pipe workers only: Ray needs sockets)
 
 
 class WorkerSession:
@@ -56,8 +59,11 @@ class WorkerSession:
         self._load = load or attach_market
         self._sources: dict[str, Any] = {}  # market spec -> source
         self._read_roots_set = False
-        network = isolate_network() if config.isolate_network else "disabled by the executor"
-        self.guard = Guard()
+        if config.jailed:
+            network = None  # the jail unshared it; a nested user namespace is refused in there
+        else:
+            network = isolate_network() if config.isolate_network else "disabled by the executor"
+        self.guard = Guard(python_rules=config.python_guard)
         self.ctx = WorkerContext(attach=self._attach, guard=self.guard, cache_bytes=config.cache_bytes,
                                  output_chars=config.limits.output_chars, feature_cache=self._feature_cache)
         apply_process_limits(config.limits)
@@ -107,6 +113,8 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from sandbox.channel import ProtocolError, decode, ready_message, result_message
 
     session = WorkerSession(config)
+    if config.seccomp:
+        session.info.update(_load_seccomp())
     conn.send_bytes(ready_message(session.info))
     while True:
         try:
@@ -122,6 +130,19 @@ def worker_main(conn, config: WorkerConfig) -> None:
             except OSError:
                 return
         sys.stdout.flush()
+
+
+def _load_seccomp() -> dict:
+    """Load the worker's seccomp filter where this machine can; says which in the ready message."""
+    from sandbox.seccomp import apply_worker_filter, seccomp_unavailable_reason
+
+    why = seccomp_unavailable_reason()
+    if why is None:
+        try:
+            apply_worker_filter()
+        except OSError as exc:
+            why = f"loading the filter failed: {exc}"
+    return {"seccomp": why is None, "seccomp_note": why}
 
 
 def config_json(config: WorkerConfig) -> str:

@@ -94,9 +94,10 @@ def _kill_during_experiment(ex: LocalExecutor) -> dict:
     """Kill the busy worker from outside (SIGSEGV, then SIGKILL) while a long experiment runs on it."""
     out = {}
     for sig in (signal.SIGSEGV, signal.SIGKILL):
-        pid = ex.worker_pids()[0]  # a lone task goes to the first idle worker
+        # a lone task goes to the first idle worker; generated code gets a worker started for it, so
+        # the pid is read when the signal is sent
         spec = {"kind": "factor", "market": MARKET, "code": f"def factor(fields):\n    while True:\n        pass  # {sig.name}\n"}
-        timer = threading.Timer(1.5, os.kill, (pid, sig))
+        timer = threading.Timer(3.0, lambda sig=sig: os.kill(ex.worker_pids()[0], sig))
         timer.start()
         try:
             out[sig.name] = ex.run(spec)

@@ -55,7 +55,9 @@ def reference(tmp_path_factory) -> list[ExperimentResult]:
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
-    with LocalExecutor(workers=1, root=tmp_path_factory.mktemp("sbx"), use_cache=False, max_message_bytes=MAX_BYTES,
+    # jail=False: the test takes the worker's socket from its python process (in the jail it is in a
+    # PID namespace of its own); the channel must hold whether or not a jail is there
+    with LocalExecutor(workers=1, root=tmp_path_factory.mktemp("sbx"), use_cache=False, max_message_bytes=MAX_BYTES, jail=False,
                        limits=Limits(wall_seconds=WALL, cpu_seconds=60, memory_mb=2048)) as ex:
         yield ex
 
