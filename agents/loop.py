@@ -21,6 +21,7 @@ from quantcore.errors import ExpressionError
 from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
+from sandbox.market import market_roots
 from sandbox.result import ExperimentResult, FailureCategory
 from sandbox.spec import default_segments
 
@@ -54,11 +55,12 @@ def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool
     `RAY_ADDRESS` (else starts a local runtime) here, so a missing Ray or an unreachable address raises
     `RayUnavailable` before a run stores anything."""
     limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * config.workers * 2)
+    shared = dict(root=root, limits=limits, recorder=recorder, use_cache=use_cache, market_roots=market_roots(config.data))
     if config.executor == "local":
-        return LocalExecutor(workers=config.workers, root=root, limits=limits, recorder=recorder, use_cache=use_cache)
+        return LocalExecutor(workers=config.workers, **shared)
     from sandbox.ray_executor import RayExecutor
 
-    executor = RayExecutor(workers=config.workers, root=root, limits=limits, recorder=recorder, use_cache=use_cache)
+    executor = RayExecutor(workers=config.workers, **shared)
     try:
         executor.connect()
     except BaseException:

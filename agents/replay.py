@@ -22,6 +22,7 @@ from agents.store import (
 )
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
+from sandbox.market import market_roots
 
 __all__ = ["ReplayReport", "replay_run"]
 
@@ -63,7 +64,8 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
         _copy_project_state(store, open_project(tmp), int(raw.get("trial_mark") or 0),
                             int(raw.get("library_mark") or 0), raw.get("library_at_start", {}))
         limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * 4)
-        with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False) as executor:
+        with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False,
+                           market_roots=market_roots(config.data)) as executor:
             # recorded in the scratch project's MLflow store: the critic reads the metrics back from there too
             start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
                       run_id=run.id, library=raw.get("library_at_start", {}))

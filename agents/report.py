@@ -29,6 +29,7 @@ from quantcore.data.sources import load_market  # noqa: E402
 from quantcore.report.html import FigureSection, MetricsSection, TableSection, TextSection, write_html_report  # noqa: E402
 from sandbox.limits import Limits  # noqa: E402
 from sandbox.local import LocalExecutor  # noqa: E402
+from sandbox.market import market_roots  # noqa: E402
 from sandbox.spec import spec_hash  # noqa: E402
 
 __all__ = ["build_report", "sealed_test", "SealedTestChanged"]
@@ -82,7 +83,7 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
                        horizon=horizon, embargo=embargo)[0]
     valid_spec = {**specs["final"], "segments": {k: list(v) for k, v in fold.items()}}
     limits = Limits(wall_seconds=1800, cpu_seconds=3600 * workers)
-    with LocalExecutor(workers=workers, root=Path(root) / "sandbox", limits=limits) as ex:
+    with LocalExecutor(workers=workers, root=Path(root) / "sandbox", limits=limits, market_roots=market_roots(config.data)) as ex:
         log(f"scoring the final model on the validation segment {fold['test'][0]} .. {fold['test'][1]}")
         [r] = ex.run_many([valid_spec])
         if not r.ok:

@@ -35,6 +35,9 @@ def run_command(
     memory_mb: str = typer.Option("4096", "--memory-mb", metavar="MIB", help="Memory the worker may grow by."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Serve an identical earlier result from the cache."),
     record: Optional[Path] = typer.Option(None, "--record", help="Also log the result to the MLflow store in this folder."),
+    market_root: list[Path] = typer.Option([], "--market-root", metavar="DIR",
+                                           help="A folder whose bars files and qlib folders a spec may name as its market "
+                                                "(repeatable; the embedded and synthetic markets need none)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Run one spec; exit 0 if it succeeded, 1 if the experiment failed (the failure is printed), 2 for bad usage."""
@@ -45,7 +48,8 @@ def run_command(
         from quantcore.recording import Recorder
 
         recorder = Recorder.open(record, "sandbox")
-    with LocalExecutor(workers=1, root=root, limits=limits, recorder=recorder, use_cache=cache) as executor:
+    with LocalExecutor(workers=1, root=root, limits=limits, recorder=recorder, use_cache=cache,
+                       market_roots=market_root) as executor:
         result = executor.run(text)
     if as_json:
         print(json.dumps(result.to_dict(), sort_keys=True))

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from sandbox.failures import classify
 from sandbox.limits import Limits
-from sandbox.market import export_market
+from sandbox.market import MarketRefused, check_market, export_market
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.spec import WorkflowSpec, parse_spec, spec_hash, spec_json
 from sandbox.store import SandboxStore
@@ -54,13 +54,16 @@ def market_of(spec) -> str:
 
 
 class BaseExecutor:
-    """Shared parent-side logic. `recorder`: a quantcore `Recorder` to log every result to, or None."""
+    """Shared parent-side logic. `recorder`: a quantcore `Recorder` to log every result to, or None.
+    `market_roots`: folders whose market files and qlib folders a spec may name (besides the embedded
+    market and bounded synthetic ones); a market outside them is refused before anything reads it."""
 
     n_workers: int  # set (or computed) by each subclass
 
     def __init__(self, *, root: str | Path = DEFAULT_SANDBOX_ROOT, limits: Limits | None = None, recorder=None,
-                 use_cache: bool = True):
+                 use_cache: bool = True, market_roots: Sequence[str | Path] = ()):
         self.store = SandboxStore.at(root)
+        self.market_roots = tuple(Path(r).absolute() for r in market_roots)
         self.limits = limits or Limits()
         self.recorder = recorder
         self.use_cache = use_cache
@@ -141,6 +144,11 @@ class BaseExecutor:
         except Exception as exc:  # noqa: BLE001 - a bad spec is a result, not an exception
             return ExperimentResult(spec_hash="", kind=_kind_of(raw), failure=classify(exc))
         market = market_of(spec)
+        try:
+            if market not in self._markets:
+                check_market(market, self.market_roots)
+        except MarketRefused as exc:
+            return ExperimentResult(spec_hash=key_hash, kind=spec.kind, failure=Failure(FailureCategory.INVALID_SPEC, str(exc)))
         try:
             folder, version = self._market(market)
         except Exception as exc:  # noqa: BLE001

@@ -309,13 +309,24 @@ class LocalExecutor(BaseExecutor):
 
     # ---- worker lifecycle ------------------------------------------------------------------------
     def _ensure_workers(self) -> None:
-        while len(self._workers) < self.n_workers:
-            self._workers.append(self._start())
+        """Start the missing workers side by side (each spends most of its start importing)."""
+        pending = [self._spawn() for _ in range(self.n_workers - len(self._workers))]
+        try:
+            while pending:
+                self._workers.append(self._ready(*pending.pop(0)))
+        finally:
+            for process, channel, _ in pending:  # a start failed: the others go too
+                process.kill()
+                channel.sock.close()
+                process.close()
 
     def _start(self, task: Task | None = None) -> _Worker:
         """A fresh interpreter (fork + exec: it inherits nothing of ours but one socket) in its own session,
         so its process group - and any child it manages to start - can be killed at once. `task`: the
         generated-code experiment it is started for (in the jail, its folder is the only one writable)."""
+        return self._ready(*self._spawn(task))
+
+    def _spawn(self, task: Task | None = None) -> tuple[_Process, FrameReader, Task | None]:
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
                    config_json(self._config)]
@@ -333,22 +344,24 @@ class LocalExecutor(BaseExecutor):
             theirs.close()
             if status_write >= 0:
                 os.close(status_write)
-        channel = FrameReader(ours, self._config.max_message_bytes)
-        process = _Process(popen, status_read)
+        return _Process(popen, status_read), FrameReader(ours, self._config.max_message_bytes), task
+
+    def _ready(self, process: _Process, channel: FrameReader, task: Task | None) -> _Worker:
+        """Wait for a spawned worker's ready message (killing it if none comes)."""
         deadline = time.monotonic() + _START_TIMEOUT
         frames: list[bytes] = []
         try:
             while not frames and not channel.eof and wait([channel], max(0.0, deadline - time.monotonic())):
                 frames = channel.read()
             if not frames and channel.eof:
-                raise RuntimeError(f"a sandbox worker exited while starting (status {popen.wait()})")
+                raise RuntimeError(f"a sandbox worker exited while starting (status {process.popen.wait()})")
             if not frames:
                 raise RuntimeError(f"a sandbox worker did not start within {_START_TIMEOUT:g} s")
             info = read_ready(frames[0], self._config.max_message_bytes)
             process.learn_inner()
         except (RuntimeError, ProtocolError) as exc:
             process.kill()
-            ours.close()
+            channel.sock.close()
             process.close()
             if isinstance(exc, ProtocolError):
                 raise RuntimeError(f"a sandbox worker started but did not report ready: {exc}") from None

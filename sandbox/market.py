@@ -10,16 +10,68 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from quantcore.data.panel import Panel
-from quantcore.data.sources import load_market
+from quantcore.errors import DataError
+from quantcore.data.sources import load_market, synthetic_args
 from sandbox.store import code_version
 
-__all__ = ["export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir", "feature_cache_dir"]
+__all__ = ["MarketRefused", "check_market", "market_roots", "export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir", "feature_cache_dir"]
 
 _FORMAT = 1
+
+
+#: Bounds on a synthetic market a spec may ask for (the parent generates it): the planted-recall
+#: markets are 300 x 2520 (0.76M cells), the embedded S&P 500 ~0.6M; 20M cells is ~1 GB of fields.
+MAX_SYNTHETIC_INSTRUMENTS = 5000
+MAX_SYNTHETIC_DAYS = 20000
+MAX_SYNTHETIC_CELLS = 20_000_000
+MAX_SYNTHETIC_ALPHAS = 64
+
+
+class MarketRefused(ValueError):
+    """A spec names a market the executor will not load on its behalf; the message says why."""
+
+
+def check_market(market: str, roots: Sequence[Path]) -> None:
+    """Refuse, before anything is loaded, a market a spec may not name: only the embedded market, a
+    synthetic one within the size bounds, or a file or folder under one of `roots` (the markets a
+    user handed the executor). A generated spec naming a host path gets a refusal that quotes
+    nothing of the file."""
+    text = str(market).strip()
+    low = text.lower()
+    if low == "sp500":
+        return
+    if low == "synthetic" or low.startswith("synthetic:"):
+        try:
+            args = synthetic_args(text)
+        except DataError as exc:
+            raise MarketRefused(str(exc)) from None
+        n, t = args.get("n_instruments", 300), args.get("n_days", 2520)
+        if not (0 <= args.get("n_alphas", 4) <= MAX_SYNTHETIC_ALPHAS and n <= MAX_SYNTHETIC_INSTRUMENTS
+                and t <= MAX_SYNTHETIC_DAYS and n * t <= MAX_SYNTHETIC_CELLS):
+            raise MarketRefused(f"synthetic market {text!r} is too large for a spec: at most {MAX_SYNTHETIC_INSTRUMENTS} "
+                                f"instruments, {MAX_SYNTHETIC_DAYS} days, {MAX_SYNTHETIC_CELLS:,} instrument-days and "
+                                f"{MAX_SYNTHETIC_ALPHAS} planted alphas")
+        return
+    path = Path(os.path.realpath(Path(text).expanduser()))
+    if not any(path == root or root in path.parents for root in (Path(os.path.realpath(r)) for r in roots)):
+        where = ", ".join(str(r) for r in roots) or "none: pass market_roots to the executor"
+        raise MarketRefused(f"market {text!r} is not the embedded market, a synthetic one, or under an allowed "
+                            f"market folder ({where})")
+
+
+def market_roots(market: str) -> tuple[Path, ...]:
+    """The folder to allow for a market a user named (a qlib folder itself, a bars file's folder);
+    none for the embedded and synthetic markets."""
+    low = str(market).strip().lower()
+    if low == "sp500" or low == "synthetic" or low.startswith("synthetic:"):
+        return ()
+    path = Path(market).expanduser().absolute()
+    return (path if path.is_dir() else path.parent,)
 
 
 def market_dir(root: str | Path, market: str) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from quantcore.data.panel import Panel
 from quantcore.errors import DataError
 
-__all__ = ["load_market", "MARKET_SPECS"]
+__all__ = ["load_market", "synthetic_args", "MARKET_SPECS"]
 
 #: The forms `load_market` accepts, as shown in error messages and CLI help.
 MARKET_SPECS = (
@@ -34,7 +34,7 @@ def load_market(spec: str = "sp500", **kw) -> Panel:
     if low == "synthetic" or low.startswith("synthetic:"):
         from quantcore.data.synthetic import synth_market
 
-        return synth_market(**{**_synthetic_args(text), **kw})
+        return synth_market(**{**synthetic_args(text), **kw})
     path = Path(text).expanduser()
     if path.is_dir():
         from quantcore.data.qlib_format import is_qlib_dir, read_qlib
@@ -51,7 +51,8 @@ def load_market(spec: str = "sp500", **kw) -> Panel:
     raise DataError(f"unknown market {spec!r}; {_forms()}")
 
 
-def _synthetic_args(text: str) -> dict:
+def synthetic_args(text: str) -> dict:
+    """The keyword arguments of `synth_market` a "synthetic:N:T:SEED:K" spec names."""
     parts = text.split(":")[1:]
     names = ("n_instruments", "n_days", "seed", "n_alphas")
     if len(parts) > len(names) or any(not p.strip().lstrip("-").isdigit() for p in parts):

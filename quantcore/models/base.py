@@ -7,8 +7,11 @@ A model follows the skfolio pattern: `__init__(**params)` only validates and sto
 
 from __future__ import annotations
 
+import math
 import pickle
+import re
 import time
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -58,6 +61,54 @@ class Model(Protocol):
     def load(cls, path: str | Path) -> "Model": ...
 
 
+#: A string parameter is a plain word (an objective, a device): no spaces or "=", which a library
+#: that builds "key=value" strings (LightGBM) would read as more parameters, and no paths.
+_WORD = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
+
+
+def check_values(config: type, family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with each value checked against its field's type (bool, int, finite float, a plain word,
+    a tuple of ints, or None where allowed) and the field's `choices` metadata. A float written as text
+    ("1e-3": YAML reads an exponent without a dot as a string) becomes the number."""
+    hints = typing.get_type_hints(config)
+    meta = {f.name: f.metadata for f in fields(config)}
+    params = dict(params)
+    for name, value in params.items():
+        if hints[name] in (float, float | None) and isinstance(value, str):
+            try:
+                value = params[name] = float(value)
+            except ValueError:
+                pass
+        problem = _type_problem(hints[name], value)
+        choices = meta[name].get("choices")
+        if problem is None and choices is not None and value is not None and value not in choices:
+            problem = f"must be one of {', '.join(map(str, choices))}"
+        if problem:
+            raise ModelConfigError(f"{family}: parameter {name} {problem}, got {value!r}")
+    return params
+
+
+def _type_problem(hint: Any, value: Any) -> str | None:
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be a whole number"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) and _WORD.fullmatch(value) else "must be a plain word (letters, digits, _ . : + -)"
+    if typing.get_origin(hint) is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return None if ok else "must be a list of whole numbers"
+    return None
+
+
 class BaseModel:
     """Shared plumbing: config from kwargs, feature-name checks, save/load of (config, state, record)."""
 
@@ -71,7 +122,7 @@ class BaseModel:
             raise ModelConfigError(
                 f"{self.family}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
             )
-        self.config = self.Config(**params)
+        self.config = self.Config(**check_values(self.Config, self.family, params))
         self.feature_names_: tuple[str, ...] | None = None
         self.fit_info_ = FitInfo()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightgbm as lgb
 import numpy as np
@@ -11,14 +11,19 @@ import pyarrow as pa
 from quantcore.dataset import DataKey, Dataset
 from quantcore.models.base import BaseModel, FitInfo, available_cores, check_predictions, learn_columns
 
-__all__ = ["LGBConfig", "LGBModel"]
+__all__ = ["LGBConfig", "LGBModel", "REGRESSION_OBJECTIVES"]
+
+#: LightGBM's regression objectives and their aliases (the label is a return: no classification)
+REGRESSION_OBJECTIVES = ("mse", "regression", "regression_l2", "l2", "mean_squared_error", "rmse", "regression_l1",
+                         "l1", "mae", "mean_absolute_error", "huber", "fair", "poisson", "quantile", "mape", "gamma",
+                         "tweedie")
 
 
 @dataclass(frozen=True)
 class LGBConfig:
     """Defaults: examples/benchmarks/LightGBM/workflow_config_lightgbm_Alpha158.yaml."""
 
-    objective: str = "mse"
+    objective: str = field(default="mse", metadata={"choices": REGRESSION_OBJECTIVES})
     learning_rate: float = 0.2  # qlib benchmark (tuned for Alpha158 on CSI300)
     colsample_bytree: float = 0.8879
     subsample: float = 0.8789
