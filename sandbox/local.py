@@ -19,6 +19,7 @@ replaced, exactly as if it had died."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,7 +37,8 @@ from typing import Iterator
 
 from sandbox.channel import MAX_MESSAGE_BYTES, FrameReader, ProtocolError, encode, read_ready, read_result, send_frame
 from sandbox.executor import BaseExecutor, Task
-from sandbox.jail import Jail, JailUnavailable, jail_argv, jail_unavailable_reason
+from sandbox.jail import Jail, JailUnavailable, interpreter_paths, jail_argv, jail_unavailable_reason
+from sandbox.landlock import landlock_unavailable_reason, system_read_paths
 from sandbox.seccomp import seccomp_unavailable_reason
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
@@ -132,13 +134,14 @@ class LocalExecutor(BaseExecutor):
     `max_message_bytes`: the largest message either side of a worker's channel accepts.
     `jail`: start workers in `sandbox.jail` (None: where it runs here; True: required, `JailUnavailable`
     otherwise; False: never). `seccomp`: workers load `sandbox.seccomp`'s filter where libseccomp is.
+    `landlock`: where the jail does not run, workers restrict their files with `sandbox.landlock`.
     `python_guard=False` drops the guard's Python rules for generated code (any import, full builtins):
-    allowed only where the jail and the seccomp filter both hold, which then contain it alone."""
+    allowed only where the seccomp filter and the jail (or Landlock) hold, which then contain it alone."""
 
     def __init__(self, workers: int | None = None, *, batch_size: int = 8, max_tasks_per_worker: int | None = None,
                  isolate_network: bool = True, cache_bytes: int = 256 << 20,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, jail: bool | None = None, seccomp: bool = True,
-                 python_guard: bool = True, **kw):
+                 python_guard: bool = True, landlock: bool = True, **kw):
         super().__init__(**kw)
         self.n_workers = max(1, workers or len(os.sched_getaffinity(0)))
         self.batch_size = max(1, batch_size)
@@ -151,12 +154,14 @@ class LocalExecutor(BaseExecutor):
         self.jailed = why_not is None
         self._jail_note = why_not
         if not python_guard:
-            missing = why_not or (seccomp_unavailable_reason() if seccomp else "seccomp=False")
+            files = why_not and ("landlock=False" if not landlock else landlock_unavailable_reason())
+            missing = files or (seccomp_unavailable_reason() if seccomp else "seccomp=False")
             if missing:
-                raise ValueError(f"python_guard=False needs the jail and the seccomp filter, and {missing}")
+                raise ValueError(f"python_guard=False needs the seccomp filter and the jail or Landlock, and {missing}")
         self._config = WorkerConfig(limits=self.limits, isolate_network=isolate_network, cache_bytes=cache_bytes,
                                     max_message_bytes=max_message_bytes, jailed=self.jailed, seccomp=seccomp,
                                     python_guard=python_guard)
+        self._landlock = landlock and not self.jailed
         self._workers: list[_Worker] = []
 
     # ---- capabilities ----------------------------------------------------------------------------
@@ -167,6 +172,8 @@ class LocalExecutor(BaseExecutor):
         info = self._workers[0].info
         return {"workers": self.n_workers, "jail": self.jailed, "jail_note": self._jail_note,
                 "seccomp": info.get("seccomp", False), "seccomp_note": info.get("seccomp_note"),
+                "landlock": info.get("landlock", False),
+                "landlock_note": info.get("landlock_note") or ("the jail holds the files" if self.jailed else None),
                 "network_isolated": info.get("network_isolated", False), "network_note": info.get("network_note"),
                 "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed else ""),
                 "limits": self.limits.__dict__, "start_method": "exec", "process_group_kill": True}
@@ -328,9 +335,13 @@ class LocalExecutor(BaseExecutor):
 
     def _spawn(self, task: Task | None = None) -> tuple[_Process, FrameReader, Task | None]:
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
-                   config_json(self._config)]
+        config = self._config
         env = {**_passed_env(), **WORKER_ENV, "PYTHONNOUSERSITE": "1"}
+        if self._landlock:
+            config = dataclasses.replace(config, **self._landlock_paths(task))
+            env["TMPDIR"] = config.landlock_write[0]  # the one place it may write
+        command = [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
+                   config_json(config)]
         status_read, status_write = os.pipe() if self.jailed else (-1, -1)
         if self.jailed:
             inside = {k: v for k, v in env.items() if k not in ("PATH", "HOME", "TMPDIR", "LANG")}  # the jail's own
@@ -338,7 +349,7 @@ class LocalExecutor(BaseExecutor):
             env = {}
         passed = (theirs.fileno(), status_write) if self.jailed else (theirs.fileno(),)
         try:
-            popen = subprocess.Popen(command, pass_fds=passed, start_new_session=True,
+            popen = subprocess.Popen(command, pass_fds=passed, start_new_session=True, cwd=self._home(task),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
@@ -376,6 +387,19 @@ class LocalExecutor(BaseExecutor):
             return Jail.for_this_interpreter(self.store.root / "experiments", writable=(markets,), env=env)
         Path(task.workdir).mkdir(parents=True, exist_ok=True)
         return Jail.for_this_interpreter(Path(task.workdir), market_dir=markets, env=env)
+
+    def _home(self, task: Task | None) -> Path:
+        """A worker's working directory: its experiment's folder, or the experiments' for a pool worker."""
+        home = Path(task.workdir) if task is not None else self.store.root / "experiments"
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
+    def _landlock_paths(self, task: Task | None) -> dict[str, tuple[str, ...]]:
+        """What an unjailed worker may read and write under Landlock (the jail's view, as rules)."""
+        markets = self.store.root / "markets"
+        read = (*interpreter_paths(), *system_read_paths(), markets)
+        write = (self._home(task), markets) if task is None else (self._home(task),)
+        return {"landlock_read": tuple(map(str, read)), "landlock_write": tuple(map(str, write))}
 
     def _retire(self, w: _Worker) -> None:
         """Kill `w`'s whole process group and close its channel; `_send` starts its successor."""

@@ -37,6 +37,8 @@ class WorkerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES  # the largest message either side of the channel accepts
     jailed: bool = False  # started inside `sandbox.jail` (its own network namespace already)
     python_guard: bool = True  # the guard's Python rules (screen, namespace, audit hook) on generated code
+    landlock_read: tuple[str, ...] = ()  # with landlock_write: restrict files with Landlock (unjailed workers)
+    landlock_write: tuple[str, ...] = ()
     seccomp: bool = False  # load `sandbox.seccomp`'s filter once ready (pipe workers only: Ray needs sockets)
 
 
@@ -113,8 +115,13 @@ def worker_main(conn, config: WorkerConfig) -> None:
     from sandbox.channel import ProtocolError, decode, ready_message, result_message
 
     session = WorkerSession(config)
+    # Landlock's checks load libc, and pyseccomp finds libseccomp by running ldconfig: both before the
+    # seccomp filter (no processes) and the ruleset (no /tmp for ldconfig's helper) are in place
+    landlock_why = _landlock_reason() if config.landlock_write else None
     if config.seccomp:
         session.info.update(_load_seccomp())
+    if config.landlock_write:
+        session.info.update(_load_landlock(config, landlock_why))
     conn.send_bytes(ready_message(session.info))
     while True:
         try:
@@ -130,6 +137,24 @@ def worker_main(conn, config: WorkerConfig) -> None:
             except OSError:
                 return
         sys.stdout.flush()
+
+
+def _landlock_reason() -> str | None:
+    from sandbox.landlock import landlock_unavailable_reason
+
+    return landlock_unavailable_reason()
+
+
+def _load_landlock(config: WorkerConfig, why: str | None) -> dict:
+    """Restrict the worker's files with Landlock where the kernel has it; says which in the ready message."""
+    from sandbox.landlock import apply_worker_landlock
+
+    if why is None:
+        try:
+            apply_worker_landlock(config.landlock_read, config.landlock_write)
+        except OSError as exc:
+            why = f"applying the ruleset failed: {exc}"
+    return {"landlock": why is None, "landlock_note": why}
 
 
 def _load_seccomp() -> dict:

@@ -22,10 +22,10 @@ import pytest
 
 from sandbox import Limits, LocalExecutor
 from sandbox.jail import jail_unavailable_reason
+from sandbox.landlock import landlock_unavailable_reason
 from sandbox.seccomp import seccomp_unavailable_reason
 
-pytestmark = pytest.mark.skipif(bool(jail_unavailable_reason() or seccomp_unavailable_reason()),
-                                reason=f"no jail or seccomp here: {jail_unavailable_reason() or seccomp_unavailable_reason()}")
+pytestmark = pytest.mark.skipif(bool(seccomp_unavailable_reason()), reason=f"no seccomp here: {seccomp_unavailable_reason()}")
 
 MARKET = "synthetic:40:300:0"
 SECRET = "canary-secret-7f3a9c"  # the canary's content
@@ -136,8 +136,15 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["python_guard", "os_layers_only"])
+MODES = {"python_guard": dict(jail=True, python_guard=True), "os_layers_only": dict(jail=True, python_guard=False),
+         "landlock_seccomp_only": dict(jail=False, python_guard=False)}  # where namespaces are refused
+
+
+@pytest.fixture(scope="module", params=list(MODES))
 def hostile_run(request, tmp_path_factory):
+    missing = jail_unavailable_reason() if MODES[request.param]["jail"] else landlock_unavailable_reason()
+    if missing:
+        pytest.skip(f"{request.param}: {missing}")
     tmp = tmp_path_factory.mktemp("containment")
     canary = tmp / "canary.txt"
     canary.write_text(SECRET)
@@ -150,8 +157,7 @@ def hostile_run(request, tmp_path_factory):
     limits = Limits(wall_seconds=20, cpu_seconds=10, memory_mb=1024, file_mb=FILE_MB)
     out = {"results": {}, "benign": [], "left_running": {}}
     try:
-        with LocalExecutor(workers=2, root=root, use_cache=False, jail=True, python_guard=request.param,
-                           limits=limits) as ex:
+        with LocalExecutor(workers=2, root=root, use_cache=False, limits=limits, **MODES[request.param]) as ex:
             out["capabilities"] = ex.capabilities
             out["baseline"] = ex.run_many([BENIGN, {**BENIGN, "seed": 1}])
             names = list(ATTACKS)
@@ -175,9 +181,9 @@ def hostile_run(request, tmp_path_factory):
     return out
 
 
-def test_workers_run_in_the_jail_with_seccomp(hostile_run):
+def test_workers_run_in_the_jail_or_landlock_with_seccomp(hostile_run):
     caps = hostile_run["capabilities"]
-    assert caps["jail"] and caps["seccomp"] and caps["network_isolated"], caps
+    assert (caps["jail"] or caps["landlock"]) and caps["seccomp"], caps
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -220,7 +226,7 @@ def test_a_link_planted_in_the_capture_is_refused_not_followed(tmp_path):
             "    def predict(self, x):\n        return np.nan_to_num(np.asarray(x, dtype=float)[:, 0])\n")
     spec = {"kind": "model", "market": MARKET, "family": "linear", "code": code, "backtest": {"topk": 5, "n_drop": 1},
             "features": {"rev5": "-($close/Ref($close,5)-1)", "ma10": "Mean($close,10)/$close"}}
-    with LocalExecutor(workers=1, root=tmp_path / "sandbox", use_cache=False, jail=True, python_guard=False,
+    with LocalExecutor(workers=1, root=tmp_path / "sandbox", use_cache=False, python_guard=False,
                        limits=Limits(wall_seconds=120, cpu_seconds=120)) as ex:
         result = ex.run(spec)
     assert result.failure is not None and result.failure.category.value == "forbidden_operation", result.failure
@@ -229,4 +235,6 @@ def test_a_link_planted_in_the_capture_is_refused_not_followed(tmp_path):
 
 def test_python_guard_off_needs_the_os_layers(tmp_path):
     with pytest.raises(ValueError, match="python_guard=False needs"):
-        LocalExecutor(workers=1, root=tmp_path, jail=False, python_guard=False)
+        LocalExecutor(workers=1, root=tmp_path, jail=False, landlock=False, python_guard=False)
+    with pytest.raises(ValueError, match="python_guard=False needs"):
+        LocalExecutor(workers=1, root=tmp_path, seccomp=False, python_guard=False)
