@@ -97,7 +97,7 @@ def ready_message(info: dict) -> bytes:
 
 def read_ready(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict:
     """Parent side: a worker's start-up report {"pid", "network_isolated", "network_note", "seccomp",
-    "seccomp_note", "landlock", "landlock_note"} (a layer a worker does not load is reported false)."""
+    "seccomp_note", "landlock", "landlock_note", "jail"} (a layer a worker does not load is reported false)."""
     message = decode(data, max_bytes)
     info = message.get("info")
     if (message["op"] != "ready" or not isinstance(info, dict) or type(info.get("pid")) is not int
@@ -106,11 +106,13 @@ def read_ready(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict:
             or not isinstance(info.get("seccomp", False), bool)
             or not isinstance(info.get("seccomp_note"), (str, type(None)))
             or not isinstance(info.get("landlock", False), bool)
+            or not isinstance(info.get("jail", False), bool)
             or not isinstance(info.get("landlock_note"), (str, type(None)))):
         raise ProtocolError("expected a ready message with the worker's pid and isolation")
     return {"pid": info["pid"], "network_isolated": info["network_isolated"], "network_note": info["network_note"],
             "seccomp": info.get("seccomp", False), "seccomp_note": info.get("seccomp_note"),
-            "landlock": info.get("landlock", False), "landlock_note": info.get("landlock_note")}
+            "landlock": info.get("landlock", False), "landlock_note": info.get("landlock_note"),
+            "jail": info.get("jail", False)}
 
 
 # ---- frames ----------------------------------------------------------------------------------------------

@@ -66,12 +66,30 @@ def doctor_command(
     from sandbox.jail import jail_capabilities
 
     layers = jail_capabilities()
+    summary = worker_layers(layers)
     if as_json:
-        print(json.dumps({layer.value: probe._asdict() for layer, probe in layers.items()}, sort_keys=True))
+        print(json.dumps({**{layer.value: probe._asdict() for layer, probe in layers.items()}, "workers": summary},
+                         sort_keys=True))
         return
     for layer, probe in layers.items():
         mark = "[green]available[/]" if probe.available else "[red]missing[/]  "
         _out.print(f"{layer.value:<18} {mark} ", Text(probe.why), soft_wrap=True)
+    _out.print(Text(f"\nLocal workers here: {summary}"), soft_wrap=True)
+
+
+def worker_layers(layers: dict) -> str:
+    """In a line: the layers a `LocalExecutor` with default settings gives its workers on this machine."""
+    from sandbox.jail import Layer
+
+    def ok(layer: Layer) -> bool:
+        return layers[layer].available
+
+    files = ("the bubblewrap jail (own user, PID, IPC and network namespaces; read-only view, one writable folder)"
+             if ok(Layer.JAIL) else "Landlock (files: read-only view, one writable folder)" if ok(Layer.LANDLOCK)
+             else "no OS file isolation (only the Python guard)")
+    calls = "a seccomp filter (no processes, programs, sockets or ptrace)" if ok(Layer.SECCOMP) else "no seccomp filter"
+    limits = "cgroup v2 limits" if ok(Layer.CGROUP_V2) else "rlimits for CPU, memory and file size"
+    return f"{files}; {calls}; {limits}; the Python guard on generated code"
 
 
 def _limits(**options: str) -> Limits:

@@ -123,6 +123,11 @@ class BaseExecutor:
             for n, i in enumerate(owners[task.key]):
                 yield i, result if n == 0 else result.with_(cached=True)
 
+    def use_exported(self, market: str, folder: str | Path, version: str) -> None:
+        """Serve `market` from a folder already exported (by `sandbox.market.export_market`): a Ray
+        actor's node-local copy of the driver's market; no spec-side check or load happens again."""
+        self._markets[market] = (str(folder), version)
+
     def close(self) -> None:
         """Stop the workers."""
 

@@ -260,7 +260,12 @@ def _probe_landlock() -> Probe:
     if version < 0:
         errno = ctypes.get_errno()
         return Probe(False, f"landlock_create_ruleset fails: {os.strerror(errno)} (kernel without Landlock, or it is disabled)")
-    return Probe(True, f"Landlock ABI version {version} (not applied yet)")
+    from sandbox.landlock import landlock_unavailable_reason
+
+    why = landlock_unavailable_reason()
+    if why:
+        return Probe(False, why)
+    return Probe(True, f"Landlock ABI version {version} (used by workers where the jail cannot start)")
 
 
 def _read_lines(path: str) -> list[str]:

@@ -178,6 +178,11 @@ class LocalExecutor(BaseExecutor):
                 "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed else ""),
                 "limits": self.limits.__dict__, "start_method": "exec", "process_group_kill": True}
 
+    def worker_info(self) -> dict:
+        """The first worker's start-up report (its pid, the layers it loaded) and whether it is jailed."""
+        self.worker_pids()
+        return {**self._workers[0].info, "jail": self.jailed}
+
     def worker_pids(self) -> list[int]:
         """The pids of the processes that serve the next tasks (started where none is running)."""
         self._ensure_workers()
@@ -350,7 +355,8 @@ class LocalExecutor(BaseExecutor):
         passed = (theirs.fileno(), status_write) if self.jailed else (theirs.fileno(),)
         try:
             popen = subprocess.Popen(command, pass_fds=passed, start_new_session=True, cwd=self._home(task),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                                     preexec_fn=None if self.jailed else _die_with_parent)
         finally:
             theirs.close()
             if status_write >= 0:
@@ -427,6 +433,14 @@ _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "PYTHON
 
 def _passed_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the thread that started it ends (bwrap's --die-with-parent
+    does the same for a jailed worker), so a worker never outlives a killed executor or Ray actor."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _oom_kills() -> int | None:

@@ -1,23 +1,20 @@
 """`RayExecutor`: the `LocalExecutor` interface on Ray (`pip install rdquant[ray]`).
 
 On one machine it starts a local Ray runtime; with `RAY_ADDRESS` set (or `address=`) it joins an
-existing cluster, whose nodes need rdquant installed. Each worker is a one-CPU actor serving
-experiments through the same `WorkerSession` as a local worker, so results are identical. Markets
-go into the object store once (`ray.put` of the exported arrays); actors build their panels over
-the zero-copy read-only views, on any node.
+existing cluster, whose nodes need rdquant installed. Each worker is a one-CPU actor that starts a
+`LocalExecutor` worker on its node and relays experiments to it, so a cluster node contains an
+experiment exactly as one machine does: the bubblewrap jail (or Landlock), the seccomp filter, the
+JSON channel checked against the result schema, a fresh worker for generated code. Markets go into
+the object store once (`ray.put` of the exported arrays); an actor on another node writes them to
+its disk once, where the driver's sandbox folder is on the driver's own machine.
 
 Limits: the wall clock is the parent's (`ray.wait` with a deadline, then `ray.kill` and a fresh
-actor); CPU time and address space are rlimits set inside the actor, as in a local worker. Not
-available under Ray: a network namespace (the actor talks to the runtime over the network; the
-guard still refuses sockets in generated code) and process-group kills. On a cluster the
-experiment folders are written on the node that ran the experiment.
+actor, whose worker dies with it); CPU time, memory and file size are the local worker's rlimits.
+The actor never runs experiment code, so what `ray.get` deserialises comes from a process that only
+ever re-encoded a checked result; it still arrives as a `sandbox.channel` message and is checked
+again here. On a cluster the experiment folders are written on the node that ran the experiment.
 
-Results come back as `sandbox.channel` messages (JSON bytes, size-limited) and are read with the strict
-result schema, as from a local worker: a malformed one is that experiment's `worker_crash` and the
-actor is replaced. What this does not close: `ray.get` itself deserialises what the actor process put
-in the object store with Ray's pickle-based serialiser, so an actor whose generated code took over
-its process could still hand the driver a pickle. That closes only when the experiment runs in a
-child of the actor (the OS jail of issue 18, item 6) and the actor relays checked messages."""
+"""
 
 from __future__ import annotations
 
@@ -32,7 +29,7 @@ from typing import Any, Iterator
 from sandbox.channel import MAX_MESSAGE_BYTES, ProtocolError, read_ready, read_result, ready_message, result_message
 from sandbox.executor import BaseExecutor, Task
 from sandbox.result import ExperimentResult, Failure, FailureCategory
-from sandbox.worker import WorkerConfig, WorkerSession
+from sandbox.worker import WorkerConfig
 
 __all__ = ["RayExecutor", "RayUnavailable"]
 
@@ -81,23 +78,34 @@ def _bootstrap_address(address: str) -> str:
 
 
 class _SandboxActor:
-    """One worker: a `WorkerSession` whose markets come from the object store."""
+    """One worker: a relay to a `LocalExecutor` worker the actor starts on its node - in the jail, with
+    the seccomp filter or Landlock, exactly as on one machine. The actor itself never runs an
+    experiment, so what it hands Ray is only ever a checked result it re-encoded itself.
 
-    def __init__(self, config: WorkerConfig):
-        self.session = WorkerSession(config, load=_panel_from_ref)
+    `root` is the driver's sandbox folder: experiment folders have the same paths on every node (on
+    the driver's machine, the very folders the driver reads captures from), and a market the driver
+    exported there is used in place; on another node it is written there from the object store."""
+
+    def __init__(self, config: WorkerConfig, root: str, jail: bool | None):
+        from sandbox.local import LocalExecutor
+
+        self.inner = LocalExecutor(workers=1, root=root, limits=config.limits, use_cache=False, batch_size=1,
+                                   cache_bytes=config.cache_bytes, max_message_bytes=config.max_message_bytes,
+                                   jail=jail)
         self.max_bytes = config.max_message_bytes
 
     def ready(self) -> bytes:
-        return ready_message(self.session.info)
+        return ready_message({**self.inner.worker_info(), "pid": os.getpid()})
 
     def run(self, task_id: int, spec_json: str, workdir: str, markets: dict) -> bytes:
-        return result_message(task_id, self.session.run(spec_json, workdir, markets), self.max_bytes)
+        from sandbox.market import export_market, market_dir, panel_from_arrays
 
-
-def _panel_from_ref(ref):
-    from sandbox.market import panel_from_arrays
-
-    return panel_from_arrays(_import_ray().get(ref))
+        for market, ref in markets.items():
+            exported = (market_dir(self.inner.store.root, market) / "meta.json").exists()
+            panel = None if exported else panel_from_arrays(_import_ray().get(ref))
+            self.inner.use_exported(market, *export_market(self.inner.store.root, market, panel))
+        [result] = self.inner.run_many([spec_json])
+        return result_message(task_id, result, self.max_bytes)
 
 
 @dataclass
@@ -114,18 +122,20 @@ class RayExecutor(BaseExecutor):
     `address`: a Ray cluster to join (default: `RAY_ADDRESS`, else a local runtime with `workers` CPUs).
     `batch_size`: factor experiments queued on an actor at once (hides the round trip between them;
     model and workflow experiments go one at a time).
-    `max_message_bytes`: the largest result an actor may return (see `sandbox.channel`)."""
+    `max_message_bytes`: the largest result an actor may return (see `sandbox.channel`).
+    `jail`: as `LocalExecutor`'s, for the worker each actor starts on its node."""
 
     def __init__(self, workers: int | None = None, *, address: str | None = None, batch_size: int = 8,
-                 cache_bytes: int = 256 << 20, max_message_bytes: int = MAX_MESSAGE_BYTES, **kw):
+                 cache_bytes: int = 256 << 20, max_message_bytes: int = MAX_MESSAGE_BYTES, jail: bool | None = None,
+                 **kw):
         super().__init__(**kw)
         self.batch_size = max(1, batch_size)
         self._address = address or os.environ.get("RAY_ADDRESS") or None
         self._requested = workers
         if max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, got {max_message_bytes}")
-        self._config = WorkerConfig(limits=self.limits, isolate_network=False, cache_bytes=cache_bytes,
-                                    max_message_bytes=max_message_bytes)
+        self._config = WorkerConfig(limits=self.limits, cache_bytes=cache_bytes, max_message_bytes=max_message_bytes)
+        self._jail = jail
         self._ray = None
         self._actor_class = None
         self._started_ray = False
@@ -144,9 +154,11 @@ class RayExecutor(BaseExecutor):
     def capabilities(self) -> dict:
         """What isolation the actors actually got (detected when they start)."""
         self._ensure_workers()
-        return {"workers": self.n_workers, "network_isolated": False,
-                "network_note": "not available under Ray: the actor talks to the Ray runtime over the network",
-                "limits": self.limits.__dict__, "start_method": "ray-actor", "process_group_kill": False,
+        info = self._workers[0].info
+        return {"workers": self.n_workers, "jail": info.get("jail", False), "seccomp": info.get("seccomp", False),
+                "landlock": info.get("landlock", False), "network_isolated": info.get("network_isolated", False),
+                "network_note": info.get("network_note"), "limits": self.limits.__dict__,
+                "start_method": "ray-actor relaying to a local worker", "process_group_kill": True,
                 "ray_address": self._address or "local"}
 
     def worker_pids(self) -> list[int]:
@@ -294,7 +306,7 @@ class RayExecutor(BaseExecutor):
         self._ensure_ray()
         missing = self.n_workers - len(self._workers)
         if missing > 0:
-            fresh = [_Worker(self._actor_class.remote(self._config)) for _ in range(missing)]
+            fresh = [_Worker(self._actor_class.remote(self._config, str(self.store.root), self._jail)) for _ in range(missing)]
             self._await_ready(fresh)
             self._workers.extend(fresh)
 
@@ -317,7 +329,7 @@ class RayExecutor(BaseExecutor):
         """Kill `w`'s actor and start a fresh one without waiting: the probe ahead of its next batch
         waits for it to start."""
         self._ray.kill(w.actor, no_restart=True)
-        w.actor, w.info, w.inflight, w.deadline = self._actor_class.remote(self._config), {}, deque(), math.inf
+        w.actor, w.info, w.inflight, w.deadline = self._actor_class.remote(self._config, str(self.store.root), self._jail), {}, deque(), math.inf
         self.stats["worker_restarts"] += 1
 
     def _market_ref(self, folder: str):
