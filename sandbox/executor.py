@@ -15,7 +15,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from sandbox.failures import classify
 from sandbox.limits import Limits
-from sandbox.market import MarketRefused, check_market, export_market
+from sandbox.export import export_limited
+from sandbox.market import MarketRefused, check_market
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.spec import WorkflowSpec, parse_spec, spec_hash, spec_json
 from sandbox.store import SandboxStore
@@ -64,6 +65,7 @@ class BaseExecutor:
                  use_cache: bool = True, market_roots: Sequence[str | Path] = ()):
         self.store = SandboxStore.at(root)
         self.market_roots = tuple(Path(r).absolute() for r in market_roots)
+        self._export_jail: bool | None = None  # None: export markets in the jail where it runs
         self.limits = limits or Limits()
         self.recorder = recorder
         self.use_cache = use_cache
@@ -167,7 +169,8 @@ class BaseExecutor:
 
     def _market(self, market: str) -> tuple[str, str]:
         if market not in self._markets:
-            folder, version = export_market(self.store.root, market)
+            folder, version = export_limited(self.store.root, market, self.limits, self.market_roots,
+                                             jail=self._export_jail)
             self._markets[market] = (str(folder), version)
         return self._markets[market]
 

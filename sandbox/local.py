@@ -153,6 +153,7 @@ class LocalExecutor(BaseExecutor):
             raise JailUnavailable(f"a jail was required but cannot start here: {why_not}")
         self.jailed = why_not is None
         self._jail_note = why_not
+        self._export_jail = self.jailed
         if not python_guard:
             files = why_not and ("landlock=False" if not landlock else landlock_unavailable_reason())
             missing = files or (seccomp_unavailable_reason() if seccomp else "seccomp=False")
