@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -164,6 +165,7 @@ class LocalExecutor(BaseExecutor):
                                     python_guard=python_guard)
         self._landlock = landlock and not self.jailed
         self._workers: list[_Worker] = []
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdquant-worker-spawner")
 
     # ---- capabilities ----------------------------------------------------------------------------
     @property
@@ -207,6 +209,8 @@ class LocalExecutor(BaseExecutor):
             w.channel.sock.close()
             w.process.close()
         self._workers = []
+        self._spawner.shutdown(wait=False)
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdquant-worker-spawner")  # reusable
 
     # ---- dispatch -------------------------------------------------------------------------------
     def _dispatch(self, tasks: list[Task]) -> Iterator[tuple[int, ExperimentResult]]:
@@ -355,9 +359,13 @@ class LocalExecutor(BaseExecutor):
             env = {}
         passed = (theirs.fileno(), status_write) if self.jailed else (theirs.fileno(),)
         try:
-            popen = subprocess.Popen(command, pass_fds=passed, start_new_session=True, cwd=self._home(task),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                                     preexec_fn=None if self.jailed else _die_with_parent)
+            # started from the executor's own thread: "die with parent" (bwrap's, or ours for an unjailed
+            # worker) means with the thread that forked it, which must live as long as the executor -
+            # not a caller's thread that may end while its workers still serve
+            popen = self._spawner.submit(
+                subprocess.Popen, command, pass_fds=passed, start_new_session=True, cwd=self._home(task),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+                preexec_fn=None if self.jailed else _die_with_parent).result()
         finally:
             theirs.close()
             if status_write >= 0:
@@ -437,8 +445,9 @@ def _passed_env() -> dict[str, str]:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the thread that started it ends (bwrap's --die-with-parent
-    does the same for a jailed worker), so a worker never outlives a killed executor or Ray actor."""
+    """In the child before exec: SIGKILL when the thread that started it (the executor's spawner) ends,
+    as bwrap's --die-with-parent does for a jailed worker: a worker never outlives its executor's
+    process, even one killed with SIGKILL (a Ray actor)."""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG

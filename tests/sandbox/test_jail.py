@@ -197,10 +197,12 @@ def test_doctor_prints_one_line_per_layer():
 
     text = CliRunner().invoke(sandbox_app, ["doctor"])
     assert text.exit_code == 0, text.output
-    assert [line.split()[0] for line in text.output.splitlines()] == [layer.value for layer in Layer]
+    lines = text.output.splitlines()
+    assert [line.split()[0] for line in lines[:len(Layer)]] == [layer.value for layer in Layer]
+    assert lines[-1].startswith("Local workers here: ") and "seccomp" in lines[-1]  # what a LocalExecutor gets
     as_json = CliRunner().invoke(sandbox_app, ["doctor", "--json"])
     assert as_json.exit_code == 0, as_json.output
-    assert set(json.loads(as_json.output)) == {layer.value for layer in Layer}
+    assert set(json.loads(as_json.output)) == {layer.value for layer in Layer} | {"workers"}
 
 
 @pytest.mark.slow
