@@ -35,6 +35,9 @@ FILE_MB = 16  # the largest file a worker may write, in this test
 BENIGN = {"kind": "factor", "market": MARKET, "expressions": {"rev5": "-($close / Ref($close, 5) - 1)"},
           "code": "import numpy as np\ndef factor(fields):\n    return -fields['close'] / np.roll(fields['close'], 5, axis=1)\n"}
 
+# after each batch: generated code (on a fresh worker) and expressions only (on a pool worker)
+BENIGN_PAIR = [BENIGN, {k: v for k, v in BENIGN.items() if k != "code"}]
+
 # name -> the body of `factor(fields)` before it returns a valid factor. @CANARY@, @PORT@, @UDS@,
 # @PARENT@, @ROOT@ are filled in per run.
 ATTACKS = {
@@ -140,7 +143,9 @@ MODES = {"python_guard": dict(jail=True, python_guard=True), "os_layers_only": d
          "landlock_seccomp_only": dict(jail=False, python_guard=False)}  # where namespaces are refused
 
 
-@pytest.fixture(scope="module", params=list(MODES))
+# the guard's own mode is slow-marked: the guard is the bad-experiment corpus's subject (test_corpus.py)
+@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.slow) if m == "python_guard" else m
+                                        for m in MODES])
 def hostile_run(request, tmp_path_factory):
     missing = jail_unavailable_reason() if MODES[request.param]["jail"] else landlock_unavailable_reason()
     if missing:
@@ -159,15 +164,15 @@ def hostile_run(request, tmp_path_factory):
     try:
         with LocalExecutor(workers=2, root=root, use_cache=False, limits=limits, **MODES[request.param]) as ex:
             out["capabilities"] = ex.capabilities
-            out["baseline"] = ex.run_many([BENIGN, {**BENIGN, "seed": 1}])
+            out["baseline"] = ex.run_many(BENIGN_PAIR)
             names = list(ATTACKS)
-            for i in range(0, len(names), 4):
-                batch = names[i:i + 4]
+            for i in range(0, len(names), 6):
+                batch = names[i:i + 6]
                 specs = [{"kind": "factor", "market": MARKET, "code": _code(ATTACKS[n], values), "seed": 0} for n in batch]
                 for name, spec, result in zip(batch, specs, ex.run_many(specs)):
                     out["results"][name] = result
                     out["left_running"][name] = _processes_under(root / "experiments" / result.spec_hash) if result.spec_hash else []
-                out["benign"].append((batch, ex.run_many([BENIGN, {**BENIGN, "seed": 1}])))
+                out["benign"].append((batch, ex.run_many(BENIGN_PAIR)))
             time.sleep(2.0)  # past the late thread's wake-up
             out["executor_alive"] = True
         out["left_after_close"] = _processes_under(root)
