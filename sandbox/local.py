@@ -178,7 +178,7 @@ class LocalExecutor(BaseExecutor):
                 "landlock": info.get("landlock", False),
                 "landlock_note": info.get("landlock_note") or ("the jail holds the files" if self.jailed else None),
                 "network_isolated": info.get("network_isolated", False), "network_note": info.get("network_note"),
-                "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed else ""),
+                "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed or self._landlock else ""),
                 "limits": self.limits.__dict__, "start_method": "exec", "process_group_kill": True}
 
     def worker_info(self) -> dict:
@@ -246,8 +246,8 @@ class LocalExecutor(BaseExecutor):
         """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
         if w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
             self._replace(w, queue[0] if queue[0].generated else None)    # or talking out of turn
-        elif queue[0].generated and self.jailed:  # a jail of its own, writing only its experiment's folder
-            self._replace(w, queue[0])
+        elif queue[0].generated and (self.jailed or self._landlock):  # a worker of its own, writing only its
+            self._replace(w, queue[0])                                     # experiment's folder
         w.generated = w.generated or queue[0].generated  # retired once it has answered
         size = self.batch_size if queue[0].kind == "factor" and not queue[0].generated else 1
         batch = []
