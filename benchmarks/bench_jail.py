@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """What the OS jail (bubblewrap + seccomp, `sandbox/jail.py`, `sandbox/seccomp.py`) costs, measured
-side by side in one run: the same executor with `jail=False, seccomp=False` and with both on.
+side by side in one run: the same executor with every OS layer off (`jail=False, seccomp=False,
+landlock=False`) and with the jail and the seccomp filter on.
 
     python benchmarks/bench_jail.py [--workers 2] [--candidates 1000] [--starts 5] [--generated 10]
 
 - worker start: `--starts` pools of `--workers` workers started (median time to all ready);
 - warm experiment overhead: a tiny experiment run `--overhead-experiments` times through the pool,
   wall time per experiment beyond the work the worker measured (as `bench_sandbox.py` does);
-- generated code: `--generated` tiny `factor(fields)` experiments one after another; each runs on a
-  worker started for it (in the jail: one whose only writable folder is its experiment's), so this
-  is the per-experiment price of generated code;
+- generated code: `--generated` tiny `factor(fields)` experiments one after another; with the jail
+  each runs on a worker started for it (one whose only writable folder is its experiment's); without
+  it, on a clean pool worker that is then retired: either way one worker start per experiment;
 - throughput: `--candidates` distinct factor expressions scored on the 300 x 2520 synthetic market.
 The two modes alternate (off, on, on, off) and each figure is the median of its two runs, so a drift
 in the machine's speed does not favour one. Caching is off throughout.
@@ -37,7 +38,7 @@ GENERATED = "import numpy as np\ndef factor(fields):\n    return fields['close']
 
 
 def executor(on: bool, workers: int, root: Path) -> LocalExecutor:
-    return LocalExecutor(workers=workers, root=root, limits=LIMITS, use_cache=False, jail=on, seccomp=on)
+    return LocalExecutor(workers=workers, root=root, limits=LIMITS, use_cache=False, jail=on, seccomp=on, landlock=False)
 
 
 def measure(on: bool, args, root: Path) -> dict[str, float]:
