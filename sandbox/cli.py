@@ -108,8 +108,8 @@ def _limits(**options: str) -> Limits:
 
 
 def _read_spec(spec: Path) -> str:
-    """The spec's text: UTF-8 holding a JSON object. (Text that is no JSON at all goes on to the
-    executor, whose `invalid_spec` failure quotes the parser, as for every other spec mistake.)"""
+    """The spec's text: UTF-8 holding a JSON object; anything else is a usage error (exit 2, one line).
+    A JSON object with wrong fields goes on to the executor, whose `invalid_spec` failure names each."""
     name = "standard input" if str(spec) == "-" else str(spec)
     try:
         data = sys.stdin.buffer.read() if str(spec) == "-" else spec.read_bytes()
@@ -121,8 +121,10 @@ def _read_spec(spec: Path) -> str:
         raise _usage_error(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
     try:
         value = json.loads(text)
-    except (ValueError, RecursionError):
-        return text
+    except ValueError as e:
+        raise _usage_error(f"{name} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise _usage_error(f"{name} is nested too deeply to be a spec") from None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
         raise _usage_error(f"{name} holds {kind}; a spec is a JSON object ({{\"kind\": ...}})")

@@ -221,10 +221,10 @@ def test_cli_answers_bad_input_clearly(tmp_path):
     cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
     missing = subprocess.run(cmd + [str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
-    garbled = tmp_path / "garbled.json"
-    garbled.write_text("{not json")
-    bad = subprocess.run(cmd + [str(garbled)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "not valid JSON" in bad.stdout
+    fields = tmp_path / "fields.json"
+    fields.write_text(json.dumps({"kind": "factor", "market": MARKET, "expressions": {"x": "$close"}, "colour": "red"}))
+    bad = subprocess.run(cmd + [str(fields)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "colour" in bad.stdout  # a spec mistake: a failure
 
 
 @pytest.mark.parametrize("content, options, fragment", [
@@ -232,6 +232,8 @@ def test_cli_answers_bad_input_clearly(tmp_path):
     (b"[1, 2]", [], "holds an array; a spec is a JSON object"),
     (b"\"factor\"", [], "holds a string; a spec is a JSON object"),
     (b"null", [], "holds null; a spec is a JSON object"),
+    (b"{not json", [], "is not valid JSON: Expecting property name"),
+    (b"[" * 100_000, [], "nested too deeply"),
     (None, ["--wall-seconds", "-1"], "--wall-seconds must be a number of seconds above 0"),
     (None, ["--wall-seconds", "nan"], "--wall-seconds must be a number of seconds above 0"),
     (None, ["--cpu-seconds", "inf"], "--cpu-seconds must be a number of seconds above 0"),
