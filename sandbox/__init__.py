@@ -7,31 +7,25 @@
 `RayExecutor` (the same interface on Ray, `pip install rdquant[ray]`) is imported on first use.
 """
 
-from sandbox.executor import BaseExecutor
-from sandbox.limits import Limits
-from sandbox.local import LocalExecutor
-from sandbox.result import ExperimentResult, Failure, FailureCategory
-from sandbox.spec import (
-    SPEC_VERSION,
-    ExperimentSpec,
-    FactorSpec,
-    ModelSpec,
-    RLSpec,
-    SpecError,
-    WorkflowSpec,
-    parse_spec,
-    spec_hash,
-)
-
 __all__ = [
     "SPEC_VERSION", "BaseExecutor", "ExperimentResult", "ExperimentSpec", "FactorSpec", "Failure", "FailureCategory",
     "Limits", "LocalExecutor", "ModelSpec", "RayExecutor", "RLSpec", "SpecError", "WorkflowSpec", "parse_spec", "spec_hash",
 ]
 
 
-def __getattr__(name: str):
-    if name == "RayExecutor":  # lazily: importing sandbox must not import Ray
-        from sandbox.ray_executor import RayExecutor
+# Names are imported on first use: a worker process imports `sandbox.worker`, and with it this
+# package, so importing the executors (and their parent-side dependencies) here would add a third of
+# a second to every worker start - one per generated-code experiment.
+_HOMES = {"BaseExecutor": "sandbox.executor", "Limits": "sandbox.limits", "LocalExecutor": "sandbox.local",
+          "RayExecutor": "sandbox.ray_executor", "ExperimentResult": "sandbox.result", "Failure": "sandbox.result",
+          "FailureCategory": "sandbox.result", **{name: "sandbox.spec" for name in (
+              "SPEC_VERSION", "ExperimentSpec", "FactorSpec", "ModelSpec", "RLSpec", "SpecError", "WorkflowSpec",
+              "parse_spec", "spec_hash")}}
 
-        return RayExecutor
+
+def __getattr__(name: str):
+    if name in _HOMES:  # RayExecutor too: importing sandbox must not import Ray
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

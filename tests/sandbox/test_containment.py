@@ -143,9 +143,13 @@ MODES = {"python_guard": dict(jail=True, python_guard=True), "os_layers_only": d
          "landlock_seccomp_only": dict(jail=False, python_guard=False)}  # where namespaces are refused
 
 
-# the guard's own mode is slow-marked: the guard is the bad-experiment corpus's subject (test_corpus.py)
-@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.slow) if m == "python_guard" else m
-                                        for m in MODES])
+# Slow-marked (suite time): the guard's own mode, whose subject the bad-experiment corpus covers
+# (test_corpus.py), and Landlock's where the jail runs - where it cannot, Landlock is what workers
+# get, and that mode runs by default.
+_SLOW = {"python_guard"} | ({"landlock_seccomp_only"} if jail_unavailable_reason() is None else set())
+
+
+@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m for m in MODES])
 def hostile_run(request, tmp_path_factory):
     missing = jail_unavailable_reason() if MODES[request.param]["jail"] else landlock_unavailable_reason()
     if missing:

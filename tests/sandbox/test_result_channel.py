@@ -55,9 +55,11 @@ def reference(tmp_path_factory) -> list[ExperimentResult]:
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
-    # jail=False: the test takes the worker's socket from its python process (in the jail it is in a
-    # PID namespace of its own); the channel must hold whether or not a jail is there
-    with LocalExecutor(workers=1, root=tmp_path_factory.mktemp("sbx"), use_cache=False, max_message_bytes=MAX_BYTES, jail=False,
+    # no jail, no Landlock: the test takes the idle worker's socket from its python process before the
+    # slow experiment runs on that very worker (with either layer, generated code gets a worker started
+    # for it, and a jailed one is in a PID namespace of its own); the channel must hold either way
+    with LocalExecutor(workers=1, root=tmp_path_factory.mktemp("sbx"), use_cache=False, max_message_bytes=MAX_BYTES,
+                       jail=False, landlock=False,
                        limits=Limits(wall_seconds=WALL, cpu_seconds=60, memory_mb=2048)) as ex:
         yield ex
 
