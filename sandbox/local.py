@@ -124,6 +124,7 @@ class _Worker:
     served: int = 0
     oom_kills: int | None = None  # the cgroup's OOM-kill count when the current batch was sent
     generated: bool = False  # started for (and ran) generated code: replaced before its next task
+    started_for: int | None = None  # the task id `_prestart` started it for, until that task is sent
 
 
 class LocalExecutor(BaseExecutor):
@@ -220,6 +221,7 @@ class LocalExecutor(BaseExecutor):
         queue = deque(tasks)
         limit = self.limits.wall_seconds
         while queue or any(w.batch for w in self._workers):
+            self._prestart([w for w in self._workers if not w.batch], queue)
             for w in self._workers:
                 if not w.batch and queue:
                     yield from self._send(w, queue, limit)
@@ -242,13 +244,44 @@ class LocalExecutor(BaseExecutor):
                     yield self._lost(w, queue, Failure(
                         FailureCategory.TIMEOUT, f"wall-clock limit of {limit:g} s exceeded; the worker's process group was killed"))
 
+    def _prestart(self, idle: list[_Worker], queue: deque) -> None:
+        """Start side by side the fresh workers the generated experiments at the head of the queue need
+        (a start is mostly imports; one after another, two would take twice as long on two cores).
+        Idle workers take tasks in order, one generated experiment each, so worker k gets queue[k]."""
+        plans = []
+        for w, task in zip(idle, list(queue)):
+            if not task.generated:
+                break
+            if w.generated or self.jailed or self._landlock or not w.process.is_alive():
+                plans.append((w, task))  # it needs a fresh worker (otherwise a clean pool worker runs it as it is)
+        if len(plans) < 2:
+            return  # nothing to overlap: `_send` starts it
+        for w, _ in plans:
+            self._retire(w)
+        spawned = [(w, self._spawn(task)) for w, task in plans]
+        try:
+            while spawned:
+                w, pending = spawned.pop(0)
+                fresh = self._ready(*pending)
+                self.stats["fresh_workers"] += 1
+                w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
+                w.generated, w.started_for = True, pending[2].task_id
+        finally:
+            for _, (process, channel, _) in spawned:  # a start failed: the others go too
+                process.kill()
+                channel.sock.close()
+                process.close()
+
     def _send(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
         """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
-        if w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
+        if w.started_for is not None and w.started_for == queue[0].task_id and w.process.is_alive():
+            pass  # started by `_prestart` for this very experiment
+        elif w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
             self._replace(w, queue[0] if queue[0].generated else None)    # or talking out of turn
         elif queue[0].generated and (self.jailed or self._landlock):  # a worker of its own, writing only its
             self._replace(w, queue[0])                                     # experiment's folder
         w.generated = w.generated or queue[0].generated  # retired once it has answered
+        w.started_for = None
         size = self.batch_size if queue[0].kind == "factor" and not queue[0].generated else 1
         batch = []
         while queue and len(batch) < size and (not batch or (queue[0].kind == "factor" and not queue[0].generated)):
@@ -433,7 +466,7 @@ class LocalExecutor(BaseExecutor):
         fresh = self._start(task)
         self.stats["fresh_workers" if planned else "worker_restarts"] += 1
         w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
-        w.generated = fresh.generated
+        w.generated, w.started_for = fresh.generated, None
 
 
 #: What a worker keeps of this process's environment (no API keys or tokens: a worker has no use for them).
