@@ -262,15 +262,12 @@ class LocalExecutor(BaseExecutor):
         try:
             while spawned:
                 w, pending = spawned.pop(0)
-                fresh = self._ready(*pending)
+                _adopt(w, self._ready(*pending))
                 self.stats["fresh_workers"] += 1
-                w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
-                w.generated, w.started_for = True, pending[2].task_id
+                w.started_for = pending[2].task_id
         finally:
             for _, (process, channel, _) in spawned:  # a start failed: the others go too
-                process.kill()
-                channel.sock.close()
-                process.close()
+                _discard(process, channel)
 
     def _send(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
         """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
@@ -366,9 +363,7 @@ class LocalExecutor(BaseExecutor):
                 self._workers.append(self._ready(*pending.pop(0)))
         finally:
             for process, channel, _ in pending:  # a start failed: the others go too
-                process.kill()
-                channel.sock.close()
-                process.close()
+                _discard(process, channel)
 
     def _start(self, task: Task | None = None) -> _Worker:
         """A fresh interpreter (fork + exec: it inherits nothing of ours but one socket) in its own session,
@@ -419,9 +414,7 @@ class LocalExecutor(BaseExecutor):
             info = read_ready(frames[0], self._config.max_message_bytes)
             process.learn_inner()
         except (RuntimeError, ProtocolError) as exc:
-            process.kill()
-            channel.sock.close()
-            process.close()
+            _discard(process, channel)
             if isinstance(exc, ProtocolError):
                 raise RuntimeError(f"a sandbox worker started but did not report ready: {exc}") from None
             raise
@@ -453,9 +446,7 @@ class LocalExecutor(BaseExecutor):
         """Kill `w`'s whole process group and close its channel; `_send` starts its successor."""
         if w.process.sentinel < 0:
             return  # retired already (its pid may be another process's by now)
-        w.process.kill()
-        w.channel.sock.close()
-        w.process.close()
+        _discard(w.process, w.channel)
 
     def _replace(self, w: _Worker, task: Task | None = None) -> None:
         """Retire `w` and start its successor (for `task`'s generated code, if given). Counted in
@@ -465,8 +456,7 @@ class LocalExecutor(BaseExecutor):
         self._retire(w)
         fresh = self._start(task)
         self.stats["fresh_workers" if planned else "worker_restarts"] += 1
-        w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
-        w.generated, w.started_for = fresh.generated, None
+        _adopt(w, fresh)
 
 
 #: What a worker keeps of this process's environment (no API keys or tokens: a worker has no use for them).
@@ -475,6 +465,19 @@ _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "PYTHON
 
 def _passed_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+
+
+def _discard(process: _Process, channel: FrameReader) -> None:
+    """Kill a worker (its whole group, its namespace) and close its channel and descriptors."""
+    process.kill()
+    channel.sock.close()
+    process.close()
+
+
+def _adopt(w: _Worker, fresh: _Worker) -> None:
+    """Put a freshly started worker in `w`'s slot (the slot keeps its place in the pool)."""
+    w.process, w.channel, w.info, w.deadline, w.served = fresh.process, fresh.channel, fresh.info, math.inf, 0
+    w.generated, w.started_for = fresh.generated, None
 
 
 def _die_with_parent() -> None:
