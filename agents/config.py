@@ -29,6 +29,10 @@ class LoopConfig(BaseModel):
     # ones go to admission. 0 turns screening off (every proposal goes to admission)
     screen_per_worker: int = Field(64, ge=0, le=1024)
     screen_corr_days: int = Field(60, ge=0)  # days the screen's correlations are measured on (0: all)
+    # the screen ranks candidates on their residual RankIC (as admission judges them: beyond the base
+    # features' `residual_components` principal components and the library) rather than the raw one,
+    # so the search is steered to what the model lacks, not to restatements of what it has
+    screen_residual: bool = True
     n_model_candidates: int = Field(1, ge=1, le=4)
     model_folds: int = Field(2, ge=1, le=4)  # walk-forward validation blocks a model candidate is scored on
     repair_attempts: int = Field(2, ge=0, le=5)
@@ -63,11 +67,11 @@ class LoopConfig(BaseModel):
 def stored_config(raw: dict) -> LoopConfig:
     """The LoopConfig a run was stored with. Runs stored before `model_folds` existed scored models on
     one fold, so that is their default (resume and replay must decide as they did), and likewise no
-    trial-aware significance and no residual IC for runs stored before those; runs stored before
+    trial-aware significance and no residual IC for runs stored before those (nor a residual screen); runs stored before
     `executor` existed ran on local workers, the field's own default. Runs stored before `embargo_days`
     kept their segments and folds unpurged (None; see `purge_days`)."""
     return LoopConfig.model_validate({"model_folds": 1, "fdr_q": None, "model_alpha": None, "residual_components": 0,
-                                      "embargo_days": None, **raw})
+                                      "embargo_days": None, "screen_residual": False, **raw})
 
 
 def purge_days(config: LoopConfig) -> tuple[int, int]:

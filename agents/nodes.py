@@ -312,6 +312,16 @@ def admission_spec(expression: str, name: str, others: dict[str, str], s: Servic
             "seed": s.config.seed, "label": loop_label(s.config), **residual}
 
 
+def _screen_residual(s: Services) -> dict:
+    """The screen's residual settings: candidates scored on what they add beyond the base features'
+    principal components and the library (their rivals left out), as admission scores them; none for
+    runs stored before the screen measured it."""
+    if not (s.config.screen_residual and s.config.residual_components):
+        return {}
+    return {"residual_components": s.config.residual_components, "controls": sorted(s.memory.library),
+            "pair_threshold": s.config.max_library_corr}
+
+
 def screen_node(state: IterationState, s: Services) -> dict:
     """Screen a large factor batch on the training segment; only the strongest original candidates
     go on to review and admission (see `agents.screen`)."""
@@ -322,7 +332,8 @@ def screen_node(state: IterationState, s: Services) -> dict:
     segment = screen_segment(s.panel, s.segments["train"], loop_label(s.config))
     named = screen_specs(coded.coded, market=s.config.data, segment=segment, library=m.library,
                          base_features=s.config.base_features, corr_days=s.config.screen_corr_days,
-                         seed=s.config.seed, workers=s.workers, label=loop_label(s.config))
+                         seed=s.config.seed, workers=s.workers, label=loop_label(s.config),
+                         residual=_screen_residual(s))
     s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
     # scores as MLflow recorded them, like the critic's (a chunk whose record differs fails as a whole)
     results = read_back(dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named]))),

@@ -36,6 +36,10 @@ class ScreenScore:
     rank_ic_t: float = math.nan
     rank_ic_hac_t: float = math.nan  # with a Newey-West standard error (NaN in results of older code)
     rank_icir: float = math.nan
+    # what it adds beyond the base features' principal components and the library (NaN: not measured)
+    residual_rank_ic: float = math.nan
+    residual_t: float = math.nan
+    measured_residual: bool = False  # the screen measured it (NaN then means: could not be measured)
     base_corr: float = math.nan  # largest |value correlation| with a base feature
     base_feature: str = ""
     library_corr: float = 0.0  # largest |value correlation| with a library factor
@@ -45,15 +49,20 @@ class ScreenScore:
 
     @property
     def fitness(self) -> float:
-        """What the search selects on: see `t_fitness`; the HAC t when measured. Daily ICs of a
-        multi-day label overlap, and a smooth ensemble's autocorrelated ICs inflate the iid t most, so
-        the iid t would steer the search towards them."""
+        """What the search selects on: see `t_fitness`; the residual RankIC's HAC t when measured (a
+        candidate that restates what the model already has scores what it adds: nothing), else the
+        raw RankIC's HAC t, else its iid t. Daily ICs of a multi-day label overlap, and a smooth
+        ensemble's autocorrelated ICs inflate the iid t most, so the iid t would steer the search
+        towards them."""
+        if self.measured_residual:
+            return t_fitness(self.residual_t, self.ok)
         t = self.rank_ic_hac_t if math.isfinite(self.rank_ic_hac_t) else self.rank_ic_t
         return t_fitness(t, self.ok)
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t),
                                   ("rank_ic_hac_t", self.rank_ic_hac_t), ("rank_icir", self.rank_icir),
+                                  ("residual_rank_ic", self.residual_rank_ic), ("residual_t", self.residual_t),
                                   ("base_corr", self.base_corr), ("library_corr", self.library_corr))
                 if math.isfinite(v)}
 
@@ -72,9 +81,11 @@ def screen_segment(panel: Panel, train: tuple[str, str], label: str) -> tuple[st
 
 
 def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tuple[str, str], library: dict[str, str],
-                 base_features: str, corr_days: int, seed: int, workers: int, label: str) -> list[tuple[str, dict]]:
+                 base_features: str, corr_days: int, seed: int, workers: int, label: str,
+                 residual: dict | None = None) -> list[tuple[str, dict]]:
     """(experiment name, spec) of the screen: the candidates in chunks, about two per worker so a
-    slow chunk does not leave a worker idle."""
+    slow chunk does not leave a worker idle. `residual`: the spec keys that make it also score each
+    candidate's residual RankIC (`residual_components`, `controls`, `pair_threshold`)."""
     n = len(candidates)
     if n == 0:
         return []
@@ -85,7 +96,7 @@ def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tupl
         batch = {c.name: c.expression for c in candidates[start:start + size]}
         out.append((f"screen.{k}", {"kind": "factor", "market": market, "expressions": batch, "segment": list(segment),
                                     "report": "screen", "library": dict(library), "base_features": base_features,
-                                    "corr_days": corr_days, "seed": seed, "label": label}))
+                                    "corr_days": corr_days, "seed": seed, "label": label, **(residual or {})}))
     return out
 
 
@@ -117,6 +128,8 @@ def screen_scores(candidates: list[CodedCandidate], results: dict[str, Experimen
         out.append(ScreenScore(
             c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
             rank_ic_hac_t=_num(m.get("rank_ic_hac_t")), rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
+            residual_rank_ic=_num(m.get("residual_rank_ic")), residual_t=_num(m.get("residual_t")),
+            measured_residual="residual_t" in m,
             base_feature=str((detail.get("base_correlation") or {}).get("feature", "")),
             library_corr=_num(m.get("library_corr"), 0.0),
             library_factor=str((detail.get("library_max") or {}).get("factor", ""))))

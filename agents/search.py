@@ -74,6 +74,9 @@ _SWAPS: dict[str, tuple[str, ...]] = {
     "Sum": ("Mean",), "Skew": ("Kurt",), "Kurt": ("Skew",), "IdxMax": ("IdxMin",), "IdxMin": ("IdxMax",),
     "Rank": ("Rsquare",), "Rsquare": ("Rank",), "Corr": ("Cov",), "Cov": ("Corr",),
 }
+#: Every one-input rolling operator: an operator substitution may leave its family (a trend for a
+#: level, a dispersion for a mean...); the unit check then keeps only scale-free results.
+_ROLLING_UNARY = _LOCATION_OPS + _SPREAD_OPS + _FREE_OPS + ("Sum", "Delta")
 _EPS = "1e-12"
 
 
@@ -239,6 +242,10 @@ class _Sampler:
         lag = 1 if self.rng.random() < 0.7 else self.window(high=10)
         return f"{p}/Ref({p}, {lag}) - 1"
 
+    def abs_ret(self) -> str:
+        """The size of a move: the absolute one-period return."""
+        return f"Abs({self.ret()})"
+
     def volume_change(self) -> str:
         if not self.volumes:
             return self.ret()
@@ -268,11 +275,11 @@ class _Sampler:
             if op in ("IdxMax", "IdxMin"):
                 return f"{op}({inner}, {w})/{w}"
             return f"{op}({inner}, {w})" if op != "EMA" else f"EMA({inner}, {w})"
-        if r < 0.75:
-            a, b = self.ratio(depth - 1), self.pick((self.level, self.ret, self.volume_change))()
+        if r < 0.75:  # co-movement of two series: correlation is scale-free, so either may be a level
             op = self.op(("Corr", "Corr", "Cov"))
-            if op == "Cov":
-                b = self.ratio(0)
+            a = self.ratio(depth - 1) if op == "Cov" or self.rng.random() < 0.6 else self.level()
+            b = self.ratio(0) if op == "Cov" else self.pick((self.level, self.ret, self.volume_change, self.abs_ret,
+                                                             self.intraday))()
             return f"{op}({a}, {b}, {self.window(op, low=3)})"
         if r < 0.9:
             a, w = self.ratio(depth - 1), self.window(low=3)
@@ -595,7 +602,9 @@ def _mutate_operator(rng, g, tree: Node, units) -> Node | None:
     if isinstance(n, EMA):  # its own node: a span instead of a window
         window = max(2, int(n.spec)) if n.spec >= 1 else 10
         return _replace(tree, path, Rolling(rng.choice(_SWAPS["EMA"]), (n.x,), window))
-    op = rng.choice(_SWAPS[n.op])
+    # mostly a neighbour in the operator's family; sometimes any one-input rolling operator
+    family = n.op in ("Corr", "Cov") or rng.random() < 0.6
+    op = rng.choice(_SWAPS[n.op] if family else tuple(o for o in _ROLLING_UNARY if o != n.op))
     if op in ("Corr", "Cov") or n.op in ("Corr", "Cov"):
         if len(n.inputs) != 2:
             return None
@@ -604,6 +613,8 @@ def _mutate_operator(rng, g, tree: Node, units) -> Node | None:
         new = EMA(n.inputs[0], float(n.window))
     elif op == "Quantile":
         new = dataclasses.replace(n, op=op, param=rng.choice(QUANTILES))
+    elif op in ("IdxMax", "IdxMin") and n.op not in ("IdxMax", "IdxMin"):
+        return None  # a position in the window: only scale-free divided by it, a shape `_wrap` and the regions draw
     else:
         new = dataclasses.replace(n, op=op, param=None, window=max(n.window, _MIN_WINDOW.get(op, 2)))
     return _replace(tree, path, new)
@@ -642,9 +653,12 @@ def _mutate_constant(rng, g, tree: Node, units) -> Node | None:
 
 
 def _wrap(rng, g, tree: Node, units) -> Node | None:
+    """The tree under a rolling statistic: smoothed, normalised, or its trend, spread, extremes or shape."""
     text, w = canonical(tree), g.window(low=3)
     shape = rng.choice((f"Mean({text}, {w})", f"EMA({text}, {w})", f"({text} - Mean({text}, {w}))/(Std({text}, {w}) + {_EPS})",
-                        f"Delta({text}, {min(w, 10)})", f"Rank({text}, {w})"))
+                        f"Delta({text}, {min(w, 10)})", f"Rank({text}, {w})", f"Std({text}, {w})", f"Sum({text}, {w})",
+                        f"Slope({text}, {w})", f"{rng.choice(('Max', 'Min', 'Med'))}({text}, {w})",
+                        f"{rng.choice(('Skew', 'Kurt'))}({text}, {max(w, 5)})"))
     try:
         return parse(shape)
     except ExpressionError:

@@ -21,7 +21,7 @@ from quantcore.evaluate.correlation import (ReferenceStack, StackBuilder, daily_
                                             stack_components)
 from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, daily_ranks
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
-from quantcore.evaluate.significance import newey_west_t, residual_ic, two_sided_p
+from quantcore.evaluate.significance import newey_west_t, residual_ic, residual_ics, two_sided_p
 from quantcore.expr.cache import DiskCache, MemoryCache
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import feature_set
@@ -97,18 +97,26 @@ class WorkerContext:
         """The base feature set's values on `days` (absolute day positions) as a float32 reference
         stack, evaluated once per (market, feature set, days) and kept for the next experiments."""
         exprs = feature_set(features) if isinstance(features, str) else dict(features)
-        panel = self.panel(market)
-        key = (market, panel.version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
-               hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
-        return _kept(self._base_stacks, key, self.base_stack_slots, lambda: _base_stack(panel, exprs, days))
+        return _kept(self._base_stacks, self._stack_key(market, exprs, days), self.base_stack_slots,
+                     lambda: _base_stack(self.panel(market), exprs, days))
+
+    def _stack_key(self, market: str, exprs: dict[str, str], days: np.ndarray) -> tuple:
+        return (market, self.panel(market).version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
+                hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
 
     def base_components(self, market: str, features: str | dict[str, str], days: slice, k: int) -> np.ndarray:
         """The base feature set's top-`k` pooled principal-component scores on `days`, (k, N, T) float64:
         the controls a residual IC regresses on, computed once per (market, feature set, days, k)."""
         positions = np.arange(days.start, days.stop)
-        stack = self.base_stack(market, features, positions)
         key = (market, self.panel(market).version, json.dumps(features, sort_keys=True), days.start, days.stop, k)
-        return _kept(self._components, key, self.base_stack_slots, lambda: stack_components(stack, k))
+
+        def build() -> np.ndarray:
+            # the stack kept when an experiment already uses it (admission: its correlations too), else
+            # built for the components alone and dropped (a screen's whole training segment: ~280 MB)
+            exprs = feature_set(features) if isinstance(features, str) else dict(features)
+            kept = self._base_stacks.get(self._stack_key(market, exprs, positions))
+            return stack_components(kept if kept is not None else _base_stack(self.panel(market), exprs, positions), k)
+        return _kept(self._components, key, self.base_stack_slots, build)
 
     def label_ranks(self, market: str, label: str, days: slice) -> DailyRanks:
         """The label's values on `days` ranked once per day (see `daily_ranks`), for every factor scored
@@ -218,6 +226,7 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     lib_stack = reference_stack({k: _clean(v[:, corr_at]) for k, v in library.items()}) if library else None
     base_stack = ctx.base_stack(spec.market, spec.base_features, corr_at) if spec.base_features is not None else None
     lib_corr: dict[str, np.ndarray] = {}
+    deferred: dict[str, np.ndarray] = {}  # a screen's factors whose residual RankIC is computed together
     for name, values in factors.items():
         window = values[:, days]
         try:
@@ -251,16 +260,21 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         if base_stack is not None:
             base = daily_correlations(x, base_stack, min_pairs=MIN_PAIRS)
             metrics.update(_originality(name, row, base_stack, base, "base_correlation", "feature", "base_corr"))
+        paired = spec.report != "screen" and (spec.pair_threshold is not None or spec.pair_with)
         if spec.residual_components is not None:
-            row.update(_residual(spec, name, clean, label, days, ctx, library, lib_stack, lib_corr.get(name)))
-        if spec.pair_threshold is not None or spec.pair_with:
+            if spec.report == "screen":  # all of the screen's factors at once, below
+                deferred[name] = clean
+            else:
+                row.update(_residual(spec, name, clean, label, days, ctx, library, lib_stack, lib_corr.get(name)))
+        if paired:
             row["daily_rank_ic"] = _series(daily_rank)
         details[name] = row
-        for m in SCREEN_METRICS:
-            v = row.get(m)
-            if m in row:
-                metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
-    if spec.pair_threshold is not None or spec.pair_with:
+        _report_metrics(metrics, name, row)
+    if deferred:
+        for name, row in _screen_residuals(spec, deferred, label, days, ctx, library, lib_stack, lib_corr).items():
+            details[name].update(row)
+            _report_metrics(metrics, name, row)
+    if spec.report != "screen" and (spec.pair_threshold is not None or spec.pair_with):
         details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, spec.pair_with,
                                                            days, label)
     artifacts: dict[str, str] = {}
@@ -271,10 +285,16 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     return metrics, details, artifacts, panel.version
 
 
-def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks, days: slice, ctx: WorkerContext,
-              library: dict[str, np.ndarray], lib_stack: ReferenceStack | None, lib_corr: np.ndarray | None) -> dict:
-    """A factor's residual RankIC on the scoring days (see `FactorSpec.residual_components`): its
-    mean, HAC t and two-sided p, and the library factors it was regressed on."""
+def _report_metrics(metrics: dict[str, float], name: str, row: dict) -> None:
+    for m in SCREEN_METRICS:
+        if m in row:
+            v = row[m]
+            metrics[f"{name}.{m}"] = math.nan if v is None else float(v)
+
+
+def _residual_controls(spec: FactorSpec, lib_stack: ReferenceStack | None, lib_corr: np.ndarray | None) -> list[str]:
+    """The library factors a factor's residual is regressed on: `spec.controls` less its rivals (the
+    factors it repeats, |corr| >= `pair_threshold`, or named in `pair_with`)."""
     corr = dict(zip(lib_stack.names, lib_corr)) if lib_stack is not None and lib_corr is not None else {}
     threshold = spec.pair_threshold
 
@@ -282,13 +302,44 @@ def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks
         c = corr.get(k, math.nan)
         return k in spec.pair_with or (threshold is not None and math.isfinite(c) and abs(c) >= threshold)
 
-    used = [k for k in spec.controls if not rival(k)]
+    return [k for k in spec.controls if not rival(k)]
+
+
+def _control_stack(spec: FactorSpec, used: list[str], days: slice, ctx: WorkerContext,
+                   library: dict[str, np.ndarray]) -> np.ndarray:
     base = ctx.base_components(spec.market, spec.base_features, days, spec.residual_components)
-    controls = np.concatenate([base, np.stack([_clean(library[k][:, days]) for k in used])]) if used else base
-    res = residual_ic(factor, label.values, controls)
+    return np.concatenate([base, np.stack([_clean(library[k][:, days]) for k in used])]) if used else base
+
+
+def _residual_row(res, used: list[str], spec: FactorSpec) -> dict:
     return {"residual_rank_ic": _finite(res.mean), "residual_t": _finite(res.hac.t),
             "residual_p": _finite(two_sided_p(res.hac.t)), "residual_controls": used,
             "residual_components": spec.residual_components}
+
+
+def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks, days: slice, ctx: WorkerContext,
+              library: dict[str, np.ndarray], lib_stack: ReferenceStack | None, lib_corr: np.ndarray | None) -> dict:
+    """A factor's residual RankIC on the scoring days (see `FactorSpec.residual_components`): its
+    mean, HAC t and two-sided p, and the library factors it was regressed on."""
+    used = _residual_controls(spec, lib_stack, lib_corr)
+    res = residual_ic(factor, label.values, _control_stack(spec, used, days, ctx, library))
+    return _residual_row(res, used, spec)
+
+
+def _screen_residuals(spec: FactorSpec, factors: dict[str, np.ndarray], label: DailyRanks, days: slice,
+                      ctx: WorkerContext, library: dict[str, np.ndarray], lib_stack: ReferenceStack | None,
+                      lib_corr: dict[str, np.ndarray]) -> dict[str, dict]:
+    """`_residual` of a screen's factors, those with the same controls fitted together (`residual_ics`):
+    a screen scores thousands of days for dozens of factors, one least-squares fit per day and group."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in factors:
+        groups.setdefault(tuple(_residual_controls(spec, lib_stack, lib_corr.get(name))), []).append(name)
+    out = {}
+    for used, names in groups.items():
+        controls = _control_stack(spec, list(used), days, ctx, library)
+        for name, res in zip(names, residual_ics([factors[k] for k in names], label.values, controls)):
+            out[name] = _residual_row(res, list(used), spec)
+    return out
 
 
 def _screen(factor: np.ndarray, label: DailyRanks, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:

@@ -21,6 +21,7 @@ from quantcore.evaluate.significance import (
     principal_components,
     reject,
     residual_ic,
+    residual_ics,
     two_sided_p,
 )
 
@@ -207,6 +208,30 @@ def test_residual_ic_skips_thin_days_and_selects_days():
     np.testing.assert_allclose(part.daily, out.daily[4:9], rtol=1e-12)
     with pytest.raises(ValueError, match="controls"):
         residual_ic(factor, label, controls[:, :, :5])
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_residual_ics_equal_residual_ic_per_factor(seed):
+    """The batched screen path (one fit for factors finite wherever the controls are, the rest alone)
+    gives each factor what `residual_ic` gives it: thin days, holes, spanned and constant factors."""
+    rng = np.random.default_rng(seed)
+    n, t = 90, 25
+    controls = rng.standard_normal((3, n, t))
+    controls[2, :7, 4] = np.nan  # rows no factor is fitted on that day
+    label = rng.standard_normal((n, t))
+    factors = [rng.standard_normal((n, t)) + k * controls[0] for k in range(4)]
+    factors[1][rng.random((n, t)) < 0.05] = np.nan  # its own holes: fitted alone on most days
+    factors[2][30:, 6] = np.nan  # a thin day: 30 rows, fewer where a control is NaN too
+    factors.append(0.5 * controls[1] - controls[0] + 1.0)  # spanned every day
+    factors.append(np.ones((n, t)))  # constant: no cross-section
+    label[:, -1] = np.nan
+    batched = residual_ics(factors, label, controls, days=slice(1, t))
+    for f, got in zip(factors, batched):
+        one = residual_ic(f, label, controls, days=slice(1, t))
+        np.testing.assert_allclose(got.daily, one.daily, rtol=1e-9, atol=1e-12)
+        assert (got.skipped_days, got.spanned_days) == (one.skipped_days, one.spanned_days)
+    assert batched[4].spanned_days == t - 2 and np.isnan(batched[5].daily).all()
+    assert residual_ics([], label, controls) == []
 
 
 def test_principal_components_recover_latent_factors():
