@@ -57,6 +57,10 @@ class LoopConfig(BaseModel):
     # Yekutieli by default: valid under the dependence of factors mined from one library).
     fdr_q: float | None = Field(0.05, gt=0, lt=1)
     fdr_method: Literal["bh", "by"] = "by"
+    # The run's planned admission tests, counted in the FDR family (at p = 1 until made) from its first
+    # iteration so an early trial needs the evidence a late one needs. None: budget x n_factor_candidates,
+    # fixed when the run starts (so a replay, whose budget is the iterations done, counts the same); 0: off
+    fdr_planned_tests: int | None = Field(None, ge=0)
     residual_components: int = Field(10, ge=0, le=64)
     # The run's false replacement rate for "a model replaces the best", split evenly over the model
     # comparisons the run may make (budget x model candidates): each one-sided test runs at alpha / that.
@@ -67,11 +71,12 @@ class LoopConfig(BaseModel):
 def stored_config(raw: dict) -> LoopConfig:
     """The LoopConfig a run was stored with. Runs stored before `model_folds` existed scored models on
     one fold, so that is their default (resume and replay must decide as they did), and likewise no
-    trial-aware significance and no residual IC for runs stored before those (nor a residual screen); runs stored before
+    trial-aware significance and no residual IC for runs stored before those (nor a residual screen, nor planned tests in the FDR family); runs stored before
     `executor` existed ran on local workers, the field's own default. Runs stored before `embargo_days`
     kept their segments and folds unpurged (None; see `purge_days`)."""
     return LoopConfig.model_validate({"model_folds": 1, "fdr_q": None, "model_alpha": None, "residual_components": 0,
-                                      "embargo_days": None, "screen_residual": False, **raw})
+                                      "embargo_days": None, "screen_residual": False,
+                                      "fdr_planned_tests": 0, **raw})
 
 
 def purge_days(config: LoopConfig) -> tuple[int, int]:

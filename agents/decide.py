@@ -55,6 +55,7 @@ class Significance:
     adjusted: float
     trials: int
     method: str
+    planned: int = 0  # of `trials`, tests the run has planned but not made yet (counted at p = 1)
 
     def passes(self, q: float) -> bool:
         return self.adjusted <= q  # NaN never passes
@@ -72,18 +73,26 @@ def admission_p(metrics: dict) -> float:
     return math.nan if p is None else float(p)
 
 
-def trial_significance(earlier: list[float], batch: dict[str, float], method: str) -> dict[str, Significance]:
+def trial_significance(earlier: list[float], batch: dict[str, float], method: str,
+                       planned: int = 0) -> dict[str, Significance]:
     """FDR-adjusted p-values of this batch's trials, counted with every earlier admission trial of the
     project on the market (their raw p-values, NaN ones not counted). Re-adjusting the whole family at
     each step makes the m of the correction grow with the search: the thousandth trial needs stronger
-    evidence than the tenth."""
+    evidence than the tenth.
+
+    `planned`: the size the family will reach by the run's end (earlier runs' tests plus the run's
+    budget of admission tests). The tests not made yet count at p = 1, so the run's first trials face
+    the same family as its last rather than a handful of tests (an early lucky candidate is no more
+    admissible than a late one); once the run has made them all, it changes nothing."""
     names = list(batch)
     p = np.array([*earlier, *(batch[k] for k in names)], dtype=np.float64)
+    pad = max(0, planned - int(np.isfinite(p).sum()))
     adjust = benjamini_hochberg if FdrMethod(method) is FdrMethod.BH else benjamini_yekutieli
-    q = adjust(p) if p.size else p
-    m = int(np.isfinite(p).sum())
-    tail = q[len(earlier):]
-    return {k: Significance(batch[k], float(tail[j]), m, FdrMethod(method).value) for j, k in enumerate(names)}
+    family = np.concatenate([p, np.ones(pad)])
+    q = adjust(family) if family.size else family
+    m = int(np.isfinite(family).sum())
+    tail = q[len(earlier):len(p)]
+    return {k: Significance(batch[k], float(tail[j]), m, FdrMethod(method).value, pad) for j, k in enumerate(names)}
 
 
 def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, library_corr: dict[str, float],
@@ -146,8 +155,9 @@ def _effect(m: dict) -> str:
 def _test(sig: Significance | None) -> str:
     if sig is None:
         return "no significance test"
+    planned = f" ({sig.planned} of them the run's tests still to come, at p = 1)" if sig.planned else ""
     return (f"p {sig.p:.2g}, {sig.method.upper()}-adjusted p {sig.adjusted:.2g} over {sig.trials} admission trials "
-            "of the project on this market")
+            f"of the project on this market{planned}")
 
 
 def _significance_reasons(m: dict, rules: AdmissionRules, sig: Significance | None) -> list[str]:

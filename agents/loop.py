@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -85,6 +86,9 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
         segments = purge_segments(panel.calendar, segments, *purge_days(config))
     if library is None:
         library = {row.name: row.expression for row in store.library()}
+    if config.fdr_planned_tests is None:  # fixed now: a replay (budget = iterations done) counts the same family
+        config = config.model_copy(update={"fdr_planned_tests": config.budget * config.n_factor_candidates
+                                           if config.fdr_q is not None else 0})
     run_id = run_id or uuid.uuid4().hex[:12]
     own_executor = executor is None
     executor = executor or make_executor(config, project_paths(root)["sandbox"])  # first: a bad one stores nothing
@@ -250,6 +254,10 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
             library_fitness[name] = best_by_form.get(form_of(expr), 0.0)
         except ExpressionError:  # an unparsable library expression has no fitness
             library_fitness[name] = 0.0
+    planned = int(stored_config(raw["loop"]).fdr_planned_tests or 0)
+    if planned:  # plus earlier runs' tests (finite p: a failed trial is no test): the family at the run's end
+        planned += sum(1 for t in trials if t.stage == "admission" and t.run_id != run_id
+                       and math.isfinite(admission_p(json.loads(t.metrics_json))))
     families: dict[str, int] = {}
     for h in store.rows(HypothesisRow, run_id):
         families[h.family] = families.get(h.family, 0) + 1
@@ -258,6 +266,7 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
                      trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
                      library_fitness=library_fitness, market=market, taken_names=taken,
                      admission_p=[admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"],
+                     planned_tests=planned,
                      families=families, failures=failures[-10:], lessons=json.loads(run.lessons_json),
                      tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
                      stopped=run.status == "stopped")

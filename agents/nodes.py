@@ -103,6 +103,7 @@ class RunMemory:
     tried: set[str] = field(default_factory=set)  # forms (canonical affine cores) tried on this market, project-wide
     trials: list[ScoredExpression] = field(default_factory=list)  # scored trials on this market, oldest first
     admission_p: list[float] = field(default_factory=list)  # raw p of every admission trial on this market
+    planned_tests: int = 0  # the FDR family's size at the run's end: earlier runs' tests + the run's budget (0: off)
     library_fitness: dict[str, float] = field(default_factory=dict)  # library factor -> its screen fitness
     market: str = ""  # the panel's data version trials are recorded under
     taken_names: set[str] = field(default_factory=set)  # library names in use, retired ones included (unique)
@@ -397,7 +398,8 @@ def critic_node(state: IterationState, s: Services) -> dict:
         bound = rules.max_library_corr
         seed = s.config.seed * 1000 + state.iteration
         significance = trial_significance(m.admission_p, {k: admission_p(factor_metrics(k, r)) for k, r in results.items()
-                                                          if r.ok}, rules.fdr_method) if rules.fdr_q is not None else {}
+                                                          if r.ok}, rules.fdr_method, m.planned_tests) \
+            if rules.fdr_q is not None else {}
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
         for name in by_strength:
             r = results[name]

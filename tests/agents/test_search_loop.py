@@ -44,7 +44,11 @@ def test_a_later_run_continues_the_search_and_replays(tmp_path):
               if t.stage == "admission" and math.isfinite(admission_p(json.loads(t.metrics_json)))]
     cited = {int(n) for d in store.rows(DecisionRow, second)
              for n in re.findall(r"over (\d+) admission trials", " ".join(json.loads(d.reasons_json)))}
-    assert cited == {len(tested)} and len(tested) > sum(t.run_id == second for t in tested) > 0
+    # ... and over the tests the run planned (budget 1 x 4 candidates), counted from its first one
+    planned = json.loads(store.run(second).config_json)["loop"]["fdr_planned_tests"]
+    earlier = sum(t.run_id == first for t in tested)
+    assert planned == 4 and cited == {max(len(tested), earlier + planned)}
+    assert len(tested) > sum(t.run_id == second for t in tested) > 0
     screens = [e for e in store.rows(ExperimentRow, second) if e.candidate.startswith("screen.")]
     assert screens and all(e.ok for e in screens)
     report = replay_run(store, second, workers=2)  # starts from the first run's trials, as the run did

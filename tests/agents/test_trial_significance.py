@@ -40,6 +40,19 @@ def test_the_same_evidence_needs_more_after_more_trials():
     assert many.trials == 501
 
 
+def test_planned_tests_count_from_the_first_trial():
+    # 2 earlier tests + 1 now, 120 planned: BY over m = 120 with 117 placeholders at p = 1, by hand
+    sig = trial_significance([0.2, 0.6], {"f": 1e-4}, "by", planned=120)["f"]
+    c = sum(1 / i for i in range(1, 121))
+    assert sig.trials == 120 and sig.planned == 117
+    assert sig.adjusted == pytest.approx(c * 120 * 1e-4 / 1)
+    assert trial_significance([0.2, 0.6], {"f": 1e-4}, "by")["f"].passes(0.05)  # a family of 3 would admit it
+    assert not sig.passes(0.05)
+    # once the run has made its planned tests, the placeholders are gone: the same as no plan
+    done = trial_significance([0.3] * 119, {"f": 1e-4}, "by", planned=120)["f"]
+    assert done.planned == 0 and done.adjusted == trial_significance([0.3] * 119, {"f": 1e-4}, "by")["f"].adjusted
+
+
 def test_admission_on_residual_ic_with_effect_size_and_nan():
     strong = _factor("f", rank_ic=0.05, rank_icir=0.4, residual_rank_ic=0.03, residual_t=5.0, residual_p=1e-6)
     assert admission_p({"residual_p": 1e-6, "rank_ic_p": 0.2}) == 1e-6  # the residual test is the admission test
