@@ -35,6 +35,10 @@ FACTOR_REFERENCE = {
     "expressions": {"rev5": "-($close / Ref($close, 5) - 1)", "vol10": "Std($close / Ref($close, 1) - 1, 10)"},
     "code": "import numpy as np\ndef factor(fields):\n    return -fields['close'] / np.roll(fields['close'], 5, axis=1)\n",
 }
+# after each batch, the reference without its code runs on the pool workers (generated code never
+# runs there: each code case gets a fresh worker, so the pool is what a hostile case could leave dirty);
+# the whole reference, code included, runs before the corpus and after it
+POOL_REFERENCE = {k: v for k, v in FACTOR_REFERENCE.items() if k != "code"}
 MODEL_REFERENCE = {
     "kind": "model", "market": MARKET, "family": "linear", "backtest": {"topk": 10, "n_drop": 2},
     "features": {"rev5": "-($close/Ref($close,5)-1)", "vol10": "Std($close/Ref($close,1)-1,10)", "ma20": "Mean($close,20)/$close"},
@@ -75,8 +79,9 @@ def corpus_run(tmp_path_factory):
     # use_cache=False: every reference run is really recomputed by a worker
     with LocalExecutor(workers=2, batch_size=1, root=root / "factor", use_cache=False,
                        limits=Limits(wall_seconds=6, cpu_seconds=4, memory_mb=1024)) as ex:
-        factor_baseline = ex.run(FACTOR_REFERENCE)
-        results, references = _run(ex, [c for c in CASES if not _is_model(c)], FACTOR_REFERENCE)
+        factor_baseline, pool_baseline = ex.run(FACTOR_REFERENCE), ex.run(POOL_REFERENCE)
+        results, references = _run(ex, [c for c in CASES if not _is_model(c)], POOL_REFERENCE)
+        factor_after_corpus = _references(ex, FACTOR_REFERENCE)
         killed = _kill_during_experiment(ex)
         factor_after_kill = _references(ex, FACTOR_REFERENCE)
         factor_stats = dict(ex.stats)
@@ -85,7 +90,9 @@ def corpus_run(tmp_path_factory):
         model_baseline = ex.run(MODEL_REFERENCE)
         model_results, model_references = _run(ex, [c for c in CASES if _is_model(c)], MODEL_REFERENCE)
         results.update(model_results)
-    return {"results": results, "factor_baseline": factor_baseline, "factor_references": references + [("kill", factor_after_kill)],
+    return {"results": results, "factor_baseline": factor_baseline, "pool_baseline": pool_baseline,
+            "pool_references": references,
+            "factor_references": [("the corpus", factor_after_corpus), ("kill", factor_after_kill)],
             "model_baseline": model_baseline, "model_references": model_references, "killed": killed,
             "factor_stats": factor_stats, "seconds": time.monotonic() - started}
 
@@ -128,7 +135,8 @@ def test_case_fails_with_its_category(corpus_run, name):
 
 
 def test_references_unchanged_after_every_batch(corpus_run):
-    for baseline, runs in (("factor_baseline", "factor_references"), ("model_baseline", "model_references")):
+    for baseline, runs in (("pool_baseline", "pool_references"), ("factor_baseline", "factor_references"),
+                           ("model_baseline", "model_references")):
         base = corpus_run[baseline]
         assert base.ok and base.metrics, base.failure
         for after, refs in corpus_run[runs]:
