@@ -187,6 +187,10 @@ class LocalExecutor(BaseExecutor):
         self.worker_pids()
         return {**self._workers[0].info, "jail": self.jailed}
 
+    def tasks_served(self) -> list[int]:
+        """Tasks each current worker has answered since it started (how a batch was shared out)."""
+        return [w.served for w in self._workers]
+
     def worker_pids(self) -> list[int]:
         """The pids of the processes that serve the next tasks (started where none is running)."""
         self._ensure_workers()
@@ -222,9 +226,10 @@ class LocalExecutor(BaseExecutor):
         limit = self.limits.wall_seconds
         while queue or any(w.batch for w in self._workers):
             self._prestart([w for w in self._workers if not w.batch], queue)
-            for w in self._workers:
-                if not w.batch and queue:
-                    yield from self._send(w, queue, limit)
+            idle = [w for w in self._workers if not w.batch]
+            for k, w in enumerate(idle):
+                if queue:
+                    yield from self._send(w, queue, limit, len(idle) - k)
             busy = [w for w in self._workers if w.batch]
             if not busy:  # every send failed (each failed one task): send again
                 continue
@@ -269,8 +274,9 @@ class LocalExecutor(BaseExecutor):
             for _, (process, channel, _) in spawned:  # a start failed: the others go too
                 _discard(process, channel)
 
-    def _send(self, w: _Worker, queue: deque, limit: float) -> Iterator[tuple[int, ExperimentResult]]:
-        """Send the next batch to idle `w`; yields a failure only if the batch cannot be delivered."""
+    def _send(self, w: _Worker, queue: deque, limit: float, sharing: int = 1) -> Iterator[tuple[int, ExperimentResult]]:
+        """Send the next batch to idle `w`, one of `sharing` idle workers the queue is shared out among;
+        yields a failure only if the batch cannot be delivered."""
         if w.started_for is not None and w.started_for == queue[0].task_id and w.process.is_alive():
             pass  # started by `_prestart` for this very experiment
         elif w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
@@ -279,7 +285,10 @@ class LocalExecutor(BaseExecutor):
             self._replace(w, queue[0])                                     # experiment's folder
         w.generated = w.generated or queue[0].generated  # retired once it has answered
         w.started_for = None
-        size = self.batch_size if queue[0].kind == "factor" and not queue[0].generated else 1
+        # a fair share of what is queued, at most `batch_size`: four heavy experiments on two workers go
+        # two and two, not all four to the first idle one
+        share = math.ceil(len(queue) / max(sharing, 1))
+        size = min(self.batch_size, share) if queue[0].kind == "factor" and not queue[0].generated else 1
         batch = []
         while queue and len(batch) < size and (not batch or (queue[0].kind == "factor" and not queue[0].generated)):
             batch.append(queue.popleft())

@@ -118,6 +118,15 @@ def test_results_are_recorded_in_mlflow(executor):
     assert failed.status == "FAILED" and failed.tags["failure_category"] == "parse_error"
 
 
+def test_a_batch_is_shared_out_among_the_workers(executor):
+    # four experiments on two workers go two and two (the first idle worker does not take all four)
+    executor.worker_pids()
+    before = executor.tasks_served()
+    specs = [factor({f"w{k}": f"Mean($close, {k + 3})/$close - 1"}, seed=40 + k) for k in range(4)]
+    assert all(r.ok and not r.cached for r in executor.run_many(specs))
+    assert [a - b for a, b in zip(executor.tasks_served(), before)] == [2, 2]
+
+
 def test_generated_factor_code_runs_and_is_scored(executor):
     code = "import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n" \
            "    out = np.full_like(c, np.nan)\n    out[:, 5:] = -(c[:, 5:] / c[:, :-5] - 1)\n    return out\n"
