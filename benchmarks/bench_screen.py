@@ -2,10 +2,13 @@
 """Screening and admission cost of factor candidates with originality checks against Alpha158.
 
     python benchmarks/bench_screen.py [--workers 2] [--candidates 200] [--chunk 16] [--market synthetic:300:2520:0]
+                                      [--residual 10]
 
 - screen: `--candidates` seeded expressions (operators x fields x windows over the grammar) as screening
   specs (report "screen" on the train segment, base_features "alpha158", corr_days 60, `--chunk`
-  expressions per spec) through LocalExecutor. Timed from warm workers (started, market attached), so
+  expressions per spec, and with `--residual K` (the loop's default, 10) each candidate's residual
+  RankIC beyond Alpha158's top K principal components and the 10-factor library, as the loop's screen
+  scores it) through LocalExecutor. Timed from warm workers (started, market attached), so
   the batch includes each worker's first evaluation of Alpha158; the same batch again (caching off)
   shows the cost without it, and their difference is the base-feature evaluation.
 - admission: 4 candidates, one full-report spec each (as the loop's admission), on the valid segment
@@ -96,6 +99,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--corr-days", type=int, default=60)
     ap.add_argument("--market", default="synthetic:300:2520:0")
+    ap.add_argument("--residual", type=int, default=10, metavar="K",
+                    help="also score each candidate's residual RankIC beyond Alpha158's top K principal components "
+                         "and a 10-factor library, as the loop's screen does (0: raw RankIC only)")
     args = ap.parse_args()
 
     segments = default_segments(load_market(args.market).calendar)
@@ -103,7 +109,9 @@ def main() -> None:
     names = [f"c{k:03d}" for k in range(len(exprs))]
     specs = [{"kind": "factor", "market": args.market, "report": "screen", "segment": list(segments["train"]),
               "base_features": "alpha158", "corr_days": args.corr_days,
-              "expressions": dict(zip(names[lo:lo + args.chunk], exprs[lo:lo + args.chunk]))}
+              "expressions": dict(zip(names[lo:lo + args.chunk], exprs[lo:lo + args.chunk])),
+              **({"library": LIBRARY, "residual_components": args.residual, "controls": sorted(LIBRARY),
+                  "pair_threshold": 0.7} if args.residual else {})}
              for lo in range(0, len(exprs), args.chunk)]
     admission = [{"kind": "factor", "market": args.market, "segment": list(segments["valid"]),
                   "expressions": {name: expr}, "library": LIBRARY, "base_features": "alpha158",
