@@ -73,11 +73,26 @@ def candidates(n: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants: a jailed worker runs two levels below the pid the executor reports
+    (bubblewrap, then the namespace's init)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes have used (all their threads): on a shared machine the
-    wall time depends on the neighbours, this does not."""
+    """User + system CPU time the processes and their descendants have used (all their threads): on a
+    shared machine the wall time depends on the neighbours, this does not."""
     total = 0
-    for pid in pids:
+    for pid in (p for root in pids for p in _tree(root)):
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
@@ -85,10 +100,14 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def peak_rss_mb(pids: list[int]) -> list[float]:
+    """Per worker, the largest peak resident set (VmHWM) in its process tree."""
     peaks = []
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as fh:
-            peaks.append(next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024)
+    for root in pids:
+        best = 0.0
+        for pid in _tree(root):
+            with open(f"/proc/{pid}/status") as fh:
+                best = max(best, next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), 0) / 1024)
+        peaks.append(best)
     return peaks
 
 
