@@ -304,8 +304,7 @@ def admission_spec(expression: str, name: str, others: dict[str, str], s: Servic
     correlations with the base features, the library and the batch, and the daily RankIC of library
     factors it repeats (for a refinement's paired comparison)."""
     library = s.memory.library
-    residual = {"residual_components": s.config.residual_components,
-                "controls": sorted(library)} if s.config.residual_components else {}
+    residual = _residual_keys(s)
     return {"kind": "factor", "market": s.config.data, "expressions": {name: expression},
             "segment": list(s.segments["valid"]), "library": {**library, **others},
             "base_features": s.config.base_features, "pair_threshold": s.config.max_library_corr,
@@ -313,14 +312,19 @@ def admission_spec(expression: str, name: str, others: dict[str, str], s: Servic
             "seed": s.config.seed, "label": loop_label(s.config), **residual}
 
 
-def _screen_residual(s: Services) -> dict:
-    """The screen's residual settings: candidates scored on what they add beyond the base features'
-    principal components and the library (their rivals left out), as admission scores them; none for
-    runs stored before the screen measured it."""
-    if not (s.config.screen_residual and s.config.residual_components):
+def _residual_keys(s: Services) -> dict:
+    """The spec keys that score a factor's residual RankIC beyond the base features' principal
+    components and the library (none where the run measures no residual)."""
+    if not s.config.residual_components:
         return {}
-    return {"residual_components": s.config.residual_components, "controls": sorted(s.memory.library),
-            "pair_threshold": s.config.max_library_corr}
+    return {"residual_components": s.config.residual_components, "controls": sorted(s.memory.library)}
+
+
+def _screen_residual(s: Services) -> dict:
+    """The screen's residual settings: candidates scored as admission scores them (their rivals left
+    out); none for runs stored before the screen measured it."""
+    residual = _residual_keys(s) if s.config.screen_residual else {}
+    return {**residual, "pair_threshold": s.config.max_library_corr} if residual else {}
 
 
 def screen_node(state: IterationState, s: Services) -> dict:

@@ -96,7 +96,7 @@ class WorkerContext:
     def base_stack(self, market: str, features: str | dict[str, str], days: np.ndarray) -> ReferenceStack:
         """The base feature set's values on `days` (absolute day positions) as a float32 reference
         stack, evaluated once per (market, feature set, days) and kept for the next experiments."""
-        exprs = feature_set(features) if isinstance(features, str) else dict(features)
+        exprs = _feature_exprs(features)
         return _kept(self._base_stacks, self._stack_key(market, exprs, days), self.base_stack_slots,
                      lambda: _base_stack(self.panel(market), exprs, days))
 
@@ -113,7 +113,7 @@ class WorkerContext:
         def build() -> np.ndarray:
             # the stack kept when an experiment already uses it (admission: its correlations too), else
             # built for the components alone and dropped (a screen's whole training segment: ~280 MB)
-            exprs = feature_set(features) if isinstance(features, str) else dict(features)
+            exprs = _feature_exprs(features)
             kept = self._base_stacks.get(self._stack_key(market, exprs, positions))
             return stack_components(kept if kept is not None else _base_stack(self.panel(market), exprs, positions), k)
         return _kept(self._components, key, self.base_stack_slots, build)
@@ -150,6 +150,11 @@ def _kept(cache: OrderedDict, key, slots: int, build: Callable[[], Any]):
         cache.popitem(last=False)
     value = cache[key] = build()
     return value
+
+
+def _feature_exprs(features: str | dict[str, str]) -> dict[str, str]:
+    """A base feature set's name -> expression (a set's name, or the mapping itself)."""
+    return feature_set(features) if isinstance(features, str) else dict(features)
 
 
 def _base_stack(panel: Panel, exprs: dict[str, str], days: np.ndarray) -> ReferenceStack:
@@ -227,6 +232,7 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     base_stack = ctx.base_stack(spec.market, spec.base_features, corr_at) if spec.base_features is not None else None
     lib_corr: dict[str, np.ndarray] = {}
     deferred: dict[str, np.ndarray] = {}  # a screen's factors whose residual RankIC is computed together
+    paired = spec.report != "screen" and (spec.pair_threshold is not None or bool(spec.pair_with))
     for name, values in factors.items():
         window = values[:, days]
         try:
@@ -260,7 +266,6 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         if base_stack is not None:
             base = daily_correlations(x, base_stack, min_pairs=MIN_PAIRS)
             metrics.update(_originality(name, row, base_stack, base, "base_correlation", "feature", "base_corr"))
-        paired = spec.report != "screen" and (spec.pair_threshold is not None or spec.pair_with)
         if spec.residual_components is not None:
             if spec.report == "screen":  # all of the screen's factors at once, below
                 deferred[name] = clean
@@ -274,7 +279,7 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         for name, row in _screen_residuals(spec, deferred, label, days, ctx, library, lib_stack, lib_corr).items():
             details[name].update(row)
             _report_metrics(metrics, name, row)
-    if spec.report != "screen" and (spec.pair_threshold is not None or spec.pair_with):
+    if paired:
         details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, spec.pair_with,
                                                            days, label)
     artifacts: dict[str, str] = {}

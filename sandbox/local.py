@@ -225,8 +225,8 @@ class LocalExecutor(BaseExecutor):
         queue = deque(tasks)
         limit = self.limits.wall_seconds
         while queue or any(w.batch for w in self._workers):
-            self._prestart([w for w in self._workers if not w.batch], queue)
             idle = [w for w in self._workers if not w.batch]
+            self._prestart(idle, queue)
             for k, w in enumerate(idle):
                 if queue:
                     yield from self._send(w, queue, limit, len(idle) - k)

@@ -179,17 +179,33 @@ def residual_ic(factor: np.ndarray, label: np.ndarray, controls: np.ndarray, day
     A day with fewer than max(F + 5, 20) such instruments is skipped (NaN): the fit would eat the
     cross-section. A day where the residual vanishes (the factor is spanned by the controls) scores 0
     where the label is defined, rather than the rank IC of rounding noise."""
-    factor, label, controls = _residual_inputs([factor], label, controls)
+    (factor,), label, controls = _residual_inputs([factor], label, controls)
     f_count = controls.shape[0]
     min_obs = max(f_count + 5, 20)
-    sel = _day_selection(factor[0].shape[1], days)
-    resid = np.full((factor[0].shape[0], sel.size), np.nan)
+    sel = _day_selection(factor.shape[1], days)
+    resid = np.full((factor.shape[0], sel.size), np.nan)
     skipped = np.zeros(sel.size, bool)
     spanned = np.zeros(sel.size, bool)
     for i, d in enumerate(sel):
+        y = factor[:, d]
         x = controls[:, :, d].T  # (N, F)
-        ok = np.isfinite(factor[0][:, d]) & np.isfinite(x).all(axis=1)
-        skipped[i], spanned[i] = _residual_day(factor[0][:, d], x, ok, label[:, d], min_obs, resid[:, i])
+        ok = np.isfinite(y) & np.isfinite(x).all(axis=1)
+        if ok.sum() < min_obs:
+            skipped[i] = True
+            continue
+        yc = y[ok] - y[ok].mean()
+        scale = math.sqrt(float(yc @ yc))
+        if scale == 0.0:  # a constant factor has no cross-section to rank: leave the day NaN
+            continue
+        design = np.column_stack([np.ones(int(ok.sum())), x[ok]])
+        # lstsq (SVD) rather than normal equations: collinear controls still give the projection residual
+        beta = np.linalg.lstsq(design, y[ok], rcond=None)[0]
+        r = y[ok] - design @ beta
+        if math.sqrt(float(r @ r)) <= SPANNED_TOL * scale:
+            # scored 0 only where the day could have been scored at all (a label to compare with)
+            spanned[i] = np.isfinite(label[ok, d]).sum() >= MIN_PAIRS
+            continue
+        resid[ok, i] = r
     return _residual_result(resid, label[:, sel], skipped, spanned)
 
 
@@ -200,9 +216,9 @@ def residual_ics(factors: list[np.ndarray], label: np.ndarray, controls: np.ndar
     still fitted on its own rows (where it and every control are finite), through the normal
     equations of the day's standardised design: one small (F+1)^2 system per factor and day (the day's
     Gram matrix less the rows the factor misses), solved directly, or by a pseudo-inverse where a
-    block holds a singular one. Factors' missing rows differ (rolling windows of different lengths), so one SVD
-    of the design per factor and day, as `residual_ic` does, would cost a screen ten times its own
-    scoring. Agrees with `residual_ic` to ~1e-9 on well-conditioned controls (the pseudo-inverse drops
+    block holds a singular one. Factors' missing rows differ (rolling windows of different lengths),
+    so one SVD of the design per factor and day, as `residual_ic` does, would cost a screen ten times
+    its own scoring. Agrees with `residual_ic` to ~1e-9 on well-conditioned controls (the pseudo-inverse drops
     directions below 1e-10 of the largest, as lstsq drops collinear ones)."""
     factors, label, controls = _residual_inputs(factors, label, controls)
     n_factors, f_count = len(factors), controls.shape[0]
@@ -273,26 +289,6 @@ def _residual_inputs(factors: list, label, controls) -> tuple[list[np.ndarray], 
                 f"{factor.shape}, label {label.shape}, controls {controls.shape}"
             )
     return factors, label, controls
-
-
-def _residual_day(y: np.ndarray, x: np.ndarray, ok: np.ndarray, label: np.ndarray, min_obs: int,
-                  out: np.ndarray) -> tuple[bool, bool]:
-    """One factor's residual on one day, written into `out` (N,) on its fitted rows; (skipped, spanned)."""
-    if ok.sum() < min_obs:
-        return True, False
-    yc = y[ok] - y[ok].mean()
-    scale = math.sqrt(float(yc @ yc))
-    if scale == 0.0:  # a constant factor has no cross-section to rank: leave the day NaN
-        return False, False
-    design = np.column_stack([np.ones(int(ok.sum())), x[ok]])
-    # lstsq (SVD) rather than normal equations: collinear controls still give the projection residual
-    beta = np.linalg.lstsq(design, y[ok], rcond=None)[0]
-    r = y[ok] - design @ beta
-    if math.sqrt(float(r @ r)) <= SPANNED_TOL * scale:
-        # scored 0 only where the day could have been scored at all (a label to compare with)
-        return False, bool(np.isfinite(label[ok]).sum() >= MIN_PAIRS)
-    out[ok] = r
-    return False, False
 
 
 def _residual_result(resid: np.ndarray, label: np.ndarray, skipped: np.ndarray, spanned: np.ndarray) -> ResidualIC:
