@@ -334,17 +334,15 @@ def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks
 def _screen_residuals(spec: FactorSpec, factors: dict[str, np.ndarray], label: DailyRanks, days: slice,
                       ctx: WorkerContext, library: dict[str, np.ndarray], lib_stack: ReferenceStack | None,
                       lib_corr: dict[str, np.ndarray]) -> dict[str, dict]:
-    """`_residual` of a screen's factors, those with the same controls fitted together (`residual_ics`):
-    a screen scores thousands of days for dozens of factors, one least-squares fit per day and group."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for name in factors:
-        groups.setdefault(tuple(_residual_controls(spec, lib_stack, lib_corr.get(name))), []).append(name)
-    out = {}
-    for used, names in groups.items():
-        controls = _control_stack(spec, list(used), days, ctx, library)
-        for name, res in zip(names, residual_ics([factors[k] for k in names], label.values, controls)):
-            out[name] = _residual_row(res, list(used), spec)
-    return out
+    """`_residual` of a screen's factors, fitted together (`residual_ics`) against one stack of every
+    control, each factor using its own subset: a screen scores thousands of days for dozens of factors."""
+    used = {name: _residual_controls(spec, lib_stack, lib_corr.get(name)) for name in factors}
+    every = [k for k in spec.controls if any(k in u for u in used.values())]
+    controls = _control_stack(spec, every, days, ctx, library)
+    n_base = controls.shape[0] - len(every)
+    uses = [list(range(n_base)) + [n_base + every.index(k) for k in used[name]] for name in factors]
+    results = residual_ics(list(factors.values()), label, controls, uses=uses)
+    return {name: _residual_row(res, used[name], spec) for name, res in zip(factors, results)}
 
 
 def _screen(factor: np.ndarray, label: DailyRanks, calendar: np.ndarray, expression: str) -> tuple[dict, np.ndarray]:

@@ -76,6 +76,10 @@ class DailyRanks:
         to cs_rank(np.where(common, values, nan)), walked from the stored order instead of sorted again."""
         return kernels.rank_within(self.keys, self.order, common, threads=1)
 
+    def days(self, days: slice | np.ndarray) -> DailyRanks:
+        """The same ranks on a subset of days (a slice or index array over T): each day's sort is its own."""
+        return DailyRanks(self.values[:, days], self.valid[:, days], self.order[days], self.keys[days])
+
 
 def daily_ranks(x: np.ndarray) -> DailyRanks:
     """Sort `x` (N, T) once per day, for repeated `daily_rank_ic` (or `align`) calls against it."""

@@ -22,7 +22,7 @@ from enum import Enum
 
 import numpy as np
 
-from quantcore.evaluate.ic import MIN_PAIRS, daily_rank_ic
+from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, daily_rank_ic
 from quantcore.expr.ast import Node, Ref, children, future_reads
 from quantcore.expr.parser import parse
 
@@ -206,74 +206,141 @@ def residual_ic(factor: np.ndarray, label: np.ndarray, controls: np.ndarray, day
             spanned[i] = np.isfinite(label[ok, d]).sum() >= MIN_PAIRS
             continue
         resid[ok, i] = r
-    return _residual_result(resid, label[:, sel], skipped, spanned)
+    daily = daily_rank_ic(resid, label[:, sel])
+    daily[spanned] = 0.0
+    return _residual_result(daily, skipped, spanned)
 
 
-def residual_ics(factors: list[np.ndarray], label: np.ndarray, controls: np.ndarray, days=None,
-                 block: int = 32) -> list[ResidualIC]:
-    """`residual_ic` of many factors against the same controls, fitted for all factors and `block`
-    days at once (the bulk screen's residual; admission uses `residual_ic` itself). Each factor is
-    still fitted on its own rows (where it and every control are finite), through the normal
-    equations of the day's standardised design: one small (F+1)^2 system per factor and day (the day's
-    Gram matrix less the rows the factor misses), solved directly, or by a pseudo-inverse where a
-    block holds a singular one. Factors' missing rows differ (rolling windows of different lengths),
-    so one SVD of the design per factor and day, as `residual_ic` does, would cost a screen ten times
-    its own scoring. Agrees with `residual_ic` to ~1e-9 on well-conditioned controls (the pseudo-inverse drops
-    directions below 1e-10 of the largest, as lstsq drops collinear ones)."""
-    factors, label, controls = _residual_inputs(factors, label, controls)
+def residual_ics(factors: list[np.ndarray], label: np.ndarray | DailyRanks, controls: np.ndarray, days=None,
+                 block: int = 32, uses: list | None = None) -> list[ResidualIC]:
+    """`residual_ic` of many factors, fitted for all of them and `block` days at once (the bulk
+    screen's residual; admission uses `residual_ic` itself). `uses` gives each factor the indices of
+    the controls it is regressed on (default: all of them), so factors whose controls differ (each
+    leaves out the library factors it repeats) share one pass. `label` may be a `DailyRanks` (not
+    sorted again per factor).
+
+    Each factor is still fitted on its own rows (where it and each of its controls are finite), through
+    the normal equations of the day's standardised design: one small system per factor and day (its
+    control set's Gram matrix less the rows the factor misses), solved directly, or by a pseudo-inverse
+    where a block holds a singular one. Factors' missing rows differ (rolling windows of different
+    lengths), so one SVD of the design per factor and day, as `residual_ic` does, would cost a screen
+    ten times its own scoring. Agrees with `residual_ic` to ~1e-9 on well-conditioned controls (the
+    pseudo-inverse drops directions below 1e-10 of the largest, as lstsq drops collinear ones)."""
+    ranks = label if isinstance(label, DailyRanks) else None
+    factors, label, controls = _residual_inputs(factors, label.values if ranks else label, controls)
     n_factors, f_count = len(factors), controls.shape[0]
     if n_factors == 0:
         return []
-    min_obs = max(f_count + 5, 20)
-    sel = _day_selection(factors[0].shape[1], days)
-    ys = np.stack([f[:, sel] for f in factors])  # (C, N, S)
-    xs_all = controls[:, :, sel]  # (F, N, S)
-    resid = np.full(ys.shape, np.nan)
-    skipped = np.zeros((n_factors, sel.size), bool)
-    spanned = np.zeros((n_factors, sel.size), bool)
-    label_ok = np.isfinite(label[:, sel])  # (N, S)
-    for lo in range(0, sel.size, block):
-        hi = min(lo + block, sel.size)
-        x = xs_all[:, :, lo:hi].transpose(2, 1, 0)  # (B, N, F)
-        y = ys[:, :, lo:hi].transpose(2, 0, 1)  # (B, C, N)
-        x_ok = np.isfinite(x).all(axis=2)  # (B, N)
-        ok = np.isfinite(y) & x_ok[:, None, :]  # (B, C, N)
-        count = ok.sum(axis=2)  # (B, C)
-        # standardised controls (a residual does not depend on the columns' scale), 0 off their rows
-        rows = np.maximum(x_ok.sum(axis=1), 1)[:, None]
-        xz = np.where(x_ok[:, :, None], x, 0.0)
-        mu = xz.sum(axis=1) / rows
-        sd = np.sqrt(np.where(x_ok[:, :, None], (xz - mu[:, None, :]) ** 2, 0.0).sum(axis=1) / rows)
-        z = (xz - mu[:, None, :]) / np.where(sd > 0, sd, 1.0)[:, None, :]
-        design = np.where(x_ok[:, :, None], np.concatenate([np.ones(x.shape[:2] + (1,)), z], axis=2), 0.0)  # (B, N, F+1)
-        w = ok.astype(np.float64)
-        yl = np.where(ok, y, 0.0)
-        thin = count < min_obs
-        # each factor's Gram matrix: the day's full one less the rows it misses (few, outside warm-ups)
-        gram = np.repeat((np.swapaxes(design, 1, 2) @ design)[:, None], y.shape[1], axis=1)  # (B, C, F+1, F+1)
-        b_i, c_i, n_i = np.nonzero(x_ok[:, None, :] & ~ok & ~thin[..., None])
-        if b_i.size:
-            rows_out = design[b_i, n_i]
-            np.subtract.at(gram, (b_i, c_i), rows_out[:, :, None] * rows_out[:, None, :])
-        rhs = (yl @ design)[..., None]  # (B, C, F+1, 1)
-        gram[thin] = np.eye(gram.shape[-1])  # not fitted: any invertible system
-        try:
-            beta = np.linalg.solve(gram, rhs)
-        except np.linalg.LinAlgError:  # a control constant on a day, collinear controls: the minimum-norm fit
-            beta = np.linalg.pinv(gram, rcond=1e-10, hermitian=True) @ rhs
-        r = (yl - (design[:, None] @ beta)[..., 0]) * w  # (B, C, N), 0 off each factor's rows
-        mean = yl.sum(axis=2) / np.maximum(count, 1)
-        yc = (yl - mean[..., None]) * w
-        scale = np.sqrt((yc * yc).sum(axis=2))
-        norm = np.sqrt((r * r).sum(axis=2))
-        flat = ~thin & (scale == 0.0)  # a constant factor has no cross-section to rank: NaN
-        gone = ~thin & ~flat & (norm <= SPANNED_TOL * scale)  # spanned by the controls: scored 0
-        labelled = (ok & label_ok[:, lo:hi].T[:, None, :]).sum(axis=2) >= MIN_PAIRS
+    sets: dict[tuple[int, ...], int] = {}  # each distinct control set, numbered
+    group = np.empty(n_factors, np.int64)  # factor -> its control set
+    for c, used in enumerate([range(f_count)] * n_factors if uses is None else uses):
+        key = tuple(sorted({int(k) for k in used}))
+        if any(not 0 <= k < f_count for k in key):
+            raise ValueError(f"uses[{c}] names control {key} outside the {f_count} controls given")
+        group[c] = sets.setdefault(key, len(sets))
+    # columns of the design (0: the intercept) each set fits; a set's system leaves the others out as
+    # identity rows with a zero right-hand side, so every factor is solved in one batch with 0 there
+    in_set = np.zeros((len(sets), f_count + 1), bool)
+    in_set[:, 0] = True
+    for key, g in sets.items():
+        in_set[g, [k + 1 for k in key]] = True
+    min_obs = np.maximum(in_set.sum(axis=1) + 4, 20)[group]  # max(F + 5, 20) with F the set's controls
+    days = slice(None) if days is None else days  # a slice stays a view: no copy of the controls
+    xs_all = controls[:, :, days]  # (F, N, S)
+    label_days = label[:, days] if ranks is None else ranks.days(days)
+    label_ok = np.isfinite(label[:, days])  # (N, S)
+    n_days = xs_all.shape[2]
+    daily = np.full((n_factors, n_days), np.nan)
+    skipped = np.zeros((n_factors, n_days), bool)
+    spanned = np.zeros((n_factors, n_days), bool)
+    for lo in range(0, n_days, block):
+        hi = min(lo + block, n_days)
+        y = np.stack([f[:, days][:, lo:hi] for f in factors], axis=1).T  # (B, C, N)
+        r, thin, gone, labelled = _block_residuals(xs_all[:, :, lo:hi].transpose(2, 1, 0), y, in_set, group,
+                                                   min_obs, label_ok[:, lo:hi])
         skipped[:, lo:hi] = thin.T
         spanned[:, lo:hi] = (gone & labelled).T
-        keep = (~thin & ~flat & ~gone)[..., None] & ok  # (B, C, N)
-        resid[:, :, lo:hi] = np.where(keep, r, np.nan).transpose(1, 2, 0)
-    return [_residual_result(resid[c], label[:, sel], skipped[c], spanned[c]) for c in range(n_factors)]
+        # the factors' days side by side, against the label's block repeated: one ranking call per
+        # block, and no (C, N, T) residual kept (a day's rank IC needs only the day)
+        wide = r.transpose(2, 1, 0).reshape(r.shape[2], -1)  # (N, C * B), factor-major
+        daily[:, lo:hi] = daily_rank_ic(wide, _repeat_days(
+            label_days.days(slice(lo, hi)) if ranks is not None else label_days[:, lo:hi], n_factors)).reshape(n_factors, -1)
+    daily[spanned] = 0.0
+    return [_residual_result(daily[c], skipped[c], spanned[c]) for c in range(n_factors)]
+
+
+def _block_residuals(x: np.ndarray, y: np.ndarray, in_set: np.ndarray, group: np.ndarray, min_obs: np.ndarray,
+                     label_ok: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One block of `residual_ics`: controls `x` (B, N, F), factors `y` (B, C, N), factor c regressed on
+    the design columns `in_set[group[c]]`. Returns the residuals (B, C, N), NaN where not ranked, and
+    (B, C) masks: thin, spanned, labelled."""
+    col_ok = np.isfinite(x)
+    # each control standardised over its own rows (a residual does not depend on the columns' scale or
+    # offset), 0 off them; column 0 is the intercept
+    rows = np.maximum(col_ok.sum(axis=1), 1)
+    xz = np.where(col_ok, x, 0.0)
+    dev = np.where(col_ok, xz - (xz.sum(axis=1) / rows)[:, None, :], 0.0)
+    sd = np.sqrt((dev * dev).sum(axis=1) / rows)
+    design = np.concatenate([np.ones(x.shape[:2] + (1,)), dev / np.where(sd > 0, sd, 1.0)[:, None, :]], axis=2)
+    # a set's rows: where each of its controls is finite, (B, G, N)
+    set_ok = ((~col_ok).astype(np.float64) @ in_set[:, 1:].T.astype(np.float64) == 0).transpose(0, 2, 1)
+    all_ok = col_ok.all(axis=2)  # (B, N)
+    d_all = design * all_ok[..., None]
+    gram = np.repeat((np.swapaxes(d_all, 1, 2) @ d_all)[:, None], in_set.shape[0], axis=1)  # (B, G, P, P)
+    b_i, g_i = np.nonzero((set_ok != all_ok[:, None, :]).any(axis=2))
+    if b_i.size:  # a control the set leaves out is missing on some of its rows: its own Gram matrix
+        d = design[b_i] * set_ok[b_i, g_i][..., None]
+        gram[b_i, g_i] = np.swapaxes(d, 1, 2) @ d
+    outside = ~in_set[:, :, None] | ~in_set[:, None, :]  # (G, P, P)
+    gram = np.where(outside, 0.0, gram) + (~in_set[:, :, None] & np.eye(in_set.shape[1], dtype=bool))
+    x_ok = set_ok[:, group]  # (B, C, N)
+    ok = np.isfinite(y) & x_ok
+    count = ok.sum(axis=2)  # (B, C)
+    yl = np.where(ok, y, 0.0)
+    thin = count < min_obs
+    rhs = (yl @ design) * in_set[group]  # (B, C, P)
+    # a factor finite on every row of its set (most days, outside warm-ups) shares the day's system
+    # for its set; the others subtract the rows they miss from it and are solved alone
+    shared = _solve(gram, np.repeat(np.swapaxes(rhs, 1, 2)[:, None], gram.shape[1], axis=1))  # (B, G, P, C)
+    c_all = np.arange(y.shape[1])
+    beta = np.swapaxes(shared[:, group, :, c_all], 0, 1).copy()  # (B, C, P)
+    own = (x_ok & ~ok).any(axis=2) & ~thin  # (B, C)
+    if own.any():
+        b_i, c_i = np.nonzero(own)
+        g = gram[b_i, group[c_i]]  # (K, P, P), a copy
+        k_i, n_i = np.nonzero(x_ok[b_i, c_i] & ~ok[b_i, c_i])
+        rows_out = design[b_i[k_i], n_i] * in_set[group[c_i[k_i]]]
+        np.subtract.at(g, k_i, rows_out[:, :, None] * rows_out[:, None, :])
+        beta[b_i, c_i] = _solve(g, rhs[b_i, c_i][..., None])[..., 0]
+    r = np.where(ok, yl - beta @ np.swapaxes(design, 1, 2), 0.0)  # (B, C, N), 0 off each factor's rows
+    mean = yl.sum(axis=2) / np.maximum(count, 1)
+    yc = np.where(ok, yl - mean[..., None], 0.0)
+    scale = np.sqrt((yc * yc).sum(axis=2))
+    norm = np.sqrt((r * r).sum(axis=2))
+    flat = ~thin & (scale == 0.0)  # a constant factor has no cross-section to rank: NaN
+    gone = ~thin & ~flat & (norm <= SPANNED_TOL * scale)  # spanned by the controls: scored 0
+    labelled = (ok & label_ok.T[:, None, :]).sum(axis=2) >= MIN_PAIRS
+    keep = (~thin & ~flat & ~gone)[..., None] & ok
+    return np.where(keep, r, np.nan), thin, gone, labelled
+
+
+def _repeat_days(label: np.ndarray | DailyRanks, times: int) -> np.ndarray | DailyRanks:
+    """An (N, B) label's days repeated `times` over, side by side (N, times * B); sorts are kept."""
+    if times == 1:
+        return label
+    if isinstance(label, DailyRanks):
+        return DailyRanks(np.tile(label.values, (1, times)), np.tile(label.valid, (1, times)),
+                          np.tile(label.order, (times, 1)), np.tile(label.keys, (times, 1)))
+    return np.tile(label, (1, times))
+
+
+def _solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Batched normal equations; where any system in the batch is singular (a control constant on a day,
+    collinear controls), the minimum-norm fit through a pseudo-inverse for all of them."""
+    try:
+        return np.linalg.solve(gram, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(gram, rcond=1e-10, hermitian=True) @ rhs
 
 
 def _residual_inputs(factors: list, label, controls) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -291,9 +358,7 @@ def _residual_inputs(factors: list, label, controls) -> tuple[list[np.ndarray], 
     return factors, label, controls
 
 
-def _residual_result(resid: np.ndarray, label: np.ndarray, skipped: np.ndarray, spanned: np.ndarray) -> ResidualIC:
-    daily = daily_rank_ic(resid, label)
-    daily[spanned] = 0.0
+def _residual_result(daily: np.ndarray, skipped: np.ndarray, spanned: np.ndarray) -> ResidualIC:
     hac = newey_west_t(daily)
     return ResidualIC(daily, hac.mean, hac, int(skipped.sum()), int(spanned.sum()))
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal, stats
 
+from quantcore.evaluate.ic import daily_ranks
 from quantcore.evaluate.significance import (
     FdrMethod,
     benjamini_hochberg,
@@ -232,6 +233,31 @@ def test_residual_ics_equal_residual_ic_per_factor(seed):
         assert (got.skipped_days, got.spanned_days) == (one.skipped_days, one.spanned_days)
     assert batched[4].spanned_days == t - 2 and np.isnan(batched[5].daily).all()
     assert residual_ics([], label, controls) == []
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_residual_ics_fit_each_factor_on_its_own_controls(seed):
+    """`uses` gives each factor its own subset of the controls (a screen leaves out the library factors
+    a candidate repeats): the same as fitting it on that subset alone, including where a control the
+    subset leaves out is missing; a ranked label (`daily_ranks`) gives the same ICs as the raw one."""
+    rng = np.random.default_rng(seed)
+    n, t = 80, 40
+    controls = rng.standard_normal((4, n, t))
+    controls[3, :15, 5:9] = np.nan  # left out by some factors: their rows there are wider
+    controls[1, :, :2] = np.nan  # a warm-up: thin days for the sets that use it
+    label = rng.standard_normal((n, t))
+    factors = [rng.standard_normal((n, t)) + 0.5 * controls[k % 4] for k in range(7)]
+    factors[2][rng.random((n, t)) < 0.05] = np.nan
+    factors[6] = 2.0 * np.nan_to_num(controls[0]) - 1.0  # spanned where it is fitted on control 0
+    uses = [[0, 1, 2, 3], [0, 2], [1, 3], [], [2], [0, 1, 2], [0, 2]]
+    batched = residual_ics(factors, daily_ranks(label), controls, days=slice(1, t), block=8, uses=uses)
+    for f, used, got in zip(factors, uses, batched):
+        one = residual_ic(f, label, controls[used] if used else np.empty((0, n, t)), days=slice(1, t))
+        np.testing.assert_allclose(got.daily, one.daily, rtol=1e-9, atol=1e-12)
+        assert (got.skipped_days, got.spanned_days) == (one.skipped_days, one.spanned_days)
+    assert batched[6].spanned_days > 0 and batched[4].skipped_days == 0 and batched[0].skipped_days == 1
+    with pytest.raises(ValueError, match="uses\\[1\\]"):
+        residual_ics(factors[:2], label, controls, uses=[[0], [4]])
 
 
 def test_principal_components_recover_latent_factors():
