@@ -304,15 +304,16 @@ def _block_residuals(x: np.ndarray, y: np.ndarray, in_set: np.ndarray, group: np
     shared = _solve(gram, np.repeat(np.swapaxes(rhs, 1, 2)[:, None], gram.shape[1], axis=1))  # (B, G, P, C)
     c_all = np.arange(y.shape[1])
     beta = np.swapaxes(shared[:, group, :, c_all], 0, 1).copy()  # (B, C, P)
-    own = (x_ok & ~ok).any(axis=2) & ~thin  # (B, C)
+    own = (count < set_ok.sum(axis=2)[:, group]) & ~thin  # (B, C): misses some of its set's rows
     if own.any():
         b_i, c_i = np.nonzero(own)
         g = gram[b_i, group[c_i]]  # (K, P, P), a copy
-        k_i, n_i = np.nonzero(x_ok[b_i, c_i] & ~ok[b_i, c_i])
+        k_i, n_i = np.nonzero(x_ok[b_i, c_i] & ~ok[b_i, c_i])  # k_i ascending, each k at least once
         rows_out = design[b_i[k_i], n_i] * in_set[group[c_i[k_i]]]
-        np.subtract.at(g, k_i, rows_out[:, :, None] * rows_out[:, None, :])
+        g -= np.add.reduceat(rows_out[:, :, None] * rows_out[:, None, :], np.flatnonzero(np.diff(k_i, prepend=-1)))
         beta[b_i, c_i] = _solve(g, rhs[b_i, c_i][..., None])[..., 0]
-    r = np.where(ok, yl - beta @ np.swapaxes(design, 1, 2), 0.0)  # (B, C, N), 0 off each factor's rows
+    fitted = beta @ np.ascontiguousarray(np.swapaxes(design, 1, 2))
+    r = np.where(ok, yl - fitted, 0.0)  # (B, C, N), 0 off each factor's rows
     mean = yl.sum(axis=2) / np.maximum(count, 1)
     yc = np.where(ok, yl - mean[..., None], 0.0)
     scale = np.sqrt((yc * yc).sum(axis=2))
