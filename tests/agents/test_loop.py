@@ -31,7 +31,7 @@ CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    run_id = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3), root)
+    run_id = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3, screen_per_worker=16), root)
     return root, run_id
 
 
@@ -67,11 +67,11 @@ def test_a_second_run_never_reuses_a_library_name(tmp_path):
     # trial-aware test admits little); the naming rule does not depend on them
     lenient = {"fdr_q": 0.5, "min_abs_rank_ic": 0.0, "residual_components": 0}
     work = tmp_path / "project"
-    first = start_run(LoopConfig(budget=1, data=MARKET, workers=2, seed=3, **lenient), work)
+    first = start_run(LoopConfig(budget=1, data=MARKET, workers=2, seed=3, screen_per_worker=16, **lenient), work)
     store = open_project(work)
     first_names = {f.name for f in store.rows(LibraryFactorRow, run_id=first)}
     assert first_names  # the case needs a library to collide with
-    second = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3, **lenient), work)
+    second = start_run(LoopConfig(budget=3, data=MARKET, workers=2, seed=3, screen_per_worker=16, **lenient), work)
     store = open_project(work)
     assert store.run(second).status == "finished"
     proposed = [c["name"] for h in store.rows(HypothesisRow, second) for c in json.loads(h.candidates_json)]
@@ -191,7 +191,7 @@ def test_review_through_the_cli_with_scripted_input(tmp_path):
     # iteration 2 (model): reject with a reason
     script = "edit\nMean($close, 7\nMean($close, 7)/$close - 1\nreject\ntoo slow for today\n"
     result = CliRunner().invoke(app, ["loop", "--budget", "2", "--data", MARKET, "--review", "--root", str(root),
-                                      "--workers", "1", "--candidates", "1"], input=script)
+                                      "--workers", "1", "--candidates", "1", "--screen", "16"], input=script)
     assert result.exit_code == 0, result.output
     run_id = result.output.strip().splitlines()[-1]
     store = open_project(root)
@@ -209,7 +209,7 @@ def test_review_through_the_cli_with_scripted_input(tmp_path):
 def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     root = tmp_path / "proj"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(CLI + ["loop", "--budget", "4", "--data", MARKET, "--root", str(root), "--seed", "5"],
+    proc = subprocess.Popen(CLI + ["loop", "--budget", "4", "--data", MARKET, "--root", str(root), "--seed", "5", "--screen", "16"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     db = root / "rdquant.db"
     deadline = time.monotonic() + 240

@@ -146,12 +146,14 @@ def test_dies_with_its_parent(jail: Jail):
             time.sleep(0.05)
         jailed = _descendants(bwrap_pid)
         assert jailed, "the jailed sleep never started"
+        # each process by pid and start time: a pid the kernel hands to a newcomer is not the jail's
+        procs = {p: _started(p) for p in [bwrap_pid, *jailed]}
         starter.kill()
         starter.wait()
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in [bwrap_pid, *jailed]) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while any(_alive(p, t) for p, t in procs.items()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(p) for p in [bwrap_pid, *jailed]), "a jailed process outlived its parent"
+        assert not any(_alive(p, t) for p, t in procs.items()), "a jailed process outlived its parent"
     finally:
         starter.kill()
         starter.wait()
@@ -171,12 +173,23 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    # a zombie is dead for our purpose; the orphaned bwrap is reaped by init, not by us
+def _stat(pid: int) -> list[str] | None:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return False
+        return None
+
+
+def _started(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields else None  # starttime, field 22 of stat
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    # a zombie is dead for our purpose (the orphaned bwrap is reaped by init, not by us), and so is a
+    # process that started after the one we saw under that pid
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == started
 
 
 def test_a_missing_experiment_folder_is_refused(tmp_path: Path):
