@@ -306,19 +306,24 @@ def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
     """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
     from agents.loop import open_project
     from agents.replay import replay_run
+    from sandbox.store import code_version
 
     try:
         report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
     except KeyError as e:
         err.print(f"[bold red]error:[/] {e.args[0]}")
         raise typer.Exit(2) from None
+    if report.tolerance:
+        console.print(f"  [dim]recorded by other code ({', '.join(report.recorded_code) or 'a version before versions were stored'};"
+                      f" this is {code_version()}): floats compared to a relative {report.tolerance:g}[/]")
     for line in report.divergences:
         console.print(f"[red]diverged:[/] {line}")
     if report.divergences:
         console.print(f"[bold red]replay of {report.run_id} diverged[/] ({len(report.divergences)} difference(s))")
         raise typer.Exit(1)
+    agree = f"equal to a relative {report.tolerance:g}" if report.tolerance else "identical"
     console.print(f"[bold green]replay of {report.run_id} matches[/]: {report.iterations} iterations, "
-                  f"{report.decisions} decisions, {report.metrics} metric values identical")
+                  f"{report.decisions} decisions, {report.metrics} metric values {agree}")
 
 
 def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),

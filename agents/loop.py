@@ -23,6 +23,7 @@ from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
 from sandbox.market import market_roots
+from sandbox.store import code_version
 from sandbox.result import ExperimentResult, FailureCategory
 from sandbox.spec import default_segments
 
@@ -97,6 +98,7 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
             # trial_mark: the project's trials before this run are the search's starting point (replay too)
             db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,
                                                          "library_at_start": library,
+                                                         "code_versions": [code_version()],
                                                          "trial_mark": _last_id(db, TrialRow),
                                                          "library_mark": _last_id(db, LibraryFactorRow)})))
     except BaseException:
@@ -104,6 +106,11 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
             executor.close()
         raise
     return _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor)
+
+
+def _with_code_version(raw: dict) -> dict:
+    versions = list(raw.get("code_versions") or [])
+    return {**raw, "code_versions": versions if code_version() in versions else versions + [code_version()]}
 
 
 def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None, reviewer=None,
@@ -124,6 +131,8 @@ def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None,
         with store.session() as db:
             row = db.get(RunRow, run.id)
             row.status = "running"
+            # the code that computes its metrics from here on (a replay compares exactly only under it)
+            row.config_json = dumps(_with_code_version(json.loads(row.config_json)))
             db.add(row)
     except BaseException:
         if own_executor:

@@ -4,6 +4,7 @@ asked with the stored run (see `compare`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -23,8 +24,13 @@ from agents.store import (
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
 from sandbox.market import market_roots
+from sandbox.store import code_version
 
-__all__ = ["ReplayReport", "replay_run"]
+__all__ = ["ReplayReport", "replay_run", "compare", "CROSS_VERSION_TOLERANCE"]
+
+#: Relative difference a float may show when the run was recorded by other code than the replay's (an
+#: optimised kernel adds in another order): far below any figure a decision reads, far above rounding.
+CROSS_VERSION_TOLERANCE = 1e-9
 
 
 @dataclass
@@ -34,6 +40,8 @@ class ReplayReport:
     decisions: int = 0
     metrics: int = 0
     divergences: list[str] = field(default_factory=list)
+    tolerance: float = 0.0  # 0: every value compared exactly (the run's code is the replay's)
+    recorded_code: list[str] = field(default_factory=list)  # the code versions that computed the stored run
 
 
 def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None) -> ReplayReport:
@@ -69,7 +77,13 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
             # recorded in the scratch project's MLflow store: the critic reads the metrics back from there too
             start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
                       run_id=run.id, library=raw.get("library_at_start", {}))
-        return compare(store, open_project(tmp), run.id)
+        recorded = [v for v in raw.get("code_versions") or [] if v]
+        # bit for bit under the code that recorded it; another version (or an unknown one: runs stored before
+        # versions were) may round differently in the last digits, so floats then agree to a relative 1e-9
+        exact = recorded == [code_version()]
+        report = compare(store, open_project(tmp), run.id, tolerance=0.0 if exact else CROSS_VERSION_TOLERANCE)
+        report.recorded_code = recorded
+        return report
 
 
 def _copy_project_state(original: Store, scratch: Store, mark: int, names_mark: int, library: dict[str, str]) -> None:
@@ -85,13 +99,15 @@ def _copy_project_state(original: Store, scratch: Store, mark: int, names_mark: 
                                             if f.name not in library])
 
 
-def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
+def compare(original: Store, replayed: Store, run_id: str, tolerance: float = 0.0) -> ReplayReport:
     """Everything `run_id` decided and measured, side by side: decisions (verdict, metrics, reasons but the
     MLflow runs they cite), experiments (spec, metrics, details, failure), hypotheses, trials, the library
     it changed, the best model, and each LLM call's request (a recorded call the replay did not make is a
-    divergence too). A run with nothing decided cannot match: there is nothing to vouch for."""
-    report = ReplayReport(run_id)
+    divergence too). A run with nothing decided cannot match: there is nothing to vouch for. Floats are
+    compared exactly, or to a relative `tolerance` where the run was recorded by other code."""
+    report = ReplayReport(run_id, tolerance=tolerance)
     out = report.divergences
+    same = functools.partial(_same, tolerance=tolerance)
     a, b = _decisions(original, run_id), _decisions(replayed, run_id)
     report.iterations = len({it for it, _ in a})
     if not a:
@@ -108,8 +124,8 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
         report.decisions += 1
         if va != vb:
             out.append(f"iteration {it}: {cand} was {va!r}, replay says {vb!r}")
-        _diff_values(f"iteration {it}: {cand} decision reasons", ra, rb, out)
-        report.metrics += _diff_metrics(f"iteration {it}: {cand} decision metric", ma, mb, out)
+        _diff_values(f"iteration {it}: {cand} decision reasons", ra, rb, out, same)
+        report.metrics += _diff_metrics(f"iteration {it}: {cand} decision metric", ma, mb, out, same)
     ea, eb = _experiments(original, run_id), _experiments(replayed, run_id)
     for key in sorted(set(ea) | set(eb)):
         it, cand = key
@@ -120,8 +136,8 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
         if spec_a != spec_b:
             out.append(f"iteration {it}: experiment {cand}'s spec differs")
         report.metrics += _diff_metrics(f"iteration {it}: experiment {cand}", res_a.pop("metrics", {}),
-                                        res_b.pop("metrics", {}), out)
-        _diff_values(f"iteration {it}: experiment {cand}", res_a, res_b, out)
+                                        res_b.pop("metrics", {}), out, same)
+        _diff_values(f"iteration {it}: experiment {cand}", res_a, res_b, out, same)
     for name, rows in (("hypothesis", _hypotheses), ("trial", _trials), ("library factor", _library),
                        ("LLM call", _calls)):
         ra, rb = rows(original, run_id), rows(replayed, run_id)
@@ -132,8 +148,8 @@ def compare(original: Store, replayed: Store, run_id: str) -> ReplayReport:
             elif key not in ra:
                 out.append(f"{name} {key} exists only in the replay")
             else:
-                _diff_values(f"{name} {key}", ra[key], rb[key], out)
-    _diff_values("best model", _best(original, run_id), _best(replayed, run_id), out)
+                _diff_values(f"{name} {key}", ra[key], rb[key], out, same)
+    _diff_values("best model", _best(original, run_id), _best(replayed, run_id), out, same)
     return report
 
 
@@ -202,21 +218,33 @@ def _best(store: Store, run_id: str) -> dict:
     return json.loads(run.best_json) if run is not None else {}
 
 
-def _diff_values(where: str, a, b, out: list[str], path: str = "") -> None:
-    """Every leaf that differs between two JSON-like values (NaN equals NaN), named by its path."""
+def _same(a, b, tolerance: float = 0.0) -> bool:
+    """Equal leaves: NaN equals NaN; two floats within `tolerance` relative (or 1e-12 of it absolute,
+    for values that round around 0) where a tolerance is given."""
+    if a == b:
+        return True
+    if not (type(a) is float and type(b) is float):
+        return False
+    if math.isnan(a) and math.isnan(b):
+        return True
+    return tolerance > 0 and math.isfinite(a) and math.isfinite(b) and \
+        abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-3)
+
+
+def _diff_values(where: str, a, b, out: list[str], same: Callable = _same, path: str = "") -> None:
+    """Every leaf that differs between two JSON-like values (see `_same`), named by its path."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
             if key not in a or key not in b:
                 out.append(f"{where} {path}{key}: only in the {'replay' if key in b else 'original'}")
             else:
-                _diff_values(where, a[key], b[key], out, f"{path}{key}.")
+                _diff_values(where, a[key], b[key], out, same, f"{path}{key}.")
         return
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            _diff_values(where, x, y, out, f"{path}{i}.")
+            _diff_values(where, x, y, out, same, f"{path}{i}.")
         return
-    same = a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-    if not same:
+    if not same(a, b):
         out.append(f"{where} {path.rstrip('.')}: stored {_short(a)}, replay {_short(b)}")
 
 
@@ -225,12 +253,11 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _diff_metrics(where: str, a: dict, b: dict, out: list[str]) -> int:
+def _diff_metrics(where: str, a: dict, b: dict, out: list[str], same: Callable = _same) -> int:
     n = 0
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
         n += 1
-        same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
-        if not same:
+        if not same(x, y):
             out.append(f"{where} {key}: stored {x!r}, replay {y!r}")
     return n

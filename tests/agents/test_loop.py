@@ -23,6 +23,7 @@ from agents.replay import compare, replay_run
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, IterationRow, LibraryFactorRow, ReviewRow
 from quantcore.data.sources import load_market
 from sandbox.spec import default_segments
+from sandbox.store import code_version
 
 MARKET = "synthetic:60:700:0"
 CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
@@ -165,7 +166,10 @@ def test_replay_reproduces_decisions_and_metrics_and_reports_divergence(finished
     root, run_id = finished_run
     report = replay_run(open_project(root), run_id, workers=2)
     assert report.divergences == [] and report.decisions >= 4 and report.metrics > 50
-    # tamper with one stored metric: the replay must name the iteration, candidate and value
+    assert report.tolerance == 0.0 and report.recorded_code == [code_version()]  # this code: bit for bit
+    # tamper with one stored metric: the replay must name the iteration, candidate and value; the run
+    # also claims other code recorded it, which may round differently: a second metric moved by a
+    # relative 1e-12 is then within rounding, the first (moved by 1.0) is not
     tampered = tmp_path / "tampered"
     tampered.mkdir()
     db = sqlite3.connect(tampered / "rdquant.db")
@@ -175,14 +179,19 @@ def test_replay_reproduces_decisions_and_metrics_and_reports_divergence(finished
         "select id, iteration, candidate, metrics_json from decisions where iteration > 0 and metrics_json != '{}' "
         "order by id limit 1").fetchone()
     m = json.loads(metrics)
-    key = sorted(m)[0]
+    key, rounded = [k for k in sorted(m) if isinstance(m[k], float) and m[k]][:2]
     m[key] = m[key] + 1.0
+    m[rounded] = m[rounded] * (1 + 1e-12)
     db.execute("update decisions set metrics_json = ? where id = ?", (json.dumps(m), row_id))
+    raw = json.loads(db.execute("select config_json from runs where id = ?", (run_id,)).fetchone()[0])
+    raw["code_versions"] = ["rdquant-code-older"]
+    db.execute("update runs set config_json = ? where id = ?", (json.dumps(raw), run_id))
     db.commit()
     db.close()
     result = CliRunner().invoke(app, ["replay", run_id, "--root", str(tampered)])
     assert result.exit_code == 1
     assert f"iteration {iteration}" in result.output and candidate in result.output and key in result.output
+    assert "recorded by other code (rdquant-code-older" in result.output and f" {rounded}:" not in result.output
 
 
 def test_review_through_the_cli_with_scripted_input(tmp_path):
@@ -236,6 +245,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert resumed.stdout.strip().splitlines()[-1] == run.id
     assert [r.number for r in store.rows(IterationRow, run.id)] == [1, 2, 3, 4]
+    assert json.loads(store.run(run.id).config_json)["code_versions"] == [code_version()]  # one code, listed once
     keys = [(e.iteration, e.candidate) for e in store.rows(ExperimentRow, run.id)]
     assert len(keys) == len(set(keys))
     # and it decided exactly what an uninterrupted run with the same settings decides

@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from agents.cli import app
 from agents.config import LoopConfig, stored_config
-from agents.loop import open_project, resume_run, start_run
+from agents.loop import _with_code_version, open_project, resume_run, start_run
 from agents.nodes import inner_folds
-from agents.replay import compare, replay_run
+from agents.replay import CROSS_VERSION_TOLERANCE, compare, replay_run
 from agents.store import ExperimentRow, LLMCallRow, RunRow, TrialRow, dumps
 from quantcore.data.sources import load_market
 from sandbox.spec import default_segments
+from sandbox.store import code_version
 
 MARKET = "synthetic:60:700:4:4"
 
@@ -89,6 +90,37 @@ def test_one_altered_detail_value_fails(recorded, tmp_path):
     report = compare(store, open_project(again), run_id)
     assert len(report.divergences) == 1
     assert f"{name}.base_correlation.feature" in report.divergences[0] and "NOT_A_FEATURE" in report.divergences[0]
+
+
+def test_other_code_is_held_to_rounding_not_to_the_bit(recorded, tmp_path):
+    """Under the code that recorded a run, a metric moved in its last digits is a divergence; a run
+    recorded by other code (a kernel that adds in another order) is held to a relative 1e-9, which such
+    a move passes and a real change does not. A new run records the code version that computed it."""
+    root, again, run_id = recorded
+    assert json.loads(open_project(root).run(run_id).config_json)["code_versions"] == [code_version()]
+    store = _copy(root, tmp_path)
+
+    def move(relative: float) -> str:
+        with store.session() as db:
+            row = next(e for e in store.rows(ExperimentRow, run_id) if e.candidate.startswith("screen."))
+            result = json.loads(row.result_json)
+            key = next(k for k in sorted(result["metrics"]) if k.endswith(".rank_ic") and result["metrics"][k])
+            result["metrics"][key] *= 1 + relative
+            row.result_json = dumps(result)
+            db.add(row)
+        return key
+
+    key = move(1e-12)
+    exact = compare(store, open_project(again), run_id)
+    assert len(exact.divergences) == 1 and key in exact.divergences[0]
+    assert compare(store, open_project(again), run_id, tolerance=CROSS_VERSION_TOLERANCE).divergences == []
+    move(1e-6)
+    loose = compare(store, open_project(again), run_id, tolerance=CROSS_VERSION_TOLERANCE)
+    assert len(loose.divergences) == 1 and key in loose.divergences[0]
+    # a resume under other code adds its version: such a run is never compared bit for bit again
+    assert _with_code_version({"code_versions": ["rdquant-code-older"]})["code_versions"] == [
+        "rdquant-code-older", code_version()]
+    assert _with_code_version({})["code_versions"] == [code_version()]
 
 
 def test_an_altered_trial_or_spec_fails(recorded, tmp_path):
