@@ -220,9 +220,10 @@ def residual_ics(factors: list[np.ndarray], label: np.ndarray | DailyRanks, cont
     sorted again per factor).
 
     Each factor is still fitted on its own rows (where it and each of its controls are finite), through
-    the normal equations of the day's standardised design: one small system per factor and day (its
-    control set's Gram matrix less the rows the factor misses), solved directly, or by a pseudo-inverse
-    where a block holds a singular one. Factors' missing rows differ (rolling windows of different
+    the normal equations of the day's standardised design: one small system per control set and day,
+    shared by the factors finite on all of its rows, and one of their own (the set's Gram matrix less the
+    rows they miss) for the others, solved directly, or by a pseudo-inverse where a block holds a
+    singular one. Factors' missing rows differ (rolling windows of different
     lengths), so one SVD of the design per factor and day, as `residual_ic` does, would cost a screen
     ten times its own scoring. Agrees with `residual_ic` to ~1e-9 on well-conditioned controls (the
     pseudo-inverse drops directions below 1e-10 of the largest, as lstsq drops collinear ones)."""
