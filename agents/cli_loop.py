@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import NoReturn, Optional, get_args
+from typing import Optional, get_args
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -16,7 +17,7 @@ from rich.tree import Tree
 
 from agents.config import LoopConfig
 from agents.contracts import CoderOutput, Hypothesis, Review
-from quantcore.errors import QuantcoreError
+from agents.errors import fail, user_errors
 
 # agents.loop (LangGraph, the sandbox) and agents.runs (SQLModel) load inside the commands that use
 # them: `rdquant --help` and the quant-core commands start without them.
@@ -24,10 +25,10 @@ from quantcore.errors import QuantcoreError
 __all__ = ["loop_command", "runs_app", "replay_command", "report_command"]
 
 console = Console()
-err = Console(stderr=True)
 DEFAULT_ROOT = Path("runs")
 
 
+@user_errors
 def loop_command(
     budget: Optional[int] = typer.Option(None, "--budget", min=1, help="Iterations to run (default 5; on --resume, the run's own)."),
     offline: bool = typer.Option(True, "--offline/--llm", help="Offline back-end (default) or an OpenAI-compatible LLM."),
@@ -82,35 +83,28 @@ def loop_command(
 
     kinds = get_args(LoopConfig.model_fields["executor"].annotation)
     if executor is not None and executor not in kinds:
-        _fail(f"unknown --executor {executor!r}: use one of {', '.join(kinds)}")
+        fail(f"unknown --executor {executor!r}: use one of {', '.join(kinds)}")
     if fdr_method not in ("by", "bh"):
-        _fail(f"unknown --fdr-method {fdr_method!r}: use by or bh")
+        fail(f"unknown --fdr-method {fdr_method!r}: use by or bh")
     display = _Display(budget or 5)
     reviewer = _prompt_review if review else None
-    try:
-        with display:
-            if resume:
-                run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget,
-                                    executor_kind=executor)
-            else:
-                config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
-                                    fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
-                                    data=data, seed=seed, review=review, max_tokens=max_tokens,
-                                    max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds,
-                                    screen_per_worker=screen, embargo_days=embargo, fdr_q=fdr_q, fdr_method=fdr_method,
-                                    residual_components=residual_components, model_alpha=model_alpha, label=label)
-                run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
-    except KeyError as e:
-        _fail(e.args[0])
-    except (QuantcoreError, ValueError, RuntimeError) as e:  # an unknown --data market, Ray missing or unreachable
-        _fail(str(e))
+    if not resume:
+        try:
+            config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
+                                fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
+                                data=data, seed=seed, review=review, max_tokens=max_tokens,
+                                max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds,
+                                screen_per_worker=screen, embargo_days=embargo, fdr_q=fdr_q, fdr_method=fdr_method,
+                                residual_components=residual_components, model_alpha=model_alpha, label=label)
+        except ValidationError as e:  # the options as given: the user's to fix
+            fail(" ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+    with display:  # an unknown run or market, a bad label, Ray missing: `user_errors`; anything else is our bug
+        if resume:
+            run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget,
+                                executor_kind=executor)
+        else:
+            run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     print(f"\n{run_id}")  # the run id alone on the last line (for scripts)
-
-
-def _fail(message: str) -> NoReturn:
-    """The user's mistake: one line on stderr (never wrapped, never read as markup), exit 2."""
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(2)
 
 
 class _Display:
@@ -209,6 +203,7 @@ runs_app = typer.Typer(help="List and inspect research runs.", no_args_is_help=T
 
 
 @runs_app.command("list")
+@user_errors
 def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Every run of the project, oldest first."""
     from agents.loop import open_project
@@ -227,17 +222,14 @@ def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool =
 
 
 @runs_app.command("show")
+@user_errors
 def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """The hypothesis graph as a tree and the accepted factors with their validation metrics."""
     from agents.loop import open_project
     from agents.runs import run_summary
 
-    try:
-        summary = run_summary(open_project(root), run_id)
-    except KeyError as e:
-        err.print(f"[bold red]error:[/] {e.args[0]}")
-        raise typer.Exit(2) from None
+    summary = run_summary(open_project(root), run_id)
     if as_json:
         print(json.dumps(summary, default=str))
         return
@@ -301,6 +293,7 @@ def _fmt_p(p) -> str:
 
 # ---- replay and report ------------------------------------------------------------------------------------
 
+@user_errors
 def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
                    workers: int = typer.Option(2, "--workers", min=1)) -> None:
     """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
@@ -308,11 +301,7 @@ def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
     from agents.replay import replay_run
     from sandbox.store import code_version
 
-    try:
-        report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
-    except KeyError as e:
-        err.print(f"[bold red]error:[/] {e.args[0]}")
-        raise typer.Exit(2) from None
+    report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
     if report.tolerance:
         console.print(f"  [dim]recorded by other code ({', '.join(report.recorded_code) or 'a version before versions were stored'};"
                       f" this is {code_version()}): floats compared to a relative {report.tolerance:g}[/]")
@@ -326,6 +315,7 @@ def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
                   f"{report.decisions} decisions, {report.metrics} metric values {agree}")
 
 
+@user_errors
 def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
                    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
                    workers: int = typer.Option(2, "--workers", min=1),
@@ -335,13 +325,10 @@ def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
     """A self-contained HTML report; the final model is scored on validation first, then the sealed test
     segment is opened, once per state of the run."""
     from agents.loop import open_project
-    from agents.report import SealedTestChanged, build_report
+    from agents.report import build_report
 
-    try:
-        path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers, reopen=reopen,
-                                      log=lambda m: console.print(f"  [dim]{m}[/]"))
-    except (KeyError, SealedTestChanged) as e:
-        _fail(e.args[0])
+    path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers, reopen=reopen,
+                                  log=lambda m: console.print(f"  [dim]{m}[/]"))
     console.print(_figures_table({k: headline[k] for k in ("final.valid", "baseline", "final")}))
     console.print(f"sealed test opened {headline['times_opened']} time{'s' if headline['times_opened'] != 1 else ''}")
     console.print(f"report: {path}")

@@ -12,6 +12,7 @@ from agents.backend import Backend, OfflineBackend
 from agents.config import LoopConfig, loop_label, purge_days, stored_config
 from agents.graph import budget_left, build_graph
 from agents.decide import admission_p, merge_folds
+from agents.errors import ExperimentFailed, LabelError
 from agents.recorded import read_back
 from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, form_of
 from agents.search import ScoredExpression
@@ -180,7 +181,7 @@ def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_e
 
 def _check_label(label: str, panel) -> None:
     """A label that does not parse, names a missing field, or reads no future day is refused (a
-    ValueError naming it) before anything is stored: a label of the past is no prediction target."""
+    LabelError naming it) before anything is stored: a label of the past is no prediction target."""
     from quantcore.evaluate.significance import label_horizon
     from quantcore.expr.parser import parse
     from quantcore.expr.validate import validate
@@ -189,9 +190,9 @@ def _check_label(label: str, panel) -> None:
         node = parse(label)
         validate(node, panel.field_names, allow_future=True)
     except ExpressionError as e:
-        raise ValueError(f"--label {label!r}: {e}") from None
+        raise LabelError(f"--label {label!r}: {e}") from None
     if label_horizon(node) < 1:
-        raise ValueError(f"--label {label!r} reads no future day: a label must be what happens after the day "
+        raise LabelError(f"--label {label!r} reads no future day: a label must be what happens after the day "
                          "the factors see (e.g. Ref($close, -2)/Ref($close, -1) - 1)")
 
 
@@ -206,7 +207,7 @@ def _baseline(s: Services) -> None:
                            s.executor.recorder).values())
     result = merge_folds(folds)
     if not result.ok:
-        raise RuntimeError(f"the baseline model failed: {result.failure.for_llm()}")
+        raise ExperimentFailed(f"the baseline model failed: {result.failure.for_llm()}")
     best = {"name": "baseline", "family": "lightgbm", "params": {}, "metrics": result.metrics,
             "daily_rank_ic": result.details.get("daily_rank_ic")}
     with s.store.session() as db:

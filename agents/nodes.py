@@ -57,6 +57,7 @@ from agents.store import (
     dumps,
 )
 from quantcore.data.panel import Panel
+from quantcore.dataset.errors import SegmentError
 from quantcore.errors import ExpressionError
 from quantcore.expr.ast import depth, node_count
 from quantcore.expr.canonical import canonical
@@ -198,7 +199,7 @@ def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int, 
         cut = train.start + int((stop_end - train.start) * 0.8)  # early-stopping starts here
         fit_end = cut - drop
         if fit_end <= train.start:
-            raise ValueError(f"segment 'train' {tuple(segments['train'])} is too short for a model fold: fitting, "
+            raise SegmentError(f"segment 'train' {tuple(segments['train'])} is too short for a model fold: fitting, "
                              f"{drop} purged days (horizon {horizon} + embargo {embargo}), early-stopping and "
                              f"{drop} more; lengthen it or lower the embargo")
         out.append({"train": (day(train.start), day(fit_end - 1)), "valid": (day(cut), day(stop_end - 1)),

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from agents.config import loop_label, purge_days, stored_config  # noqa: E402
+from agents.errors import ExperimentFailed, UserError  # noqa: E402
 from agents.nodes import inner_folds  # noqa: E402
 from agents.runs import HEADLINE, evaluation, run_state, run_summary, state_changes  # noqa: E402
 from agents.store import EvaluationRow, OpeningRow, Store, dumps  # noqa: E402
@@ -35,7 +36,7 @@ from sandbox.spec import spec_hash  # noqa: E402
 __all__ = ["build_report", "sealed_test", "SealedTestChanged"]
 
 
-class SealedTestChanged(RuntimeError):
+class SealedTestChanged(UserError, RuntimeError):
     """The run changed since its sealed test was opened: the stored test figures are for another state."""
 
 
@@ -87,8 +88,8 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
         log(f"scoring the final model on the validation segment {fold['test'][0]} .. {fold['test'][1]}")
         [r] = ex.run_many([valid_spec])
         if not r.ok:
-            raise RuntimeError(f"the final model failed on validation (the sealed test stays closed): "
-                               f"{r.failure.for_llm()}")
+            raise ExperimentFailed(f"the final model failed on validation (the sealed test stays closed): "
+                                   f"{r.failure.for_llm()}")
         with store.session() as db:
             db.add(EvaluationRow(run_id=run.id, name="final.valid", opening=number, metrics_json=dumps(r.metrics),
                                  detail_json=dumps({"segments": fold, "final_hash": final_hash,
@@ -97,7 +98,7 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
         results = dict(zip(specs, ex.run_many(list(specs.values()))))
     for name, r in results.items():
         if not r.ok:
-            raise RuntimeError(f"the {name} model failed on the test segment: {r.failure.for_llm()}")
+            raise ExperimentFailed(f"the {name} model failed on the test segment: {r.failure.for_llm()}")
     with store.session() as db:  # the opening and its figures together: a failed opening leaves no record of one
         db.add(OpeningRow(run_id=run.id, number=number, final_hash=final_hash, state_json=dumps(state), reason=reason))
         for name, r in results.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from agents.contracts import CodedCandidate
 from agents.decide import factor_metrics
+from agents.errors import ExperimentFailed
 from agents.search import skeleton
 from quantcore.data.panel import Panel
 from quantcore.errors import ExpressionError
@@ -107,7 +108,7 @@ def screen_scores(candidates: list[CodedCandidate], results: dict[str, Experimen
     Every chunk failing at once is not the candidates' doing: a RuntimeError names the first failure."""
     failures = [r for r in results.values() if not r.ok]
     if results and len(failures) == len(results):
-        raise RuntimeError(f"every screening experiment failed, first: {failures[0].failure.for_llm()[:500]}")
+        raise ExperimentFailed(f"every screening experiment failed, first: {failures[0].failure.for_llm()[:500]}")
     chunk_of, by_failed = {}, {}
     for key, r in results.items():
         for name in specs.get(key, {}).get("expressions", {}):

@@ -19,6 +19,8 @@ from typing import Any, Iterator, Optional
 from sqlalchemy import event
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from agents.errors import RunNotFound
+
 __all__ = [
     "Store", "RunRow", "IterationRow", "HypothesisRow", "EdgeRow", "ExperimentRow", "LibraryFactorRow",
     "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "OpeningRow", "TrialRow", "now",
@@ -279,8 +281,8 @@ class Store:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise KeyError(f"no run {prefix!r} in this project")
-        raise KeyError(f"run id prefix {prefix!r} is ambiguous: {', '.join(r.id for r in found)}")
+            raise RunNotFound(f"no run {prefix!r} in this project")
+        raise RunNotFound(f"run id prefix {prefix!r} is ambiguous: {', '.join(r.id for r in found)}")
 
 
 def _add_missing_columns(engine) -> None:

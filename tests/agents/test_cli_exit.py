@@ -7,6 +7,13 @@ import json
 import subprocess
 import sys
 
+import typer
+from typer.testing import CliRunner
+
+from agents.errors import RunNotFound, user_errors
+from agents.loop import open_project
+from quantcore.data.sources import load_market
+
 ENTRY = "import atexit; atexit.register(lambda: print('atexit handler ran')); from agents.cli import main; main()"
 
 
@@ -58,3 +65,34 @@ def test_the_iteration_log_says_what_a_model_iteration_did():
         display.event("iteration", {**base, "iteration": 3, "direction": "factor", "accepted": ["mom_3_1"]})
     assert display.log == ["#1 model: new best model csrank_2; why (1.0s)", "#2 model: best model kept; why (1.0s)",
                            "#3 factor: accepted mom_3_1; why (1.0s)"]
+
+
+def test_the_users_mistakes_are_one_line_and_our_bugs_keep_their_traceback():
+    """`agents.errors.user_errors`: a run that is not there or a market that does not exist is the
+    user's to fix (one line, exit 2); a KeyError of our own making is a bug and must not be dressed up
+    as one: it propagates with its traceback."""
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def probe(kind: str) -> None:
+        if kind == "run":
+            raise RunNotFound("no run 'abc' in this project")
+        if kind == "market":
+            load_market("nosuchmarket")
+        _ = {}["a key nobody typed"]
+
+    runner = CliRunner()
+    run = runner.invoke(app, ["run"])
+    assert run.exit_code == 2 and "error: no run 'abc' in this project" in run.output and "Traceback" not in run.output
+    market = runner.invoke(app, ["market"])
+    assert market.exit_code == 2 and "unknown market 'nosuchmarket'" in market.output
+    bug = runner.invoke(app, ["bug"])
+    assert bug.exit_code == 1 and isinstance(bug.exception, KeyError) and "error:" not in bug.output
+
+
+def test_a_label_of_the_past_is_refused_in_one_line(tmp_path):
+    done = _rdquant("loop", "--budget", "1", "--data", "synthetic:40:300:1", "--label", "$close/Ref($close, 1) - 1",
+                    "--root", str(tmp_path))
+    assert done.returncode == 2 and "reads no future day" in done.stderr and "Traceback" not in done.stderr
+    assert open_project(tmp_path).runs() == []  # refused before anything is stored
