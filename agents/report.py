@@ -15,23 +15,20 @@ import math
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from agents.config import loop_label, purge_days, stored_config  # noqa: E402
-from agents.errors import ExperimentFailed, UserError  # noqa: E402
-from agents.nodes import inner_folds  # noqa: E402
-from agents.runs import HEADLINE, evaluation, run_state, run_summary, state_changes  # noqa: E402
-from agents.store import EvaluationRow, OpeningRow, Store, dumps  # noqa: E402
-from quantcore.data.sources import load_market  # noqa: E402
-from quantcore.report.html import FigureSection, MetricsSection, TableSection, TextSection, write_html_report  # noqa: E402
-from sandbox.limits import Limits  # noqa: E402
-from sandbox.local import LocalExecutor  # noqa: E402
-from sandbox.market import market_roots  # noqa: E402
-from sandbox.spec import spec_hash  # noqa: E402
+from agents.config import loop_label, purge_days, stored_config
+from agents.errors import ExperimentFailed, UserError
+from agents.nodes import inner_folds
+from agents.runs import HEADLINE, evaluation, run_state, run_summary, state_changes
+from agents.store import EvaluationRow, OpeningRow, Store, dumps
+from quantcore.data.sources import load_market
+from quantcore.report.html import FigureSection, MetricsSection, TableSection, TextSection, write_html_report
+from sandbox.limits import Limits
+from sandbox.local import LocalExecutor
+from sandbox.market import market_roots
+from sandbox.spec import spec_hash
 
 __all__ = ["build_report", "sealed_test", "SealedTestChanged"]
 
@@ -159,7 +156,6 @@ def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | Non
     sections.append(TableSection(title, _cost_frame(cost)))
     path = out or Path(root) / "reports" / f"{summary['run_id']}.html"
     write_html_report(path, sections, title=f"rdquant run {summary['run_id']}")
-    plt.close("all")
     return path, {**headline, "times_opened": n}
 
 
@@ -229,7 +225,8 @@ def _cumulative_figure(test: dict):
     series = {k: _excess_with_cost(test[k].get("report_path", "")) for k in ("baseline", "final")}
     if any(v is None for v in series.values()):
         return None
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))  # no pyplot: no global figure state, no backend to pick
+    ax = fig.subplots()
     for name, s in series.items():
         ax.plot(pd.to_datetime(s.index), s.values, label=name)
     ax.axhline(0, color="#999", lw=0.8)
@@ -242,7 +239,8 @@ def _cumulative_figure(test: dict):
 def _ic_over_iterations(summary: dict):
     if not summary["accepted"]:
         return None
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots()
     xs = [f["iteration"] for f in summary["accepted"]]
     ys = [f["metrics"].get("rank_ic", math.nan) for f in summary["accepted"]]
     ax.scatter(xs, ys)
