@@ -14,7 +14,9 @@ from agents.graph import budget_left, build_graph
 from agents.decide import admission_p, merge_folds
 from agents.errors import ExperimentFailed, LabelError
 from agents.recorded import read_back
-from agents.nodes import IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, form_of
+from agents.nodes import (
+    FAILURES_KEPT, IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, failure_note, form_of,
+)
 from agents.search import ScoredExpression
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
@@ -253,7 +255,7 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
             r = ExperimentResult.from_dict(json.loads(e.result_json))
             if (r.failure is not None and not e.candidate.startswith("screen.")
                     and r.failure.category is not FailureCategory.RECORD):  # ours, no lesson (as in update_node)
-                failures.append({"candidate": e.candidate, "failure": r.failure.for_llm()[:400]})
+                failures.append(failure_note(e.candidate, r.failure.for_llm()))
     screened = [t for t in trials if t.stage == "screen"]
     best_by_form: dict[str, float] = {}
     for t in screened:
@@ -277,6 +279,6 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
                      library_fitness=library_fitness, market=market, taken_names=taken,
                      admission_p=[admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"],
                      planned_tests=planned,
-                     families=families, failures=failures[-10:], lessons=json.loads(run.lessons_json),
+                     families=families, failures=failures[-FAILURES_KEPT:], lessons=json.loads(run.lessons_json),
                      tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
                      stopped=run.status == "stopped")

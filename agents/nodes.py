@@ -91,6 +91,16 @@ class IterationState(BaseModel):
     started: float = 0.0
 
 
+#: What the run keeps in memory for the proposer (restored the same way on resume): the latest failures,
+#: each cut to this many characters, and the latest distinct lessons of the critic.
+FAILURES_KEPT, FAILURE_CHARS, LESSONS_KEPT = 10, 400, 8
+
+
+def failure_note(candidate: str, text: str) -> dict:
+    """A failed or refused candidate as the proposer sees it in `RunMemory.failures`."""
+    return {"candidate": candidate, "failure": text[:FAILURE_CHARS]}
+
+
 @dataclass
 class RunMemory:
     """The run's state between iterations (restored from the store on resume)."""
@@ -478,12 +488,12 @@ def update_node(state: IterationState, s: Services) -> dict:
             retired.setdefault(rival, v.candidate)
     trials = trial_rows(state, results, m)
     # a `record` failure is ours (the MLflow store), not the proposer's: it is no lesson for it
-    new_failures = [{"candidate": k, "failure": r.failure.for_llm()[:400]} for k, r in results.items()
+    new_failures = [failure_note(k, r.failure.for_llm()) for k, r in results.items()
                     if not r.ok and r.failure.category is not FailureCategory.RECORD]
-    new_failures += [{"candidate": k, "failure": v[:400]} for k, v in state.coded.refused.items()]
+    new_failures += [failure_note(k, v) for k, v in state.coded.refused.items()]
     lessons = list(m.lessons)
     if critic.feedback and critic.feedback not in lessons:
-        lessons = (lessons + [critic.feedback])[-8:]
+        lessons = (lessons + [critic.feedback])[-LESSONS_KEPT:]
     with s.store.session() as db:
         run = db.get(RunRow, m.run_id)
         h = HypothesisRow(run_id=m.run_id, iteration=state.iteration, direction=state.direction, family=hyp.family,
@@ -549,7 +559,7 @@ def update_node(state: IterationState, s: Services) -> dict:
         if c.expression and c.name in results:  # what ran (a rejected batch is free to come back, as on resume)
             m.tried.add(form_of(c.expression))
     m.families[hyp.family] = m.families.get(hyp.family, 0) + 1
-    m.failures = (m.failures + new_failures)[-10:]
+    m.failures = (m.failures + new_failures)[-FAILURES_KEPT:]
     m.stopped = m.stopped or state.stop
     s.on_event("iteration", {"iteration": state.iteration, "direction": state.direction, "hypothesis": hyp.text,
                              "accepted": accepted, "new_best": new_best["name"] if new_best else None,
