@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.rdquant-installed
 KERNEL_SOURCES := $(wildcard quantcore/_ext/*.pyx quantcore/_ext/*.pxd)
 
-.PHONY: setup run workflow test bench clean
+.PHONY: setup run workflow lint test bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ run: $(STAMP)
 
 workflow: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/rdquant run examples/alpha158_lightgbm_sp500.yaml
+
+lint: $(STAMP)
+	@# ruff: lint (pyflakes, pycodestyle's errors, import order) and formatting, as configured in pyproject.toml
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	@# pytest exits 5 when nothing was collected: report it, do not fail on it

@@ -3,6 +3,7 @@
 setuptools drives everything else from pyproject.toml; this file exists only because extension
 modules with a compile-time feature probe (OpenMP) still need code.
 """
+
 import os
 import sys
 import tempfile
@@ -57,9 +58,7 @@ extensions = [
 
 setup(
     ext_modules=cythonize(
-        extensions,
-        language_level=3,
-        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+        extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True}
     ),
     cmdclass={"build_ext": BuildExtWithOpenMP},
 )

@@ -18,11 +18,13 @@ __all__ = ["Backend", "OfflineBackend"]
 class Backend(Protocol):
     name: str
 
-    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str],
-                pool: SearchPool | None = None) -> Hypothesis: ...
+    def propose(
+        self, ctx: ProposalContext, tried: set[str], library: dict[str, str], pool: SearchPool | None = None
+    ) -> Hypothesis: ...
 
-    def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,
-               tried: set[str]) -> FactorCandidate | None: ...
+    def repair(
+        self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int, tried: set[str]
+    ) -> FactorCandidate | None: ...
 
     def analyse(self, ctx: ProposalContext, hypothesis: Hypothesis, verdicts: list[Verdict]) -> tuple[str, str]: ...
 

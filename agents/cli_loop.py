@@ -30,52 +30,94 @@ DEFAULT_ROOT = Path("runs")
 
 @user_errors
 def loop_command(
-    budget: Optional[int] = typer.Option(None, "--budget", min=1, help="Iterations to run (default 5; on --resume, the run's own)."),
-    offline: bool = typer.Option(True, "--offline/--llm", help="Offline back-end (default) or an OpenAI-compatible LLM."),
+    budget: Optional[int] = typer.Option(
+        None, "--budget", min=1, help="Iterations to run (default 5; on --resume, the run's own)."
+    ),
+    offline: bool = typer.Option(
+        True, "--offline/--llm", help="Offline back-end (default) or an OpenAI-compatible LLM."
+    ),
     model: str = typer.Option("gpt-4o-mini", "--model", envvar="RDQUANT_MODEL", help="LLM model name."),
     fallback_offline: bool = typer.Option(False, "--fallback-offline", help="On LLM failure, fall back to offline."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Experiments run at once: local worker processes, or "
-                                "Ray actors (on a cluster, e.g. its CPU count)."),
-    executor: Optional[str] = typer.Option(None, "--executor", metavar="local|ray",
-                                           help="Where experiments run: local processes (default) or Ray "
-                                                "(RAY_ADDRESS's cluster, else a local runtime); same results. "
-                                                "On --resume, the run's own unless given."),
+    workers: int = typer.Option(
+        2,
+        "--workers",
+        min=1,
+        help="Experiments run at once: local worker processes, or Ray actors (on a cluster, e.g. its CPU count).",
+    ),
+    executor: Optional[str] = typer.Option(
+        None,
+        "--executor",
+        metavar="local|ray",
+        help="Where experiments run: local processes (default) or Ray "
+        "(RAY_ADDRESS's cluster, else a local runtime); same results. "
+        "On --resume, the run's own unless given.",
+    ),
     data: str = typer.Option("sp500", "--data", help="sp500 | synthetic[:N:T:SEED] | qlib dir | bars file."),
     seed: int = typer.Option(0, "--seed"),
     review: bool = typer.Option(False, "--review", help="Approve, edit or reject each batch before it runs."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this run id."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Token budget for the run."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.1, help="Time budget in minutes."),
-    candidates: int = typer.Option(4, "--candidates", min=1, max=16,
-                                   help="Factor candidates sent to admission (validation) per iteration."),
-    screen: int = typer.Option(64, "--screen", min=0, max=1024,
-                               help="Offline search: candidates screened per worker each factor iteration "
-                                    "(training-segment RankIC and originality); the strongest go to admission. "
-                                    "0: no screening."),
-    model_folds: int = typer.Option(2, "--model-folds", min=1, max=4,
-                                    help="Walk-forward validation blocks each model candidate is scored on."),
-    embargo: int = typer.Option(5, "--embargo", min=0,
-                                help="Trading days dropped on top of the label's 2-day horizon at every segment "
-                                     "and fold boundary: train, valid and each fold's fit and early-stop ranges "
-                                     "end horizon + embargo days before what follows (against leaks through "
-                                     "autocorrelated features). On --resume, the run's own (its segments are "
-                                     "stored)."),
-    label: Optional[str] = typer.Option(None, "--label",
-                                        help="Label expression factors and models predict (default: the next "
-                                             "day's return, Ref($close, -2)/Ref($close, -1) - 1)."),
-    fdr_q: float = typer.Option(0.05, "--fdr-q", min=0.0001, max=0.5,
-                                help="False discovery rate controlled across every admission trial of the "
-                                     "project on the market."),
-    fdr_method: str = typer.Option("by", "--fdr-method", metavar="by|bh",
-                                   help="Benjamini-Yekutieli (any dependence) or Benjamini-Hochberg (independent "
-                                        "or positively dependent tests)."),
-    residual_components: int = typer.Option(10, "--residual-components", min=0, max=64,
-                                            help="Base-feature principal components a factor's residual RankIC "
-                                                 "(its admission statistic) is taken after, with the library; "
-                                                 "0: raw RankIC."),
-    model_alpha: float = typer.Option(0.05, "--model-alpha", min=0.0001, max=0.5,
-                                      help="The run's false model-replacement rate, split over its model "
-                                           "comparisons."),
+    candidates: int = typer.Option(
+        4, "--candidates", min=1, max=16, help="Factor candidates sent to admission (validation) per iteration."
+    ),
+    screen: int = typer.Option(
+        64,
+        "--screen",
+        min=0,
+        max=1024,
+        help="Offline search: candidates screened per worker each factor iteration "
+        "(training-segment RankIC and originality); the strongest go to admission. "
+        "0: no screening.",
+    ),
+    model_folds: int = typer.Option(
+        2, "--model-folds", min=1, max=4, help="Walk-forward validation blocks each model candidate is scored on."
+    ),
+    embargo: int = typer.Option(
+        5,
+        "--embargo",
+        min=0,
+        help="Trading days dropped on top of the label's 2-day horizon at every segment "
+        "and fold boundary: train, valid and each fold's fit and early-stop ranges "
+        "end horizon + embargo days before what follows (against leaks through "
+        "autocorrelated features). On --resume, the run's own (its segments are "
+        "stored).",
+    ),
+    label: Optional[str] = typer.Option(
+        None,
+        "--label",
+        help="Label expression factors and models predict (default: the next "
+        "day's return, Ref($close, -2)/Ref($close, -1) - 1).",
+    ),
+    fdr_q: float = typer.Option(
+        0.05,
+        "--fdr-q",
+        min=0.0001,
+        max=0.5,
+        help="False discovery rate controlled across every admission trial of the project on the market.",
+    ),
+    fdr_method: str = typer.Option(
+        "by",
+        "--fdr-method",
+        metavar="by|bh",
+        help="Benjamini-Yekutieli (any dependence) or Benjamini-Hochberg (independent or positively dependent tests).",
+    ),
+    residual_components: int = typer.Option(
+        10,
+        "--residual-components",
+        min=0,
+        max=64,
+        help="Base-feature principal components a factor's residual RankIC "
+        "(its admission statistic) is taken after, with the library; "
+        "0: raw RankIC.",
+    ),
+    model_alpha: float = typer.Option(
+        0.05,
+        "--model-alpha",
+        min=0.0001,
+        max=0.5,
+        help="The run's false model-replacement rate, split over its model comparisons.",
+    ),
     root: Path = typer.Option(DEFAULT_ROOT, "--root", help="Project folder (store, sandbox, MLflow)."),
 ) -> None:
     """Mine factors and tune models unattended within a budget; prints the run id on its last line."""
@@ -90,18 +132,35 @@ def loop_command(
     reviewer = _prompt_review if review else None
     if not resume:
         try:
-            config = LoopConfig(budget=budget or 5, backend="offline" if offline else "llm", model=model,
-                                fallback_offline=fallback_offline, workers=workers, executor=executor or "local",
-                                data=data, seed=seed, review=review, max_tokens=max_tokens,
-                                max_minutes=max_minutes, n_factor_candidates=candidates, model_folds=model_folds,
-                                screen_per_worker=screen, embargo_days=embargo, fdr_q=fdr_q, fdr_method=fdr_method,
-                                residual_components=residual_components, model_alpha=model_alpha, label=label)
+            config = LoopConfig(
+                budget=budget or 5,
+                backend="offline" if offline else "llm",
+                model=model,
+                fallback_offline=fallback_offline,
+                workers=workers,
+                executor=executor or "local",
+                data=data,
+                seed=seed,
+                review=review,
+                max_tokens=max_tokens,
+                max_minutes=max_minutes,
+                n_factor_candidates=candidates,
+                model_folds=model_folds,
+                screen_per_worker=screen,
+                embargo_days=embargo,
+                fdr_q=fdr_q,
+                fdr_method=fdr_method,
+                residual_components=residual_components,
+                model_alpha=model_alpha,
+                label=label,
+            )
         except ValidationError as e:  # the options as given: the user's to fix
             fail(" ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     with display:  # an unknown run or market, a bad label, Ray missing: `user_errors`; anything else is our bug
         if resume:
-            run_id = resume_run(resume, root, reviewer=reviewer, on_event=display.event, budget=budget,
-                                executor_kind=executor)
+            run_id = resume_run(
+                resume, root, reviewer=reviewer, on_event=display.event, budget=budget, executor_kind=executor
+            )
         else:
             run_id = start_run(config, root, reviewer=reviewer, on_event=display.event)
     print(f"\n{run_id}")  # the run id alone on the last line (for scripts)
@@ -114,8 +173,17 @@ class _Display:
 
     def __init__(self, budget: int):
         self.budget, self.start, self.live = budget, time.monotonic(), None
-        self.state = {"iteration": 0, "direction": "-", "hypothesis": "baseline model", "best_ic": None,
-                      "library": 0, "tokens": 0, "cost": 0.0, "done": 0, "executor": "-"}
+        self.state = {
+            "iteration": 0,
+            "direction": "-",
+            "hypothesis": "baseline model",
+            "best_ic": None,
+            "library": 0,
+            "tokens": 0,
+            "cost": 0.0,
+            "done": 0,
+            "executor": "-",
+        }
         self.log: list[str] = []
 
     def __enter__(self) -> "_Display":
@@ -143,8 +211,9 @@ class _Display:
                 what = f"new best model {data['new_best']}" if data.get("new_best") else "best model kept"
             else:
                 what = f"accepted {', '.join(data['accepted']) or 'none'}"
-            self.log.append(f"#{data['iteration']} {data['direction']}: {what}; {data['analysis']} "
-                            f"({data['seconds']:.1f}s)")
+            self.log.append(
+                f"#{data['iteration']} {data['direction']}: {what}; {data['analysis']} ({data['seconds']:.1f}s)"
+            )
         elif kind == "done":
             self.log.append(f"done: {data['reason']}")
         if self.live is None:
@@ -215,16 +284,26 @@ def runs_list(root: Path = typer.Option(DEFAULT_ROOT, "--root"), as_json: bool =
         return
     table = Table("run", "created", "status", "iterations", "accepted", "best valid RankIC", "tokens", "cost $")
     for r in rows:
-        table.add_row(r["run_id"], r["created"], r["status"], str(r["iterations"]), str(r["accepted"]),
-                      "-" if r["best_valid_rank_ic"] is None else f"{r['best_valid_rank_ic']:.4f}",
-                      str(r["tokens"]), f"{r['cost_usd']:.4f}")
+        table.add_row(
+            r["run_id"],
+            r["created"],
+            r["status"],
+            str(r["iterations"]),
+            str(r["accepted"]),
+            "-" if r["best_valid_rank_ic"] is None else f"{r['best_valid_rank_ic']:.4f}",
+            str(r["tokens"]),
+            f"{r['cost_usd']:.4f}",
+        )
     console.print(table)
 
 
 @runs_app.command("show")
 @user_errors
-def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
-              as_json: bool = typer.Option(False, "--json")) -> None:
+def runs_show(
+    run_id: str = typer.Argument(...),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """The hypothesis graph as a tree and the accepted factors with their validation metrics."""
     from agents.loop import open_project
     from agents.runs import run_summary
@@ -233,8 +312,10 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
     if as_json:
         print(json.dumps(summary, default=str))
         return
-    console.print(f"[bold]run {summary['run_id']}[/] ({summary['status']}, {summary['iterations']} iterations, "
-                  f"data {summary['config']['data']}, backend {summary['config']['backend']})")
+    console.print(
+        f"[bold]run {summary['run_id']}[/] ({summary['status']}, {summary['iterations']} iterations, "
+        f"data {summary['config']['data']}, backend {summary['config']['backend']})"
+    )
     tree = Tree("hypotheses")
     nodes = {}
     for h in summary["hypotheses"]:
@@ -244,43 +325,66 @@ def runs_show(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAU
     # (a parent that is not shown - e.g. from another run - leaves the hypothesis at the top level)
     console.print(tree)
     # validation figures; p: the admission test's raw p-value, p adj.: FDR-adjusted over the trials counted
-    table = Table("factor", "expression", "RankIC", "residual RankIC", "p", "p adj. (trials)", "iteration",
-                  "replaced by")
+    table = Table(
+        "factor", "expression", "RankIC", "residual RankIC", "p", "p adj. (trials)", "iteration", "replaced by"
+    )
     for f in summary["accepted"]:
         m = f["metrics"]
         p = m.get("residual_p", m.get("rank_ic_p"))
         trials = f" ({int(m['trials'])})" if "trials" in m else ""
-        table.add_row(f["name"], f["expression"][:60], _fmt(m.get("rank_ic")), _fmt(m.get("residual_rank_ic")),
-                      _fmt_p(p), _fmt_p(m.get("p_adjusted")) + trials, str(f["iteration"]), f["replaced_by"] or "")
+        table.add_row(
+            f["name"],
+            f["expression"][:60],
+            _fmt(m.get("rank_ic")),
+            _fmt(m.get("residual_rank_ic")),
+            _fmt_p(p),
+            _fmt_p(m.get("p_adjusted")) + trials,
+            str(f["iteration"]),
+            f["replaced_by"] or "",
+        )
     console.print(table)
     trials = summary["trials"]
-    console.print(f"trials: {trials['screened']} screened, {trials['judged']} judged on validation in this run; "
-                  f"{trials['project_market']} on this market in the project")
+    console.print(
+        f"trials: {trials['screened']} screened, {trials['judged']} judged on validation in this run; "
+        f"{trials['project_market']} on this market in the project"
+    )
     best = summary["best_model"]
-    console.print(f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "
-                  f"valid RankIC {_fmt(best.get('metrics', {}).get('Rank IC'))}")
+    console.print(
+        f"best model: {best.get('name')} {best.get('family')} {json.dumps(best.get('params', {}))} "
+        f"valid RankIC {_fmt(best.get('metrics', {}).get('Rank IC'))}"
+    )
     cost = summary["discovery_cost"]
     t, per = cost["totals"], cost["per_factor"]
     if per is None:
-        console.print(f"cost per accepted factor: the run holds no accepted factor, nothing to divide "
-                      f"(run total: {t['tokens']:,} tokens, ${t['cost_usd']:.4f}, {t['cpu_seconds']:,.1f} CPU s, "
-                      f"{t['trials_screened'] + t['trials_judged']:,} trials)")
+        console.print(
+            f"cost per accepted factor: the run holds no accepted factor, nothing to divide "
+            f"(run total: {t['tokens']:,} tokens, ${t['cost_usd']:.4f}, {t['cpu_seconds']:,.1f} CPU s, "
+            f"{t['trials_screened'] + t['trials_judged']:,} trials)"
+        )
     else:
-        console.print(f"cost per accepted factor ({cost['accepted']} held by the run): {per['tokens']:,.0f} tokens, "
-                      f"${per['cost_usd']:.4f}, {per['cpu_seconds']:,.1f} CPU s, {per['trials_screened']:,.1f} "
-                      f"trials screened, {per['trials_judged']:,.1f} judged on validation")
+        console.print(
+            f"cost per accepted factor ({cost['accepted']} held by the run): {per['tokens']:,.0f} tokens, "
+            f"${per['cost_usd']:.4f}, {per['cpu_seconds']:,.1f} CPU s, {per['trials_screened']:,.1f} "
+            f"trials screened, {per['trials_judged']:,.1f} judged on validation"
+        )
     ev = summary["evaluation"]
     if not ev["times_opened"]:
-        console.print(f"sealed test: not opened (`rdquant report {summary['run_id']}` scores the final model on "
-                      "validation, then opens it)")
+        console.print(
+            f"sealed test: not opened (`rdquant report {summary['run_id']}` scores the final model on "
+            "validation, then opens it)"
+        )
         return
     console.print(_figures_table({"final.valid": ev["valid"] or {}, **ev["test"]}))
     last = ev["openings"][-1]
     n = ev["times_opened"]
     console.print(f"sealed test opened {n} time{'s' if n != 1 else ''}; last {last['opened'] or '(not recorded)'}")
     if ev["changed"]:
-        console.print(escape(f"the run changed since ({'; '.join(ev['changed'])}): these figures are for the earlier "
-                             f"state; `rdquant report {summary['run_id']} --reopen` scores it again"))
+        console.print(
+            escape(
+                f"the run changed since ({'; '.join(ev['changed'])}): these figures are for the earlier "
+                f"state; `rdquant report {summary['run_id']} --reopen` scores it again"
+            )
+        )
 
 
 def _fmt(v) -> str:
@@ -293,9 +397,13 @@ def _fmt_p(p) -> str:
 
 # ---- replay and report ------------------------------------------------------------------------------------
 
+
 @user_errors
-def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
-                   workers: int = typer.Option(2, "--workers", min=1)) -> None:
+def replay_command(
+    run_id: str = typer.Argument(...),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+    workers: int = typer.Option(2, "--workers", min=1),
+) -> None:
     """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
     from agents.loop import open_project
     from agents.replay import replay_run
@@ -303,32 +411,48 @@ def replay_command(run_id: str = typer.Argument(...), root: Path = typer.Option(
 
     report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
     if report.tolerance:
-        console.print(f"  [dim]recorded by other code ({', '.join(report.recorded_code) or 'a version before versions were stored'};"
-                      f" this is {code_version()}): floats compared to a relative {report.tolerance:g}[/]")
+        console.print(
+            f"  [dim]recorded by other code ({', '.join(report.recorded_code) or 'a version before versions were stored'};"
+            f" this is {code_version()}): floats compared to a relative {report.tolerance:g}[/]"
+        )
     for line in report.divergences:
         console.print(f"[red]diverged:[/] {line}")
     if report.divergences:
         console.print(f"[bold red]replay of {report.run_id} diverged[/] ({len(report.divergences)} difference(s))")
         raise typer.Exit(1)
     agree = f"equal to a relative {report.tolerance:g}" if report.tolerance else "identical"
-    console.print(f"[bold green]replay of {report.run_id} matches[/]: {report.iterations} iterations, "
-                  f"{report.decisions} decisions, {report.metrics} metric values {agree}")
+    console.print(
+        f"[bold green]replay of {report.run_id} matches[/]: {report.iterations} iterations, "
+        f"{report.decisions} decisions, {report.metrics} metric values {agree}"
+    )
 
 
 @user_errors
-def report_command(run_id: str = typer.Argument(...), root: Path = typer.Option(DEFAULT_ROOT, "--root"),
-                   out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
-                   workers: int = typer.Option(2, "--workers", min=1),
-                   reopen: bool = typer.Option(False, "--reopen", help="Score the sealed test again for a run "
-                                               "changed since it was opened (the report counts every opening)."),
-                   ) -> None:
+def report_command(
+    run_id: str = typer.Argument(...),
+    root: Path = typer.Option(DEFAULT_ROOT, "--root"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default runs/reports/RUN.html)."),
+    workers: int = typer.Option(2, "--workers", min=1),
+    reopen: bool = typer.Option(
+        False,
+        "--reopen",
+        help="Score the sealed test again for a run changed since it was opened (the report counts every opening).",
+    ),
+) -> None:
     """A self-contained HTML report; the final model is scored on validation first, then the sealed test
     segment is opened, once per state of the run."""
     from agents.loop import open_project
     from agents.report import build_report
 
-    path, headline = build_report(open_project(root), root, run_id, out=out, workers=workers, reopen=reopen,
-                                  log=lambda m: console.print(f"  [dim]{m}[/]"))
+    path, headline = build_report(
+        open_project(root),
+        root,
+        run_id,
+        out=out,
+        workers=workers,
+        reopen=reopen,
+        log=lambda m: console.print(f"  [dim]{m}[/]"),
+    )
     console.print(_figures_table({k: headline[k] for k in ("final.valid", "baseline", "final")}))
     console.print(f"sealed test opened {headline['times_opened']} time{'s' if headline['times_opened'] != 1 else ''}")
     console.print(f"report: {path}")

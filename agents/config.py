@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["LoopConfig", "stored_config", "purge_days", "loop_label"]
 
+
 class LoopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,9 +75,18 @@ def stored_config(raw: dict) -> LoopConfig:
     trial-aware significance and no residual IC for runs stored before those (nor a residual screen, nor planned tests in the FDR family); runs stored before
     `executor` existed ran on local workers, the field's own default. Runs stored before `embargo_days`
     kept their segments and folds unpurged (None; see `purge_days`)."""
-    return LoopConfig.model_validate({"model_folds": 1, "fdr_q": None, "model_alpha": None, "residual_components": 0,
-                                      "embargo_days": None, "screen_residual": False,
-                                      "fdr_planned_tests": 0, **raw})
+    return LoopConfig.model_validate(
+        {
+            "model_folds": 1,
+            "fdr_q": None,
+            "model_alpha": None,
+            "residual_components": 0,
+            "embargo_days": None,
+            "screen_residual": False,
+            "fdr_planned_tests": 0,
+            **raw,
+        }
+    )
 
 
 def purge_days(config: LoopConfig) -> tuple[int, int]:

@@ -7,8 +7,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "Direction", "FactorCandidate", "ModelCandidate", "Hypothesis", "CodedCandidate", "CoderOutput", "Verdict",
-    "CriticOutput", "TraceSummary", "ProposalContext", "Review", "NAME_MAX",
+    "Direction",
+    "FactorCandidate",
+    "ModelCandidate",
+    "Hypothesis",
+    "CodedCandidate",
+    "CoderOutput",
+    "Verdict",
+    "CriticOutput",
+    "TraceSummary",
+    "ProposalContext",
+    "Review",
+    "NAME_MAX",
 ]
 
 Direction = Literal["factor", "model"]

@@ -15,12 +15,28 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agents.contracts import Verdict
-from quantcore.evaluate.significance import FdrMethod, benjamini_hochberg, benjamini_yekutieli, newey_west_t, one_sided_p
+from quantcore.evaluate.significance import (
+    FdrMethod,
+    benjamini_hochberg,
+    benjamini_yekutieli,
+    newey_west_t,
+    one_sided_p,
+)
 from sandbox.result import ExperimentResult
 
-__all__ = ["AdmissionRules", "Significance", "admit_factor", "refine_factor", "compare_models",
-           "bootstrap_mean_interval", "merge_folds", "model_score", "trial_significance", "admission_p",
-           "factor_metrics"]
+__all__ = [
+    "AdmissionRules",
+    "Significance",
+    "admit_factor",
+    "refine_factor",
+    "compare_models",
+    "bootstrap_mean_interval",
+    "merge_folds",
+    "model_score",
+    "trial_significance",
+    "admission_p",
+    "factor_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -73,8 +89,9 @@ def admission_p(metrics: dict) -> float:
     return math.nan if p is None else float(p)
 
 
-def trial_significance(earlier: list[float], batch: dict[str, float], method: str,
-                       planned: int = 0) -> dict[str, Significance]:
+def trial_significance(
+    earlier: list[float], batch: dict[str, float], method: str, planned: int = 0
+) -> dict[str, Significance]:
     """FDR-adjusted p-values of this batch's trials, counted with every earlier admission trial of the
     project on the market (their raw p-values, NaN ones not counted). Re-adjusting the whole family at
     each step makes the m of the correction grow with the search: the thousandth trial needs stronger
@@ -91,13 +108,19 @@ def trial_significance(earlier: list[float], batch: dict[str, float], method: st
     family = np.concatenate([p, np.ones(pad)])
     q = adjust(family) if family.size else family
     m = int(np.isfinite(family).sum())
-    tail = q[len(earlier):len(p)]
+    tail = q[len(earlier) : len(p)]
     return {k: Significance(batch[k], float(tail[j]), m, FdrMethod(method).value, pad) for j, k in enumerate(names)}
 
 
-def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, library_corr: dict[str, float],
-                 complexity: tuple[int, int], base: tuple[str, float] | None = None,
-                 significance: Significance | None = None) -> Verdict:
+def admit_factor(
+    name: str,
+    result: ExperimentResult,
+    rules: AdmissionRules,
+    library_corr: dict[str, float],
+    complexity: tuple[int, int],
+    base: tuple[str, float] | None = None,
+    significance: Significance | None = None,
+) -> Verdict:
     """accept/reject a factor experiment's result with every reason that applied. `base`: the base
     feature the factor correlates with most, and that correlation (a repeat of it adds nothing);
     `significance`: its trial-aware test (required when `rules.fdr_q` is set)."""
@@ -122,25 +145,37 @@ def admit_factor(name: str, result: ExperimentResult, rules: AdmissionRules, lib
         reasons.append(f"coverage: {loss:.0%} of values lost to NaN/inf (max {rules.max_loss:.0%})")
     for key, what in (("base_corr", "the base features"), ("library_corr", "the library")):
         if key in m and m[key] is not None and math.isnan(m[key]):
-            reasons.append(f"originality unknown: no validation day had enough instruments in common with "
-                           f"{what} to measure a correlation")
+            reasons.append(
+                f"originality unknown: no validation day had enough instruments in common with "
+                f"{what} to measure a correlation"
+            )
     if base is not None and base[1] is not None and abs(base[1]) >= rules.max_library_corr:
-        reasons.append(f"duplicate: value correlation {base[1]:+.2f} with base feature {base[0]} "
-                       f"(max {rules.max_library_corr})")
+        reasons.append(
+            f"duplicate: value correlation {base[1]:+.2f} with base feature {base[0]} (max {rules.max_library_corr})"
+        )
     dup = {k: c for k, c in library_corr.items() if c is not None and abs(c) >= rules.max_library_corr}
     if dup:
         k = max(dup, key=lambda key: abs(dup[key]))
-        reasons.append(f"duplicate: value correlation {dup[k]:+.2f} with library factor {k} (max {rules.max_library_corr})")
+        reasons.append(
+            f"duplicate: value correlation {dup[k]:+.2f} with library factor {k} (max {rules.max_library_corr})"
+        )
     metrics = {k: v for k, v in m.items() if isinstance(v, float) and math.isfinite(v)}
     if significance is not None:
-        metrics.update({k: v for k, v in (("p_adjusted", significance.adjusted), ("trials", float(significance.trials)))
-                        if math.isfinite(v)})
+        metrics.update(
+            {
+                k: v
+                for k, v in (("p_adjusted", significance.adjusted), ("trials", float(significance.trials)))
+                if math.isfinite(v)
+            }
+        )
     if reasons:
         return Verdict(candidate=name, verdict="reject", reasons=reasons, metrics=metrics)
     corr_max = max((abs(c) for c in library_corr.values() if c is not None), default=0)
     if rules.fdr_q is not None:
-        why = (f"passes: {_effect(m)}, {_test(significance)}; raw RankIC {rank_ic:+.4f}; max |corr| with library "
-               f"{corr_max:.2f}")
+        why = (
+            f"passes: {_effect(m)}, {_test(significance)}; raw RankIC {rank_ic:+.4f}; max |corr| with library "
+            f"{corr_max:.2f}"
+        )
     else:
         why = f"passes: RankIC {rank_ic:+.4f}, RankICIR {icir:+.3f}, max |corr| with library {corr_max:.2f}"
     return Verdict(candidate=name, verdict="accept", metrics=metrics, reasons=[why])
@@ -156,8 +191,10 @@ def _test(sig: Significance | None) -> str:
     if sig is None:
         return "no significance test"
     planned = f" ({sig.planned} of them the run's tests still to come, at p = 1)" if sig.planned else ""
-    return (f"p {sig.p:.2g}, {sig.method.upper()}-adjusted p {sig.adjusted:.2g} over {sig.trials} admission trials "
-            f"of the project on this market{planned}")
+    return (
+        f"p {sig.p:.2g}, {sig.method.upper()}-adjusted p {sig.adjusted:.2g} over {sig.trials} admission trials "
+        f"of the project on this market{planned}"
+    )
 
 
 def _significance_reasons(m: dict, rules: AdmissionRules, sig: Significance | None) -> list[str]:
@@ -176,8 +213,14 @@ def _significance_reasons(m: dict, rules: AdmissionRules, sig: Significance | No
     return out
 
 
-def refine_factor(verdict: Verdict, result: ExperimentResult, rivals: list[str], rival_corr: dict[str, float | None],
-                  rules: AdmissionRules, seed: int) -> Verdict:
+def refine_factor(
+    verdict: Verdict,
+    result: ExperimentResult,
+    rivals: list[str],
+    rival_corr: dict[str, float | None],
+    rules: AdmissionRules,
+    seed: int,
+) -> Verdict:
     """A factor that passed admission but repeats library factors (`rivals`: value correlation above the
     bound, or the same idea at another window) replaces them only if its daily RankIC beats each one's
     beyond noise: a paired block bootstrap of the daily difference (signs aligned: a factor's direction
@@ -191,32 +234,57 @@ def refine_factor(verdict: Verdict, result: ExperimentResult, rivals: list[str],
         corr = rival_corr.get(rival)
         why = f"value correlation {corr:+.2f}" if corr is not None else "the same idea at another window"
         if own is None or other is None or len(own) != len(other):
-            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
-                           reasons=[f"duplicate: repeats library factor {rival} ({why}); no paired daily RankIC to "
-                                    "compare them on"])
+            return Verdict(
+                candidate=name,
+                verdict="reject",
+                metrics=verdict.metrics,
+                reasons=[
+                    f"duplicate: repeats library factor {rival} ({why}); no paired daily RankIC to compare them on"
+                ],
+            )
         a, b = _as_series(own), _as_series(other)
         if not (np.isfinite(a) & np.isfinite(b)).any():
-            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
-                           reasons=[f"duplicate: repeats library factor {rival} ({why}); the two have no scored "
-                                    "validation day in common to compare them on"])
+            return Verdict(
+                candidate=name,
+                verdict="reject",
+                metrics=verdict.metrics,
+                reasons=[
+                    f"duplicate: repeats library factor {rival} ({why}); the two have no scored "
+                    "validation day in common to compare them on"
+                ],
+            )
         diff = np.sign(np.nanmean(a)) * a - np.sign(np.nanmean(b)) * b
-        lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed + k)
-        band = (f"|RankIC| advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
-                f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]")
+        lo, hi = bootstrap_mean_interval(
+            diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed + k
+        )
+        band = (
+            f"|RankIC| advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
+            f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]"
+        )
         if not lo > 0:
-            return Verdict(candidate=name, verdict="reject", metrics=verdict.metrics,
-                           reasons=[f"duplicate: repeats library factor {rival} ({why}) and is not better beyond "
-                                    f"noise: {band}"])
+            return Verdict(
+                candidate=name,
+                verdict="reject",
+                metrics=verdict.metrics,
+                reasons=[f"duplicate: repeats library factor {rival} ({why}) and is not better beyond noise: {band}"],
+            )
         lines.append(f"refines {rival} ({why}): {band}")
-    return Verdict(candidate=name, verdict="accept", metrics=verdict.metrics, reasons=verdict.reasons + lines,
-                   replaces=list(rivals))
+    return Verdict(
+        candidate=name,
+        verdict="accept",
+        metrics=verdict.metrics,
+        reasons=verdict.reasons + lines,
+        replaces=list(rivals),
+    )
 
 
 def _as_series(values: list) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def bootstrap_mean_interval(diff: np.ndarray, samples: int, block: int, confidence: float, seed: int) -> tuple[float, float]:
+def bootstrap_mean_interval(
+    diff: np.ndarray, samples: int, block: int, confidence: float, seed: int
+) -> tuple[float, float]:
     """Moving-block bootstrap interval of the mean of a daily series (NaN days dropped)."""
     x = np.asarray(diff, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -248,8 +316,9 @@ def merge_folds(folds: list[ExperimentResult]) -> ExperimentResult:
         metrics[f"folds.{key}"] = float(np.mean(values))
     metrics["folds"] = float(len(folds))
     daily = [x for r in reversed(folds) for x in (r.details.get("daily_rank_ic") or [])]
-    return replace(first, metrics=metrics, details={**first.details, "daily_rank_ic": daily},
-                   seconds=sum(r.seconds for r in folds))
+    return replace(
+        first, metrics=metrics, details={**first.details, "daily_rank_ic": daily}, seconds=sum(r.seconds for r in folds)
+    )
 
 
 def model_score(metrics: dict) -> float:
@@ -257,8 +326,14 @@ def model_score(metrics: dict) -> float:
     return metrics.get("folds.Rank IC", metrics.get("Rank IC", -math.inf))
 
 
-def compare_models(name: str, candidate: ExperimentResult, best_daily: list[float] | None, best_metrics: dict,
-                   rules: AdmissionRules, seed: int) -> Verdict:
+def compare_models(
+    name: str,
+    candidate: ExperimentResult,
+    best_daily: list[float] | None,
+    best_metrics: dict,
+    rules: AdmissionRules,
+    seed: int,
+) -> Verdict:
     """replace_best only when the daily RankIC advantage is significant (`rules.model_alpha` set: a
     one-sided HAC t-test at the run's level split over its possible comparisons; else a block-bootstrap
     interval above zero) and the with-cost excess return is defined and not worse; keep_best otherwise
@@ -271,8 +346,12 @@ def compare_models(name: str, candidate: ExperimentResult, best_daily: list[floa
     if best_daily is None:
         return Verdict(candidate=name, verdict="replace_best", metrics=m, reasons=["first model: becomes the best"])
     if daily is None or len(daily) != len(best_daily):
-        return Verdict(candidate=name, verdict="keep_best", metrics=m,
-                       reasons=[f"not comparable: {len(daily or [])} scored days vs the best model's {len(best_daily)}"])
+        return Verdict(
+            candidate=name,
+            verdict="keep_best",
+            metrics=m,
+            reasons=[f"not comparable: {len(daily or [])} scored days vs the best model's {len(best_daily)}"],
+        )
     diff = _as_series(daily) - _as_series(best_daily)
     if rules.model_alpha is not None:
         # one-sided HAC t-test of the mean daily advantage at the run's level split over its comparisons
@@ -280,15 +359,23 @@ def compare_models(name: str, candidate: ExperimentResult, best_daily: list[floa
         hac = newey_west_t(diff)
         p = one_sided_p(hac.t)
         better, worse = p <= level, one_sided_p(-hac.t) <= level
-        band = (f"RankIC advantage {hac.mean:+.4f} over {hac.n} validation days, HAC t {hac.t:+.2f}, one-sided p "
-                f"{p:.2g} vs level {level:.2g} (the run's {rules.model_alpha} split over {rules.model_tests} "
-                "possible model comparisons)")
+        band = (
+            f"RankIC advantage {hac.mean:+.4f} over {hac.n} validation days, HAC t {hac.t:+.2f}, one-sided p "
+            f"{p:.2g} vs level {level:.2g} (the run's {rules.model_alpha} split over {rules.model_tests} "
+            "possible model comparisons)"
+        )
     else:
         lo, hi = bootstrap_mean_interval(diff, rules.bootstrap_samples, rules.bootstrap_block, rules.confidence, seed)
         better, worse = lo > 0, hi < 0
-        band = (f"RankIC advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
-                f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]")
-    arr_key = "folds.ARR.with_cost" if "folds.ARR.with_cost" in m and "folds.ARR.with_cost" in best_metrics else "ARR.with_cost"
+        band = (
+            f"RankIC advantage {np.nanmean(diff):+.4f} over {int(np.isfinite(diff).sum())} validation days, "
+            f"{rules.confidence:.0%} interval [{lo:+.4f}, {hi:+.4f}]"
+        )
+    arr_key = (
+        "folds.ARR.with_cost"
+        if "folds.ARR.with_cost" in m and "folds.ARR.with_cost" in best_metrics
+        else "ARR.with_cost"
+    )
     arr, best_arr = candidate.metrics.get(arr_key, math.nan), best_metrics.get(arr_key, math.nan)
     # a NaN with-cost return never passes; a best model without one is compared on RankIC alone
     arr_ok = math.isfinite(arr) and not (arr < best_arr)

@@ -34,17 +34,36 @@ def budget_left(s: Services) -> str | None:
 
 
 def _next(state: IterationState, s: Services) -> dict:
-    return {"iteration": state.iteration + 1, "direction": None, "context": None, "hypothesis": None, "coded": None,
-            "review": None, "results": {}, "critic": None, "stop": False, "screen": [], "screen_specs": {},
-            "screen_why": {}, "screen_results": {}}
+    return {
+        "iteration": state.iteration + 1,
+        "direction": None,
+        "context": None,
+        "hypothesis": None,
+        "coded": None,
+        "review": None,
+        "results": {},
+        "critic": None,
+        "stop": False,
+        "screen": [],
+        "screen_specs": {},
+        "screen_why": {},
+        "screen_results": {},
+    }
 
 
 def build_graph(s: Services):
     g = StateGraph(IterationState)
-    for name, fn in (("scheduler", nodes.scheduler_node), ("proposer", nodes.proposer_node),
-                     ("coder", nodes.coder_node), ("screen", nodes.screen_node), ("review", nodes.review_node),
-                     ("runner", nodes.runner_node),
-                     ("critic", nodes.critic_node), ("update", nodes.update_node), ("next", _next)):
+    for name, fn in (
+        ("scheduler", nodes.scheduler_node),
+        ("proposer", nodes.proposer_node),
+        ("coder", nodes.coder_node),
+        ("screen", nodes.screen_node),
+        ("review", nodes.review_node),
+        ("runner", nodes.runner_node),
+        ("critic", nodes.critic_node),
+        ("update", nodes.update_node),
+        ("next", _next),
+    ):
         g.add_node(name, partial(fn, s=s))
     g.add_edge(START, "scheduler")
     g.add_edge("scheduler", "proposer")

@@ -31,8 +31,18 @@ from agents.backend import OfflineBackend
 from agents.config import LoopConfig
 from agents.contracts import FactorCandidate, Hypothesis, ProposalContext, Verdict
 
-__all__ = ["LLMBackend", "LLMError", "ReplayMismatch", "PromptError", "Prompt", "load_prompt",
-           "load_replay_calls", "PRICES", "PROMPTS_DIR"]
+__all__ = [
+    "LLMBackend",
+    "LLMError",
+    "ReplayMismatch",
+    "PromptError",
+    "Prompt",
+    "load_prompt",
+    "load_replay_calls",
+    "PRICES",
+    "PROMPTS_DIR",
+]
+
 
 def _prompts_dir() -> Path:
     """prompts/ of the source checkout (editable installs), else the copy a wheel installs as data."""
@@ -99,19 +109,24 @@ class Prompt:
     def render(self, **values: Any) -> str:
         missing = sorted(self.variables - set(values))
         if missing:
-            raise PromptError(f"prompt {self.name} uses {', '.join(missing)} but was given only "
-                              f"{', '.join(sorted(values)) or 'nothing'}; pass them or edit prompts/{self.name}")
+            raise PromptError(
+                f"prompt {self.name} uses {', '.join(missing)} but was given only "
+                f"{', '.join(sorted(values)) or 'nothing'}; pass them or edit prompts/{self.name}"
+            )
         return _VAR.sub(lambda m: str(values[m.group(1)]), self.text)
 
 
 def load_prompt(name: str, directory: str | Path = PROMPTS_DIR) -> Prompt:
     path = Path(directory) / name
     if not path.is_file():
-        raise PromptError(f"prompt template {path} not found (templates live in prompts/ next to agents/, or <prefix>/share/rdquant/prompts in a wheel install)")
+        raise PromptError(
+            f"prompt template {path} not found (templates live in prompts/ next to agents/, or <prefix>/share/rdquant/prompts in a wheel install)"
+        )
     return Prompt(name, path.read_text())
 
 
 # ---- costs ------------------------------------------------------------------------------------------
+
 
 def prices(model: str, env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(input, output) dollars per 1M tokens for `model`, and a note when the price is unknown."""
@@ -120,19 +135,38 @@ def prices(model: str, env: dict[str, str] | None = None) -> tuple[float, float,
         return float(env.get("RDQUANT_PRICE_IN") or 0), float(env.get("RDQUANT_PRICE_OUT") or 0), ""
     matches = [k for k in PRICES if model == k or model.startswith(k + "-")]
     if not matches:
-        return 0.0, 0.0, (f"no price for model {model!r}: cost recorded as 0 "
-                          "(set RDQUANT_PRICE_IN / RDQUANT_PRICE_OUT, dollars per 1M tokens)")
+        return (
+            0.0,
+            0.0,
+            (
+                f"no price for model {model!r}: cost recorded as 0 "
+                "(set RDQUANT_PRICE_IN / RDQUANT_PRICE_OUT, dollars per 1M tokens)"
+            ),
+        )
     return (*PRICES[max(matches, key=len)], "")
 
 
 # ---- replay -----------------------------------------------------------------------------------------
 
+
 def load_replay_calls(store, run_id: str) -> list[dict]:
     """The LLM calls of run `run_id` in the order they were made, as `LLMBackend(replay_calls=...)` takes them."""
     from agents.store import LLMCallRow
 
-    keep = ("iteration", "node", "attempt", "model", "request_json", "response_text", "ok", "error",
-            "prompt_tokens", "completion_tokens", "latency_s", "cost_usd")
+    keep = (
+        "iteration",
+        "node",
+        "attempt",
+        "model",
+        "request_json",
+        "response_text",
+        "ok",
+        "error",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_s",
+        "cost_usd",
+    )
     return [{k: getattr(row, k) for k in keep} for row in store.rows(LLMCallRow, run_id)]
 
 
@@ -147,17 +181,22 @@ class _Replay:
     def take(self, iteration: int, node: str, attempt: int) -> dict:
         queue = self.queues.get((iteration, node))
         if not queue:
-            raise ReplayMismatch(f"replay: iteration {iteration} asks the {node} for a call (attempt {attempt}) "
-                                 "that the recorded run did not make; the run being replayed diverged from the "
-                                 "recording (different settings, code or prompts)")
+            raise ReplayMismatch(
+                f"replay: iteration {iteration} asks the {node} for a call (attempt {attempt}) "
+                "that the recorded run did not make; the run being replayed diverged from the "
+                "recording (different settings, code or prompts)"
+            )
         call = queue[0]
         if int(call["attempt"]) != attempt:
-            raise ReplayMismatch(f"replay: iteration {iteration}, {node}: attempt {attempt} was asked for but the "
-                                 f"recording's next call is attempt {call['attempt']}; the replay diverged")
+            raise ReplayMismatch(
+                f"replay: iteration {iteration}, {node}: attempt {attempt} was asked for but the "
+                f"recording's next call is attempt {call['attempt']}; the replay diverged"
+            )
         return queue.popleft()
 
 
 # ---- reply shapes -----------------------------------------------------------------------------------
+
 
 class _Analysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -186,14 +225,24 @@ T = TypeVar("T")
 
 # ---- the back-end -----------------------------------------------------------------------------------
 
+
 class LLMBackend:
     """The `agents.backend.Backend` interface on an OpenAI-compatible chat-completions endpoint."""
 
     name = "llm"
 
-    def __init__(self, config: LoopConfig, client=None, *, replay_calls: list[dict] | None = None,
-                 max_attempts: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 prompts_dir: str | Path = PROMPTS_DIR, tokens_used: int = 0):
+    def __init__(
+        self,
+        config: LoopConfig,
+        client=None,
+        *,
+        replay_calls: list[dict] | None = None,
+        max_attempts: int = 3,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        prompts_dir: str | Path = PROMPTS_DIR,
+        tokens_used: int = 0,
+    ):
         if client is None and replay_calls is None:
             raise ValueError("LLMBackend needs a client or replay_calls; use LLMBackend.from_env(config)")
         self.config = config
@@ -202,24 +251,31 @@ class LLMBackend:
         self.replay = _Replay(replay_calls) if replay_calls is not None else None
         self.max_attempts = max_attempts  # per call, all causes together
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s  # seconds; tests keep them short
-        self.prompts = {n: load_prompt(n, prompts_dir) for n in
-                        ("system.md", "propose_factor.md", "propose_model.md", "repair.md", "critic.md")}
+        self.prompts = {
+            n: load_prompt(n, prompts_dir)
+            for n in ("system.md", "propose_factor.md", "propose_model.md", "repair.md", "critic.md")
+        }
         self.tokens_used = tokens_used  # this run's tokens so far (resume: the stored total)
         self.price_in, self.price_out, self.price_note = prices(self.model)
-        self.offline = OfflineBackend(config.seed, config.max_nodes, config.max_depth) if config.fallback_offline else None
+        self.offline = (
+            OfflineBackend(config.seed, config.max_nodes, config.max_depth) if config.fallback_offline else None
+        )
         self._calls: list[dict] = []
 
     @classmethod
-    def from_env(cls, config: LoopConfig, replay_calls: list[dict] | None = None, *, timeout_s: float = 60.0,
-                 **options: Any) -> "LLMBackend":
+    def from_env(
+        cls, config: LoopConfig, replay_calls: list[dict] | None = None, *, timeout_s: float = 60.0, **options: Any
+    ) -> "LLMBackend":
         """A back-end on OPENAI_BASE_URL with OPENAI_API_KEY (none needed for a replay)."""
         if replay_calls is not None:
             return cls(config, None, replay_calls=replay_calls, **options)
         base_url, api_key = os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
         if not base_url or not api_key:
             missing = [n for n, v in (("OPENAI_BASE_URL", base_url), ("OPENAI_API_KEY", api_key)) if not v]
-            raise LLMError(f"the llm back-end needs OPENAI_BASE_URL and OPENAI_API_KEY; {' and '.join(missing)} "
-                           "not set (e.g. OPENAI_BASE_URL=https://api.openai.com/v1), or use --backend offline")
+            raise LLMError(
+                f"the llm back-end needs OPENAI_BASE_URL and OPENAI_API_KEY; {' and '.join(missing)} "
+                "not set (e.g. OPENAI_BASE_URL=https://api.openai.com/v1), or use --backend offline"
+            )
         from openai import OpenAI
 
         # max_retries=0: the SDK's own retries would hide attempts; ours record each one
@@ -234,10 +290,15 @@ class LLMBackend:
         fallback = lambda: self.offline.propose(ctx, tried, library, pool)  # noqa: E731
         return self._ask("propose", ctx, task, values, parse, fallback)
 
-    def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,
-               tried: set[str]) -> FactorCandidate | None:
-        values = _context_values(ctx) | {"name": candidate.name, "expression": candidate.expression,
-                                         "failure": failure, "repair_attempt": attempt}
+    def repair(
+        self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int, tried: set[str]
+    ) -> FactorCandidate | None:
+        values = _context_values(ctx) | {
+            "name": candidate.name,
+            "expression": candidate.expression,
+            "failure": failure,
+            "repair_attempt": attempt,
+        }
 
         def parse(data: dict) -> FactorCandidate:
             data = {**data, "name": candidate.name}  # the coder tracks the candidate by its name
@@ -247,9 +308,12 @@ class LLMBackend:
         return self._ask("repair", ctx, "repair.md", values, parse, fallback)
 
     def analyse(self, ctx: ProposalContext, hypothesis: Hypothesis, verdicts: list[Verdict]) -> tuple[str, str]:
-        values = _context_values(ctx) | {"hypothesis": hypothesis.text, "family": hypothesis.family or "-",
-                                         "candidates": _candidates_text(hypothesis),
-                                         "verdicts": _verdicts_text(verdicts)}
+        values = _context_values(ctx) | {
+            "hypothesis": hypothesis.text,
+            "family": hypothesis.family or "-",
+            "candidates": _candidates_text(hypothesis),
+            "verdicts": _verdicts_text(verdicts),
+        }
 
         def parse(data: dict) -> tuple[str, str]:
             reply = _Analysis.model_validate(data)
@@ -263,12 +327,21 @@ class LLMBackend:
         return calls
 
     # ---- one logical call: attempts, feedback, back-off ---------------------------------------------
-    def _ask(self, method: str, ctx: ProposalContext, task: str, values: dict, parse: Callable[[dict], T],
-             fallback: Callable[[], T]) -> T:
+    def _ask(
+        self,
+        method: str,
+        ctx: ProposalContext,
+        task: str,
+        values: dict,
+        parse: Callable[[dict], T],
+        fallback: Callable[[], T],
+    ) -> T:
         node = NODES[method]
         system, user = self.prompts["system.md"], self.prompts[task]
-        messages = [{"role": "system", "content": system.render(operators=_operators_text(), fields=values["fields"])},
-                    {"role": "user", "content": user.render(**values)}]
+        messages = [
+            {"role": "system", "content": system.render(operators=_operators_text(), fields=values["fields"])},
+            {"role": "user", "content": user.render(**values)},
+        ]
         templates = {system.name: system.hash, user.name: user.hash}
         failure: _Failed | None = None
         for attempt in range(1, self.max_attempts + 1):
@@ -284,44 +357,66 @@ class LLMBackend:
                 if not f.retryable or attempt == self.max_attempts:
                     break
                 if f.feedback:  # the model sees its reply and what was wrong with it
-                    messages = messages + [{"role": "assistant", "content": f.text or "(no reply)"},
-                                           {"role": "user", "content": _fix_message(f)}]
+                    messages = messages + [
+                        {"role": "assistant", "content": f.text or "(no reply)"},
+                        {"role": "user", "content": _fix_message(f)},
+                    ]
                 elif self.replay is None:
                     time.sleep(self._pause(attempt, f.retry_after))
                 continue
             self._calls.append(call)
             return value
-        why = (f"the {node} LLM call (iteration {ctx.iteration}, model {self.model}) failed after {attempt} "
-               f"attempt(s); last error: {failure}")
+        why = (
+            f"the {node} LLM call (iteration {ctx.iteration}, model {self.model}) failed after {attempt} "
+            f"attempt(s); last error: {failure}"
+        )
         if failure.kind == "replay":
             raise ReplayMismatch(failure.message)
         if self.offline is not None:
             self._calls[-1]["error"] += " | fell back to the offline back-end"
             return fallback()
-        hint = {"budget": "raise --max-tokens or start a new run", "http_401": "check OPENAI_API_KEY",
-                "http_404": "check OPENAI_BASE_URL and the model name"}.get(
-            failure.kind, "check the endpoint, or allow fallback to the offline back-end (fallback_offline)")
+        hint = {
+            "budget": "raise --max-tokens or start a new run",
+            "http_401": "check OPENAI_API_KEY",
+            "http_404": "check OPENAI_BASE_URL and the model name",
+        }.get(failure.kind, "check the endpoint, or allow fallback to the offline back-end (fallback_offline)")
         raise LLMError(f"{why}. {hint}")
 
     def _pause(self, attempt: int, retry_after: float | None) -> float:
         wait = retry_after if retry_after is not None else self.backoff_s * 2 ** (attempt - 1)
         return max(0.0, min(wait, self.max_backoff_s))
 
-    def _attempt(self, node: str, iteration: int, attempt: int, messages: list[dict],
-                 templates: dict) -> tuple[dict, _Failed | None]:
+    def _attempt(
+        self, node: str, iteration: int, attempt: int, messages: list[dict], templates: dict
+    ) -> tuple[dict, _Failed | None]:
         """One request (or its recording): the call record, and why the attempt failed (None: a reply to parse)."""
         budget_left = None if self.config.max_tokens is None else self.config.max_tokens - self.tokens_used
         prompt_estimate = len(json.dumps(messages)) // 4  # ~4 characters a token: a guard, not a bill
         max_tokens = self.config.max_call_tokens
         if budget_left is not None:
             max_tokens = min(max_tokens, budget_left - prompt_estimate)
-        request = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                   "response_format": {"type": "json_object"}, "templates": templates}
+        request = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "response_format": {"type": "json_object"},
+            "templates": templates,
+        }
         if self.price_note:
             request["price_note"] = self.price_note
-        call = {"node": node, "attempt": attempt, "model": self.model, "request_json": json.dumps(request),
-                "response_text": "", "ok": True, "error": "", "prompt_tokens": 0, "completion_tokens": 0,
-                "latency_s": 0.0, "cost_usd": 0.0}
+        call = {
+            "node": node,
+            "attempt": attempt,
+            "model": self.model,
+            "request_json": json.dumps(request),
+            "response_text": "",
+            "ok": True,
+            "error": "",
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "latency_s": 0.0,
+            "cost_usd": 0.0,
+        }
         recorded = None
         if self.replay is not None:
             try:
@@ -330,21 +425,31 @@ class LLMBackend:
                 return call, _Failed("replay", str(e))
         if max_tokens < MIN_CALL_TOKENS:
             if recorded is not None and not recorded.get("error", "").startswith("budget:"):
-                return call, _Failed("replay", f"replay: iteration {iteration}, {node}, attempt {attempt} is over the "
-                                               "token budget now but was sent when recorded; the replay diverged")
+                return call, _Failed(
+                    "replay",
+                    f"replay: iteration {iteration}, {node}, attempt {attempt} is over the "
+                    "token budget now but was sent when recorded; the replay diverged",
+                )
             return call, _Failed(
-                "budget", f"run token budget {self.config.max_tokens} would be exceeded ({self.tokens_used} used, "
-                          f"~{prompt_estimate} prompt tokens, fewer than {MIN_CALL_TOKENS} left for the reply)")
+                "budget",
+                f"run token budget {self.config.max_tokens} would be exceeded ({self.tokens_used} used, "
+                f"~{prompt_estimate} prompt tokens, fewer than {MIN_CALL_TOKENS} left for the reply)",
+            )
         if recorded is not None:
             if recorded.get("error", "").startswith("budget:"):
-                return call, _Failed("replay", (
-                    f"replay: iteration {iteration}, {node}, attempt {attempt} was refused for the token budget "
-                    f"when recorded but is within it now ({self.tokens_used} tokens used); the replay diverged"))
+                return call, _Failed(
+                    "replay",
+                    (
+                        f"replay: iteration {iteration}, {node}, attempt {attempt} was refused for the token budget "
+                        f"when recorded but is within it now ({self.tokens_used} tokens used); the replay diverged"
+                    ),
+                )
             return self._replayed(call, recorded)
         started = time.monotonic()
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=messages, max_tokens=max_tokens, response_format={"type": "json_object"})
+                model=self.model, messages=messages, max_tokens=max_tokens, response_format={"type": "json_object"}
+            )
         except Exception as e:  # noqa: BLE001 - sorted into retried / final causes below
             call["latency_s"] = time.monotonic() - started
             return call, _transport_failure(e)
@@ -371,12 +476,16 @@ class LLMBackend:
         return call, None
 
     def _count(self, call: dict, prompt_tokens: int, completion_tokens: int) -> None:
-        call.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    cost_usd=(prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6)
+        call.update(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=(prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6,
+        )
         self.tokens_used += prompt_tokens + completion_tokens
 
 
 # ---- parsing replies --------------------------------------------------------------------------------
+
 
 def _parse_reply(text: str, parse: Callable[[dict], T]) -> T:
     try:
@@ -395,8 +504,10 @@ def _parse_reply(text: str, parse: Callable[[dict], T]) -> T:
 
 
 def _fix_message(f: _Failed) -> str:
-    return (f"Your reply could not be used: {f.message}\n"
-            "Answer again with one JSON object only, following the format described above exactly.")
+    return (
+        f"Your reply could not be used: {f.message}\n"
+        "Answer again with one JSON object only, following the format described above exactly."
+    )
 
 
 def _hypothesis(data: dict, ctx: ProposalContext, library: dict[str, str]) -> Hypothesis:
@@ -430,32 +541,47 @@ def _hypothesis(data: dict, ctx: ProposalContext, library: dict[str, str]) -> Hy
         known = _config_fields(cls)
         unknown = sorted(set(m.params) - set(known))
         if unknown:
-            raise ValueError(f"model {m.name}: {m.family} has no parameter(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(known)}")
+            raise ValueError(
+                f"model {m.name}: {m.family} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(known)}"
+            )
     return hyp
 
 
 # ---- prompt values ----------------------------------------------------------------------------------
 
+
 def _context_values(ctx: ProposalContext) -> dict[str, Any]:
     """Everything a task template may use from the proposal context (validation-segment facts only)."""
     t = ctx.trace
-    accepted = "\n".join(f"- {a.get('name')}: {a.get('expression')}  (valid RankIC {_num(a.get('rank_ic'))}, "
-                         f"RankICIR {_num(a.get('rank_icir'))}, IC {_num(a.get('ic'))})" for a in t.accepted)
+    accepted = "\n".join(
+        f"- {a.get('name')}: {a.get('expression')}  (valid RankIC {_num(a.get('rank_ic'))}, "
+        f"RankICIR {_num(a.get('rank_icir'))}, IC {_num(a.get('ic'))})"
+        for a in t.accepted
+    )
     failures = "\n".join(f"- {f.get('candidate', '?')}: {f.get('failure', '')}" for f in t.failures)
     best = t.best_model
     best_text = "none yet"
     if best:
-        metrics = ", ".join(f"{k} {_num(v)}" for k, v in sorted(best.get("metrics", {}).items())
-                            if isinstance(v, (int, float)))
-        best_text = (f"{best.get('name', '?')}: family {best.get('family', '?')}, params "
-                     f"{json.dumps(best.get('params', {}), sort_keys=True)}; validation metrics: {metrics or '-'}")
+        metrics = ", ".join(
+            f"{k} {_num(v)}" for k, v in sorted(best.get("metrics", {}).items()) if isinstance(v, (int, float))
+        )
+        best_text = (
+            f"{best.get('name', '?')}: family {best.get('family', '?')}, params "
+            f"{json.dumps(best.get('params', {}), sort_keys=True)}; validation metrics: {metrics or '-'}"
+        )
     tried = ", ".join(f"{k} ({v})" for k, v in sorted(ctx.families_tried.items())) or "none yet"
-    return {"iteration": ctx.iteration, "direction": ctx.direction, "n_candidates": ctx.n_candidates,
-            "fields": ", ".join(f"${f}" for f in ctx.fields), "accepted": accepted or "(the library is empty)",
-            "failures": failures or "(none)", "lessons": "\n".join(f"- {x}" for x in t.lessons) or "(none yet)",
-            "best_model": best_text, "families_tried": tried,
-            "library_names": ", ".join(f"${n}" for n in ctx.library_names) or "(none)"}
+    return {
+        "iteration": ctx.iteration,
+        "direction": ctx.direction,
+        "n_candidates": ctx.n_candidates,
+        "fields": ", ".join(f"${f}" for f in ctx.fields),
+        "accepted": accepted or "(the library is empty)",
+        "failures": failures or "(none)",
+        "lessons": "\n".join(f"- {x}" for x in t.lessons) or "(none yet)",
+        "best_model": best_text,
+        "families_tried": tried,
+        "library_names": ", ".join(f"${n}" for n in ctx.library_names) or "(none)",
+    }
 
 
 def _operators_text() -> str:
@@ -482,8 +608,10 @@ def _model_families() -> str:
     """Each family's parameters and defaults, read from its Config (imports torch once per process)."""
     from quantcore.models import FAMILIES
 
-    return "\n".join(f"- {name}: " + ", ".join(f"{k}={v!r}" for k, v in _config_fields(cls).items())
-                     for name, cls in FAMILIES.items())
+    return "\n".join(
+        f"- {name}: " + ", ".join(f"{k}={v!r}" for k, v in _config_fields(cls).items())
+        for name, cls in FAMILIES.items()
+    )
 
 
 def _candidates_text(h: Hypothesis) -> str:

@@ -10,13 +10,21 @@ from typing import Callable
 
 from agents.backend import Backend, OfflineBackend
 from agents.config import LoopConfig, loop_label, purge_days, stored_config
-from agents.graph import budget_left, build_graph
 from agents.decide import admission_p, merge_folds
 from agents.errors import ExperimentFailed, LabelError
-from agents.recorded import read_back
+from agents.graph import budget_left, build_graph
 from agents.nodes import (
-    FAILURES_KEPT, IterationState, RunMemory, Services, _model_spec, candidate_specs, experiment_rows, failure_note, form_of,
+    FAILURES_KEPT,
+    IterationState,
+    RunMemory,
+    Services,
+    _model_spec,
+    candidate_specs,
+    experiment_rows,
+    failure_note,
+    form_of,
 )
+from agents.recorded import read_back
 from agents.search import ScoredExpression
 from agents.store import DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, RunRow, Store, TrialRow, dumps
 from quantcore.data.sources import load_market
@@ -26,9 +34,9 @@ from sandbox.executor import BaseExecutor
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
 from sandbox.market import market_roots
-from sandbox.store import code_version
 from sandbox.result import ExperimentResult, FailureCategory
 from sandbox.spec import default_segments
+from sandbox.store import code_version
 
 __all__ = ["open_project", "start_run", "resume_run", "make_backend", "project_paths"]
 
@@ -60,7 +68,9 @@ def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool
     `RAY_ADDRESS` (else starts a local runtime) here, so a missing Ray or an unreachable address raises
     `RayUnavailable` before a run stores anything."""
     limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * config.workers * 2)
-    shared = dict(root=root, limits=limits, recorder=recorder, use_cache=use_cache, market_roots=market_roots(config.data))
+    shared = dict(
+        root=root, limits=limits, recorder=recorder, use_cache=use_cache, market_roots=market_roots(config.data)
+    )
     if config.executor == "local":
         return LocalExecutor(workers=config.workers, **shared)
     from sandbox.ray_executor import RayExecutor
@@ -74,9 +84,17 @@ def make_executor(config: LoopConfig, root: Path, recorder=None, use_cache: bool
     return executor
 
 
-def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None = None, reviewer=None,
-              on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-              run_id: str | None = None, library: dict[str, str] | None = None) -> str:
+def start_run(
+    config: LoopConfig,
+    root: str | Path,
+    *,
+    backend: Backend | None = None,
+    reviewer=None,
+    on_event: Callable[[str, dict], None] = lambda k, d: None,
+    executor: BaseExecutor | None = None,
+    run_id: str | None = None,
+    library: dict[str, str] | None = None,
+) -> str:
     """A new run: store its settings (and the library it starts from, by default the project's), run
     the baseline, loop. The stored segments are purged (`purge_days`): train and valid end the label's
     horizon plus the embargo before the next segment starts. Resume reuses them as stored; replay derives
@@ -91,19 +109,30 @@ def start_run(config: LoopConfig, root: str | Path, *, backend: Backend | None =
     if library is None:
         library = {row.name: row.expression for row in store.library()}
     if config.fdr_planned_tests is None:  # fixed now: a replay (budget = iterations done) counts the same family
-        config = config.model_copy(update={"fdr_planned_tests": config.budget * config.n_factor_candidates
-                                           if config.fdr_q is not None else 0})
+        config = config.model_copy(
+            update={"fdr_planned_tests": config.budget * config.n_factor_candidates if config.fdr_q is not None else 0}
+        )
     run_id = run_id or uuid.uuid4().hex[:12]
     own_executor = executor is None
     executor = executor or make_executor(config, project_paths(root)["sandbox"])  # first: a bad one stores nothing
     try:
         with store.session() as db:
             # trial_mark: the project's trials before this run are the search's starting point (replay too)
-            db.add(RunRow(id=run_id, config_json=dumps({"loop": config.model_dump(mode="json"), "segments": segments,
-                                                         "library_at_start": library,
-                                                         "code_versions": [code_version()],
-                                                         "trial_mark": _last_id(db, TrialRow),
-                                                         "library_mark": _last_id(db, LibraryFactorRow)})))
+            db.add(
+                RunRow(
+                    id=run_id,
+                    config_json=dumps(
+                        {
+                            "loop": config.model_dump(mode="json"),
+                            "segments": segments,
+                            "library_at_start": library,
+                            "code_versions": [code_version()],
+                            "trial_mark": _last_id(db, TrialRow),
+                            "library_mark": _last_id(db, LibraryFactorRow),
+                        }
+                    ),
+                )
+            )
     except BaseException:
         if own_executor:
             executor.close()
@@ -116,9 +145,17 @@ def _with_code_version(raw: dict) -> dict:
     return {**raw, "code_versions": versions if code_version() in versions else versions + [code_version()]}
 
 
-def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None, reviewer=None,
-               on_event: Callable[[str, dict], None] = lambda k, d: None, executor: BaseExecutor | None = None,
-               budget: int | None = None, executor_kind: str | None = None) -> str:
+def resume_run(
+    run_id: str,
+    root: str | Path,
+    *,
+    backend: Backend | None = None,
+    reviewer=None,
+    on_event: Callable[[str, dict], None] = lambda k, d: None,
+    executor: BaseExecutor | None = None,
+    budget: int | None = None,
+    executor_kind: str | None = None,
+) -> str:
     """Continue a run from its last committed iteration (an interrupted iteration is redone), on the
     executor it was started with unless `executor_kind` says otherwise (results are the same)."""
     store = open_project(root)
@@ -141,8 +178,9 @@ def resume_run(run_id: str, root: str | Path, *, backend: Backend | None = None,
         if own_executor:
             executor.close()
         raise
-    return _drive(run.id, store, root, config, panel, raw["segments"], backend, reviewer, on_event, executor,
-                  own_executor)
+    return _drive(
+        run.id, store, root, config, panel, raw["segments"], backend, reviewer, on_event, executor, own_executor
+    )
 
 
 def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_event, executor, own_executor) -> str:
@@ -157,17 +195,26 @@ def _drive(run_id, store, root, config, panel, segments, backend, reviewer, on_e
 
             executor.recorder = Recorder.open(project_paths(root)["mlflow"], f"loop-{run_id}")
         memory = _memory(store, run_id, panel.version)
-        services = Services(config=config, store=store, executor=executor,
-                            backend=backend or make_backend(config, tokens_used=memory.tokens), panel=panel,
-                            segments={k: tuple(v) for k, v in segments.items()}, memory=memory, reviewer=reviewer,
-                            on_event=on_event)
+        services = Services(
+            config=config,
+            store=store,
+            executor=executor,
+            backend=backend or make_backend(config, tokens_used=memory.tokens),
+            panel=panel,
+            segments={k: tuple(v) for k, v in segments.items()},
+            memory=memory,
+            reviewer=reviewer,
+            on_event=on_event,
+        )
         on_event("start", {"run_id": run_id, "executor": config.executor, "workers": executor.workers})
         if not memory.best:
             _baseline(services)
         if budget_left(services) is None:
             graph = build_graph(services)
-            graph.invoke(IterationState(iteration=memory.iterations_done + 1),
-                         config={"recursion_limit": 12 * config.budget + 50})
+            graph.invoke(
+                IterationState(iteration=memory.iterations_done + 1),
+                config={"recursion_limit": 12 * config.budget + 50},
+            )
         status = "stopped" if memory.stopped else "finished"
         on_event("done", {"run_id": run_id, "reason": budget_left(services)})
     finally:
@@ -194,8 +241,10 @@ def _check_label(label: str, panel) -> None:
     except ExpressionError as e:
         raise LabelError(f"--label {label!r}: {e}") from None
     if label_horizon(node) < 1:
-        raise LabelError(f"--label {label!r} reads no future day: a label must be what happens after the day "
-                         "the factors see (e.g. Ref($close, -2)/Ref($close, -1) - 1)")
+        raise LabelError(
+            f"--label {label!r} reads no future day: a label must be what happens after the day "
+            "the factors see (e.g. Ref($close, -2)/Ref($close, -1) - 1)"
+        )
 
 
 def _baseline(s: Services) -> None:
@@ -205,18 +254,34 @@ def _baseline(s: Services) -> None:
     s.on_event("baseline", {"features": s.config.base_features})
     named = candidate_specs(coded)
     # its metrics as MLflow recorded them, like every decision's (see `agents.recorded`)
-    folds = list(read_back({key: r for (key, _), r in zip(named, s.executor.run_many([spec for _, spec in named]))},
-                           s.executor.recorder).values())
+    folds = list(
+        read_back(
+            {key: r for (key, _), r in zip(named, s.executor.run_many([spec for _, spec in named]))},
+            s.executor.recorder,
+        ).values()
+    )
     result = merge_folds(folds)
     if not result.ok:
         raise ExperimentFailed(f"the baseline model failed: {result.failure.for_llm()}")
-    best = {"name": "baseline", "family": "lightgbm", "params": {}, "metrics": result.metrics,
-            "daily_rank_ic": result.details.get("daily_rank_ic")}
+    best = {
+        "name": "baseline",
+        "family": "lightgbm",
+        "params": {},
+        "metrics": result.metrics,
+        "daily_rank_ic": result.details.get("daily_rank_ic"),
+    }
     with s.store.session() as db:
         db.add_all(experiment_rows(s.memory.run_id, 0, coded, {key: r for (key, _), r in zip(named, folds)}))
-        db.add(DecisionRow(run_id=s.memory.run_id, iteration=0, candidate="baseline", verdict="replace_best",
-                           reasons_json=dumps(["baseline: the default model on the base features"]),
-                           metrics_json=dumps(result.metrics)))
+        db.add(
+            DecisionRow(
+                run_id=s.memory.run_id,
+                iteration=0,
+                candidate="baseline",
+                verdict="replace_best",
+                reasons_json=dumps(["baseline: the default model on the base features"]),
+                metrics_json=dumps(result.metrics),
+            )
+        )
         row = db.get(RunRow, s.memory.run_id)
         row.best_json = dumps(best)
         db.add(row)
@@ -253,8 +318,11 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
                 pass
         if not e.ok:
             r = ExperimentResult.from_dict(json.loads(e.result_json))
-            if (r.failure is not None and not e.candidate.startswith("screen.")
-                    and r.failure.category is not FailureCategory.RECORD):  # ours, no lesson (as in update_node)
+            if (
+                r.failure is not None
+                and not e.candidate.startswith("screen.")
+                and r.failure.category is not FailureCategory.RECORD
+            ):  # ours, no lesson (as in update_node)
                 failures.append(failure_note(e.candidate, r.failure.for_llm()))
     screened = [t for t in trials if t.stage == "screen"]
     best_by_form: dict[str, float] = {}
@@ -268,17 +336,33 @@ def _memory(store: Store, run_id: str, market: str) -> RunMemory:
             library_fitness[name] = 0.0
     planned = int(stored_config(raw["loop"]).fdr_planned_tests or 0)
     if planned:  # plus earlier runs' tests (finite p: a failed trial is no test): the family at the run's end
-        planned += sum(1 for t in trials if t.stage == "admission" and t.run_id != run_id
-                       and math.isfinite(admission_p(json.loads(t.metrics_json))))
+        planned += sum(
+            1
+            for t in trials
+            if t.stage == "admission" and t.run_id != run_id and math.isfinite(admission_p(json.loads(t.metrics_json)))
+        )
     families: dict[str, int] = {}
     for h in store.rows(HypothesisRow, run_id):
         families[h.family] = families.get(h.family, 0) + 1
-    return RunMemory(run_id=run_id, iterations_done=run.iterations_done, best=json.loads(run.best_json),
-                     scheduler=json.loads(run.scheduler_json), library=library, library_metrics=metrics, tried=tried,
-                     trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
-                     library_fitness=library_fitness, market=market, taken_names=taken,
-                     admission_p=[admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"],
-                     planned_tests=planned,
-                     families=families, failures=failures[-FAILURES_KEPT:], lessons=json.loads(run.lessons_json),
-                     tokens=run.tokens, cost_usd=run.cost_usd, cpu_seconds=run.cpu_seconds,
-                     stopped=run.status == "stopped")
+    return RunMemory(
+        run_id=run_id,
+        iterations_done=run.iterations_done,
+        best=json.loads(run.best_json),
+        scheduler=json.loads(run.scheduler_json),
+        library=library,
+        library_metrics=metrics,
+        tried=tried,
+        trials=[ScoredExpression(t.expression, t.fitness, t.region) for t in screened],
+        library_fitness=library_fitness,
+        market=market,
+        taken_names=taken,
+        admission_p=[admission_p(json.loads(t.metrics_json)) for t in trials if t.stage == "admission"],
+        planned_tests=planned,
+        families=families,
+        failures=failures[-FAILURES_KEPT:],
+        lessons=json.loads(run.lessons_json),
+        tokens=run.tokens,
+        cost_usd=run.cost_usd,
+        cpu_seconds=run.cpu_seconds,
+        stopped=run.status == "stopped",
+    )

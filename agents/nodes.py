@@ -31,17 +31,17 @@ from agents.decide import (
     AdmissionRules,
     admission_p,
     admit_factor,
-    factor_metrics,
     compare_models,
+    factor_metrics,
     merge_folds,
     model_score,
     refine_factor,
     trial_significance,
 )
 from agents.recorded import cite, read_back
+from agents.scheduler import choose_direction, update_scheduler
 from agents.screen import screen_scores, screen_segment, screen_specs, select_survivors, t_fitness
 from agents.search import ScoredExpression, SearchPool, affine_core, skeleton
-from agents.scheduler import choose_direction, update_scheduler
 from agents.store import (
     DecisionRow,
     EdgeRow,
@@ -66,8 +66,16 @@ from quantcore.expr.validate import validate
 from sandbox.executor import BaseExecutor
 from sandbox.result import ExperimentResult, FailureCategory
 
-__all__ = ["IterationState", "Services", "RunMemory", "inner_folds", "fold_key", "candidate_specs", "candidate_result",
-           "experiment_rows"]
+__all__ = [
+    "IterationState",
+    "Services",
+    "RunMemory",
+    "inner_folds",
+    "fold_key",
+    "candidate_specs",
+    "candidate_result",
+    "experiment_rows",
+]
 
 
 class IterationState(BaseModel):
@@ -172,17 +180,25 @@ class Services:
     @property
     def rules(self) -> AdmissionRules:
         c = self.config
-        return AdmissionRules(min_abs_rank_ic=c.min_abs_rank_ic, min_abs_rank_icir=c.min_abs_rank_icir,
-                              max_library_corr=c.max_library_corr, max_nodes=c.max_nodes, max_depth=c.max_depth,
-                              fdr_q=c.fdr_q, fdr_method=c.fdr_method, model_alpha=c.model_alpha,
-                              model_tests=c.budget * c.n_model_candidates)
+        return AdmissionRules(
+            min_abs_rank_ic=c.min_abs_rank_ic,
+            min_abs_rank_icir=c.min_abs_rank_icir,
+            max_library_corr=c.max_library_corr,
+            max_nodes=c.max_nodes,
+            max_depth=c.max_depth,
+            fdr_q=c.fdr_q,
+            fdr_method=c.fdr_method,
+            model_alpha=c.model_alpha,
+            model_tests=c.budget * c.n_model_candidates,
+        )
 
 
 MIN_FOLD_FIT_DAYS = 250  # about a trading year: Alpha158's 60-day warm-up leaves enough rows to fit on
 
 
-def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int, *, horizon: int,
-                embargo: int) -> list[dict[str, tuple[str, str]]]:
+def inner_folds(
+    segments: dict[str, tuple[str, str]], panel: Panel, folds: int, *, horizon: int, embargo: int
+) -> list[dict[str, tuple[str, str]]]:
     """Walk-forward folds for model experiments: fold 0 scores the validation segment (fitting on the
     first 80% of train, early-stopping on the rest); fold j scores the block of the same length that
     ends where fold j-1's block starts, fitting and early-stopping on what precedes it. More scored days
@@ -209,11 +225,18 @@ def inner_folds(segments: dict[str, tuple[str, str]], panel: Panel, folds: int, 
         cut = train.start + int((stop_end - train.start) * 0.8)  # early-stopping starts here
         fit_end = cut - drop
         if fit_end <= train.start:
-            raise SegmentError(f"segment 'train' {tuple(segments['train'])} is too short for a model fold: fitting, "
-                             f"{drop} purged days (horizon {horizon} + embargo {embargo}), early-stopping and "
-                             f"{drop} more; lengthen it or lower the embargo")
-        out.append({"train": (day(train.start), day(fit_end - 1)), "valid": (day(cut), day(stop_end - 1)),
-                    "test": (day(start), day(end - 1))})
+            raise SegmentError(
+                f"segment 'train' {tuple(segments['train'])} is too short for a model fold: fitting, "
+                f"{drop} purged days (horizon {horizon} + embargo {embargo}), early-stopping and "
+                f"{drop} more; lengthen it or lower the embargo"
+            )
+        out.append(
+            {
+                "train": (day(train.start), day(fit_end - 1)),
+                "valid": (day(cut), day(stop_end - 1)),
+                "test": (day(start), day(end - 1)),
+            }
+        )
     return out
 
 
@@ -229,13 +252,20 @@ def candidate_specs(c: CodedCandidate) -> list[tuple[str, dict]]:
 
 # ---- nodes ----------------------------------------------------------------------------------------------
 
+
 def scheduler_node(state: IterationState, s: Services) -> dict:
     m = s.memory
     direction = choose_direction(m.scheduler, state.iteration, model_ready=bool(m.best))
-    ctx = ProposalContext(run_id=m.run_id, iteration=state.iteration, direction=direction,
-                          fields=sorted(s.panel.field_names), trace=trace_summary(m),
-                          library_names=sorted(m.library), families_tried=dict(m.families),
-                          n_candidates=s.screen_size if direction == "factor" else s.config.n_model_candidates)
+    ctx = ProposalContext(
+        run_id=m.run_id,
+        iteration=state.iteration,
+        direction=direction,
+        fields=sorted(s.panel.field_names),
+        trace=trace_summary(m),
+        library_names=sorted(m.library),
+        families_tried=dict(m.families),
+        n_candidates=s.screen_size if direction == "factor" else s.config.n_model_candidates,
+    )
     s.on_event("direction", {"iteration": state.iteration, "direction": direction})
     return {"direction": direction, "context": ctx, "started": time.monotonic()}
 
@@ -275,7 +305,9 @@ def coder_node(state: IterationState, s: Services) -> dict:
     the structured failure, up to `repair_attempts` times."""
     hyp = state.hypothesis
     if hyp.direction == "model":
-        return {"coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s, c.feature_norm) for c in hyp.models])}
+        return {
+            "coded": CoderOutput(coded=[_model_spec(c.name, c.family, c.params, s, c.feature_norm) for c in hyp.models])
+        }
     coded, refused = [], {}
     seen = set(s.memory.tried)
     held = s.held_forms()
@@ -316,11 +348,20 @@ def admission_spec(expression: str, name: str, others: dict[str, str], s: Servic
     factors it repeats (for a refinement's paired comparison)."""
     library = s.memory.library
     residual = _residual_keys(s)
-    return {"kind": "factor", "market": s.config.data, "expressions": {name: expression},
-            "segment": list(s.segments["valid"]), "library": {**library, **others},
-            "base_features": s.config.base_features, "pair_threshold": s.config.max_library_corr,
-            "pair_with": sorted(_same_idea(parse(expression), library)), "lookahead_check": True,
-            "seed": s.config.seed, "label": loop_label(s.config), **residual}
+    return {
+        "kind": "factor",
+        "market": s.config.data,
+        "expressions": {name: expression},
+        "segment": list(s.segments["valid"]),
+        "library": {**library, **others},
+        "base_features": s.config.base_features,
+        "pair_threshold": s.config.max_library_corr,
+        "pair_with": sorted(_same_idea(parse(expression), library)),
+        "lookahead_check": True,
+        "seed": s.config.seed,
+        "label": loop_label(s.config),
+        **residual,
+    }
 
 
 def _residual_keys(s: Services) -> dict:
@@ -346,30 +387,49 @@ def screen_node(state: IterationState, s: Services) -> dict:
         return {}
     m = s.memory
     segment = screen_segment(s.panel, s.segments["train"], loop_label(s.config))
-    named = screen_specs(coded.coded, market=s.config.data, segment=segment, library=m.library,
-                         base_features=s.config.base_features, corr_days=s.config.screen_corr_days,
-                         seed=s.config.seed, workers=s.workers, label=loop_label(s.config),
-                         residual=_screen_residual(s))
+    named = screen_specs(
+        coded.coded,
+        market=s.config.data,
+        segment=segment,
+        library=m.library,
+        base_features=s.config.base_features,
+        corr_days=s.config.screen_corr_days,
+        seed=s.config.seed,
+        workers=s.workers,
+        label=loop_label(s.config),
+        residual=_screen_residual(s),
+    )
     s.on_event("screen", {"iteration": state.iteration, "candidates": len(coded.coded), "segment": segment})
     # scores as MLflow recorded them, like the critic's (a chunk whose record differs fails as a whole)
-    results = read_back(dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named]))),
-                        s.executor.recorder)
+    results = read_back(
+        dict(zip([k for k, _ in named], s.executor.run_many([spec for _, spec in named]))), s.executor.recorder
+    )
     scores = screen_scores(coded.coded, results, dict(named))
-    chosen, why = select_survivors(scores, s.config.n_factor_candidates, s.config.max_library_corr, m.library,
-                                   m.library_fitness)
-    survivors = with_admission_specs(sorted((c for c in coded.coded if c.name in set(chosen)),
-                                            key=lambda c: chosen.index(c.name)), s)
+    chosen, why = select_survivors(
+        scores, s.config.n_factor_candidates, s.config.max_library_corr, m.library, m.library_fitness
+    )
+    survivors = with_admission_specs(
+        sorted((c for c in coded.coded if c.name in set(chosen)), key=lambda c: chosen.index(c.name)), s
+    )
     best = sorted(scores, key=lambda x: -x.fitness)[:3]
-    note = (f" Screened {len(scores)} on {segment[0]}..{segment[1]} (best |t| "
-            f"{', '.join(f'{x.fitness:.1f}' for x in best)}); {len(survivors)} sent to admission.")
+    note = (
+        f" Screened {len(scores)} on {segment[0]}..{segment[1]} (best |t| "
+        f"{', '.join(f'{x.fitness:.1f}' for x in best)}); {len(survivors)} sent to admission."
+    )
     hyp = state.hypothesis
-    hyp = hyp.model_copy(update={"text": (hyp.text + note)[:2000],
-                                 "factors": [f for f in hyp.factors if f.name in set(chosen)]})
+    hyp = hyp.model_copy(
+        update={"text": (hyp.text + note)[:2000], "factors": [f for f in hyp.factors if f.name in set(chosen)]}
+    )
     if survivors:
         hyp = hyp.model_copy(update={"family": survivors[0].region or hyp.family})
-    return {"coded": CoderOutput(coded=survivors, refused=coded.refused), "hypothesis": hyp,
-            "screen": list(coded.coded), "screen_specs": dict(named), "screen_why": why,
-            "screen_results": {k: r.to_dict() for k, r in results.items()}}
+    return {
+        "coded": CoderOutput(coded=survivors, refused=coded.refused),
+        "hypothesis": hyp,
+        "screen": list(coded.coded),
+        "screen_specs": dict(named),
+        "screen_why": why,
+        "screen_results": {k: r.to_dict() for k, r in results.items()},
+    }
 
 
 def review_node(state: IterationState, s: Services) -> dict:
@@ -412,22 +472,40 @@ def critic_node(state: IterationState, s: Services) -> dict:
         claimed: set[str] = set()  # library factors a stronger candidate of this batch already refines
         bound = rules.max_library_corr
         seed = s.config.seed * 1000 + state.iteration
-        significance = trial_significance(m.admission_p, {k: admission_p(factor_metrics(k, r)) for k, r in results.items()
-                                                          if r.ok}, rules.fdr_method, m.planned_tests) \
-            if rules.fdr_q is not None else {}
+        significance = (
+            trial_significance(
+                m.admission_p,
+                {k: admission_p(factor_metrics(k, r)) for k, r in results.items() if r.ok},
+                rules.fdr_method,
+                m.planned_tests,
+            )
+            if rules.fdr_q is not None
+            else {}
+        )
         by_strength = sorted(results, key=lambda k: -abs(results[k].metrics.get(f"{k}.rank_ic", 0.0) or 0.0))
         for name in by_strength:
             r = results[name]
             node = parse(next(c.expression for c in state.coded.coded if c.name == name))
             detail = r.details.get(name, {}) if r.ok else {}
             corr_all = detail.get("correlations", {})
-            rivals = sorted(({k for k, v in corr_all.items() if k in m.library and v is not None and abs(v) >= bound}
-                             | _same_idea(node, m.library)) - claimed)
+            rivals = sorted(
+                (
+                    {k for k, v in corr_all.items() if k in m.library and v is not None and abs(v) >= bound}
+                    | _same_idea(node, m.library)
+                )
+                - claimed
+            )
             corr = {k: v for k, v in corr_all.items() if (k in m.library and k not in rivals) or k in accepted_now}
             base = detail.get("base_correlation") or None
-            v = admit_factor(name, r, rules, corr, (node_count(node), depth(node)),
-                             base=(base["feature"], base["corr"]) if base else None,
-                             significance=significance.get(name))
+            v = admit_factor(
+                name,
+                r,
+                rules,
+                corr,
+                (node_count(node), depth(node)),
+                base=(base["feature"], base["corr"]) if base else None,
+                significance=significance.get(name),
+            )
             if v.verdict == "accept" and rivals:
                 v = refine_factor(v, r, rivals, {k: corr_all.get(k) for k in rivals}, rules, seed)
             verdicts.append(v)
@@ -440,8 +518,14 @@ def critic_node(state: IterationState, s: Services) -> dict:
     else:
         for c in state.coded.coded:
             r = candidate_result(c, results)
-            v = compare_models(c.name, r, m.best.get("daily_rank_ic"), m.best.get("metrics", {}), rules,
-                               seed=s.config.seed * 1000 + state.iteration)
+            v = compare_models(
+                c.name,
+                r,
+                m.best.get("daily_rank_ic"),
+                m.best.get("metrics", {}),
+                rules,
+                seed=s.config.seed * 1000 + state.iteration,
+            )
             verdicts.append(v)
         wins = [v for v in verdicts if v.verdict == "replace_best"]
         if wins:
@@ -452,10 +536,14 @@ def critic_node(state: IterationState, s: Services) -> dict:
     analysis, feedback = s.backend.analyse(state.context, state.hypothesis, verdicts)
     # cited after the analysis: a run id tells the LLM nothing, and a replay's ids differ
     cited = {c.name: cite([results[k] for k, _ in candidate_specs(c) if k in results]) for c in state.coded.coded}
-    verdicts = [v.model_copy(update={"reasons": [*v.reasons, cited[v.candidate]]}) if cited.get(v.candidate) else v
-                for v in verdicts]
-    return {"critic": CriticOutput(verdicts=verdicts, reward=reward, analysis=analysis, feedback=feedback),
-            "results": {k: r.to_dict() for k, r in results.items()}}
+    verdicts = [
+        v.model_copy(update={"reasons": [*v.reasons, cited[v.candidate]]}) if cited.get(v.candidate) else v
+        for v in verdicts
+    ]
+    return {
+        "critic": CriticOutput(verdicts=verdicts, reward=reward, analysis=analysis, feedback=feedback),
+        "results": {k: r.to_dict() for k, r in results.items()},
+    }
 
 
 def update_node(state: IterationState, s: Services) -> dict:
@@ -470,14 +558,24 @@ def update_node(state: IterationState, s: Services) -> dict:
         if wins:
             w = max(wins, key=lambda v: model_score(v.metrics))
             coded = next(c for c in state.coded.coded if c.name == w.candidate)
-            new_best = {"name": w.candidate, "family": coded.family, "params": coded.params,
-                        "feature_norm": coded.feature_norm, "metrics": w.metrics,
-                        "daily_rank_ic": candidate_result(coded, results).details.get("daily_rank_ic")}
+            new_best = {
+                "name": w.candidate,
+                "family": coded.family,
+                "params": coded.params,
+                "feature_norm": coded.feature_norm,
+                "metrics": w.metrics,
+                "daily_rank_ic": candidate_result(coded, results).details.get("daily_rank_ic"),
+            }
     calls = s.backend.drain_calls()
     seconds = time.monotonic() - state.started
     cpu = sum(r.seconds for r in results.values()) + sum(r.get("seconds", 0.0) for r in state.screen_results.values())
-    status = ("rejected" if state.review and state.review.action in ("reject", "stop") else
-              "accepted" if accepted or new_best else "rejected")
+    status = (
+        "rejected"
+        if state.review and state.review.action in ("reject", "stop")
+        else "accepted"
+        if accepted or new_best
+        else "rejected"
+    )
     if accepted and len(accepted) < len(critic.verdicts):
         status = "partial"
     scheduler = update_scheduler(m.scheduler, state.direction, critic.reward)
@@ -488,17 +586,27 @@ def update_node(state: IterationState, s: Services) -> dict:
             retired.setdefault(rival, v.candidate)
     trials = trial_rows(state, results, m)
     # a `record` failure is ours (the MLflow store), not the proposer's: it is no lesson for it
-    new_failures = [failure_note(k, r.failure.for_llm()) for k, r in results.items()
-                    if not r.ok and r.failure.category is not FailureCategory.RECORD]
+    new_failures = [
+        failure_note(k, r.failure.for_llm())
+        for k, r in results.items()
+        if not r.ok and r.failure.category is not FailureCategory.RECORD
+    ]
     new_failures += [failure_note(k, v) for k, v in state.coded.refused.items()]
     lessons = list(m.lessons)
     if critic.feedback and critic.feedback not in lessons:
         lessons = (lessons + [critic.feedback])[-LESSONS_KEPT:]
     with s.store.session() as db:
         run = db.get(RunRow, m.run_id)
-        h = HypothesisRow(run_id=m.run_id, iteration=state.iteration, direction=state.direction, family=hyp.family,
-                          text=hyp.text, candidates_json=dumps(hyp.model_dump()["factors" if hyp.direction == "factor" else "models"]),
-                          feedback=f"{critic.analysis}\n{critic.feedback}".strip(), status=status)
+        h = HypothesisRow(
+            run_id=m.run_id,
+            iteration=state.iteration,
+            direction=state.direction,
+            family=hyp.family,
+            text=hyp.text,
+            candidates_json=dumps(hyp.model_dump()["factors" if hyp.direction == "factor" else "models"]),
+            feedback=f"{critic.analysis}\n{critic.feedback}".strip(),
+            status=status,
+        )
         db.add(h)
         db.flush()
         for parent_id, relation in _edges(hyp, m, s, db, state):
@@ -507,25 +615,66 @@ def update_node(state: IterationState, s: Services) -> dict:
             db.add_all(experiment_rows(m.run_id, state.iteration, c, results, hypothesis_id=h.id))
         for key, spec in state.screen_specs.items():
             r = ExperimentResult.from_dict(state.screen_results[key])
-            db.add(ExperimentRow(run_id=m.run_id, iteration=state.iteration, hypothesis_id=h.id, candidate=key,
-                                 spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok, result_json=dumps(r.to_dict()),
-                                 mlflow_run_id=r.mlflow_run_id))
+            db.add(
+                ExperimentRow(
+                    run_id=m.run_id,
+                    iteration=state.iteration,
+                    hypothesis_id=h.id,
+                    candidate=key,
+                    spec_hash=r.spec_hash,
+                    spec_json=dumps(spec),
+                    ok=r.ok,
+                    result_json=dumps(r.to_dict()),
+                    mlflow_run_id=r.mlflow_run_id,
+                )
+            )
         db.add_all(trials)
         for rival, winner in retired.items():
             _retire(db, rival, winner, h.id, m.run_id)
         for v in critic.verdicts:
-            db.add(DecisionRow(run_id=m.run_id, iteration=state.iteration, candidate=v.candidate, verdict=v.verdict,
-                               reasons_json=dumps(v.reasons), metrics_json=dumps(v.metrics)))
+            db.add(
+                DecisionRow(
+                    run_id=m.run_id,
+                    iteration=state.iteration,
+                    candidate=v.candidate,
+                    verdict=v.verdict,
+                    reasons_json=dumps(v.reasons),
+                    metrics_json=dumps(v.metrics),
+                )
+            )
         for name, expr in new_library.items():
-            db.add(LibraryFactorRow(name=name, expression=expr, canonical=canonical(parse(expr)), run_id=m.run_id,
-                                    iteration=state.iteration, metrics_json=dumps(verdict_of[name].metrics)))
+            db.add(
+                LibraryFactorRow(
+                    name=name,
+                    expression=expr,
+                    canonical=canonical(parse(expr)),
+                    run_id=m.run_id,
+                    iteration=state.iteration,
+                    metrics_json=dumps(verdict_of[name].metrics),
+                )
+            )
         for call in calls:
             db.add(LLMCallRow(run_id=m.run_id, iteration=state.iteration, **call))
         if state.review is not None:
-            db.add(ReviewRow(run_id=m.run_id, iteration=state.iteration, action=state.review.action,
-                             reason=state.review.reason, edits_json=dumps(state.review.edits)))
-        db.add(IterationRow(run_id=m.run_id, number=state.iteration, direction=state.direction, reward=critic.reward,
-                            summary=critic.analysis, seconds=seconds))
+            db.add(
+                ReviewRow(
+                    run_id=m.run_id,
+                    iteration=state.iteration,
+                    action=state.review.action,
+                    reason=state.review.reason,
+                    edits_json=dumps(state.review.edits),
+                )
+            )
+        db.add(
+            IterationRow(
+                run_id=m.run_id,
+                number=state.iteration,
+                direction=state.direction,
+                reward=critic.reward,
+                summary=critic.analysis,
+                seconds=seconds,
+            )
+        )
         run.iterations_done = state.iteration
         run.tokens += sum(c.get("prompt_tokens", 0) + c.get("completion_tokens", 0) for c in calls)
         run.cost_usd += sum(c.get("cost_usd", 0.0) for c in calls)
@@ -561,23 +710,44 @@ def update_node(state: IterationState, s: Services) -> dict:
     m.families[hyp.family] = m.families.get(hyp.family, 0) + 1
     m.failures = (m.failures + new_failures)[-FAILURES_KEPT:]
     m.stopped = m.stopped or state.stop
-    s.on_event("iteration", {"iteration": state.iteration, "direction": state.direction, "hypothesis": hyp.text,
-                             "accepted": accepted, "new_best": new_best["name"] if new_best else None,
-                             "best": m.best.get("metrics", {}), "library": len(m.library),
-                             "reward": critic.reward, "seconds": seconds, "tokens": tokens, "cost_usd": cost,
-                             "analysis": critic.analysis})
+    s.on_event(
+        "iteration",
+        {
+            "iteration": state.iteration,
+            "direction": state.direction,
+            "hypothesis": hyp.text,
+            "accepted": accepted,
+            "new_best": new_best["name"] if new_best else None,
+            "best": m.best.get("metrics", {}),
+            "library": len(m.library),
+            "reward": critic.reward,
+            "seconds": seconds,
+            "tokens": tokens,
+            "cost_usd": cost,
+            "analysis": critic.analysis,
+        },
+    )
     return {}
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
 
+
 def trace_summary(m: RunMemory, top_k: int = 8, last_failures: int = 5) -> TraceSummary:
     top = sorted(m.library, key=lambda k: -abs(m.library_metrics.get(k, {}).get("rank_ic", 0.0)))[:top_k]
     best = {k: v for k, v in m.best.items() if k != "daily_rank_ic"}
     return TraceSummary(
-        accepted=[{"name": k, "expression": m.library[k], **{x: m.library_metrics.get(k, {}).get(x) for x in
-                                                              ("rank_ic", "rank_icir", "ic")}} for k in top],
-        failures=m.failures[-last_failures:], lessons=m.lessons[-5:], best_model=best,
+        accepted=[
+            {
+                "name": k,
+                "expression": m.library[k],
+                **{x: m.library_metrics.get(k, {}).get(x) for x in ("rank_ic", "rank_icir", "ic")},
+            }
+            for k in top
+        ],
+        failures=m.failures[-last_failures:],
+        lessons=m.lessons[-5:],
+        best_model=best,
     )
 
 
@@ -587,27 +757,50 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
     if state.direction != "factor":
         return []
     rows = []
-    adjusted = {v.candidate: {k: v.metrics[k] for k in ("p_adjusted", "trials") if k in v.metrics}
-                for v in (state.critic.verdicts if state.critic else [])}
+    adjusted = {
+        v.candidate: {k: v.metrics[k] for k in ("p_adjusted", "trials") if k in v.metrics}
+        for v in (state.critic.verdicts if state.critic else [])
+    }
     screen = {k: ExperimentResult.from_dict(v) for k, v in state.screen_results.items()}
     region = {c.name: c.region for c in state.screen}
     for sc in screen_scores(state.screen, screen, state.screen_specs) if state.screen else []:
         if not sc.scored:  # its chunk failed as a whole: nothing was learnt about the candidate
             continue
         why = state.screen_why.get(sc.name, "sent to admission")
-        rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=sc.name,
-                             expression=sc.expression, form=form_of(sc.expression), region=region.get(sc.name, ""),
-                             stage="screen", fitness=sc.fitness, metrics_json=dumps({**sc.metrics(), "outcome": why})))
+        rows.append(
+            TrialRow(
+                run_id=m.run_id,
+                iteration=state.iteration,
+                market=m.market,
+                candidate=sc.name,
+                expression=sc.expression,
+                form=form_of(sc.expression),
+                region=region.get(sc.name, ""),
+                stage="screen",
+                fitness=sc.fitness,
+                metrics_json=dumps({**sc.metrics(), "outcome": why}),
+            )
+        )
     for c in state.coded.coded:
         r = results.get(c.name)
         if r is None or c.expression is None:
             continue
         mt = {**factor_metrics(c.name, r), **adjusted.get(c.name, {})}
         t = mt.get("residual_t", mt.get("rank_ic_hac_t", mt.get("rank_ic_t", math.nan)))
-        rows.append(TrialRow(run_id=m.run_id, iteration=state.iteration, market=m.market, candidate=c.name,
-                             expression=c.expression, form=form_of(c.expression), region=c.region,
-                             stage="admission", fitness=t_fitness(t, r.ok),
-                             metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)})))
+        rows.append(
+            TrialRow(
+                run_id=m.run_id,
+                iteration=state.iteration,
+                market=m.market,
+                candidate=c.name,
+                expression=c.expression,
+                form=form_of(c.expression),
+                region=c.region,
+                stage="admission",
+                fitness=t_fitness(t, r.ok),
+                metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)}),
+            )
+        )
     return rows
 
 
@@ -621,11 +814,22 @@ def _retire(db, rival: str, winner: str, hypothesis_id: int, run_id: str) -> Non
         return
     row.replaced_by, row.replaced_run = winner, run_id
     db.add(row)
-    source = db.exec(select(HypothesisRow).where(HypothesisRow.run_id == row.run_id)
-                     .where(HypothesisRow.iteration == row.iteration).where(HypothesisRow.direction == "factor")).first()
+    source = db.exec(
+        select(HypothesisRow)
+        .where(HypothesisRow.run_id == row.run_id)
+        .where(HypothesisRow.iteration == row.iteration)
+        .where(HypothesisRow.direction == "factor")
+    ).first()
     if source is not None:
-        db.add(EdgeRow(run_id=run_id, source=hypothesis_id, target=source.id, relation="refines",
-                       note=f"{winner} replaces {rival}"))
+        db.add(
+            EdgeRow(
+                run_id=run_id,
+                source=hypothesis_id,
+                target=source.id,
+                relation="refines",
+                note=f"{winner} replaces {rival}",
+            )
+        )
 
 
 def _same_idea(node, library: dict[str, str]) -> set[str]:
@@ -639,7 +843,9 @@ def search_pool(s: Services) -> SearchPool:
     from quantcore.features import feature_set
 
     m = s.memory
-    scored = list(m.trials) + [ScoredExpression(e, m.library_fitness.get(k, 0.0), "library") for k, e in m.library.items()]
+    scored = list(m.trials) + [
+        ScoredExpression(e, m.library_fitness.get(k, 0.0), "library") for k, e in m.library.items()
+    ]
     try:
         seeds = list(feature_set(s.config.base_features).values())
     except ValueError:
@@ -668,7 +874,9 @@ def _inline_library(expr: str, s: Services) -> str:
     return _REF.sub(sub, expr)
 
 
-def _check_factor(cand: FactorCandidate, s: Services, seen: set[str], held: dict[str, str]) -> tuple[str | None, str, str]:
+def _check_factor(
+    cand: FactorCandidate, s: Services, seen: set[str], held: dict[str, str]
+) -> tuple[str | None, str, str]:
     """(problem or None, expression with library names inlined, canonical form)."""
     expr = _inline_library(cand.expression, s)
     try:
@@ -679,11 +887,20 @@ def _check_factor(cand: FactorCandidate, s: Services, seen: set[str], held: dict
         return f"{kind}: {e}", expr, ""
     key = canonical(affine_core(node))
     if node_count(node) > s.config.max_nodes or depth(node) > s.config.max_depth:
-        return (f"too complex: {node_count(node)} nodes, depth {depth(node)} (caps {s.config.max_nodes} nodes, "
-                f"depth {s.config.max_depth})"), expr, key
+        return (
+            (
+                f"too complex: {node_count(node)} nodes, depth {depth(node)} (caps {s.config.max_nodes} nodes, "
+                f"depth {s.config.max_depth})"
+            ),
+            expr,
+            key,
+        )
     if key in held:
-        return (f"duplicate: {held[key]} already holds it up to an affine map (a*x + b carries the same "
-                "information)"), expr, key
+        return (
+            (f"duplicate: {held[key]} already holds it up to an affine map (a*x + b carries the same information)"),
+            expr,
+            key,
+        )
     if key in seen:
         return "duplicate: already tried on this market (same form up to an affine map)", expr, key
     return None, expr, key
@@ -699,23 +916,50 @@ def _validate_edit(expr: str, s: Services) -> str | None:
 
 
 def _model_spec(name: str, family: str, params: dict, s: Services, feature_norm: str = "none") -> CodedCandidate:
-    spec = {"kind": "model", "market": s.config.data, "features": s.config.base_features, "label": loop_label(s.config),
-            "extra_features": dict(s.memory.library), "family": family, "params": params, "feature_norm": feature_norm,
-            "seed": s.config.seed}
+    spec = {
+        "kind": "model",
+        "market": s.config.data,
+        "features": s.config.base_features,
+        "label": loop_label(s.config),
+        "extra_features": dict(s.memory.library),
+        "family": family,
+        "params": params,
+        "feature_norm": feature_norm,
+        "seed": s.config.seed,
+    }
     horizon, embargo = purge_days(s.config)
-    specs = [{**spec, "segments": {k: list(v) for k, v in fold.items()}}
-             for fold in inner_folds(s.segments, s.panel, s.config.model_folds, horizon=horizon, embargo=embargo)]
-    return CodedCandidate(name=name, spec=specs[0], fold_specs=specs[1:], family=family, params=params,
-                          feature_norm=feature_norm)
+    specs = [
+        {**spec, "segments": {k: list(v) for k, v in fold.items()}}
+        for fold in inner_folds(s.segments, s.panel, s.config.model_folds, horizon=horizon, embargo=embargo)
+    ]
+    return CodedCandidate(
+        name=name, spec=specs[0], fold_specs=specs[1:], family=family, params=params, feature_norm=feature_norm
+    )
 
 
-def experiment_rows(run_id: str, iteration: int, c: CodedCandidate, results: dict[str, ExperimentResult],
-                    hypothesis_id: int | None = None) -> list[ExperimentRow]:
+def experiment_rows(
+    run_id: str,
+    iteration: int,
+    c: CodedCandidate,
+    results: dict[str, ExperimentResult],
+    hypothesis_id: int | None = None,
+) -> list[ExperimentRow]:
     """The store rows of a coded candidate's experiments (spec, then folds) that have a result."""
-    return [ExperimentRow(run_id=run_id, iteration=iteration, hypothesis_id=hypothesis_id, candidate=key,
-                          spec_hash=r.spec_hash, spec_json=dumps(spec), ok=r.ok, result_json=dumps(r.to_dict()),
-                          mlflow_run_id=r.mlflow_run_id)
-            for key, spec in candidate_specs(c) if (r := results.get(key)) is not None]
+    return [
+        ExperimentRow(
+            run_id=run_id,
+            iteration=iteration,
+            hypothesis_id=hypothesis_id,
+            candidate=key,
+            spec_hash=r.spec_hash,
+            spec_json=dumps(spec),
+            ok=r.ok,
+            result_json=dumps(r.to_dict()),
+            mlflow_run_id=r.mlflow_run_id,
+        )
+        for key, spec in candidate_specs(c)
+        if (r := results.get(key)) is not None
+    ]
 
 
 def candidate_result(c: CodedCandidate, results: dict[str, ExperimentResult]) -> ExperimentResult:
@@ -730,14 +974,25 @@ def _edges(hyp: Hypothesis, m: RunMemory, s: Services, db, state: IterationState
 
     if hyp.parent is not None:
         return [(hyp.parent, hyp.relation or "derived_from")]
-    rows = list(db.exec(select(HypothesisRow).where(HypothesisRow.run_id == m.run_id)
-                        .where(HypothesisRow.iteration < state.iteration).order_by(HypothesisRow.iteration.desc())))
+    rows = list(
+        db.exec(
+            select(HypothesisRow)
+            .where(HypothesisRow.run_id == m.run_id)
+            .where(HypothesisRow.iteration < state.iteration)
+            .order_by(HypothesisRow.iteration.desc())
+        )
+    )
     if hyp.family == "mutation":
         parents = [r.id for r in rows if r.direction == "factor" and r.status in ("accepted", "partial")][:2]
         return [(p, "derived_from") for p in parents]
     same = [r for r in rows if r.family == hyp.family and r.direction == hyp.direction]
     if same:
-        relation = "contradicts" if same[0].status == "accepted" and state.critic and not any(
-            v.verdict in ("accept", "replace_best") for v in state.critic.verdicts) else "refines"
+        relation = (
+            "contradicts"
+            if same[0].status == "accepted"
+            and state.critic
+            and not any(v.verdict in ("accept", "replace_best") for v in state.critic.verdicts)
+            else "refines"
+        )
         return [(same[0].id, relation)]
     return []

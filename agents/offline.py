@@ -16,11 +16,20 @@ __all__ = ["OfflineProposer", "offline_analysis"]
 
 # structural model questions, asked once each: (family key, model family, feature_norm, hypothesis)
 MODEL_QUESTIONS = (
-    ("norm:csrank", "lightgbm", "csrank", "features ranked per day generalise better than raw levels: volatility "
-     "regimes shift raw feature scales over time"),
+    (
+        "norm:csrank",
+        "lightgbm",
+        "csrank",
+        "features ranked per day generalise better than raw levels: volatility "
+        "regimes shift raw feature scales over time",
+    ),
     ("norm:cszscore", "lightgbm", "cszscore", "features z-scored per day generalise better than raw levels"),
-    ("family:linear", "linear", "cszscore", "many weak, roughly linear signals: a ridge on per-day z-scored features "
-     "is less noisy than trees"),
+    (
+        "family:linear",
+        "linear",
+        "cszscore",
+        "many weak, roughly linear signals: a ridge on per-day z-scored features is less noisy than trees",
+    ),
 )
 RIDGE_STEPS = {"alpha": (0.1, 1.0, 10.0, 100.0, 1000.0)}
 
@@ -47,30 +56,47 @@ class OfflineProposer:
     def _rng(self, ctx: ProposalContext, salt: str = "") -> random.Random:
         return random.Random(f"{self.seed}:{ctx.iteration}:{ctx.direction}:{salt}")
 
-    def propose(self, ctx: ProposalContext, tried: set[str], library: dict[str, str],
-                pool: SearchPool | None = None) -> Hypothesis:
+    def propose(
+        self, ctx: ProposalContext, tried: set[str], library: dict[str, str], pool: SearchPool | None = None
+    ) -> Hypothesis:
         if ctx.direction == "model":
             return self._propose_model(ctx)
         pool = pool or SearchPool()
-        found = self.search.propose(ctx.iteration, ctx.n_candidates, ctx.fields,
-                                    SearchPool(pool.scored, pool.seeds, pool.tried | tried))
+        found = self.search.propose(
+            ctx.iteration, ctx.n_candidates, ctx.fields, SearchPool(pool.scored, pool.seeds, pool.tried | tried)
+        )
         regions = Counter(p.region for p in found)
-        text = (f"generic grammar search: {len(found)} small scale-free trees "
-                f"({', '.join(f'{r} {n}' for r, n in regions.most_common(6))}); each is screened cheaply and "
-                "only the strongest original ones are sent to admission")
-        factors = [FactorCandidate(name=f"{p.region[:20]}_{ctx.iteration}_{i}", expression=p.expression,
-                                   rationale=p.origin[:300], region=p.region) for i, p in enumerate(found)]
+        text = (
+            f"generic grammar search: {len(found)} small scale-free trees "
+            f"({', '.join(f'{r} {n}' for r, n in regions.most_common(6))}); each is screened cheaply and "
+            "only the strongest original ones are sent to admission"
+        )
+        factors = [
+            FactorCandidate(
+                name=f"{p.region[:20]}_{ctx.iteration}_{i}",
+                expression=p.expression,
+                rationale=p.origin[:300],
+                region=p.region,
+            )
+            for i, p in enumerate(found)
+        ]
         return Hypothesis(direction="factor", text=text, family="search", factors=factors)
 
-    def repair(self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int,
-               tried: set[str]) -> FactorCandidate | None:
+    def repair(
+        self, ctx: ProposalContext, candidate: FactorCandidate, failure: str, attempt: int, tried: set[str]
+    ) -> FactorCandidate | None:
         """A replacement for a candidate the coder refused: a fresh draw of the search."""
-        found = self.search.propose(ctx.iteration, 1, ctx.fields, SearchPool(tried=set(tried)),
-                                    salt=f"repair:{candidate.name}:{attempt}")
+        found = self.search.propose(
+            ctx.iteration, 1, ctx.fields, SearchPool(tried=set(tried)), salt=f"repair:{candidate.name}:{attempt}"
+        )
         if not found:
             return None
-        return FactorCandidate(name=candidate.name, expression=found[0].expression, region=found[0].region,
-                               rationale=f"replaces a refused candidate ({failure.splitlines()[0][:120]})")
+        return FactorCandidate(
+            name=candidate.name,
+            expression=found[0].expression,
+            region=found[0].region,
+            rationale=f"replaces a refused candidate ({failure.splitlines()[0][:120]})",
+        )
 
     # ---- model ideas --------------------------------------------------------------------------------
     def _propose_model(self, ctx: ProposalContext) -> Hypothesis:
@@ -84,9 +110,13 @@ class OfflineProposer:
         for key, cand_family, cand_norm, text in MODEL_QUESTIONS:
             if ctx.families_tried.get(key) or (cand_family == family and cand_norm == norm):
                 continue
-            cand = ModelCandidate(name=f"{key.split(':')[1]}_{ctx.iteration}", family=cand_family,
-                                  params=params if cand_family == family else {}, feature_norm=cand_norm,
-                                  rationale=text)
+            cand = ModelCandidate(
+                name=f"{key.split(':')[1]}_{ctx.iteration}",
+                family=cand_family,
+                params=params if cand_family == family else {},
+                feature_norm=cand_norm,
+                rationale=text,
+            )
             return Hypothesis(direction="model", text=text, family=key, models=[cand])
         steps = LGB_STEPS if family == "lightgbm" else RIDGE_STEPS if family == "linear" else {}
         candidates: list[ModelCandidate] = []
@@ -96,9 +126,15 @@ class OfflineProposer:
                 current = p.get(key, _default_param(family, key))
                 p[key] = rng.choice([v for v in steps[key] if v != current])
             if all(c.params != p for c in candidates):
-                candidates.append(ModelCandidate(name=f"{family[:3]}_{ctx.iteration}_{len(candidates)}", family=family,
-                                                 params=p, feature_norm=norm,
-                                                 rationale="perturb hyperparameters of the best model"))
+                candidates.append(
+                    ModelCandidate(
+                        name=f"{family[:3]}_{ctx.iteration}_{len(candidates)}",
+                        family=family,
+                        params=p,
+                        feature_norm=norm,
+                        rationale="perturb hyperparameters of the best model",
+                    )
+                )
             if len(candidates) == 2:
                 break
         changed = sorted({k for c in candidates for k in c.params if c.params.get(k) != params.get(k)})
@@ -129,8 +165,11 @@ def offline_analysis(direction: str, verdicts: list[Verdict]) -> tuple[str, str]
     if reasons:
         analysis += "; rejections: " + ", ".join(f"{k} ({n})" for k, n in sorted(reasons.items()))
     if direction == "factor":
-        feedback = ("build on the accepted factors (vary windows, combine with CSRank)" if accepted else
-                    "this family shows no validation signal here; move to another family")
+        feedback = (
+            "build on the accepted factors (vary windows, combine with CSRank)"
+            if accepted
+            else "this family shows no validation signal here; move to another family"
+        )
     else:
         feedback = "keep the improved settings and refine nearby" if accepted else "revert to the best model's settings"
     return analysis, feedback

@@ -22,8 +22,10 @@ def read_back(results: dict[str, ExperimentResult], recorder: Recorder | None) -
     """Each result with its metrics as read back from its MLflow run (see `recorded`). Without a
     recorder there is nothing to read them from: our setup's bug, raised."""
     if recorder is None and results:
-        raise ValueError("the critic reads every metric back from MLflow, and this executor records nowhere: set "
-                         "executor.recorder = Recorder.open(root, experiment) before the loop runs")
+        raise ValueError(
+            "the critic reads every metric back from MLflow, and this executor records nowhere: set "
+            "executor.recorder = Recorder.open(root, experiment) before the loop runs"
+        )
     return {key: recorded(r, recorder) for key, r in results.items()}
 
 
@@ -44,8 +46,10 @@ def recorded(result: ExperimentResult, recorder: Recorder) -> ExperimentResult:
     except RecordingError as e:
         return _failed(result, f"MLflow run {run_id} cannot be read", str(e))
     if record.tags.get("spec_hash") != result.spec_hash:
-        return _failed(result, f"MLflow run {run_id} records spec {record.tags.get('spec_hash')!r}, the sandbox ran "
-                               f"{result.spec_hash!r}")
+        return _failed(
+            result,
+            f"MLflow run {run_id} records spec {record.tags.get('spec_hash')!r}, the sandbox ran {result.spec_hash!r}",
+        )
     metrics: dict[str, float] = {}
     for key, measured in result.metrics.items():
         if key in record.metrics:
@@ -56,8 +60,9 @@ def recorded(result: ExperimentResult, recorder: Recorder) -> ExperimentResult:
             return _failed(result, f"metric {key!r} (sandbox {measured!r}) is missing from MLflow run {run_id}")
         # exact: MLflow stores the double the sandbox logged, so any difference is a different record
         if not (stored == measured or (math.isnan(stored) and math.isnan(measured))):
-            return _failed(result, f"metric {key!r} is {stored!r} in MLflow run {run_id} but {measured!r} in the "
-                                   "sandbox result")
+            return _failed(
+                result, f"metric {key!r} is {stored!r} in MLflow run {run_id} but {measured!r} in the sandbox result"
+            )
         metrics[key] = stored
     return result.with_(metrics=metrics)
 

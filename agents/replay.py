@@ -19,7 +19,14 @@ from agents.contracts import Review
 from agents.loop import open_project, start_run
 from agents.recorded import uncited
 from agents.store import (
-    DecisionRow, ExperimentRow, HypothesisRow, LibraryFactorRow, LLMCallRow, ReviewRow, Store, TrialRow,
+    DecisionRow,
+    ExperimentRow,
+    HypothesisRow,
+    LibraryFactorRow,
+    LLMCallRow,
+    ReviewRow,
+    Store,
+    TrialRow,
 )
 from sandbox.limits import Limits
 from sandbox.local import LocalExecutor
@@ -44,11 +51,17 @@ class ReplayReport:
     recorded_code: list[str] = field(default_factory=list)  # the code versions that computed the stored run
 
 
-def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None) -> ReplayReport:
+def replay_run(
+    store: Store, run_id: str, *, workers: int = 2, log: Callable[[str], None] = lambda m: None
+) -> ReplayReport:
     run = store.find_run(run_id)
     if not store.rows(DecisionRow, run.id):  # nothing to re-execute, nothing a replay could vouch for
-        return ReplayReport(run.id, divergences=["the stored run has no decisions: nothing to compare (a run that "
-                                                 "decided nothing cannot match)"])
+        return ReplayReport(
+            run.id,
+            divergences=[
+                "the stored run has no decisions: nothing to compare (a run that decided nothing cannot match)"
+            ],
+        )
     raw = json.loads(run.config_json)
     # the stored worker count stays: it sizes the search's batches; `workers` only sizes this executor
     config = stored_config(raw["loop"]).model_copy(update={"budget": max(run.iterations_done, 1), "max_minutes": None})
@@ -59,8 +72,9 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
         backend = LLMBackend.from_env(config, replay_calls=calls)
     else:
         backend = OfflineBackend(config.seed, config.max_nodes, config.max_depth)
-    reviews = [Review(action=r.action, reason=r.reason, edits=json.loads(r.edits_json))
-               for r in store.rows(ReviewRow, run.id)]
+    reviews = [
+        Review(action=r.action, reason=r.reason, edits=json.loads(r.edits_json)) for r in store.rows(ReviewRow, run.id)
+    ]
 
     def reviewer(hypothesis, coded, validate):
         if not reviews:
@@ -69,14 +83,31 @@ def replay_run(store: Store, run_id: str, *, workers: int = 2, log: Callable[[st
 
     with tempfile.TemporaryDirectory(prefix="rdquant-replay-") as tmp:
         log(f"re-executing {run.iterations_done} iterations of {run.id} (no cache, no network)")
-        _copy_project_state(store, open_project(tmp), int(raw.get("trial_mark") or 0),
-                            int(raw.get("library_mark") or 0), raw.get("library_at_start", {}))
+        _copy_project_state(
+            store,
+            open_project(tmp),
+            int(raw.get("trial_mark") or 0),
+            int(raw.get("library_mark") or 0),
+            raw.get("library_at_start", {}),
+        )
         limits = Limits(wall_seconds=config.wall_seconds, cpu_seconds=config.wall_seconds * 4)
-        with LocalExecutor(workers=workers, root=Path(tmp) / "sandbox", limits=limits, use_cache=False,
-                           market_roots=market_roots(config.data)) as executor:
+        with LocalExecutor(
+            workers=workers,
+            root=Path(tmp) / "sandbox",
+            limits=limits,
+            use_cache=False,
+            market_roots=market_roots(config.data),
+        ) as executor:
             # recorded in the scratch project's MLflow store: the critic reads the metrics back from there too
-            start_run(config, tmp, backend=backend, reviewer=reviewer if config.review else None, executor=executor,
-                      run_id=run.id, library=raw.get("library_at_start", {}))
+            start_run(
+                config,
+                tmp,
+                backend=backend,
+                reviewer=reviewer if config.review else None,
+                executor=executor,
+                run_id=run.id,
+                library=raw.get("library_at_start", {}),
+            )
         recorded = [v for v in raw.get("code_versions") or [] if v]
         # bit for bit under the code that recorded it; another version (or an unknown one: runs stored before
         # versions were) may round differently in the last digits, so floats then agree to a relative 1e-9
@@ -90,13 +121,20 @@ def _copy_project_state(original: Store, scratch: Store, mark: int, names_mark: 
     """What the run started from: the project's trials before it (in their order) and the rows of the
     library it started with, as they were then (a refinement of the run may retire one of them)."""
     rows = [t for t in original.rows(TrialRow) if t.id <= mark]
-    factors = [f for f in original.library(include_replaced=True) if f.id <= names_mark or library.get(f.name) == f.expression]
+    factors = [
+        f for f in original.library(include_replaced=True) if f.id <= names_mark or library.get(f.name) == f.expression
+    ]
     with scratch.session() as db:
         db.add_all([TrialRow(**t.model_dump(exclude={"id"})) for t in rows])
         # as they were then: a factor the run (or a later one) retired was still in the library
-        db.add_all([LibraryFactorRow(**f.model_dump(exclude={"id", "replaced_by", "replaced_run"})) for f in factors
-                    if f.name in library] + [LibraryFactorRow(**f.model_dump(exclude={"id"})) for f in factors
-                                            if f.name not in library])
+        db.add_all(
+            [
+                LibraryFactorRow(**f.model_dump(exclude={"id", "replaced_by", "replaced_run"}))
+                for f in factors
+                if f.name in library
+            ]
+            + [LibraryFactorRow(**f.model_dump(exclude={"id"})) for f in factors if f.name not in library]
+        )
 
 
 def compare(original: Store, replayed: Store, run_id: str, tolerance: float = 0.0) -> ReplayReport:
@@ -135,16 +173,27 @@ def compare(original: Store, replayed: Store, run_id: str, tolerance: float = 0.
         (spec_a, res_a), (spec_b, res_b) = ea[key], eb[key]
         if spec_a != spec_b:
             out.append(f"iteration {it}: experiment {cand}'s spec differs")
-        report.metrics += _diff_metrics(f"iteration {it}: experiment {cand}", res_a.pop("metrics", {}),
-                                        res_b.pop("metrics", {}), out, same)
+        report.metrics += _diff_metrics(
+            f"iteration {it}: experiment {cand}", res_a.pop("metrics", {}), res_b.pop("metrics", {}), out, same
+        )
         _diff_values(f"iteration {it}: experiment {cand}", res_a, res_b, out, same)
-    for name, rows in (("hypothesis", _hypotheses), ("trial", _trials), ("library factor", _library),
-                       ("LLM call", _calls)):
+    for name, rows in (
+        ("hypothesis", _hypotheses),
+        ("trial", _trials),
+        ("library factor", _library),
+        ("LLM call", _calls),
+    ):
         ra, rb = rows(original, run_id), rows(replayed, run_id)
         for key in sorted(set(ra) | set(rb), key=str):
             if key not in rb:
-                out.append(f"{name} {key} of the stored run " + ("was never asked for by the replay (unused)"
-                                                                 if name == "LLM call" else "is missing from the replay"))
+                out.append(
+                    f"{name} {key} of the stored run "
+                    + (
+                        "was never asked for by the replay (unused)"
+                        if name == "LLM call"
+                        else "is missing from the replay"
+                    )
+                )
             elif key not in ra:
                 out.append(f"{name} {key} exists only in the replay")
             else:
@@ -174,31 +223,55 @@ def _stable(result: dict) -> dict:
 
 def _decisions(store: Store, run_id: str) -> dict:
     """(iteration, candidate) -> (verdict, metrics, reasons without the MLflow runs they cite)."""
-    return {(d.iteration, d.candidate): (d.verdict, json.loads(d.metrics_json), uncited(json.loads(d.reasons_json)))
-            for d in store.rows(DecisionRow, run_id)}
+    return {
+        (d.iteration, d.candidate): (d.verdict, json.loads(d.metrics_json), uncited(json.loads(d.reasons_json)))
+        for d in store.rows(DecisionRow, run_id)
+    }
 
 
 def _experiments(store: Store, run_id: str) -> dict:
-    return {(e.iteration, e.candidate): (json.loads(e.spec_json), _stable(json.loads(e.result_json)))
-            for e in store.rows(ExperimentRow, run_id)}
+    return {
+        (e.iteration, e.candidate): (json.loads(e.spec_json), _stable(json.loads(e.result_json)))
+        for e in store.rows(ExperimentRow, run_id)
+    }
 
 
 def _hypotheses(store: Store, run_id: str) -> dict:
-    return {(h.iteration, h.direction): {"family": h.family, "text": h.text, "status": h.status, "feedback": h.feedback,
-                                         "candidates": json.loads(h.candidates_json)}
-            for h in store.rows(HypothesisRow, run_id)}
+    return {
+        (h.iteration, h.direction): {
+            "family": h.family,
+            "text": h.text,
+            "status": h.status,
+            "feedback": h.feedback,
+            "candidates": json.loads(h.candidates_json),
+        }
+        for h in store.rows(HypothesisRow, run_id)
+    }
 
 
 def _trials(store: Store, run_id: str) -> dict:
-    return {(t.iteration, t.candidate, t.stage): {"expression": t.expression, "form": t.form, "fitness": t.fitness,
-                                                  "metrics": json.loads(t.metrics_json)}
-            for t in store.rows(TrialRow, run_id)}
+    return {
+        (t.iteration, t.candidate, t.stage): {
+            "expression": t.expression,
+            "form": t.form,
+            "fitness": t.fitness,
+            "metrics": json.loads(t.metrics_json),
+        }
+        for t in store.rows(TrialRow, run_id)
+    }
 
 
 def _library(store: Store, run_id: str) -> dict:
-    return {r.name: {"expression": r.expression, "iteration": r.iteration, "metrics": json.loads(r.metrics_json),
-                     "replaced_by": r.replaced_by if r.replaced_run == run_id else None}  # not a later run's doing
-            for r in store.library(include_replaced=True) if r.run_id == run_id or r.replaced_run == run_id}
+    return {
+        r.name: {
+            "expression": r.expression,
+            "iteration": r.iteration,
+            "metrics": json.loads(r.metrics_json),
+            "replaced_by": r.replaced_by if r.replaced_run == run_id else None,
+        }  # not a later run's doing
+        for r in store.library(include_replaced=True)
+        if r.run_id == run_id or r.replaced_run == run_id
+    }
 
 
 def _calls(store: Store, run_id: str) -> dict:
@@ -208,8 +281,11 @@ def _calls(store: Store, run_id: str) -> dict:
     for c in store.rows(LLMCallRow, run_id):
         key = (c.iteration, c.node, c.attempt)
         seen[key] = seen.get(key, 0) + 1
-        out[(*key, seen[key])] = {"request_sha256": hashlib.sha256(c.request_json.encode()).hexdigest(), "ok": c.ok,
-                                  "model": c.model}
+        out[(*key, seen[key])] = {
+            "request_sha256": hashlib.sha256(c.request_json.encode()).hexdigest(),
+            "ok": c.ok,
+            "model": c.model,
+        }
     return out
 
 
@@ -227,8 +303,9 @@ def _same(a, b, tolerance: float = 0.0) -> bool:
         return False
     if math.isnan(a) and math.isnan(b):
         return True
-    return tolerance > 0 and math.isfinite(a) and math.isfinite(b) and \
-        abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-3)
+    return (
+        tolerance > 0 and math.isfinite(a) and math.isfinite(b) and abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-3)
+    )
 
 
 def _diff_values(where: str, a, b, out: list[str], same: Callable = _same, path: str = "") -> None:

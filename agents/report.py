@@ -37,8 +37,15 @@ class SealedTestChanged(UserError, RuntimeError):
     """The run changed since its sealed test was opened: the stored test figures are for another state."""
 
 
-def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = False, workers: int = 2,
-                log: Callable[[str], None] = lambda m: None) -> dict:
+def sealed_test(
+    store: Store,
+    root: str | Path,
+    run_id: str,
+    *,
+    reopen: bool = False,
+    workers: int = 2,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict:
     """The run's report figures (`agents.runs.evaluation`). Reused when the test was already opened for
     the run's current state; otherwise the final model is scored on validation and stored, then the test
     is opened and the opening recorded. Raises SealedTestChanged if the run changed since the last
@@ -49,11 +56,24 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
     state = run_state(store, run.id)
     best = state["best_model"]
     segments = {k: list(v) for k, v in raw["segments"].items()}
-    base = {"kind": "model", "market": config.data, "features": config.base_features, "seed": config.seed,
-            "label": loop_label(config)}
-    specs = {"baseline": {**base, "family": "lightgbm", "segments": segments},
-             "final": {**base, "extra_features": state["library"], "family": best["family"], "params": best["params"],
-                       "feature_norm": best["feature_norm"], "segments": segments}}
+    base = {
+        "kind": "model",
+        "market": config.data,
+        "features": config.base_features,
+        "seed": config.seed,
+        "label": loop_label(config),
+    }
+    specs = {
+        "baseline": {**base, "family": "lightgbm", "segments": segments},
+        "final": {
+            **base,
+            "extra_features": state["library"],
+            "family": best["family"],
+            "params": best["params"],
+            "feature_norm": best["feature_norm"],
+            "segments": segments,
+        },
+    }
     final_hash = spec_hash(specs["final"])
     seen = evaluation(store, run.id)
     reason = "first report"
@@ -69,28 +89,44 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
                 f"({'; '.join(changes) if changes else 'the final model spec differs'}): the stored test figures "
                 f"are for the earlier state, and scoring this one is another look at the test segment. To do it "
                 f"anyway, run `rdquant report {run.id} --reopen`; the report will say the test was opened "
-                f"{seen['times_opened'] + 1} times.")
-        reason = "--reopen: " + ("the earlier opening's state was not recorded" if changes is None
-                                 else "; ".join(changes) or "the run is unchanged")
+                f"{seen['times_opened'] + 1} times."
+            )
+        reason = "--reopen: " + (
+            "the earlier opening's state was not recorded"
+            if changes is None
+            else "; ".join(changes) or "the run is unchanged"
+        )
     number = seen["times_opened"] + 1
 
     # the final combination on validation, as the loop scored every model: fit on train's first 80%,
     # early-stop on the rest, score the validation segment (test untouched)
     horizon, embargo = purge_days(config)
-    fold = inner_folds({k: tuple(v) for k, v in raw["segments"].items()}, load_market(config.data), 1,
-                       horizon=horizon, embargo=embargo)[0]
+    fold = inner_folds(
+        {k: tuple(v) for k, v in raw["segments"].items()}, load_market(config.data), 1, horizon=horizon, embargo=embargo
+    )[0]
     valid_spec = {**specs["final"], "segments": {k: list(v) for k, v in fold.items()}}
     limits = Limits(wall_seconds=1800, cpu_seconds=3600 * workers)
-    with LocalExecutor(workers=workers, root=Path(root) / "sandbox", limits=limits, market_roots=market_roots(config.data)) as ex:
+    with LocalExecutor(
+        workers=workers, root=Path(root) / "sandbox", limits=limits, market_roots=market_roots(config.data)
+    ) as ex:
         log(f"scoring the final model on the validation segment {fold['test'][0]} .. {fold['test'][1]}")
         [r] = ex.run_many([valid_spec])
         if not r.ok:
-            raise ExperimentFailed(f"the final model failed on validation (the sealed test stays closed): "
-                                   f"{r.failure.for_llm()}")
+            raise ExperimentFailed(
+                f"the final model failed on validation (the sealed test stays closed): {r.failure.for_llm()}"
+            )
         with store.session() as db:
-            db.add(EvaluationRow(run_id=run.id, name="final.valid", opening=number, metrics_json=dumps(r.metrics),
-                                 detail_json=dumps({"segments": fold, "final_hash": final_hash,
-                                                    "n_features_extra": len(state["library"])})))
+            db.add(
+                EvaluationRow(
+                    run_id=run.id,
+                    name="final.valid",
+                    opening=number,
+                    metrics_json=dumps(r.metrics),
+                    detail_json=dumps(
+                        {"segments": fold, "final_hash": final_hash, "n_features_extra": len(state["library"])}
+                    ),
+                )
+            )
         log(f"opening the sealed test segment {segments['test'][0]} .. {segments['test'][1]} (opening {number})")
         results = dict(zip(specs, ex.run_many(list(specs.values()))))
     for name, r in results.items():
@@ -99,44 +135,82 @@ def sealed_test(store: Store, root: str | Path, run_id: str, *, reopen: bool = F
     with store.session() as db:  # the opening and its figures together: a failed opening leaves no record of one
         db.add(OpeningRow(run_id=run.id, number=number, final_hash=final_hash, state_json=dumps(state), reason=reason))
         for name, r in results.items():
-            detail = {"report_path": str(Path(r.artifacts["mlflow_capture"]) / "artifacts" / "report.parquet"),
-                      "n_features_extra": len(state["library"]) if name == "final" else 0}
-            db.add(EvaluationRow(run_id=run.id, name=name, opening=number, metrics_json=dumps(r.metrics),
-                                 detail_json=dumps(detail)))
+            detail = {
+                "report_path": str(Path(r.artifacts["mlflow_capture"]) / "artifacts" / "report.parquet"),
+                "n_features_extra": len(state["library"]) if name == "final" else 0,
+            }
+            db.add(
+                EvaluationRow(
+                    run_id=run.id, name=name, opening=number, metrics_json=dumps(r.metrics), detail_json=dumps(detail)
+                )
+            )
     return evaluation(store, run.id)
 
 
-def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | None = None, reopen: bool = False,
-                 workers: int = 2, log: Callable[[str], None] = lambda m: None) -> tuple[Path, dict]:
+def build_report(
+    store: Store,
+    root: str | Path,
+    run_id: str,
+    *,
+    out: Path | None = None,
+    reopen: bool = False,
+    workers: int = 2,
+    log: Callable[[str], None] = lambda m: None,
+) -> tuple[Path, dict]:
     """Write the run's HTML report; returns its path and the headline figures
     {"final.valid" | "baseline" | "final": {metric: value}, "times_opened": n}."""
     run_id = store.find_run(run_id).id
     figures = sealed_test(store, root, run_id, reopen=reopen, workers=workers, log=log)
     summary = run_summary(store, run_id)
-    columns = {"final.valid": figures["valid"] or {}, "baseline": figures["test"]["baseline"],
-               "final": figures["test"]["final"]}
+    columns = {
+        "final.valid": figures["valid"] or {},
+        "baseline": figures["test"]["baseline"],
+        "final": figures["test"]["final"],
+    }
     headline = {k: {m: float(v.get(m, math.nan)) for m in HEADLINE} for k, v in columns.items()}
     n = figures["times_opened"]
     held = summary["discovery_cost"]["accepted"]
     sections = [
-        MetricsSection("Run", {"run": summary["run_id"], "status": summary["status"], "iterations": summary["iterations"],
-                               "data": summary["config"]["data"], "backend": summary["config"]["backend"],
-                               "factors accepted (refined out later in the run)":
-                                   f"{len(summary['accepted'])} ({len(summary['accepted']) - held})",
-                               "trials (screened / judged on validation)":
-                                   f"{summary['trials']['screened']:,} / {summary['trials']['judged']:,}",
-                               "trials on this market, whole project": f"{summary['trials']['project_market']:,}",
-                               "tokens": f"{summary['tokens']:,}", "cost": _dollars(summary["cost_usd"]),
-                               "CPU seconds": f"{summary['cpu_seconds']:,.1f}",
-                               "sealed test": _openings_line(figures)}),
-        TableSection(f"Final model on validation, then on the sealed test segment (test opened {_times(n)}) "
-                     "vs the Alpha158 + LightGBM baseline", _headline_frame(headline)),
+        MetricsSection(
+            "Run",
+            {
+                "run": summary["run_id"],
+                "status": summary["status"],
+                "iterations": summary["iterations"],
+                "data": summary["config"]["data"],
+                "backend": summary["config"]["backend"],
+                "factors accepted (refined out later in the run)": f"{len(summary['accepted'])} ({len(summary['accepted']) - held})",
+                "trials (screened / judged on validation)": f"{summary['trials']['screened']:,} / {summary['trials']['judged']:,}",
+                "trials on this market, whole project": f"{summary['trials']['project_market']:,}",
+                "tokens": f"{summary['tokens']:,}",
+                "cost": _dollars(summary["cost_usd"]),
+                "CPU seconds": f"{summary['cpu_seconds']:,.1f}",
+                "sealed test": _openings_line(figures),
+            },
+        ),
+        TableSection(
+            f"Final model on validation, then on the sealed test segment (test opened {_times(n)}) "
+            "vs the Alpha158 + LightGBM baseline",
+            _headline_frame(headline),
+        ),
     ]
     if n > 1 or figures["openings"][-1]["opened"] is None:
-        sections.append(TableSection(f"Openings of the sealed test ({_times(n)})", pd.DataFrame([
-            {"opening": o["number"], "opened": _when(o["opened"]),
-             "final spec": (o["final_hash"] or "not recorded")[:12], "why": o["reason"]} for o in figures["openings"]
-        ]).set_index("opening")))
+        sections.append(
+            TableSection(
+                f"Openings of the sealed test ({_times(n)})",
+                pd.DataFrame(
+                    [
+                        {
+                            "opening": o["number"],
+                            "opened": _when(o["opened"]),
+                            "final spec": (o["final_hash"] or "not recorded")[:12],
+                            "why": o["reason"],
+                        }
+                        for o in figures["openings"]
+                    ]
+                ).set_index("opening"),
+            )
+        )
     fig = _cumulative_figure(figures["test"])
     if fig is not None:
         sections.append(FigureSection.of("Cumulative excess return with cost (test segment)", fig))
@@ -144,15 +218,29 @@ def build_report(store: Store, root: str | Path, run_id: str, *, out: Path | Non
     if fig is not None:
         sections.append(FigureSection.of("Validation RankIC of accepted factors by iteration", fig))
     if summary["accepted"]:
-        sections.append(TableSection("Accepted factors (validation metrics)", pd.DataFrame([
-            {"name": f["name"], "iteration": f["iteration"], "expression": f["expression"],
-             **{k: _number(f["metrics"].get(k)) for k in ("rank_ic", "rank_icir", "ic", "icir")}}
-            for f in summary["accepted"]
-        ]).set_index("name")))
+        sections.append(
+            TableSection(
+                "Accepted factors (validation metrics)",
+                pd.DataFrame(
+                    [
+                        {
+                            "name": f["name"],
+                            "iteration": f["iteration"],
+                            "expression": f["expression"],
+                            **{k: _number(f["metrics"].get(k)) for k in ("rank_ic", "rank_icir", "ic", "icir")},
+                        }
+                        for f in summary["accepted"]
+                    ]
+                ).set_index("name"),
+            )
+        )
     sections.append(TextSection("Hypothesis graph", _graph_text(summary)))
     cost = summary["discovery_cost"]
-    title = (f"Cost per accepted factor ({held} held by the run)" if held else
-             "Cost of the run (it holds no accepted factor, so there is no cost per factor)")
+    title = (
+        f"Cost per accepted factor ({held} held by the run)"
+        if held
+        else "Cost of the run (it holds no accepted factor, so there is no cost per factor)"
+    )
     sections.append(TableSection(title, _cost_frame(cost)))
     path = out or Path(root) / "reports" / f"{summary['run_id']}.html"
     write_html_report(path, sections, title=f"rdquant run {summary['run_id']}")
@@ -183,8 +271,9 @@ def _metric_text(metric: str, value: float) -> str:
 
 def _headline_frame(headline: dict[str, dict[str, float]]) -> pd.DataFrame:
     names = {"final.valid": "final (validation)", "baseline": "baseline (test)", "final": "final (test)"}
-    return pd.DataFrame({names[k]: {m: _metric_text(m, v) for m, v in cols.items()} for k, cols in headline.items()}
-                        ).rename_axis("metric")
+    return pd.DataFrame(
+        {names[k]: {m: _metric_text(m, v) for m, v in cols.items()} for k, cols in headline.items()}
+    ).rename_axis("metric")
 
 
 def _number(value) -> str:
@@ -263,7 +352,9 @@ def _graph_text(summary: dict) -> str:
     def walk(parent, indent: int) -> None:
         for h in children.get(parent, []):
             rel = f" [{h['relation']}]" if h["relation"] else ""
-            lines.append(f"{'  ' * indent}- #{h['iteration']} {h['direction']}/{h['family']} ({h['status']}){rel}: {h['text']}")
+            lines.append(
+                f"{'  ' * indent}- #{h['iteration']} {h['direction']}/{h['family']} ({h['status']}){rel}: {h['text']}"
+            )
             walk(h["id"], indent + 1)
 
     walk(None, 0)

@@ -61,11 +61,20 @@ class ScreenScore:
         return t_fitness(t, self.ok)
 
     def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in (("rank_ic", self.rank_ic), ("rank_ic_t", self.rank_ic_t),
-                                  ("rank_ic_hac_t", self.rank_ic_hac_t), ("rank_icir", self.rank_icir),
-                                  ("residual_rank_ic", self.residual_rank_ic), ("residual_t", self.residual_t),
-                                  ("base_corr", self.base_corr), ("library_corr", self.library_corr))
-                if math.isfinite(v)}
+        return {
+            k: v
+            for k, v in (
+                ("rank_ic", self.rank_ic),
+                ("rank_ic_t", self.rank_ic_t),
+                ("rank_ic_hac_t", self.rank_ic_hac_t),
+                ("rank_icir", self.rank_icir),
+                ("residual_rank_ic", self.residual_rank_ic),
+                ("residual_t", self.residual_t),
+                ("base_corr", self.base_corr),
+                ("library_corr", self.library_corr),
+            )
+            if math.isfinite(v)
+        }
 
 
 def t_fitness(rank_ic_t: float, ok: bool = True) -> float:
@@ -81,9 +90,19 @@ def screen_segment(panel: Panel, train: tuple[str, str], label: str) -> tuple[st
     return str(panel.calendar[days.start])[:10], str(panel.calendar[stop - 1])[:10]
 
 
-def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tuple[str, str], library: dict[str, str],
-                 base_features: str, corr_days: int, seed: int, workers: int, label: str,
-                 residual: dict | None = None) -> list[tuple[str, dict]]:
+def screen_specs(
+    candidates: list[CodedCandidate],
+    *,
+    market: str,
+    segment: tuple[str, str],
+    library: dict[str, str],
+    base_features: str,
+    corr_days: int,
+    seed: int,
+    workers: int,
+    label: str,
+    residual: dict | None = None,
+) -> list[tuple[str, dict]]:
     """(experiment name, spec) of the screen: the candidates in chunks, about two per worker so a
     slow chunk does not leave a worker idle. `residual`: the spec keys that make it also score each
     candidate's residual RankIC (`residual_components`, `controls`, `pair_threshold`)."""
@@ -94,15 +113,31 @@ def screen_specs(candidates: list[CodedCandidate], *, market: str, segment: tupl
     size = min(MAX_EXPRESSIONS, math.ceil(n / chunks))
     out = []
     for k, start in enumerate(range(0, n, size)):
-        batch = {c.name: c.expression for c in candidates[start:start + size]}
-        out.append((f"screen.{k}", {"kind": "factor", "market": market, "expressions": batch, "segment": list(segment),
-                                    "report": "screen", "library": dict(library), "base_features": base_features,
-                                    "corr_days": corr_days, "seed": seed, "label": label, **(residual or {})}))
+        batch = {c.name: c.expression for c in candidates[start : start + size]}
+        out.append(
+            (
+                f"screen.{k}",
+                {
+                    "kind": "factor",
+                    "market": market,
+                    "expressions": batch,
+                    "segment": list(segment),
+                    "report": "screen",
+                    "library": dict(library),
+                    "base_features": base_features,
+                    "corr_days": corr_days,
+                    "seed": seed,
+                    "label": label,
+                    **(residual or {}),
+                },
+            )
+        )
     return out
 
 
-def screen_scores(candidates: list[CodedCandidate], results: dict[str, ExperimentResult],
-                  specs: dict[str, dict]) -> list[ScreenScore]:
+def screen_scores(
+    candidates: list[CodedCandidate], results: dict[str, ExperimentResult], specs: dict[str, dict]
+) -> list[ScreenScore]:
     """Each candidate's screen score, from its chunk's result. A degenerate factor fails alone; a chunk
     that failed as a whole leaves its members unscored (`scored` False: not a trial, free to come back).
     Every chunk failing at once is not the candidates' doing: a RuntimeError names the first failure."""
@@ -126,19 +161,30 @@ def screen_scores(candidates: list[CodedCandidate], results: dict[str, Experimen
             out.append(ScreenScore(c.name, c.expression, ok=False, failure=str(detail["degenerate"])[:300]))
             continue
         m = factor_metrics(c.name, r)
-        out.append(ScreenScore(
-            c.name, c.expression, ok=True, rank_ic=_num(m.get("rank_ic")), rank_ic_t=_num(m.get("rank_ic_t")),
-            rank_ic_hac_t=_num(m.get("rank_ic_hac_t")), rank_icir=_num(m.get("rank_icir")), base_corr=_num(m.get("base_corr")),
-            residual_rank_ic=_num(m.get("residual_rank_ic")), residual_t=_num(m.get("residual_t")),
-            measured_residual="residual_t" in m,
-            base_feature=str((detail.get("base_correlation") or {}).get("feature", "")),
-            library_corr=_num(m.get("library_corr"), 0.0),
-            library_factor=str((detail.get("library_max") or {}).get("factor", ""))))
+        out.append(
+            ScreenScore(
+                c.name,
+                c.expression,
+                ok=True,
+                rank_ic=_num(m.get("rank_ic")),
+                rank_ic_t=_num(m.get("rank_ic_t")),
+                rank_ic_hac_t=_num(m.get("rank_ic_hac_t")),
+                rank_icir=_num(m.get("rank_icir")),
+                base_corr=_num(m.get("base_corr")),
+                residual_rank_ic=_num(m.get("residual_rank_ic")),
+                residual_t=_num(m.get("residual_t")),
+                measured_residual="residual_t" in m,
+                base_feature=str((detail.get("base_correlation") or {}).get("feature", "")),
+                library_corr=_num(m.get("library_corr"), 0.0),
+                library_factor=str((detail.get("library_max") or {}).get("factor", "")),
+            )
+        )
     return out
 
 
-def select_survivors(scores: list[ScreenScore], k: int, bound: float, library: dict[str, str],
-                     library_fitness: dict[str, float]) -> tuple[list[str], dict[str, str]]:
+def select_survivors(
+    scores: list[ScreenScore], k: int, bound: float, library: dict[str, str], library_fitness: dict[str, float]
+) -> tuple[list[str], dict[str, str]]:
     """Up to `k` candidate names for admission, strongest first, and why each other one stopped.
 
     A survivor is original against the base features (|corr| < `bound`); one correlated with a library
@@ -175,8 +221,10 @@ def select_survivors(scores: list[ScreenScore], k: int, bound: float, library: d
                 why[s.name] = f"screen: a stronger challenger of library factor {rival} goes on"
                 continue
             if s.fitness <= library_fitness.get(rival, 0.0):
-                why[s.name] = (f"screen: repeats library factor {rival} without beating it "
-                               f"(|t| {s.fitness:.2f} <= {library_fitness.get(rival, 0.0):.2f})")
+                why[s.name] = (
+                    f"screen: repeats library factor {rival} without beating it "
+                    f"(|t| {s.fitness:.2f} <= {library_fitness.get(rival, 0.0):.2f})"
+                )
                 continue
             challenged.add(rival)
         if len(chosen) >= k:

@@ -35,13 +35,39 @@ from typing import Callable, Iterable, Sequence
 
 from quantcore.errors import ExpressionError
 from quantcore.expr.ast import (
-    EMA, Binary, Const, CrossSection, Expanding, Field, If, Mask, Node, Ref, Rolling, Unary, depth, node_count, walk,
+    EMA,
+    Binary,
+    Const,
+    CrossSection,
+    Expanding,
+    Field,
+    If,
+    Mask,
+    Node,
+    Ref,
+    Rolling,
+    Unary,
+    depth,
+    node_count,
+    walk,
 )
 from quantcore.expr.canonical import canonical
 from quantcore.expr.parser import parse
 
-__all__ = ["Unit", "Region", "REGIONS", "WINDOWS", "ScoredExpression", "SearchPool", "Proposal", "GrammarSearch",
-           "unit_of", "field_units", "affine_core", "skeleton"]
+__all__ = [
+    "Unit",
+    "Region",
+    "REGIONS",
+    "WINDOWS",
+    "ScoredExpression",
+    "SearchPool",
+    "Proposal",
+    "GrammarSearch",
+    "unit_of",
+    "field_units",
+    "affine_core",
+    "skeleton",
+]
 
 
 class Unit(Enum):
@@ -69,10 +95,23 @@ _SPREAD_OPS = ("Std", "Mad", "Slope", "Resi")  # same unit, a dispersion or a tr
 _FREE_OPS = ("Rank", "IdxMax", "IdxMin", "Rsquare", "Skew", "Kurt")  # unit-free outputs
 _SWAPS: dict[str, tuple[str, ...]] = {
     **{op: tuple(o for o in ("Mean", "EMA", "WMA", "Med") if o != op) for op in ("Mean", "EMA", "WMA", "Med")},
-    "Max": ("Min", "Quantile"), "Min": ("Max", "Quantile"), "Quantile": ("Max", "Min", "Med"),
-    "Std": ("Mad",), "Mad": ("Std",), "Slope": ("Resi", "Delta"), "Resi": ("Slope",), "Delta": ("Slope",),
-    "Sum": ("Mean",), "Skew": ("Kurt",), "Kurt": ("Skew",), "IdxMax": ("IdxMin",), "IdxMin": ("IdxMax",),
-    "Rank": ("Rsquare",), "Rsquare": ("Rank",), "Corr": ("Cov",), "Cov": ("Corr",),
+    "Max": ("Min", "Quantile"),
+    "Min": ("Max", "Quantile"),
+    "Quantile": ("Max", "Min", "Med"),
+    "Std": ("Mad",),
+    "Mad": ("Std",),
+    "Slope": ("Resi", "Delta"),
+    "Resi": ("Slope",),
+    "Delta": ("Slope",),
+    "Sum": ("Mean",),
+    "Skew": ("Kurt",),
+    "Kurt": ("Skew",),
+    "IdxMax": ("IdxMin",),
+    "IdxMin": ("IdxMax",),
+    "Rank": ("Rsquare",),
+    "Rsquare": ("Rank",),
+    "Corr": ("Cov",),
+    "Cov": ("Corr",),
 }
 #: Every one-input rolling operator: an operator substitution may leave its family (a trend for a
 #: level, a dispersion for a mean...); the unit check then keeps only scale-free results.
@@ -87,8 +126,15 @@ def field_units(fields: Iterable[str]) -> dict[str, Unit]:
         low = f.lower()
         if low in NON_SIGNAL_FIELDS:
             continue
-        out[f] = (Unit.PRICE if low in PRICE_FIELDS else Unit.VOLUME if low in VOLUME_FIELDS
-                  else Unit.RATIO if low in RATIO_FIELDS else Unit.RAW)
+        out[f] = (
+            Unit.PRICE
+            if low in PRICE_FIELDS
+            else Unit.VOLUME
+            if low in VOLUME_FIELDS
+            else Unit.RATIO
+            if low in RATIO_FIELDS
+            else Unit.RAW
+        )
     return out
 
 
@@ -190,6 +236,7 @@ def _is_node(value) -> bool:
 
 # ---- the grammar's regions ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Region:
     """A region of the grammar named after the literature that studies it; `draw(g)` returns one
@@ -250,14 +297,27 @@ class _Sampler:
         if not self.volumes:
             return self.ret()
         v = self.pick(self.volumes)
-        return self.pick((f"Log({v} + 1) - Log(Ref({v}, 1) + 1)", f"{v}/(Mean({v}, {self.window(low=5)}) + {_EPS}) - 1",
-                          f"Log({v} + 1) - Mean(Log({v} + 1), {self.window(low=5)})"))
+        return self.pick(
+            (
+                f"Log({v} + 1) - Log(Ref({v}, 1) + 1)",
+                f"{v}/(Mean({v}, {self.window(low=5)}) + {_EPS}) - 1",
+                f"Log({v} + 1) - Mean(Log({v} + 1), {self.window(low=5)})",
+            )
+        )
 
     def intraday(self) -> str:
         c, o = self._price("close"), self._price("open")
         h, lo = self._price("high"), self._price("low")
-        return self.pick((f"({c} - {o})/{o}", f"({h} - {lo})/{c}", f"({c} - {lo})/({h} - {lo} + {_EPS})",
-                          f"{o}/Ref({c}, 1) - 1", f"({h} - {c})/{c}", f"({c} - {lo})/{c}"))
+        return self.pick(
+            (
+                f"({c} - {o})/{o}",
+                f"({h} - {lo})/{c}",
+                f"({c} - {lo})/({h} - {lo} + {_EPS})",
+                f"{o}/Ref({c}, 1) - 1",
+                f"({h} - {c})/{c}",
+                f"({c} - {lo})/{c}",
+            )
+        )
 
     def _price(self, name: str) -> str:
         return f"${name}" if name in self.units else self.price()
@@ -278,13 +338,22 @@ class _Sampler:
         if r < 0.75:  # co-movement of two series: correlation is scale-free, so either may be a level
             op = self.op(("Corr", "Corr", "Cov"))
             a = self.ratio(depth - 1) if op == "Cov" or self.rng.random() < 0.6 else self.level()
-            b = self.ratio(0) if op == "Cov" else self.pick((self.level, self.ret, self.volume_change, self.abs_ret,
-                                                             self.intraday))()
+            b = (
+                self.ratio(0)
+                if op == "Cov"
+                else self.pick((self.level, self.ret, self.volume_change, self.abs_ret, self.intraday))()
+            )
             return f"{op}({a}, {b}, {self.window(op, low=3)})"
         if r < 0.9:
             a, w = self.ratio(depth - 1), self.window(low=3)
-            return self.pick((f"({a})/(Std({a}, {w}) + {_EPS})", f"(({a}) - Mean({a}, {w}))/(Std({a}, {w}) + {_EPS})",
-                              f"Abs({a})", f"Mean({a}, {w}) - Mean({a}, {self.other_window(w)})"))
+            return self.pick(
+                (
+                    f"({a})/(Std({a}, {w}) + {_EPS})",
+                    f"(({a}) - Mean({a}, {w}))/(Std({a}, {w}) + {_EPS})",
+                    f"Abs({a})",
+                    f"Mean({a}, {w}) - Mean({a}, {self.other_window(w)})",
+                )
+            )
         a, b = self.ratio(depth - 1), self.ratio(depth - 1)
         return self.pick((f"({a}) * ({b})", f"CSRank({a}) - CSRank({b})", f"CSRank({a}) + CSRank({b})"))
 
@@ -308,16 +377,27 @@ class _Sampler:
 
 def _momentum(g: _Sampler) -> str:
     p, w = g.price(), g.window()
-    return g.pick((f"Ref({p}, {w})/{p} - 1", f"{g.op(_LOCATION_OPS[:4])}({p}, {w})/{p} - 1",
-                   f"Sum({g.ret()}, {w})", f"Ref({p}, {w})/Ref({p}, {g.other_window(w)}) - 1"))
+    return g.pick(
+        (
+            f"Ref({p}, {w})/{p} - 1",
+            f"{g.op(_LOCATION_OPS[:4])}({p}, {w})/{p} - 1",
+            f"Sum({g.ret()}, {w})",
+            f"Ref({p}, {w})/Ref({p}, {g.other_window(w)}) - 1",
+        )
+    )
 
 
 def _volatility(g: _Sampler) -> str:
     w = g.window("Std")
     c = g._price("close")
-    return g.pick((f"{g.op(('Std', 'Mad'))}({g.ret()}, {w})", f"Mean(Abs({g.ret()}), {w})",
-                   f"(Max({g._price('high')}, {w}) - Min({g._price('low')}, {w}))/{c}",
-                   f"Std({g.ret()}, {w})/(Std({g.ret()}, {g.other_window(w)}) + {_EPS})"))
+    return g.pick(
+        (
+            f"{g.op(('Std', 'Mad'))}({g.ret()}, {w})",
+            f"Mean(Abs({g.ret()}), {w})",
+            f"(Max({g._price('high')}, {w}) - Min({g._price('low')}, {w}))/{c}",
+            f"Std({g.ret()}, {w})/(Std({g.ret()}, {g.other_window(w)}) + {_EPS})",
+        )
+    )
 
 
 def _moments(g: _Sampler) -> str:
@@ -329,11 +409,19 @@ def _liquidity(g: _Sampler) -> str:
     if not g.volumes:
         return g.ratio()
     v, w, c = g.pick(g.volumes), g.window(low=3), g._price("close")
-    return g.pick((f"{v}/(Mean({v}, {w}) + {_EPS}) - 1", f"Std({v}, {w})/(Mean({v}, {w}) + {_EPS})",
-                   f"Log({v} + 1)", f"{g.op(_LOCATION_OPS)}(Log({v} + 1), {w})", f"Log({v} * {c} + 1)",
-                   f"Log(Mean({v}, {w}) + 1) - Log(Mean({v}, {g.other_window(w)}) + 1)",
-                   f"Mean(Abs({g.ret()})/Log({v} * {c} + 2), {w})", f"Rank({v}, {w})",
-                   f"Mean({g.volume_change()}, {w})"))
+    return g.pick(
+        (
+            f"{v}/(Mean({v}, {w}) + {_EPS}) - 1",
+            f"Std({v}, {w})/(Mean({v}, {w}) + {_EPS})",
+            f"Log({v} + 1)",
+            f"{g.op(_LOCATION_OPS)}(Log({v} + 1), {w})",
+            f"Log({v} * {c} + 1)",
+            f"Log(Mean({v}, {w}) + 1) - Log(Mean({v}, {g.other_window(w)}) + 1)",
+            f"Mean(Abs({g.ret()})/Log({v} * {c} + 2), {w})",
+            f"Rank({v}, {w})",
+            f"Mean({g.volume_change()}, {w})",
+        )
+    )
 
 
 def _price_volume(g: _Sampler) -> str:
@@ -344,14 +432,27 @@ def _price_volume(g: _Sampler) -> str:
 
 def _range_position(g: _Sampler) -> str:
     w, c, h, lo = g.window(), g._price("close"), g._price("high"), g._price("low")
-    return g.pick((f"({c} - Min({lo}, {w}))/(Max({h}, {w}) - Min({lo}, {w}) + {_EPS})", f"Max({h}, {w})/{c} - 1",
-                   f"Min({lo}, {w})/{c} - 1", f"{g.op(('IdxMax', 'IdxMin'))}({g.price()}, {w})/{w}",
-                   f"Quantile({c}, {w}, {g.pick(QUANTILES)})/{c} - 1", f"Rank({c}, {w})"))
+    return g.pick(
+        (
+            f"({c} - Min({lo}, {w}))/(Max({h}, {w}) - Min({lo}, {w}) + {_EPS})",
+            f"Max({h}, {w})/{c} - 1",
+            f"Min({lo}, {w})/{c} - 1",
+            f"{g.op(('IdxMax', 'IdxMin'))}({g.price()}, {w})/{w}",
+            f"Quantile({c}, {w}, {g.pick(QUANTILES)})/{c} - 1",
+            f"Rank({c}, {w})",
+        )
+    )
 
 
 def _intraday(g: _Sampler) -> str:
     x = g.intraday()
-    return g.pick((x, f"{g.op(_LOCATION_OPS[:4] + ('Sum',))}({x}, {g.window()})", f"{g.op(_SPREAD_OPS[:2])}({x}, {g.window('Std')})"))
+    return g.pick(
+        (
+            x,
+            f"{g.op(_LOCATION_OPS[:4] + ('Sum',))}({x}, {g.window()})",
+            f"{g.op(_SPREAD_OPS[:2])}({x}, {g.window('Std')})",
+        )
+    )
 
 
 def _trend(g: _Sampler) -> str:
@@ -363,33 +464,67 @@ def _trend(g: _Sampler) -> str:
 def _vwap(g: _Sampler) -> str:
     v = "$vwap" if "vwap" in g.units else g.price()
     c, w = g._price("close"), g.window()
-    return g.pick((f"{v}/{c} - 1", f"Mean({v}/{c} - 1, {w})", f"Corr({v}, {g.level()}, {g.window('Corr', low=3)})",
-                   f"({v} - Mean({v}, {w}))/{c}"))
+    return g.pick(
+        (
+            f"{v}/{c} - 1",
+            f"Mean({v}/{c} - 1, {w})",
+            f"Corr({v}, {g.level()}, {g.window('Corr', low=3)})",
+            f"({v} - Mean({v}, {w}))/{c}",
+        )
+    )
 
 
 REGIONS: tuple[Region, ...] = (
-    Region("reversal_momentum", "past returns over a window predict the next ones (reversal at short "
-           "horizons, momentum at long ones)", "Jegadeesh (1990); Lehmann (1990); Jegadeesh & Titman (1993); "
-           "Alpha158 ROC/MA", _momentum),
+    Region(
+        "reversal_momentum",
+        "past returns over a window predict the next ones (reversal at short horizons, momentum at long ones)",
+        "Jegadeesh (1990); Lehmann (1990); Jegadeesh & Titman (1993); Alpha158 ROC/MA",
+        _momentum,
+    ),
     Region("volatility", "recent volatility is priced", "Ang, Hodrick, Xing & Zhang (2006); Alpha158 STD", _volatility),
-    Region("higher_moments", "skewness and kurtosis of recent returns are priced",
-           "Harvey & Siddique (2000); Amaya, Christoffersen, Jacobs & Vasquez (2015)", _moments),
-    Region("liquidity_volume", "illiquidity and abnormal volume carry premia",
-           "Amihud (2002); Gervais, Kaniel & Mingelgrin (2001); Alpha158 VMA/VSTD", _liquidity),
-    Region("price_volume", "co-movement of price and volume predicts returns",
-           "Kakushadze (2016), 101 Formulaic Alphas (e.g. #6, #13); Alpha158 CORR/CORD", _price_volume),
-    Region("range_position", "where the price sits in its recent range predicts mean reversion",
-           "George & Hwang (2004); Alpha158 RSV/MAX/MIN/IMAX/IMIN/QTLU", _range_position),
-    Region("intraday", "intraday and overnight moves behave differently and revert",
-           "Lou, Polk & Skouras (2019); Alpha158 KMID/KLEN/KSFT", _intraday),
+    Region(
+        "higher_moments",
+        "skewness and kurtosis of recent returns are priced",
+        "Harvey & Siddique (2000); Amaya, Christoffersen, Jacobs & Vasquez (2015)",
+        _moments,
+    ),
+    Region(
+        "liquidity_volume",
+        "illiquidity and abnormal volume carry premia",
+        "Amihud (2002); Gervais, Kaniel & Mingelgrin (2001); Alpha158 VMA/VSTD",
+        _liquidity,
+    ),
+    Region(
+        "price_volume",
+        "co-movement of price and volume predicts returns",
+        "Kakushadze (2016), 101 Formulaic Alphas (e.g. #6, #13); Alpha158 CORR/CORD",
+        _price_volume,
+    ),
+    Region(
+        "range_position",
+        "where the price sits in its recent range predicts mean reversion",
+        "George & Hwang (2004); Alpha158 RSV/MAX/MIN/IMAX/IMIN/QTLU",
+        _range_position,
+    ),
+    Region(
+        "intraday",
+        "intraday and overnight moves behave differently and revert",
+        "Lou, Polk & Skouras (2019); Alpha158 KMID/KLEN/KSFT",
+        _intraday,
+    ),
     Region("trend_quality", "the slope and fit of a recent trend", "Alpha158 BETA/RSQR/RESI", _trend),
     Region("vwap_gap", "closing away from the volume-weighted price", "Kakushadze (2016), #5, #32, #41", _vwap),
-    Region("grammar", "any small scale-free tree of the expression grammar", "the expression grammar itself",
-           lambda g: g.ratio(2)),
+    Region(
+        "grammar",
+        "any small scale-free tree of the expression grammar",
+        "the expression grammar itself",
+        lambda g: g.ratio(2),
+    ),
 )
 
 
 # ---- the pool the search evolves ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScoredExpression:
@@ -424,7 +559,9 @@ class GrammarSearch:
     def __init__(self, seed: int = 0, max_nodes: int = 40, max_depth: int = 10):
         self.seed, self.max_nodes, self.max_depth = seed, max_nodes, max_depth
 
-    def propose(self, iteration: int, k: int, fields: Iterable[str], pool: SearchPool, salt: str = "") -> list[Proposal]:
+    def propose(
+        self, iteration: int, k: int, fields: Iterable[str], pool: SearchPool, salt: str = ""
+    ) -> list[Proposal]:
         rng = random.Random(f"{self.seed}:{iteration}:search:{salt}")
         units = field_units(fields)
         region_w, op_w = _payoffs(pool)
@@ -454,8 +591,9 @@ class GrammarSearch:
         return out
 
     # ---- evolution ------------------------------------------------------------------------------------
-    def _offspring(self, rng: random.Random, g: _Sampler, parents: list[ScoredExpression], seeds: list[str],
-                   units: dict[str, Unit]) -> tuple[str, str, str] | None:
+    def _offspring(
+        self, rng: random.Random, g: _Sampler, parents: list[ScoredExpression], seeds: list[str], units: dict[str, Unit]
+    ) -> tuple[str, str, str] | None:
         parent = _tournament(rng, parents) if parents else ScoredExpression(g.pick(seeds), 0.0, "base")
         try:
             tree = parse(parent.expression)
@@ -469,9 +607,14 @@ class GrammarSearch:
             except ExpressionError:
                 return None
         else:
-            moves = (("window", _mutate_window, 0.34), ("operator", _mutate_operator, 0.16),
-                     ("field", _mutate_field, 0.14), ("subtree", _mutate_subtree, 0.14),
-                     ("constant", _mutate_constant, 0.06), ("wrap", _wrap, 0.12))
+            moves = (
+                ("window", _mutate_window, 0.34),
+                ("operator", _mutate_operator, 0.16),
+                ("field", _mutate_field, 0.14),
+                ("subtree", _mutate_subtree, 0.14),
+                ("constant", _mutate_constant, 0.06),
+                ("wrap", _wrap, 0.12),
+            )
             name, fn, _ = rng.choices(moves, weights=[m[2] for m in moves])[0]
             child, what = fn(rng, g, tree, units), name
         if child is None:
@@ -505,7 +648,8 @@ def _volume_level(node: Node, units: dict[str, Unit]) -> bool:
     """A log level of traded volume: a liquidity characteristic (Datar, Naik & Radcliffe 1998;
     Amihud 2002) that is compared across instruments as it is, unlike a log price level."""
     return any(isinstance(n, Field) and units.get(n.name) is Unit.VOLUME for n in walk(node)) and not any(
-        isinstance(n, Field) and units.get(n.name) is Unit.PRICE for n in walk(node))
+        isinstance(n, Field) and units.get(n.name) is Unit.PRICE for n in walk(node)
+    )
 
 
 def _payoffs(pool: SearchPool) -> tuple[dict[str, float], dict[str, float]]:
@@ -545,6 +689,7 @@ def _tournament(rng: random.Random, parents: list[ScoredExpression], size: int =
 
 # ---- tree surgery (frozen nodes: every change rebuilds the path to the root) -------------------------------
 
+
 def _paths(node: Node, path: tuple = ()) -> list[tuple[tuple, Node]]:
     """Every sub-tree with its path (a tuple of (attribute, index-or-None) steps)."""
     out = [(path, node)]
@@ -581,7 +726,11 @@ def _near(rng: random.Random, current: int, low: int = 2) -> int:
 
 
 def _mutate_window(rng, g, tree: Node, units) -> Node | None:
-    spots = [(p, n) for p, n in _paths(tree) if isinstance(n, (Rolling, Ref, EMA)) and not (isinstance(n, Ref) and n.periods < 1)]
+    spots = [
+        (p, n)
+        for p, n in _paths(tree)
+        if isinstance(n, (Rolling, Ref, EMA)) and not (isinstance(n, Ref) and n.periods < 1)
+    ]
     if not spots:
         return None
     path, n = rng.choice(spots)
@@ -655,10 +804,20 @@ def _mutate_constant(rng, g, tree: Node, units) -> Node | None:
 def _wrap(rng, g, tree: Node, units) -> Node | None:
     """The tree under a rolling statistic: smoothed, normalised, or its trend, spread, extremes or shape."""
     text, w = canonical(tree), g.window(low=3)
-    shape = rng.choice((f"Mean({text}, {w})", f"EMA({text}, {w})", f"({text} - Mean({text}, {w}))/(Std({text}, {w}) + {_EPS})",
-                        f"Delta({text}, {min(w, 10)})", f"Rank({text}, {w})", f"Std({text}, {w})", f"Sum({text}, {w})",
-                        f"Slope({text}, {w})", f"{rng.choice(('Max', 'Min', 'Med'))}({text}, {w})",
-                        f"{rng.choice(('Skew', 'Kurt'))}({text}, {max(w, 5)})"))
+    shape = rng.choice(
+        (
+            f"Mean({text}, {w})",
+            f"EMA({text}, {w})",
+            f"({text} - Mean({text}, {w}))/(Std({text}, {w}) + {_EPS})",
+            f"Delta({text}, {min(w, 10)})",
+            f"Rank({text}, {w})",
+            f"Std({text}, {w})",
+            f"Sum({text}, {w})",
+            f"Slope({text}, {w})",
+            f"{rng.choice(('Max', 'Min', 'Med'))}({text}, {w})",
+            f"{rng.choice(('Skew', 'Kurt'))}({text}, {max(w, 5)})",
+        )
+    )
     try:
         return parse(shape)
     except ExpressionError:

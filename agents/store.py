@@ -22,8 +22,20 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 from agents.errors import RunNotFound
 
 __all__ = [
-    "Store", "RunRow", "IterationRow", "HypothesisRow", "EdgeRow", "ExperimentRow", "LibraryFactorRow",
-    "DecisionRow", "LLMCallRow", "ReviewRow", "EvaluationRow", "OpeningRow", "TrialRow", "now",
+    "Store",
+    "RunRow",
+    "IterationRow",
+    "HypothesisRow",
+    "EdgeRow",
+    "ExperimentRow",
+    "LibraryFactorRow",
+    "DecisionRow",
+    "LLMCallRow",
+    "ReviewRow",
+    "EvaluationRow",
+    "OpeningRow",
+    "TrialRow",
+    "now",
 ]
 
 
@@ -298,7 +310,9 @@ def _add_missing_columns(engine) -> None:
             for column in table.columns:
                 if column.name in have:
                     continue
-                default = column.default.arg if column.default is not None and not callable(column.default.arg) else None
+                default = (
+                    column.default.arg if column.default is not None and not callable(column.default.arg) else None
+                )
                 kind = column.type.compile(engine.dialect)
                 clause = f" DEFAULT {default!r}" if isinstance(default, (str, int, float)) else ""
                 try:

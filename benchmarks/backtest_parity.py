@@ -49,8 +49,9 @@ def make_signal(panel, noise: float, seed: int) -> pd.Series:
     label = np.full_like(close, np.nan)
     label[:, :-2] = close[:, 2:] / close[:, 1:-1] - 1.0
     score = label + np.random.default_rng(seed).normal(0.0, noise, label.shape)
-    idx = pd.MultiIndex.from_product([pd.DatetimeIndex(panel.calendar), list(panel.instruments)],
-                                     names=["datetime", "instrument"])
+    idx = pd.MultiIndex.from_product(
+        [pd.DatetimeIndex(panel.calendar), list(panel.instruments)], names=["datetime", "instrument"]
+    )
     return pd.Series(score.T.ravel(), index=idx, name="score").dropna()
 
 
@@ -58,8 +59,17 @@ def cumulative(report: pd.DataFrame) -> float:
     return float((1.0 + report["return"] - report["cost"]).prod() - 1.0)
 
 
-def parity(n_instruments: int, n_days: int, seed: int, qlib_python: Path, reference: Path, workdir: Path,
-           noise: float = 0.2, topk: int = 50, n_drop: int = 5) -> BacktestParity:
+def parity(
+    n_instruments: int,
+    n_days: int,
+    seed: int,
+    qlib_python: Path,
+    reference: Path,
+    workdir: Path,
+    noise: float = 0.2,
+    topk: int = 50,
+    n_drop: int = 5,
+) -> BacktestParity:
     from quantcore.backtest import Exchange, TopkDropout, align_signal, equal_weight_benchmark, simulate
     from quantcore.data.qlib_format import write_qlib
     from quantcore.data.sources import load_market
@@ -80,15 +90,41 @@ def parity(n_instruments: int, n_days: int, seed: int, qlib_python: Path, refere
     start, end = 1, len(cal) - 2
     days = cal[start].strftime("%Y-%m-%d"), cal[end].strftime("%Y-%m-%d")
 
-    out = subprocess.run([str(qlib_python), str(reference), "backtest", str(qdir), str(signal_file), str(qlib_out),
-                          "--start", days[0], "--end", days[1], "--topk", str(topk), "--n-drop", str(n_drop)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            str(qlib_python),
+            str(reference),
+            "backtest",
+            str(qdir),
+            str(signal_file),
+            str(qlib_out),
+            "--start",
+            days[0],
+            "--end",
+            days[1],
+            "--topk",
+            str(topk),
+            "--n-drop",
+            str(n_drop),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     seconds_qlib = float(re.search(r"qlib backtest: ([\d.]+) s", out.stdout).group(1))
     theirs = pd.read_parquet(qlib_out)
 
     t0 = time.perf_counter()
-    ours = simulate(Exchange.from_panel(panel), TopkDropout(topk, n_drop), align_signal(signal, panel),
-                    panel.calendar, start, end, account=1e8, benchmark=equal_weight_benchmark(panel))
+    ours = simulate(
+        Exchange.from_panel(panel),
+        TopkDropout(topk, n_drop),
+        align_signal(signal, panel),
+        panel.calendar,
+        start,
+        end,
+        account=1e8,
+        benchmark=equal_weight_benchmark(panel),
+    )
     seconds_ours = time.perf_counter() - t0
 
     theirs.index = pd.DatetimeIndex(theirs.index)
@@ -112,16 +148,22 @@ def main() -> None:
         sys.exit(f"no python with pyqlib at {a.qlib_python}; see {a.reference} for the one-line install")
     with tempfile.TemporaryDirectory() as tmp:
         r = parity(a.instruments, a.days, a.seed, a.qlib_python, a.reference, Path(tmp), a.noise, a.topk, a.n_drop)
-    print(f"TopkDropout(topk={a.topk}, n_drop={a.n_drop}) on synth_market({a.instruments}, {a.days}, seed={a.seed}), "
-          f"{r.n_days} trading days")
+    print(
+        f"TopkDropout(topk={a.topk}, n_drop={a.n_drop}) on synth_market({a.instruments}, {a.days}, seed={a.seed}), "
+        f"{r.n_days} trading days"
+    )
     for c, d in r.max_abs.items():
         print(f"  max |ours - qlib| {c:<9} {d:.3e}")
     print(f"  cumulative return (net of cost): ours {r.cum_return_ours:.6f}  qlib {r.cum_return_qlib:.6f}")
-    print(f"  backtest time: ours {r.seconds_ours:.3f} s  qlib {r.seconds_qlib:.2f} s  "
-          f"({r.seconds_qlib / r.seconds_ours:.0f}x)")
-    print("  return/cost/turnover agree to float64 rounding (qlib sums positions in dict order, we in "
-          "instrument order);\n  bench differs at float32 precision: qlib computes $close/Ref($close,1)-1 "
-          "in float32, we in float64 from the same float32 prices.")
+    print(
+        f"  backtest time: ours {r.seconds_ours:.3f} s  qlib {r.seconds_qlib:.2f} s  "
+        f"({r.seconds_qlib / r.seconds_ours:.0f}x)"
+    )
+    print(
+        "  return/cost/turnover agree to float64 rounding (qlib sums positions in dict order, we in "
+        "instrument order);\n  bench differs at float32 precision: qlib computes $close/Ref($close,1)-1 "
+        "in float32, we in float64 from the same float32 prices."
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,17 @@ def worker(data_dir: str, backend: str, threads: int | None) -> None:
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_SELF)
     rss = after.ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": rss, "shape": list(frame.shape),
-                      "cpu_user": after.ru_utime - before.ru_utime, "cpu_sys": after.ru_stime - before.ru_stime}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mib": rss,
+                "shape": list(frame.shape),
+                "cpu_user": after.ru_utime - before.ru_utime,
+                "cpu_sys": after.ru_stime - before.ru_stime,
+            }
+        )
+    )
 
 
 def run_ours(data_dir: Path, backend: str = "kernels", threads: int | None = None) -> dict:
@@ -76,8 +85,16 @@ def run_ours(data_dir: Path, backend: str = "kernels", threads: int | None = Non
 
 def run_qlib(qlib_python: Path, reference: Path, data_dir: Path, kernels: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [str(qlib_python), str(reference), "features", str(data_dir), f"{tmp}/q.parquet", "--alpha158",
-               "--kernels", str(kernels)]
+        cmd = [
+            str(qlib_python),
+            str(reference),
+            "features",
+            str(data_dir),
+            f"{tmp}/q.parquet",
+            "--alpha158",
+            "--kernels",
+            str(kernels),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     m = re.search(r"qlib D.features: ([\d.]+) s", proc.stdout)
     if proc.returncode != 0 or not m:
@@ -111,7 +128,9 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=2520)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON)))
+    ap.add_argument(
+        "--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON))
+    )
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--qlib-kernels", type=int, default=2, help="qlib worker processes (2 = both cores)")
     ap.add_argument("--no-qlib", action="store_true")
@@ -132,29 +151,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "qlib_data"
         write_qlib(synth_market(n_instruments=args.instruments, n_days=args.days, seed=args.seed), data_dir)
-        print(f"market: synthetic {args.instruments} x {args.days} (seed {args.seed}), qlib format; "
-              f"{os.cpu_count()} cores")
+        print(
+            f"market: synthetic {args.instruments} x {args.days} (seed {args.seed}), qlib format; "
+            f"{os.cpu_count()} cores"
+        )
         ours, theirs = [], []
         for i in range(args.repeat):
             ours.append(run_ours(data_dir))
             if use_qlib:
                 theirs.append(run_qlib(args.qlib_python, args.reference, data_dir, args.qlib_kernels))
-            line = (f"  run {i + 1}: rdquant {ours[-1]['seconds']:.3f} s (CPU user {ours[-1]['cpu_user']:.2f} s, "
-                    f"sys {ours[-1]['cpu_sys']:.2f} s; peak RSS {ours[-1]['peak_rss_mib']:.0f} MiB)")
+            line = (
+                f"  run {i + 1}: rdquant {ours[-1]['seconds']:.3f} s (CPU user {ours[-1]['cpu_user']:.2f} s, "
+                f"sys {ours[-1]['cpu_sys']:.2f} s; peak RSS {ours[-1]['peak_rss_mib']:.0f} MiB)"
+            )
             if use_qlib:
                 line += f" | qlib {theirs[-1]:.2f} s | ratio {theirs[-1] / ours[-1]['seconds']:.1f}x"
             print(line, flush=True)
         med = statistics.median(r["seconds"] for r in ours)
-        print(f"rdquant Alpha158 cold: median {med:.3f} s, shape {ours[0]['shape']}, "
-              f"peak RSS max {max(r['peak_rss_mib'] for r in ours):.0f} MiB")
+        print(
+            f"rdquant Alpha158 cold: median {med:.3f} s, shape {ours[0]['shape']}, "
+            f"peak RSS max {max(r['peak_rss_mib'] for r in ours):.0f} MiB"
+        )
         if use_qlib:
             ratios = [q / o["seconds"] for q, o in zip(theirs, ours)]
-            print(f"pyqlib 0.9.7 ({args.qlib_kernels} kernels, caches off): median {statistics.median(theirs):.2f} s; "
-                  f"speed-up median {statistics.median(ratios):.1f}x (min {min(ratios):.1f}x, max {max(ratios):.1f}x)")
+            print(
+                f"pyqlib 0.9.7 ({args.qlib_kernels} kernels, caches off): median {statistics.median(theirs):.2f} s; "
+                f"speed-up median {statistics.median(ratios):.1f}x (min {min(ratios):.1f}x, max {max(ratios):.1f}x)"
+            )
         else:
             print("pyqlib: skipped (no --qlib-python with pyqlib, or --no-qlib)")
-        print(f"  (for scale: the output frame alone is {ours[0]['shape'][0] * ours[0]['shape'][1] * 4 / 2**20:.0f} MiB "
-              "of float32, written once)")
+        print(
+            f"  (for scale: the output frame alone is {ours[0]['shape'][0] * ours[0]['shape'][1] * 4 / 2**20:.0f} MiB "
+            "of float32, written once)"
+        )
         one = run_ours(data_dir, threads=1)
         print(f"rdquant with 1 kernel thread: {one['seconds']:.3f} s")
         if not args.no_pandas:
@@ -164,12 +193,13 @@ def main() -> None:
             write_qlib(synth_market(n_instruments=args.pandas_instruments, n_days=args.days, seed=args.seed), small_dir)
             pandas_run = run_ours(small_dir, backend="pandas")
             ours_small = run_ours(small_dir)
-            print(f"pure-pandas twin (same evaluator, pandas per-instrument kernels), {args.pandas_instruments} x "
-                  f"{args.days}: {pandas_run['seconds']:.2f} s vs rdquant {ours_small['seconds']:.3f} s: "
-                  f"rdquant is {pandas_run['seconds'] / ours_small['seconds']:.1f}x faster")
+            print(
+                f"pure-pandas twin (same evaluator, pandas per-instrument kernels), {args.pandas_instruments} x "
+                f"{args.days}: {pandas_run['seconds']:.2f} s vs rdquant {ours_small['seconds']:.3f} s: "
+                f"rdquant is {pandas_run['seconds'] / ours_small['seconds']:.1f}x faster"
+            )
         latency = single_expression_latency(data_dir)
-        print("single new expression (no cache), median ms: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in latency.items()))
+        print("single new expression (no cache), median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in latency.items()))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import statistics
 import time
 
 import numpy as np
-import pandas as pd
 
 from quantcore.data.synthetic import synth_market
 from quantcore.evaluate import cs_rank, daily_ic, daily_rank_ic, daily_ranks, evaluate_expression, ic_stats
@@ -96,8 +95,10 @@ def main() -> None:
     verdict = "meets" if t_score <= TARGET_MS else "misses"
     print(f"  score = evaluate + IC + RankIC     {t_score:8.1f} ms   ({verdict} the {TARGET_MS:.0f} ms target)")
     print(f"  score, label evaluated + ranked    {t_score_label:8.1f} ms")
-    print(f"  pandas groupby IC + RankIC         {t_pandas:8.1f} ms   (arrays already a frame; "
-          f"{t_pandas / (t_ic + t_ric):.0f}x the array IC + RankIC, {t_pandas / t_score:.1f}x the whole score)")
+    print(
+        f"  pandas groupby IC + RankIC         {t_pandas:8.1f} ms   (arrays already a frame; "
+        f"{t_pandas / (t_ic + t_ric):.0f}x the array IC + RankIC, {t_pandas / t_score:.1f}x the whole score)"
+    )
     print(f"  full report (quantiles, turnover, autocorr, 20-horizon decay)  {t_report:8.1f} ms")
     print(f"  mean IC {ic.mean:+.4f}  RankIC {ric.mean:+.4f}  over {ic.n_days} days")
 

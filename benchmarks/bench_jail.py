@@ -29,16 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_sandbox import candidates, factor_spec, overhead  # noqa: E402
+
 from sandbox import Limits, LocalExecutor  # noqa: E402
 from sandbox.jail import jail_unavailable_reason  # noqa: E402
 from sandbox.seccomp import seccomp_unavailable_reason  # noqa: E402
 
 LIMITS = Limits(wall_seconds=120, cpu_seconds=240, memory_mb=4096)
-GENERATED = "import numpy as np\ndef factor(fields):\n    return fields['close'] / np.roll(fields['close'], {i}, axis=1)\n"
+GENERATED = (
+    "import numpy as np\ndef factor(fields):\n    return fields['close'] / np.roll(fields['close'], {i}, axis=1)\n"
+)
 
 
 def executor(on: bool, workers: int, root: Path) -> LocalExecutor:
-    return LocalExecutor(workers=workers, root=root, limits=LIMITS, use_cache=False, jail=on, seccomp=on, landlock=False)
+    return LocalExecutor(
+        workers=workers, root=root, limits=LIMITS, use_cache=False, jail=on, seccomp=on, landlock=False
+    )
 
 
 def measure(on: bool, args, root: Path) -> dict[str, float]:
@@ -56,8 +61,12 @@ def measure(on: bool, args, root: Path) -> dict[str, float]:
         out["overhead_ms"], out["work_ms"] = overhead(ex, "synthetic:60:400:0", args.overhead_experiments)
         walls = []
         for i in range(args.generated):
-            spec = {"kind": "factor", "market": "synthetic:60:400:0", "report": "screen",
-                    "code": GENERATED.format(i=i + 1)}
+            spec = {
+                "kind": "factor",
+                "market": "synthetic:60:400:0",
+                "report": "screen",
+                "code": GENERATED.format(i=i + 1),
+            }
             t0 = time.perf_counter()
             result = ex.run(spec)
             walls.append(time.perf_counter() - t0)
@@ -91,13 +100,18 @@ def main() -> None:
             print(f"  run {n + 1}/4 ({'jail' if on else 'no jail'}): {runs[on][-1]}", flush=True)
     off = {k: statistics.median(r[k] for r in runs[False]) for k in runs[False][0]}
     on = {k: statistics.median(r[k] for r in runs[True]) for k in runs[True][0]}
-    rows = [("worker pool start (all ready)", "start_s", "s", 1), ("overhead per warm experiment", "overhead_ms", "ms", 1),
-            ("a generated-code experiment (fresh worker)", "generated_s", "s", 2),
-            (f"{args.candidates} factors scored, {args.workers} workers", "throughput_s", "s", 1)]
+    rows = [
+        ("worker pool start (all ready)", "start_s", "s", 1),
+        ("overhead per warm experiment", "overhead_ms", "ms", 1),
+        ("a generated-code experiment (fresh worker)", "generated_s", "s", 2),
+        (f"{args.candidates} factors scored, {args.workers} workers", "throughput_s", "s", 1),
+    ]
     print(f"\n{'':45} {'no jail':>9} {'jail':>9} {'added':>9} {'ratio':>6}")
     for label, key, unit, digits in rows:
-        print(f"{label:45} {off[key]:>7.{digits}f}{unit:>2} {on[key]:>7.{digits}f}{unit:>2} "
-              f"{on[key] - off[key]:>+7.{digits}f}{unit:>2} {on[key] / off[key]:>6.2f}")
+        print(
+            f"{label:45} {off[key]:>7.{digits}f}{unit:>2} {on[key]:>7.{digits}f}{unit:>2} "
+            f"{on[key] - off[key]:>+7.{digits}f}{unit:>2} {on[key] / off[key]:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -69,35 +69,65 @@ def main() -> None:
     factor, dense = fm.risk_, CovarianceRisk(sc.covariance_)
     cases = [
         ("factor: λ, max_weight", factor, OptimizerConfig(risk_aversion=1.0, max_weight=0.02), {}),
-        ("factor: + turnover penalty, untradable", factor,
-         OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4), {"tradable": tradable}),
-        ("factor: + benchmark, TE cap, b_dev, f_dev", factor,
-         OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4, tracking_error=0.003,
-                         benchmark_deviation=0.01, factor_deviation=0.05),
-         {"tradable": tradable, "benchmark": bench}),
-        ("dense Σ: λ, max_weight, turnover penalty", dense,
-         OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4), {}),
-        ("dense Σ: + benchmark, TE cap", dense,
-         OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4, tracking_error=0.003),
-         {"benchmark": bench}),
+        (
+            "factor: + turnover penalty, untradable",
+            factor,
+            OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4),
+            {"tradable": tradable},
+        ),
+        (
+            "factor: + benchmark, TE cap, b_dev, f_dev",
+            factor,
+            OptimizerConfig(
+                risk_aversion=1.0,
+                max_weight=0.02,
+                turnover_penalty=5e-4,
+                tracking_error=0.003,
+                benchmark_deviation=0.01,
+                factor_deviation=0.05,
+            ),
+            {"tradable": tradable, "benchmark": bench},
+        ),
+        (
+            "dense Σ: λ, max_weight, turnover penalty",
+            dense,
+            OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4),
+            {},
+        ),
+        (
+            "dense Σ: + benchmark, TE cap",
+            dense,
+            OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4, tracking_error=0.003),
+            {"benchmark": bench},
+        ),
     ]
     optimize_weights(alpha, factor, prev, cases[0][2])  # warm-up: cvxpy's first-call costs
     for name, risk, cfg, kw in cases:
         ms, res = _median_ms(lambda: optimize_weights(alpha, risk, prev, cfg, **kw), args.repeat)
         flag = "ok " if ms <= TARGET_MS else "SLOW"
-        print(f"  solve {name:<40} {ms:8.1f} ms  {flag} {res.status.value} via {res.solver}"
-              + (f"  fallback: {res.fallback}" if res.fallback else ""))
+        print(
+            f"  solve {name:<40} {ms:8.1f} ms  {flag} {res.status.value} via {res.solver}"
+            + (f"  fallback: {res.fallback}" if res.fallback else "")
+        )
 
     cache = ProblemCache()
     cfg = cases[1][2]
     optimize_weights(alpha, factor, prev, cfg, tradable=tradable, cache=cache)  # compiles once
-    ms, res = _median_ms(lambda: optimize_weights(rng.normal(size=n) * 0.002, factor, prev, cfg, tradable=tradable,
-                                                  cache=cache), args.repeat)
-    print(f"  re-solve, new alpha, ProblemCache (factor+tp) {ms:8.1f} ms  {res.status.value} ({cache.hits_} cache hits)")
+    ms, res = _median_ms(
+        lambda: optimize_weights(rng.normal(size=n) * 0.002, factor, prev, cfg, tradable=tradable, cache=cache),
+        args.repeat,
+    )
+    print(
+        f"  re-solve, new alpha, ProblemCache (factor+tp) {ms:8.1f} ms  {res.status.value} ({cache.hits_} cache hits)"
+    )
 
     def run_policy(days: int) -> list[float]:
-        policy = OptimizedPolicy(OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4),
-                                 FactorRiskModel(n_factors=k), lookback=t, refit_every=20)
+        policy = OptimizedPolicy(
+            OptimizerConfig(risk_aversion=1.0, max_weight=0.02, turnover_penalty=5e-4),
+            FactorRiskModel(n_factors=k),
+            lookback=t,
+            refit_every=20,
+        )
         w, out = prev, []
         for d in range(t, t + days):
             t0 = time.perf_counter()
@@ -111,8 +141,11 @@ def main() -> None:
     per_day = run_policy(40)
     refits = per_day[::20]
     steady = [x for i, x in enumerate(per_day) if i % 20]
-    print(f"  policy, 40 days, refit every 20: {statistics.median(steady):6.1f} ms/day, refit days "
-          + ", ".join(f"{x:.0f}" for x in refits) + f" ms; mean {statistics.mean(per_day):.1f} ms/day")
+    print(
+        f"  policy, 40 days, refit every 20: {statistics.median(steady):6.1f} ms/day, refit days "
+        + ", ".join(f"{x:.0f}" for x in refits)
+        + f" ms; mean {statistics.mean(per_day):.1f} ms/day"
+    )
     print(f"target: one solve <= {TARGET_MS:.0f} ms")
 
 

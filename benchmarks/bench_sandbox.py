@@ -29,11 +29,22 @@ from sandbox import Limits, LocalExecutor  # noqa: E402
 FIELDS = ("$close", "$open", "$high", "$low", "$vwap", "$volume")
 WINDOWS = (3, 5, 7, 10, 14, 15, 20, 25, 30, 40, 50, 60)
 TEMPLATES = (
-    "Mean({f}, {w})/{f}", "Std({f}, {w})/{f}", "Ref({f}, {w})/{f}", "Max({f}, {w})/{f}", "Min({f}, {w})/{f}",
-    "Quantile({f}, {w}, 0.8)/{f}", "Rank({f}, {w})", "Slope({f}, {w})/{f}", "Rsquare({f}, {w})",
-    "IdxMax({f}, {w})/{w}", "Corr({f}, Log($volume+1), {w})", "({f}-Min({f}, {w}))/(Max({f}, {w})-Min({f}, {w})+1e-12)",
-    "CSRank(Mean({f}/Ref({f}, 1), {w}))", "Sum(Greater({f}-Ref({f}, 1), 0), {w})/(Sum(Abs({f}-Ref({f}, 1)), {w})+1e-12)",
-    "EMA({f}, {w})/{f}", "WMA({f}, {w})/{f}",
+    "Mean({f}, {w})/{f}",
+    "Std({f}, {w})/{f}",
+    "Ref({f}, {w})/{f}",
+    "Max({f}, {w})/{f}",
+    "Min({f}, {w})/{f}",
+    "Quantile({f}, {w}, 0.8)/{f}",
+    "Rank({f}, {w})",
+    "Slope({f}, {w})/{f}",
+    "Rsquare({f}, {w})",
+    "IdxMax({f}, {w})/{w}",
+    "Corr({f}, Log($volume+1), {w})",
+    "({f}-Min({f}, {w}))/(Max({f}, {w})-Min({f}, {w})+1e-12)",
+    "CSRank(Mean({f}/Ref({f}, 1), {w}))",
+    "Sum(Greater({f}-Ref({f}, 1), 0), {w})/(Sum(Abs({f}-Ref({f}, 1)), {w})+1e-12)",
+    "EMA({f}, {w})/{f}",
+    "WMA({f}, {w})/{f}",
 )
 
 
@@ -117,10 +128,14 @@ def main() -> None:
             with make_executor(kind, args.workers, Path(tmp) / kind, args.batch_size) as ex:
                 t0 = time.perf_counter()
                 ex.run(factor_spec(args.market, "warm", "$close"))
-                print(f"[{kind}] {args.workers} workers up and market exported/attached in {time.perf_counter() - t0:.1f} s")
+                print(
+                    f"[{kind}] {args.workers} workers up and market exported/attached in {time.perf_counter() - t0:.1f} s"
+                )
                 over, work = overhead(ex, "synthetic:60:400:0", args.overhead_experiments)
-                print(f"[{kind}] per-experiment overhead: {over:.1f} ms beyond {work:.1f} ms of work "
-                      f"({args.overhead_experiments} tiny experiments, 60 x 400 market)")
+                print(
+                    f"[{kind}] per-experiment overhead: {over:.1f} ms beyond {work:.1f} ms of work "
+                    f"({args.overhead_experiments} tiny experiments, 60 x 400 market)"
+                )
                 specs = [factor_spec(args.market, f"c{i}", e) for i, e in enumerate(exprs[: args.candidates])]
                 t0 = time.perf_counter()
                 results = ex.run_many(specs)
@@ -131,9 +146,11 @@ def main() -> None:
                     if not r.ok:
                         failed[r.failure.category.value] = failed.get(r.failure.category.value, 0) + 1
                 per = statistics.median(r.seconds for r in ok) * 1e3 if ok else float("nan")
-                print(f"[{kind}] screening: {len(specs)} candidate factors scored (IC, RankIC, ICIR) on {args.market} "
-                      f"in {wall:.1f} s ({len(specs) / wall:.1f}/s); {len(ok)} ok, failures {failed or 'none'}; "
-                      f"median work {per:.0f} ms per factor")
+                print(
+                    f"[{kind}] screening: {len(specs)} candidate factors scored (IC, RankIC, ICIR) on {args.market} "
+                    f"in {wall:.1f} s ({len(specs) / wall:.1f}/s); {len(ok)} ok, failures {failed or 'none'}; "
+                    f"median work {per:.0f} ms per factor"
+                )
         if args.rss_experiments:
             with make_executor("local", args.workers, Path(tmp) / "rss", args.batch_size) as ex:
                 pids = ex.worker_pids()
@@ -141,8 +158,10 @@ def main() -> None:
                 samples = []
                 done = 0
                 while done < args.rss_experiments:
-                    chunk = [factor_spec(args.market, "f", pool[(done + i) % len(pool)] + f" + {done + i}")
-                             for i in range(100)]
+                    chunk = [
+                        factor_spec(args.market, "f", pool[(done + i) % len(pool)] + f" + {done + i}")
+                        for i in range(100)
+                    ]
                     ex.run_many(chunk)
                     done += len(chunk)
                     if ex.worker_pids() != pids:
@@ -153,8 +172,10 @@ def main() -> None:
                 first, last = sum(samples[0][1]), sum(samples[-1][1])
                 warm = sum(samples[min(2, len(samples) - 1)][1])
                 print(f"[local] worker memory (PSS, all workers, MiB) after N experiments: {series}")
-                print(f"[local] after {samples[0][0]}: {first:.0f} MiB, after {samples[-1][0]}: {last:.0f} MiB "
-                      f"(growth after warm-up: {last - warm:+.0f} MiB)")
+                print(
+                    f"[local] after {samples[0][0]}: {first:.0f} MiB, after {samples[-1][0]}: {last:.0f} MiB "
+                    f"(growth after warm-up: {last - warm:+.0f} MiB)"
+                )
 
 
 if __name__ == "__main__":

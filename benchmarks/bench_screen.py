@@ -40,24 +40,47 @@ FIELDS = ("$close", "$open", "$high", "$low", "$vwap", "$volume")
 WINDOWS = (3, 5, 7, 10, 14, 20, 30, 40, 60)
 # one-field shapes; {f} a field, {w} a window
 UNARY = (
-    "Mean({f}, {w})/{f}", "Std({f}, {w})/Mean({f}, {w})", "Ref({f}, {w})/{f}", "Max({f}, {w})/{f}", "Min({f}, {w})/{f}",
-    "Quantile({f}, {w}, 0.8)/{f}", "Rank({f}, {w})", "Slope({f}, {w})/{f}", "Rsquare({f}, {w})", "IdxMax({f}, {w})/{w}",
-    "({f}-Min({f}, {w}))/(Max({f}, {w})-Min({f}, {w})+1e-12)", "EMA({f}, {w})/{f}", "WMA({f}, {w})/{f}",
-    "Sum(Greater({f}-Ref({f}, 1), 0), {w})/(Sum(Abs({f}-Ref({f}, 1)), {w})+1e-12)", "Skew({f}/Ref({f}, 1), {w})",
+    "Mean({f}, {w})/{f}",
+    "Std({f}, {w})/Mean({f}, {w})",
+    "Ref({f}, {w})/{f}",
+    "Max({f}, {w})/{f}",
+    "Min({f}, {w})/{f}",
+    "Quantile({f}, {w}, 0.8)/{f}",
+    "Rank({f}, {w})",
+    "Slope({f}, {w})/{f}",
+    "Rsquare({f}, {w})",
+    "IdxMax({f}, {w})/{w}",
+    "({f}-Min({f}, {w}))/(Max({f}, {w})-Min({f}, {w})+1e-12)",
+    "EMA({f}, {w})/{f}",
+    "WMA({f}, {w})/{f}",
+    "Sum(Greater({f}-Ref({f}, 1), 0), {w})/(Sum(Abs({f}-Ref({f}, 1)), {w})+1e-12)",
+    "Skew({f}/Ref({f}, 1), {w})",
 )
 # two-field shapes
-BINARY = ("Corr({f}, {g}, {w})", "Cov({f}/Ref({f},1), {g}/Ref({g},1), {w})", "Mean({f}/{g}, {w})", "({f}-{g})/({f}+{g}+1e-12)")
+BINARY = (
+    "Corr({f}, {g}, {w})",
+    "Cov({f}/Ref({f},1), {g}/Ref({g},1), {w})",
+    "Mean({f}/{g}, {w})",
+    "({f}-{g})/({f}+{g}+1e-12)",
+)
 WRAPS = ("{e}", "{e}", "-{e}", "CSRank({e})", "Abs({e})", "Sign({e})*Log(Abs({e})+1)")
 LIBRARY = {
-    "lib_rev5": "-($close/Ref($close, 5) - 1)", "lib_mom20": "$close/Ref($close, 20) - 1",
-    "lib_vol20": "Std($close/Ref($close, 1) - 1, 20)", "lib_range": "($high - $low)/$close",
-    "lib_vwap": "$vwap/$close", "lib_turn": "$volume/Mean($volume, 20)", "lib_ma10": "Mean($close, 10)/$close",
-    "lib_corr10": "Corr($close, Log($volume + 1), 10)", "lib_max30": "Max($high, 30)/$close",
+    "lib_rev5": "-($close/Ref($close, 5) - 1)",
+    "lib_mom20": "$close/Ref($close, 20) - 1",
+    "lib_vol20": "Std($close/Ref($close, 1) - 1, 20)",
+    "lib_range": "($high - $low)/$close",
+    "lib_vwap": "$vwap/$close",
+    "lib_turn": "$volume/Mean($volume, 20)",
+    "lib_ma10": "Mean($close, 10)/$close",
+    "lib_corr10": "Corr($close, Log($volume + 1), 10)",
+    "lib_max30": "Max($high, 30)/$close",
     "lib_skew20": "Skew($close/Ref($close, 1), 20)",
 }
 ADMIT = {  # two repeat a library factor at another window (so pair_threshold has work), two are new
-    "adm_rev6": "-($close/Ref($close, 6) - 1)", "adm_ma12": "Mean($close, 12)/$close",
-    "adm_hl": "Corr($high/$low, $volume, 15)", "adm_gap": "Mean($open/Ref($close, 1) - 1, 10)",
+    "adm_rev6": "-($close/Ref($close, 6) - 1)",
+    "adm_ma12": "Mean($close, 12)/$close",
+    "adm_hl": "Corr($high/$low, $volume, 15)",
+    "adm_gap": "Mean($open/Ref($close, 1) - 1, 10)",
 }
 
 
@@ -118,30 +141,70 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--corr-days", type=int, default=60)
     ap.add_argument("--market", default="synthetic:300:2520:0")
-    ap.add_argument("--residual", type=int, default=10, metavar="K",
-                    help="also score each candidate's residual RankIC beyond Alpha158's top K principal components "
-                         "and a 10-factor library, as the loop's screen does (0: raw RankIC only)")
+    ap.add_argument(
+        "--residual",
+        type=int,
+        default=10,
+        metavar="K",
+        help="also score each candidate's residual RankIC beyond Alpha158's top K principal components "
+        "and a 10-factor library, as the loop's screen does (0: raw RankIC only)",
+    )
     args = ap.parse_args()
 
     segments = default_segments(load_market(args.market).calendar)
     exprs = candidates(args.candidates)
     names = [f"c{k:03d}" for k in range(len(exprs))]
-    specs = [{"kind": "factor", "market": args.market, "report": "screen", "segment": list(segments["train"]),
-              "base_features": "alpha158", "corr_days": args.corr_days,
-              "expressions": dict(zip(names[lo:lo + args.chunk], exprs[lo:lo + args.chunk])),
-              **({"library": LIBRARY, "residual_components": args.residual, "controls": sorted(LIBRARY),
-                  "pair_threshold": 0.7} if args.residual else {})}
-             for lo in range(0, len(exprs), args.chunk)]
-    admission = [{"kind": "factor", "market": args.market, "segment": list(segments["valid"]),
-                  "expressions": {name: expr}, "library": LIBRARY, "base_features": "alpha158",
-                  "lookahead_check": True, "pair_threshold": 0.7} for name, expr in ADMIT.items()]
+    specs = [
+        {
+            "kind": "factor",
+            "market": args.market,
+            "report": "screen",
+            "segment": list(segments["train"]),
+            "base_features": "alpha158",
+            "corr_days": args.corr_days,
+            "expressions": dict(zip(names[lo : lo + args.chunk], exprs[lo : lo + args.chunk])),
+            **(
+                {
+                    "library": LIBRARY,
+                    "residual_components": args.residual,
+                    "controls": sorted(LIBRARY),
+                    "pair_threshold": 0.7,
+                }
+                if args.residual
+                else {}
+            ),
+        }
+        for lo in range(0, len(exprs), args.chunk)
+    ]
+    admission = [
+        {
+            "kind": "factor",
+            "market": args.market,
+            "segment": list(segments["valid"]),
+            "expressions": {name: expr},
+            "library": LIBRARY,
+            "base_features": "alpha158",
+            "lookahead_check": True,
+            "pair_threshold": 0.7,
+        }
+        for name, expr in ADMIT.items()
+    ]
 
     with tempfile.TemporaryDirectory() as tmp:
         limits = Limits(wall_seconds=300, cpu_seconds=600, memory_mb=4096)
         with LocalExecutor(workers=args.workers, root=Path(tmp), limits=limits, use_cache=False, batch_size=1) as ex:
             t0 = time.perf_counter()
-            warm = ex.run_many([{"kind": "factor", "market": args.market, "expressions": {"w": f"$close/$open+{k}"},
-                                 "report": "screen"} for k in range(args.workers)])
+            warm = ex.run_many(
+                [
+                    {
+                        "kind": "factor",
+                        "market": args.market,
+                        "expressions": {"w": f"$close/$open+{k}"},
+                        "report": "screen",
+                    }
+                    for k in range(args.workers)
+                ]
+            )
             assert all(r.ok for r in warm), [r.failure for r in warm if not r.ok]
             print(f"start-up (workers, market export and attach): {time.perf_counter() - t0:.1f} s (excluded)")
 
@@ -153,28 +216,36 @@ def main() -> None:
                 cpu = cpu_seconds(pids) - cpu
                 bad = [r.failure for r in results if not r.ok]
                 secs = sorted(r.seconds for r in results)
-                print(f"{label}: {wall:.2f} s wall for {n_candidates} candidates in {len(todo)} specs "
-                      f"({1000 * wall / n_candidates:.0f} ms per candidate); worker CPU {cpu:.1f} s "
-                      f"({1000 * cpu / n_candidates:.0f} ms per candidate, {cpu / len(pids):.1f} s per worker); "
-                      f"machine load {os.getloadavg()[0]:.1f}; per spec in the worker: "
-                      f"median {statistics.median(secs):.2f} s, max {secs[-1]:.2f} s; failed specs: {len(bad)}")
+                print(
+                    f"{label}: {wall:.2f} s wall for {n_candidates} candidates in {len(todo)} specs "
+                    f"({1000 * wall / n_candidates:.0f} ms per candidate); worker CPU {cpu:.1f} s "
+                    f"({1000 * cpu / n_candidates:.0f} ms per candidate, {cpu / len(pids):.1f} s per worker); "
+                    f"machine load {os.getloadavg()[0]:.1f}; per spec in the worker: "
+                    f"median {statistics.median(secs):.2f} s, max {secs[-1]:.2f} s; failed specs: {len(bad)}"
+                )
                 for f in bad[:3]:
                     print("   ", f.category.value, f.message[:200])
                 return results
 
             first = batch("screen, first (incl. Alpha158 per worker)", specs, len(exprs))
             batch("screen, again (Alpha158 kept)       ", specs, len(exprs))
-            scored = {k.split(".")[0]: v for r in first if r.ok for k, v in r.metrics.items() if k.endswith(".base_corr")}
-            print(f"  base_corr over candidates: median {statistics.median(scored.values()):.2f}, "
-                  f">= 0.9: {sum(v >= 0.9 for v in scored.values())}")
+            scored = {
+                k.split(".")[0]: v for r in first if r.ok for k, v in r.metrics.items() if k.endswith(".base_corr")
+            }
+            print(
+                f"  base_corr over candidates: median {statistics.median(scored.values()):.2f}, "
+                f">= 0.9: {sum(v >= 0.9 for v in scored.values())}"
+            )
             adm = batch("admission, first (incl. Alpha158 on valid)", admission, len(admission))
             batch("admission, again                      ", admission, len(admission))
             for r in adm:
                 if r.ok:
                     name = next(k for k in r.details if k in ADMIT)
                     d = r.details[name]
-                    print(f"  {name}: rank_ic {r.metrics[name + '.rank_ic']:+.4f}, base {d.get('base_correlation')}, "
-                          f"library max {d.get('library_max')}, paired {sorted(r.details['library_daily_rank_ic'])}")
+                    print(
+                        f"  {name}: rank_ic {r.metrics[name + '.rank_ic']:+.4f}, base {d.get('base_correlation')}, "
+                        f"library max {d.get('library_max')}, paired {sorted(r.details['library_daily_rank_ic'])}"
+                    )
             peaks = peak_rss_mb(ex.worker_pids())
             print("worker peak RSS (VmHWM, MB): " + ", ".join(f"{p:.0f}" for p in peaks))
 

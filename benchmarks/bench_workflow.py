@@ -73,7 +73,9 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=2520)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="runs per side (qlib's side takes minutes)")
-    ap.add_argument("--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON)))
+    ap.add_argument(
+        "--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON))
+    )
     ap.add_argument("--qlib-kernels", type=int, default=2, help="qlib expression workers (2 = both cores)")
     ap.add_argument("--no-qlib", action="store_true")
     args = ap.parse_args()
@@ -89,16 +91,25 @@ def main() -> None:
         qdir = tmp / "qlib_data"
         t0 = time.perf_counter()
         write_market(args.instruments, args.days, args.seed, qdir)
-        print(f"synth_market({args.instruments}, {args.days}, {args.seed}) written in qlib format in "
-              f"{time.perf_counter() - t0:.1f} s; {threads} cores; repeat {args.repeat}")
+        print(
+            f"synth_market({args.instruments}, {args.days}, {args.seed}) written in qlib format in "
+            f"{time.perf_counter() - t0:.1f} s; {threads} cores; repeat {args.repeat}"
+        )
         cfg["data"]["market"] = str(qdir)
         workflow = tmp / "workflow.yaml"
         workflow.write_text(yaml.safe_dump(cfg, sort_keys=False))
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
         # the quant core's own CLI (`rdquant run` is the same command behind the agent loop's imports)
         ours_cmd = [sys.executable, "-m", "quantcore.cli", "run", str(workflow), "--json"]
-        qlib_cmd = [str(args.qlib_python), str(QLIB_SCRIPT), str(qdir), "--kernels", str(args.qlib_kernels),
-                    "--num-threads", str(threads)]
+        qlib_cmd = [
+            str(args.qlib_python),
+            str(QLIB_SCRIPT),
+            str(qdir),
+            "--kernels",
+            str(args.qlib_kernels),
+            "--num-threads",
+            str(threads),
+        ]
         for seg in ("train", "valid", "test"):
             qlib_cmd += [f"--{seg}", *(str(d) for d in segs[seg])]
 

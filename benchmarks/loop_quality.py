@@ -49,10 +49,27 @@ from quantcore.features import alpha158  # noqa: E402
 FOUND, MATCH = 0.8, 0.5
 
 
-def run_loop(data: str, seed: int, budget: int, workers: int, root: Path, label: str | None) -> tuple[str, float, float]:
+def run_loop(
+    data: str, seed: int, budget: int, workers: int, root: Path, label: str | None
+) -> tuple[str, float, float]:
     """(run id, wall seconds, peak RSS GiB of the largest process of the loop's tree)."""
-    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "loop", "--budget", str(budget), "--offline",
-           "--data", data, "--seed", str(seed), "--root", str(root), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from agents.cli import main; main()",
+        "loop",
+        "--budget",
+        str(budget),
+        "--offline",
+        "--data",
+        data,
+        "--seed",
+        str(seed),
+        "--root",
+        str(root),
+        "--workers",
+        str(workers),
+    ]
     cmd += ["--label", label] if label else []
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as errs:
@@ -83,10 +100,17 @@ def score_market(data: str, seed: int, n_alphas: int, root: Path, run_id: str, w
     factor_s = [r.seconds for r in store.rows(IterationRow, run_id) if r.direction == "factor"]
     screened = sum(1 for t in store.rows(TrialRow, run_id) if t.stage == "screen")
     replacements = sum(1 for d in store.rows(DecisionRow, run_id) if d.verdict == "replace_best" and d.iteration > 0)
-    out = {"data": data, "run_id": run_id, "accepted": len(accepted), "replaced": replaced, "screened": screened,
-           "model_replacements": replacements,
-           "factor_iterations": len(factor_s), "factor_s_mean": float(np.mean(factor_s)) if factor_s else None,
-           "factor_s_max": float(max(factor_s)) if factor_s else None}
+    out = {
+        "data": data,
+        "run_id": run_id,
+        "accepted": len(accepted),
+        "replaced": replaced,
+        "screened": screened,
+        "model_replacements": replacements,
+        "factor_iterations": len(factor_s),
+        "factor_s_mean": float(np.mean(factor_s)) if factor_s else None,
+        "factor_s_max": float(max(factor_s)) if factor_s else None,
+    }
     if data.startswith("synthetic"):
         panel = load_market(data)
         valid = panel.date_index(*summary["segments"]["valid"])
@@ -103,11 +127,29 @@ def score_market(data: str, seed: int, n_alphas: int, root: Path, run_id: str, w
             held = base_corr > FOUND
             findable += not held
             found += (not held) and corr > FOUND
-            rows.append({"planted": expr, "base": base_name, "base_corr": base_corr, "best": accepted.get(best, ""),
-                         "corr": corr, "held_by_base": held, "found": corr > FOUND})
-        unmatched = [k for k, v in mined.items() if _max_abs_corr(v, planted_v)[1] < MATCH] if planted_v else list(mined)
-        out.update({"planted": rows, "findable": findable, "found": found,
-                    "recall": found / findable if findable else None, "unmatched": len(unmatched)})
+            rows.append(
+                {
+                    "planted": expr,
+                    "base": base_name,
+                    "base_corr": base_corr,
+                    "best": accepted.get(best, ""),
+                    "corr": corr,
+                    "held_by_base": held,
+                    "found": corr > FOUND,
+                }
+            )
+        unmatched = (
+            [k for k, v in mined.items() if _max_abs_corr(v, planted_v)[1] < MATCH] if planted_v else list(mined)
+        )
+        out.update(
+            {
+                "planted": rows,
+                "findable": findable,
+                "found": found,
+                "recall": found / findable if findable else None,
+                "unmatched": len(unmatched),
+            }
+        )
     _, headline = build_report(store, root, run_id, workers=workers)
     out["test"] = headline
     return out
@@ -124,19 +166,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--root", type=Path, default=Path("runs/quality"))
     ap.add_argument("--out", type=Path, help="also write the summary as a Markdown table")
-    ap.add_argument("--rescore", action="store_true",
-                    help="score the runs already in --root again (no new loop; wall time and RSS read from the "
-                         "first scoring's JSON next to them)")
+    ap.add_argument(
+        "--rescore",
+        action="store_true",
+        help="score the runs already in --root again (no new loop; wall time and RSS read from the "
+        "first scoring's JSON next to them)",
+    )
     args = ap.parse_args()
-    markets = ([(args.data, s) for s in args.seeds] if args.data else
-               [(f"synthetic:{args.size}:{s}:{args.alphas}", s) for s in args.seeds])
+    markets = (
+        [(args.data, s) for s in args.seeds]
+        if args.data
+        else [(f"synthetic:{args.size}:{s}:{args.alphas}", s) for s in args.seeds]
+    )
     results = []
     for data, seed in markets:
         root = args.root / (data.replace(":", "_") + (f"_seed{seed}" if args.data else ""))
         timing = root / "loop_timing.json"
         if not args.rescore and (root / "rdquant.db").exists():
-            raise SystemExit(f"{root} already holds a project: the benchmark needs a fresh one per market "
-                             "(remove it, pick another --root, or --rescore it)")
+            raise SystemExit(
+                f"{root} already holds a project: the benchmark needs a fresh one per market "
+                "(remove it, pick another --root, or --rescore it)"
+            )
         if args.rescore:
             run_id, wall, rss = (json.loads(timing.read_text())[k] for k in ("run_id", "wall_s", "peak_rss_gib"))
         else:
@@ -155,58 +205,83 @@ def main() -> None:
 
 
 def _print(r: dict) -> None:
-    print(f"\n{r['data']} (seed {r.get('seed', '-')}): run {r['run_id']}, {r['model_replacements']} model replacements, {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, "
-          f"{r['accepted']} in the library ({r['replaced']} more refined out) of {r['screened']} screened; factor iterations {r['factor_iterations']} "
-          f"({r['factor_s_mean'] or 0:.1f} s mean, {r['factor_s_max'] or 0:.1f} s max)")
+    print(
+        f"\n{r['data']} (seed {r.get('seed', '-')}): run {r['run_id']}, {r['model_replacements']} model replacements, {r['wall_s']:.0f} s, peak RSS {r['peak_rss_gib']:.2f} GiB, "
+        f"{r['accepted']} in the library ({r['replaced']} more refined out) of {r['screened']} screened; factor iterations {r['factor_iterations']} "
+        f"({r['factor_s_mean'] or 0:.1f} s mean, {r['factor_s_max'] or 0:.1f} s max)"
+    )
     for p in r.get("planted", []):
         tag = "held by base" if p["held_by_base"] else ("FOUND" if p["found"] else "missed")
-        print(f"  planted {p['planted']:55s} base {p['base']} {p['base_corr']:.2f}; best {p['best'][:50]} "
-              f"{p['corr']:.2f}  {tag}")
+        print(
+            f"  planted {p['planted']:55s} base {p['base']} {p['base_corr']:.2f}; best {p['best'][:50]} "
+            f"{p['corr']:.2f}  {tag}"
+        )
     t = r["test"]
     print("  sealed test " + ", ".join(f"{k} {t['baseline'][k]:+.4f} -> {t['final'][k]:+.4f}" for k in t["baseline"]))
 
 
 def _table(results: list[dict]) -> list[str]:
-    lines = ["| market | seed | recall (found / findable) | accepted | unmatched | model replacements | "
-             "test RankIC baseline -> final | wall | factor iteration mean / max | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| market | seed | recall (found / findable) | accepted | unmatched | model replacements | "
+        "test RankIC baseline -> final | wall | factor iteration mean / max | peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         t = r["test"]
         key = "Rank IC" if "Rank IC" in t["baseline"] else next(iter(t["baseline"]))
         recall = f"{r['found']} / {r['findable']}" if "found" in r else "-"
-        lines.append(f"| {r['data']} | {r.get('seed', '-')} | {recall} | {r['accepted']} | {r.get('unmatched', '-')} | "
-                     f"{r['model_replacements']} | "
-                     f"{t['baseline'][key]:.4f} -> {t['final'][key]:.4f} | {r['wall_s']:.0f} s | "
-                     f"{r['factor_s_mean'] or 0:.1f} / {r['factor_s_max'] or 0:.1f} s | {r['peak_rss_gib']:.2f} GiB |")
+        lines.append(
+            f"| {r['data']} | {r.get('seed', '-')} | {recall} | {r['accepted']} | {r.get('unmatched', '-')} | "
+            f"{r['model_replacements']} | "
+            f"{t['baseline'][key]:.4f} -> {t['final'][key]:.4f} | {r['wall_s']:.0f} s | "
+            f"{r['factor_s_mean'] or 0:.1f} / {r['factor_s_max'] or 0:.1f} s | {r['peak_rss_gib']:.2f} GiB |"
+        )
     findable = sum(r.get("findable", 0) for r in results)
     if findable:
         recalls = [r["recall"] for r in results if r.get("recall") is not None]
-        lines.append(f"| average | | {np.mean(recalls):.0%} ({sum(r['found'] for r in results)} / {findable}) | "
-                     f"{np.mean([r['accepted'] for r in results]):.1f} | "
-                     f"{np.mean([r['unmatched'] for r in results]):.1f} | "
-                     f"{np.mean([r['model_replacements'] > 0 for r in results]):.0%} of runs | | | | |")
+        lines.append(
+            f"| average | | {np.mean(recalls):.0%} ({sum(r['found'] for r in results)} / {findable}) | "
+            f"{np.mean([r['accepted'] for r in results]):.1f} | "
+            f"{np.mean([r['unmatched'] for r in results]):.1f} | "
+            f"{np.mean([r['model_replacements'] > 0 for r in results]):.0%} of runs | | | | |"
+        )
     else:
-        lines.append(f"| total | | | {sum(r['accepted'] for r in results)} | | "
-                     f"{sum(r['model_replacements'] > 0 for r in results)} of {len(results)} runs | | | | |")
+        lines.append(
+            f"| total | | | {sum(r['accepted'] for r in results)} | | "
+            f"{sum(r['model_replacements'] > 0 for r in results)} of {len(results)} runs | | | | |"
+        )
     if any(r.get("planted") for r in results):
-        lines += ["", "Each planted alpha, the closest Alpha158 column and the closest factor of the final library",
-                  "(mean daily |value correlation| on the validation segment):", "",
-                  "| market | planted alpha | best Alpha158 column (\\|corr\\|) | best accepted factor (\\|corr\\|) | |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Each planted alpha, the closest Alpha158 column and the closest factor of the final library",
+            "(mean daily |value correlation| on the validation segment):",
+            "",
+            "| market | planted alpha | best Alpha158 column (\\|corr\\|) | best accepted factor (\\|corr\\|) | |",
+            "|---|---|---|---|---|",
+        ]
         for r in results:
             for p in r.get("planted", []):
                 tag = "held by the base set" if p["held_by_base"] else ("**found**" if p["found"] else "missed")
                 best = p["best"] if len(p["best"]) <= 70 else p["best"][:70] + "..."
-                lines.append(f"| {r['data']} | `{p['planted']}` | {p['base']} ({p['base_corr']:.2f}) | `{best}` "
-                             f"({p['corr']:.2f}) | {tag} |")
-    lines += ["", "Sealed test segment, Alpha158 + LightGBM baseline -> final model (base features + the library +",
-              "the best model settings), `rdquant report`'s numbers:", "",
-              "| market | IC | Rank IC | ARR with cost | IR with cost | MDD with cost |", "|---|---|---|---|---|---|"]
+                lines.append(
+                    f"| {r['data']} | `{p['planted']}` | {p['base']} ({p['base_corr']:.2f}) | `{best}` "
+                    f"({p['corr']:.2f}) | {tag} |"
+                )
+    lines += [
+        "",
+        "Sealed test segment, Alpha158 + LightGBM baseline -> final model (base features + the library +",
+        "the best model settings), `rdquant report`'s numbers:",
+        "",
+        "| market | IC | Rank IC | ARR with cost | IR with cost | MDD with cost |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         b, f = r["test"]["baseline"], r["test"]["final"]
-        lines.append(f"| {r['data']}, seed {r.get('seed', '-')} | {b['IC']:.4f} -> {f['IC']:.4f} | {b['Rank IC']:.4f} -> {f['Rank IC']:.4f} | "
-                     f"{b['ARR.with_cost']:.1%} -> {f['ARR.with_cost']:.1%} | {b['IR.with_cost']:.2f} -> "
-                     f"{f['IR.with_cost']:.2f} | {b['MDD.with_cost']:.1%} -> {f['MDD.with_cost']:.1%} |")
+        lines.append(
+            f"| {r['data']}, seed {r.get('seed', '-')} | {b['IC']:.4f} -> {f['IC']:.4f} | {b['Rank IC']:.4f} -> {f['Rank IC']:.4f} | "
+            f"{b['ARR.with_cost']:.1%} -> {f['ARR.with_cost']:.1%} | {b['IR.with_cost']:.2f} -> "
+            f"{f['IR.with_cost']:.2f} | {b['MDD.with_cost']:.1%} -> {f['MDD.with_cost']:.1%} |"
+        )
     return lines
 
 

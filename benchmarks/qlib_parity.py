@@ -124,8 +124,15 @@ def compare_frames(ours: pd.DataFrame, theirs: pd.DataFrame) -> list[ColumnDiff]
     return out
 
 
-def run_qlib_features(qlib_python: Path, reference: Path, data_dir: Path, out: Path, exprs: dict[str, str],
-                      alpha158: bool, kernels: int = 1) -> str:
+def run_qlib_features(
+    qlib_python: Path,
+    reference: Path,
+    data_dir: Path,
+    out: Path,
+    exprs: dict[str, str],
+    alpha158: bool,
+    kernels: int = 1,
+) -> str:
     cmd = [str(qlib_python), str(reference), "features", str(data_dir), str(out), "--kernels", str(kernels)]
     if alpha158:
         cmd.append("--alpha158")
@@ -137,8 +144,9 @@ def run_qlib_features(qlib_python: Path, reference: Path, data_dir: Path, out: P
     return proc.stdout
 
 
-def our_features(data_dir: Path, exprs: dict[str, str], compat: bool = True,
-                 float32_arithmetic: bool = False) -> pd.DataFrame:
+def our_features(
+    data_dir: Path, exprs: dict[str, str], compat: bool = True, float32_arithmetic: bool = False
+) -> pd.DataFrame:
     from quantcore.data.qlib_format import read_qlib
     from quantcore.expr.evaluate import Evaluator
 
@@ -146,9 +154,16 @@ def our_features(data_dir: Path, exprs: dict[str, str], compat: bool = True,
     return Evaluator(panel, compat=compat, float32_arithmetic=float32_arithmetic).frame(exprs)
 
 
-def parity(n_instruments: int, n_days: int, seed: int, qlib_python: Path, reference: Path,
-           workdir: Path, with_alpha158: bool = True, float32_arithmetic: bool = False
-           ) -> tuple[list[ColumnDiff], str] | tuple[list[ColumnDiff], list[ColumnDiff], str]:
+def parity(
+    n_instruments: int,
+    n_days: int,
+    seed: int,
+    qlib_python: Path,
+    reference: Path,
+    workdir: Path,
+    with_alpha158: bool = True,
+    float32_arithmetic: bool = False,
+) -> tuple[list[ColumnDiff], str] | tuple[list[ColumnDiff], list[ColumnDiff], str]:
     from quantcore.data.qlib_format import write_qlib
     from quantcore.data.synthetic import synth_market
     from quantcore.features import alpha158
@@ -176,22 +191,29 @@ def main() -> None:
     ap.add_argument("--instruments", type=int, default=300)
     ap.add_argument("--days", type=int, default=2520)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON)))
+    ap.add_argument(
+        "--qlib-python", type=Path, default=Path(os.environ.get("RDQUANT_QLIB_PYTHON", DEFAULT_QLIB_PYTHON))
+    )
     ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--tol", type=float, default=1e-6)
     ap.add_argument("--all", action="store_true", help="print every column, not just those outside tol")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        diffs, emulated, log = parity(args.instruments, args.days, args.seed, args.qlib_python, args.reference,
-                                      Path(tmp), float32_arithmetic=True)
+        diffs, emulated, log = parity(
+            args.instruments, args.days, args.seed, args.qlib_python, args.reference, Path(tmp), float32_arithmetic=True
+        )
     print(log.strip())
-    for title, table in (("rdquant default (float64 arithmetic)", diffs),
-                         ("rdquant float32_arithmetic=True (qlib's float32 element-wise steps)", emulated)):
+    for title, table in (
+        ("rdquant default (float64 arithmetic)", diffs),
+        ("rdquant float32_arithmetic=True (qlib's float32 element-wise steps)", emulated),
+    ):
         bad = [d for d in table if not d.within(args.tol)]
-        print(f"\n== {title}: {len(table)} columns on {table[0].rows:,} rows; {len(bad)} outside tol {args.tol:g} "
-              f"(max abs and max rel both above it, or NaN pattern differs)")
+        print(
+            f"\n== {title}: {len(table)} columns on {table[0].rows:,} rows; {len(bad)} outside tol {args.tol:g} "
+            f"(max abs and max rel both above it, or NaN pattern differs)"
+        )
         print(f"{'column':<22}{'max_abs':>12}{'max_rel':>12}{'nan_mismatch':>14}")
-        for d in (table if args.all else bad):
+        for d in table if args.all else bad:
             print(f"{d.name:<22}{d.max_abs:>12.3g}{d.max_rel:>12.3g}{d.nan_mismatch:>14}")
         exact = sum(1 for d in table if d.max_abs == 0 and d.nan_mismatch == 0)
         print(f"identical columns (every float32 value equal): {exact} of {len(table)}")

@@ -13,6 +13,7 @@ PortAnaRecord's TopkDropout backtest (topk 50, n_drop 5, deal price close, costs
 cost 5, limit 0.095, trade unit 100, account 1e8, benchmark = the equal-weight mean daily return).
 Prints one JSON line: stage seconds and the headline metrics.
 """
+
 import argparse
 import atexit
 import json
@@ -25,7 +26,6 @@ import warnings
 warnings.filterwarnings("ignore")
 T0 = time.perf_counter()
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
@@ -66,22 +66,44 @@ def main():
     # relative to the working directory: work inside the temporary folder so nothing lands elsewhere
     data = os.path.abspath(a.data)
     os.chdir(mlruns)
-    qlib.init(provider_uri=data, region=REG_US, expression_cache=None, dataset_cache=None, kernels=a.kernels,
-              exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-                           "kwargs": {"uri": f"file:{mlruns}", "default_exp_name": "Experiment"}})
+    qlib.init(
+        provider_uri=data,
+        region=REG_US,
+        expression_cache=None,
+        dataset_cache=None,
+        kernels=a.kernels,
+        exp_manager={
+            "class": "MLflowExpManager",
+            "module_path": "qlib.workflow.expm",
+            "kwargs": {"uri": f"file:{mlruns}", "default_exp_name": "Experiment"},
+        },
+    )
     seconds["import+init"] = time.perf_counter() - T0
     clock[0] = time.perf_counter()
 
     cal = D.calendar(freq="day")
-    handler = Alpha158(instruments="all", start_time=cal[0], end_time=cal[-1],
-                       fit_start_time=a.train[0], fit_end_time=a.train[1])  # default processors
+    handler = Alpha158(
+        instruments="all", start_time=cal[0], end_time=cal[-1], fit_start_time=a.train[0], fit_end_time=a.train[1]
+    )  # default processors
     dataset = DatasetH(handler, segments={k: tuple(getattr(a, k)) for k in ("train", "valid", "test")})
     lap("dataset")
 
     # the Alpha158 benchmark's hyperparameters; threads, seed and the histogram layout as on rdquant's side
-    model = LGBModel(loss="mse", colsample_bytree=0.8879, learning_rate=0.2, subsample=0.8789, lambda_l1=205.6999,
-                     lambda_l2=580.9768, max_depth=8, num_leaves=210, num_threads=a.num_threads, seed=0,
-                     deterministic=True, force_col_wise=True, verbosity=-1)
+    model = LGBModel(
+        loss="mse",
+        colsample_bytree=0.8879,
+        learning_rate=0.2,
+        subsample=0.8789,
+        lambda_l1=205.6999,
+        lambda_l2=580.9768,
+        max_depth=8,
+        num_leaves=210,
+        num_threads=a.num_threads,
+        seed=0,
+        deterministic=True,
+        force_col_wise=True,
+        verbosity=-1,
+    )
     model.fit(dataset)
     lap("fit")
     pred = model.predict(dataset, segment="test")
@@ -99,23 +121,41 @@ def main():
     ex = executor.SimulatorExecutor(time_per_step="day", generate_portfolio_metrics=True)
     # qlib's backtest reads the calendar day after each step, so it cannot run on the last calendar day
     end = min(pd.Timestamp(a.test[1]), pd.Timestamp(cal[-2]))
-    pm, _ = backtest(executor=ex, strategy=strategy, start_time=a.test[0], end_time=end, account=1e8,
-                     benchmark=bench, exchange_kwargs=dict(freq="day", limit_threshold=0.095, deal_price="close",
-                                                           open_cost=0.0005, close_cost=0.0015, min_cost=5,
-                                                           trade_unit=100))
+    pm, _ = backtest(
+        executor=ex,
+        strategy=strategy,
+        start_time=a.test[0],
+        end_time=end,
+        account=1e8,
+        benchmark=bench,
+        exchange_kwargs=dict(
+            freq="day",
+            limit_threshold=0.095,
+            deal_price="close",
+            open_cost=0.0005,
+            close_cost=0.0015,
+            min_cost=5,
+            trade_unit=100,
+        ),
+    )
     report = pm["1day"][0]
     lap("backtest")
     without = risk_analysis(report["return"] - report["bench"], freq="day")["risk"]
     with_cost = risk_analysis(report["return"] - report["bench"] - report["cost"], freq="day")["risk"]
     lap("analysis")
     metrics = {
-        "IC": float(ic.mean()), "ICIR": float(ic.mean() / ic.std()),
-        "Rank IC": float(ric.mean()), "Rank ICIR": float(ric.mean() / ric.std()),
-        "ARR.without_cost": float(without["annualized_return"]), "IR.without_cost": float(without["information_ratio"]),
+        "IC": float(ic.mean()),
+        "ICIR": float(ic.mean() / ic.std()),
+        "Rank IC": float(ric.mean()),
+        "Rank ICIR": float(ric.mean() / ric.std()),
+        "ARR.without_cost": float(without["annualized_return"]),
+        "IR.without_cost": float(without["information_ratio"]),
         "MDD.without_cost": float(without["max_drawdown"]),
-        "ARR.with_cost": float(with_cost["annualized_return"]), "IR.with_cost": float(with_cost["information_ratio"]),
+        "ARR.with_cost": float(with_cost["annualized_return"]),
+        "IR.with_cost": float(with_cost["information_ratio"]),
         "MDD.with_cost": float(with_cost["max_drawdown"]),
-        "n_test_rows": int(len(pred)), "best_iteration": int(model.model.best_iteration),
+        "n_test_rows": int(len(pred)),
+        "best_iteration": int(model.model.best_iteration),
     }
     print(json.dumps({**metrics, "seconds": seconds, "total": time.perf_counter() - T0}))
 

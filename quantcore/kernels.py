@@ -18,8 +18,8 @@ only saves passes: each of its results is `rolling`'s).
 from __future__ import annotations
 
 import math
-import os
 import numbers
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -78,16 +78,20 @@ def rolling(
     panel kernels) is an optional float64 (N, T) buffer to fill instead of a new one; it must not
     overlap the input.
     """
-    return rolling_group([op], x, window, starts, ends, params=[param], compat=compat, threads=threads,
-                         outs=[out])[0]
+    return rolling_group([op], x, window, starts, ends, params=[param], compat=compat, threads=threads, outs=[out])[0]
 
 
 #: Most operators one `rolling_group` call takes.
 MAX_GROUP: int = _roll.MAX_GROUP
 #: Operators that `rolling_group` computes together in one pass, by the state they share.
 SHARED_PASS: dict[str, str] = {
-    "Slope": "regression", "Rsquare": "regression", "Resi": "regression",
-    "Max": "max", "IdxMax": "max", "Min": "min", "IdxMin": "min",
+    "Slope": "regression",
+    "Rsquare": "regression",
+    "Resi": "regression",
+    "Max": "max",
+    "IdxMax": "max",
+    "Min": "min",
+    "IdxMin": "min",
     "Quantile": "quantile",
 }
 
@@ -114,8 +118,9 @@ def rolling_group(
     codes = [_op_code(op, ROLLING_OPS, "rolling") for op in ops]
     families = {SHARED_PASS.get(op) for op in ops}
     if len(ops) > 1 and (None in families or len(families) > 1):
-        raise KernelArgumentError(f"operators {ops} do not share one pass; groups: Slope/Rsquare/Resi, "
-                                  "Max/IdxMax, Min/IdxMin, Quantile")
+        raise KernelArgumentError(
+            f"operators {ops} do not share one pass; groups: Slope/Rsquare/Resi, Max/IdxMax, Min/IdxMin, Quantile"
+        )
     if families != {"quantile"} and len(set(ops)) < len(ops):
         raise KernelArgumentError(f"an operator appears twice in {ops}")
     params = [None] * len(ops) if params is None else list(params)
@@ -131,8 +136,9 @@ def rolling_group(
     results = []
     for out in outs:
         results.append(_output(xa.shape, st, en, out, xa, *results))
-    _roll.rolling_group(np.array(codes, dtype=np.intc), xa, results, qs, st, en, min(w, xa.shape[1] + 1),
-                        compat, nth)  # a window longer than the calendar gives the same as one just past it
+    _roll.rolling_group(
+        np.array(codes, dtype=np.intc), xa, results, qs, st, en, min(w, xa.shape[1] + 1), compat, nth
+    )  # a window longer than the calendar gives the same as one just past it
     return results
 
 
@@ -294,23 +300,27 @@ def rank_within(keys: np.ndarray, order: np.ndarray, keep: np.ndarray, *, thread
     t, n = k.shape
     o = np.asarray(order)
     if o.shape != (t, n) or (o.size and not np.issubdtype(o.dtype, np.integer)):
-        raise KernelArgumentError(f"order must be an integer array of the keys' shape {(t, n)}, "
-                                  f"got {o.dtype} {o.shape}")
+        raise KernelArgumentError(
+            f"order must be an integer array of the keys' shape {(t, n)}, got {o.dtype} {o.shape}"
+        )
     o = np.ascontiguousarray(o, dtype=np.int64)
     if o.size and (o.min() < 0 or o.max() >= n):
         raise KernelArgumentError(f"order must hold instrument positions in [0, {n}), got {o.min()}..{o.max()}")
     mask = np.asarray(keep)
     if mask.dtype != bool or mask.shape != (n, t):
-        raise KernelArgumentError(f"keep must be a bool (instruments, days) = {(n, t)} array, "
-                                  f"got {mask.dtype} {mask.shape}")
+        raise KernelArgumentError(
+            f"keep must be a bool (instruments, days) = {(n, t)} array, got {mask.dtype} {mask.shape}"
+        )
     out = np.full((n, t), np.nan)
-    _cs.rank_within(np.ascontiguousarray(k, dtype=np.float64), o, np.ascontiguousarray(mask).view(np.uint8), out,
-                    _threads(threads))
+    _cs.rank_within(
+        np.ascontiguousarray(k, dtype=np.float64), o, np.ascontiguousarray(mask).view(np.uint8), out, _threads(threads)
+    )
     return out
 
 
-def cross_section_rows(op: str, values: np.ndarray, rows: np.ndarray, *, param: float | None = None,
-                       threads: int | None = None) -> np.ndarray:
+def cross_section_rows(
+    op: str, values: np.ndarray, rows: np.ndarray, *, param: float | None = None, threads: int | None = None
+) -> np.ndarray:
     """`cross_section` over a dataset block: values float32 (days, instruments, columns), each column
     on its own, with the cells where `rows` (days, instruments) is False treated as missing.
     float32 out, equal to running `cross_section` per column in float64 and casting back.
@@ -320,15 +330,19 @@ def cross_section_rows(op: str, values: np.ndarray, rows: np.ndarray, *, param: 
     code = _op_code(op, CROSS_SECTION_OPS, "cross_section_rows")
     v = np.asarray(values)
     if v.ndim != 3 or v.dtype != np.float32:
-        raise KernelArgumentError(f"values must be a float32 (days, instruments, columns) array, got {v.dtype} {v.shape}")
+        raise KernelArgumentError(
+            f"values must be a float32 (days, instruments, columns) array, got {v.dtype} {v.shape}"
+        )
     mask = np.asarray(rows)
     if mask.dtype != bool or mask.shape != v.shape[:2]:
-        raise KernelArgumentError(f"rows must be a bool (days, instruments) array of shape {v.shape[:2]}, "
-                                  f"got {mask.dtype} {mask.shape}")
+        raise KernelArgumentError(
+            f"rows must be a bool (days, instruments) array of shape {v.shape[:2]}, got {mask.dtype} {mask.shape}"
+        )
     q = _cs_param(op, param)
     out = np.empty(v.shape, np.float32)
-    _cs.cross_section_rows(code, np.ascontiguousarray(v), np.ascontiguousarray(mask).view(np.uint8), out, q,
-                           _threads(threads))
+    _cs.cross_section_rows(
+        code, np.ascontiguousarray(v), np.ascontiguousarray(mask).view(np.uint8), out, q, _threads(threads)
+    )
     return out
 
 
@@ -351,8 +365,13 @@ def pearson_moments(x: np.ndarray, y: np.ndarray, both: np.ndarray, *, threads: 
 def interleave(arrays, out: np.ndarray, start: int, *, threads: int | None = None) -> None:
     """Write float32 (instruments, days) arrays into features start, start+1, ... of a C-contiguous
     float32 (days, instruments, features) store `out`, in place: out[t, i, start + k] = arrays[k][i, t]."""
-    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 3 and out.flags.c_contiguous
-            and out.flags.writeable):
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.float32
+        and out.ndim == 3
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
         raise KernelArgumentError("out must be a writeable C-contiguous float32 (days, instruments, features) array")
     t, n, f = out.shape
     start = _integer(start, "start")
@@ -451,15 +470,21 @@ def _threads(threads) -> int:
     return t
 
 
-def _output(shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray, out: np.ndarray | None = None,
-            *inputs: np.ndarray) -> np.ndarray:
+def _output(
+    shape: tuple[int, int], starts: np.ndarray, ends: np.ndarray, out: np.ndarray | None = None, *inputs: np.ndarray
+) -> np.ndarray:
     """The output panel (`out` if given: a caller's recycled buffer, never one of the inputs) with its
     outside-of-span cells set to NaN; the kernels write every in-span cell, so the rest is left as it
     is (filling all of it first would double the memory traffic)."""
     if out is None:
         out = np.empty(shape)
-    elif not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float64
-              and out.flags.c_contiguous and out.flags.writeable):
+    elif not (
+        isinstance(out, np.ndarray)
+        and out.shape == shape
+        and out.dtype == np.float64
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
         raise KernelArgumentError(f"out must be a writable C-contiguous float64 array of shape {shape}")
     elif any(np.may_share_memory(out, a) for a in inputs):
         raise KernelArgumentError("out must not overlap an input: kernels read their input after writing out")
@@ -475,8 +500,14 @@ def listed_counts(starts: np.ndarray, ends: np.ndarray, n_days: int) -> np.ndarr
     return np.cumsum(events[:-1])
 
 
-def gather_rows(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, days: slice, out: np.ndarray | None = None,
-                threads: int | None = None) -> np.ndarray:
+def gather_rows(
+    x: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    days: slice,
+    out: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
     """The in-span cells of x (N, T) for calendar slice `days`, in (day, instrument) order, as float32:
     one column of a long (datetime, instrument) frame. `out` (float32, contiguous) may be given."""
     xa = _panel_array(x, "x")

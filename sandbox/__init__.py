@@ -8,19 +8,51 @@
 """
 
 __all__ = [
-    "SPEC_VERSION", "BaseExecutor", "ExperimentResult", "ExperimentSpec", "FactorSpec", "Failure", "FailureCategory",
-    "Limits", "LocalExecutor", "ModelSpec", "RayExecutor", "RLSpec", "SpecError", "WorkflowSpec", "parse_spec", "spec_hash",
+    "SPEC_VERSION",
+    "BaseExecutor",
+    "ExperimentResult",
+    "ExperimentSpec",
+    "FactorSpec",
+    "Failure",
+    "FailureCategory",
+    "Limits",
+    "LocalExecutor",
+    "ModelSpec",
+    "RayExecutor",
+    "RLSpec",
+    "SpecError",
+    "WorkflowSpec",
+    "parse_spec",
+    "spec_hash",
 ]
 
 
 # Names are imported on first use: a worker process imports `sandbox.worker`, and with it this
 # package, so importing the executors (and their parent-side dependencies) here would add a third of
 # a second to every worker start - one per generated-code experiment.
-_HOMES = {"BaseExecutor": "sandbox.executor", "Limits": "sandbox.limits", "LocalExecutor": "sandbox.local",
-          "RayExecutor": "sandbox.ray_executor", "ExperimentResult": "sandbox.result", "Failure": "sandbox.result",
-          "FailureCategory": "sandbox.result", **{name: "sandbox.spec" for name in (
-              "SPEC_VERSION", "ExperimentSpec", "FactorSpec", "ModelSpec", "RLSpec", "SpecError", "WorkflowSpec",
-              "parse_spec", "spec_hash")}}
+_HOMES = {
+    "BaseExecutor": "sandbox.executor",
+    "Limits": "sandbox.limits",
+    "LocalExecutor": "sandbox.local",
+    "RayExecutor": "sandbox.ray_executor",
+    "ExperimentResult": "sandbox.result",
+    "Failure": "sandbox.result",
+    "FailureCategory": "sandbox.result",
+    **{
+        name: "sandbox.spec"
+        for name in (
+            "SPEC_VERSION",
+            "ExperimentSpec",
+            "FactorSpec",
+            "ModelSpec",
+            "RLSpec",
+            "SpecError",
+            "WorkflowSpec",
+            "parse_spec",
+            "spec_hash",
+        )
+    },
+}
 
 
 def __getattr__(name: str):

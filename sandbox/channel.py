@@ -24,8 +24,18 @@ from typing import Any
 
 from sandbox.result import ExperimentResult, Failure, FailureCategory, ResultSchemaError
 
-__all__ = ["MAX_MESSAGE_BYTES", "ProtocolError", "FrameReader", "send_frame", "encode", "decode",
-           "result_message", "read_result", "ready_message", "read_ready"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ProtocolError",
+    "FrameReader",
+    "send_frame",
+    "encode",
+    "decode",
+    "result_message",
+    "read_result",
+    "ready_message",
+    "read_ready",
+]
 
 #: Largest message either side accepts (configurable per executor). A screening result is a few KB,
 #: a model's with its daily series tens of KB.
@@ -38,6 +48,7 @@ class ProtocolError(Exception):
 
 
 # ---- messages ----------------------------------------------------------------------------------------
+
 
 def encode(message: dict) -> bytes:
     """A message as compact UTF-8 JSON (NaN and infinities as JSON's common extension, as the result
@@ -100,22 +111,33 @@ def read_ready(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict:
     "seccomp_note", "landlock", "landlock_note", "jail"} (a layer a worker does not load is reported false)."""
     message = decode(data, max_bytes)
     info = message.get("info")
-    if (message["op"] != "ready" or not isinstance(info, dict) or type(info.get("pid")) is not int
-            or not isinstance(info.get("network_isolated"), bool)
-            or not isinstance(info.get("network_note"), (str, type(None)))
-            or not isinstance(info.get("seccomp", False), bool)
-            or not isinstance(info.get("seccomp_note"), (str, type(None)))
-            or not isinstance(info.get("landlock", False), bool)
-            or not isinstance(info.get("jail", False), bool)
-            or not isinstance(info.get("landlock_note"), (str, type(None)))):
+    if (
+        message["op"] != "ready"
+        or not isinstance(info, dict)
+        or type(info.get("pid")) is not int
+        or not isinstance(info.get("network_isolated"), bool)
+        or not isinstance(info.get("network_note"), (str, type(None)))
+        or not isinstance(info.get("seccomp", False), bool)
+        or not isinstance(info.get("seccomp_note"), (str, type(None)))
+        or not isinstance(info.get("landlock", False), bool)
+        or not isinstance(info.get("jail", False), bool)
+        or not isinstance(info.get("landlock_note"), (str, type(None)))
+    ):
         raise ProtocolError("expected a ready message with the worker's pid and isolation")
-    return {"pid": info["pid"], "network_isolated": info["network_isolated"], "network_note": info["network_note"],
-            "seccomp": info.get("seccomp", False), "seccomp_note": info.get("seccomp_note"),
-            "landlock": info.get("landlock", False), "landlock_note": info.get("landlock_note"),
-            "jail": info.get("jail", False)}
+    return {
+        "pid": info["pid"],
+        "network_isolated": info["network_isolated"],
+        "network_note": info["network_note"],
+        "seccomp": info.get("seccomp", False),
+        "seccomp_note": info.get("seccomp_note"),
+        "landlock": info.get("landlock", False),
+        "landlock_note": info.get("landlock_note"),
+        "jail": info.get("jail", False),
+    }
 
 
 # ---- frames ----------------------------------------------------------------------------------------------
+
 
 class FrameReader:
     """Parent side of a worker's socket: collects frames as bytes arrive, never blocking.
@@ -171,8 +193,8 @@ class FrameReader:
                 raise ProtocolError(f"a message declared as {size} bytes, at most {self.max_bytes}")
             if len(buf) < head + size:
                 break
-            frames.append(bytes(buf[head:head + size]))
-            del buf[:head + size]
+            frames.append(bytes(buf[head : head + size]))
+            del buf[: head + size]
         return frames
 
 
@@ -189,7 +211,7 @@ def send_frame(sock: socket.socket, payload: bytes, timeout: float) -> None:
     poller = None
     while data:
         try:
-            data = data[sock.send(data, socket.MSG_DONTWAIT):]
+            data = data[sock.send(data, socket.MSG_DONTWAIT) :]
             continue
         except (BlockingIOError, InterruptedError):
             pass
@@ -202,6 +224,7 @@ def send_frame(sock: socket.socket, payload: bytes, timeout: float) -> None:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
 
 def _plain(value: Any) -> Any:
     """JSON for numpy scalars (`float64` already is a float; `int64` and `bool_` are not)."""

@@ -28,16 +28,24 @@ _err = Console(stderr=True)
 @sandbox_app.command("run")
 def run_command(
     spec: Path = typer.Argument(..., help="Experiment spec (JSON); '-' reads standard input."),
-    root: Path = typer.Option(DEFAULT_SANDBOX_ROOT, "--root", help="Sandbox folder (markets, experiment dirs, result cache)."),
+    root: Path = typer.Option(
+        DEFAULT_SANDBOX_ROOT, "--root", help="Sandbox folder (markets, experiment dirs, result cache)."
+    ),
     # limits are read as text and checked here, so that every bad value gets the same one-line answer
     wall_seconds: str = typer.Option("120", "--wall-seconds", metavar="SECONDS", help="Wall-clock limit."),
     cpu_seconds: str = typer.Option("240", "--cpu-seconds", metavar="SECONDS", help="CPU-time limit."),
     memory_mb: str = typer.Option("4096", "--memory-mb", metavar="MIB", help="Memory the worker may grow by."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Serve an identical earlier result from the cache."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Also log the result to the MLflow store in this folder."),
-    market_root: list[Path] = typer.Option([], "--market-root", metavar="DIR",
-                                           help="A folder whose bars files and qlib folders a spec may name as its market "
-                                                "(repeatable; the embedded and synthetic markets need none)."),
+    record: Optional[Path] = typer.Option(
+        None, "--record", help="Also log the result to the MLflow store in this folder."
+    ),
+    market_root: list[Path] = typer.Option(
+        [],
+        "--market-root",
+        metavar="DIR",
+        help="A folder whose bars files and qlib folders a spec may name as its market "
+        "(repeatable; the embedded and synthetic markets need none).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
     """Run one spec; exit 0 if it succeeded, 1 if the experiment failed (the failure is printed), 2 for bad usage."""
@@ -48,8 +56,9 @@ def run_command(
         from quantcore.recording import Recorder
 
         recorder = Recorder.open(record, "sandbox")
-    with LocalExecutor(workers=1, root=root, limits=limits, recorder=recorder, use_cache=cache,
-                       market_roots=market_root) as executor:
+    with LocalExecutor(
+        workers=1, root=root, limits=limits, recorder=recorder, use_cache=cache, market_roots=market_root
+    ) as executor:
         result = executor.run(text)
     if as_json:
         print(json.dumps(result.to_dict(), sort_keys=True))
@@ -59,17 +68,19 @@ def run_command(
 
 
 @sandbox_app.command("doctor")
-def doctor_command(
-    as_json: bool = typer.Option(False, "--json", help="Print the layers as one JSON object."),
-) -> None:
+def doctor_command(as_json: bool = typer.Option(False, "--json", help="Print the layers as one JSON object.")) -> None:
     """Probe which containment layers (bwrap, namespaces, seccomp, cgroups v2, Landlock) work here; exit 0."""
     from sandbox.jail import jail_capabilities
 
     layers = jail_capabilities()
     summary = worker_layers(layers)
     if as_json:
-        print(json.dumps({**{layer.value: probe._asdict() for layer, probe in layers.items()}, "workers": summary},
-                         sort_keys=True))
+        print(
+            json.dumps(
+                {**{layer.value: probe._asdict() for layer, probe in layers.items()}, "workers": summary},
+                sort_keys=True,
+            )
+        )
         return
     for layer, probe in layers.items():
         mark = "[green]available[/]" if probe.available else "[red]missing[/]  "
@@ -84,9 +95,13 @@ def worker_layers(layers: dict) -> str:
     def ok(layer: Layer) -> bool:
         return layers[layer].available
 
-    files = ("the bubblewrap jail (own user, PID, IPC and network namespaces; read-only view, one writable folder)"
-             if ok(Layer.JAIL) else "Landlock (files: read-only view, one writable folder)" if ok(Layer.LANDLOCK)
-             else "no OS file isolation (only the Python guard)")
+    files = (
+        "the bubblewrap jail (own user, PID, IPC and network namespaces; read-only view, one writable folder)"
+        if ok(Layer.JAIL)
+        else "Landlock (files: read-only view, one writable folder)"
+        if ok(Layer.LANDLOCK)
+        else "no OS file isolation (only the Python guard)"
+    )
     calls = "a seccomp filter (no processes, programs, sockets or ptrace)" if ok(Layer.SECCOMP) else "no seccomp filter"
     limits = "cgroup v2 limits" if ok(Layer.CGROUP_V2) else "rlimits for CPU, memory and file size"
     return f"{files}; {calls}; {limits}; the Python guard on generated code"
@@ -127,7 +142,7 @@ def _read_spec(spec: Path) -> str:
         raise _usage_error(f"{name} is nested too deeply to be a spec") from None
     if not isinstance(value, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-        raise _usage_error(f"{name} holds {kind}; a spec is a JSON object ({{\"kind\": ...}})")
+        raise _usage_error(f'{name} holds {kind}; a spec is a JSON object ({{"kind": ...}})')
     return text
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from sandbox.export import export_limited
 from sandbox.failures import classify
 from sandbox.limits import Limits
-from sandbox.export import export_limited
 from sandbox.market import MarketRefused, check_market
 from sandbox.result import ExperimentResult, Failure, FailureCategory
 from sandbox.spec import WorkflowSpec, parse_spec, spec_hash, spec_json
@@ -61,8 +61,15 @@ class BaseExecutor:
 
     n_workers: int  # set (or computed) by each subclass
 
-    def __init__(self, *, root: str | Path = DEFAULT_SANDBOX_ROOT, limits: Limits | None = None, recorder=None,
-                 use_cache: bool = True, market_roots: Sequence[str | Path] = ()):
+    def __init__(
+        self,
+        *,
+        root: str | Path = DEFAULT_SANDBOX_ROOT,
+        limits: Limits | None = None,
+        recorder=None,
+        use_cache: bool = True,
+        market_roots: Sequence[str | Path] = (),
+    ):
         self.store = SandboxStore.at(root)
         self.market_roots = tuple(Path(r).absolute() for r in market_roots)
         self._export_jail: bool | None = None  # None: export markets in the jail where it runs
@@ -155,22 +162,35 @@ class BaseExecutor:
             if market not in self._markets:
                 check_market(market, self.market_roots)
         except MarketRefused as exc:
-            return ExperimentResult(spec_hash=key_hash, kind=spec.kind, failure=Failure(FailureCategory.INVALID_SPEC, str(exc)))
+            return ExperimentResult(
+                spec_hash=key_hash, kind=spec.kind, failure=Failure(FailureCategory.INVALID_SPEC, str(exc))
+            )
         try:
             folder, version = self._market(market)
         except Exception as exc:  # noqa: BLE001
-            return ExperimentResult(spec_hash=key_hash, kind=spec.kind, failure=Failure(
-                FailureCategory.INVALID_SPEC, f"market {market!r} cannot be loaded: {exc}"))
+            return ExperimentResult(
+                spec_hash=key_hash,
+                kind=spec.kind,
+                failure=Failure(FailureCategory.INVALID_SPEC, f"market {market!r} cannot be loaded: {exc}"),
+            )
         self._next_id += 1
-        return Task(task_id=self._next_id, spec_json=spec_json(spec), spec_hash=key_hash, kind=spec.kind,
-                    workdir=str(self.store.workdir(key_hash)), markets={market: folder},
-                    key=self.store.result_key(key_hash, version), name=f"{spec.kind}-{key_hash[:8]}",
-                    generated=getattr(spec, "code", None) is not None)
+        return Task(
+            task_id=self._next_id,
+            spec_json=spec_json(spec),
+            spec_hash=key_hash,
+            kind=spec.kind,
+            workdir=str(self.store.workdir(key_hash)),
+            markets={market: folder},
+            key=self.store.result_key(key_hash, version),
+            name=f"{spec.kind}-{key_hash[:8]}",
+            generated=getattr(spec, "code", None) is not None,
+        )
 
     def _market(self, market: str) -> tuple[str, str]:
         if market not in self._markets:
-            folder, version = export_limited(self.store.root, market, self.limits, self.market_roots,
-                                             jail=self._export_jail)
+            folder, version = export_limited(
+                self.store.root, market, self.limits, self.market_roots, jail=self._export_jail
+            )
             self._markets[market] = (str(folder), version)
         return self._markets[market]
 
@@ -229,8 +249,13 @@ def _checked_artifacts(task: Task, result: ExperimentResult) -> ExperimentResult
     if problem is None:
         return result
     failure = Failure(FailureCategory.FORBIDDEN_OPERATION, f"the sandbox refused the experiment's output: {problem}")
-    return ExperimentResult(spec_hash=result.spec_hash, kind=result.kind, failure=failure, seconds=result.seconds,
-                            data_version=result.data_version)
+    return ExperimentResult(
+        spec_hash=result.spec_hash,
+        kind=result.kind,
+        failure=failure,
+        seconds=result.seconds,
+        data_version=result.data_version,
+    )
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -244,8 +269,11 @@ def _inside(path: Path, folder: Path) -> bool:
 def _tree_problem(root: Path) -> str | None:
     """Why the tree at `root` is not plain folders and files of bounded total size, or None."""
     if root.exists() and not root.is_dir():
-        return None if stat.S_ISREG(root.lstat().st_mode) and root.lstat().st_size <= MAX_CAPTURE_BYTES else \
-            f"{root} is not a plain file of at most {MAX_CAPTURE_BYTES >> 20} MiB"
+        return (
+            None
+            if stat.S_ISREG(root.lstat().st_mode) and root.lstat().st_size <= MAX_CAPTURE_BYTES
+            else f"{root} is not a plain file of at most {MAX_CAPTURE_BYTES >> 20} MiB"
+        )
     total = 0
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in dirs + files:
@@ -265,4 +293,3 @@ def _kind_of(raw: Any) -> str:
     if isinstance(raw, dict):
         return str(raw.get("kind", "?"))
     return str(getattr(raw, "kind", "?"))
-

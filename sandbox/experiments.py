@@ -17,8 +17,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from quantcore.data.panel import Panel
-from quantcore.evaluate.correlation import (ReferenceStack, StackBuilder, daily_correlations, reference_stack,
-                                            stack_components)
+from quantcore.evaluate.correlation import (
+    ReferenceStack,
+    StackBuilder,
+    daily_correlations,
+    reference_stack,
+    stack_components,
+)
 from quantcore.evaluate.ic import MIN_PAIRS, DailyRanks, daily_ranks
 from quantcore.evaluate.report import DECAY_HORIZONS, evaluate_arrays, evaluate_expression
 from quantcore.evaluate.significance import newey_west_t, residual_ic, residual_ics, two_sided_p
@@ -34,8 +39,24 @@ __all__ = ["WorkerContext", "run_spec", "SCREEN_METRICS"]
 
 #: Per-factor metrics a factor experiment reports (validation-segment numbers). Besides these,
 #: `{name}.library_corr` (always) and `{name}.base_corr` (with `base_features`): see `_originality`.
-SCREEN_METRICS = ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "rank_ic_hac_t", "rank_ic_p", "n_days",
-                  "loss", "long_short", "long_short_t", "autocorr", "residual_rank_ic", "residual_t", "residual_p")
+SCREEN_METRICS = (
+    "ic",
+    "rank_ic",
+    "icir",
+    "rank_icir",
+    "ic_t",
+    "rank_ic_t",
+    "rank_ic_hac_t",
+    "rank_ic_p",
+    "n_days",
+    "loss",
+    "long_short",
+    "long_short_t",
+    "autocorr",
+    "residual_rank_ic",
+    "residual_t",
+    "residual_p",
+)
 
 _BASE_CHUNK = 32  # base features per evaluator batch when building a base stack
 
@@ -78,8 +99,9 @@ class WorkerContext:
     def evaluator(self, market: str) -> Evaluator:
         if market not in self._evaluators:
             # threads=1: the pool runs one experiment per core
-            self._evaluators[market] = Evaluator(self.panel(market), threads=1,
-                                                 memory_cache=MemoryCache(self.cache_bytes))
+            self._evaluators[market] = Evaluator(
+                self.panel(market), threads=1, memory_cache=MemoryCache(self.cache_bytes)
+            )
         return self._evaluators[market]
 
     def history_evaluator(self, market: str, stop: int) -> Evaluator:
@@ -90,19 +112,33 @@ class WorkerContext:
         ev = self.evaluator(market)
         if stop >= ev.panel.n_days:
             return ev
-        return _kept(self._histories, (market, stop), self.label_slots, lambda: Evaluator(
-            ev.panel.slice_dates(None, ev.panel.calendar[stop - 1]), threads=1, memory_cache=ev.memory_cache))
+        return _kept(
+            self._histories,
+            (market, stop),
+            self.label_slots,
+            lambda: Evaluator(
+                ev.panel.slice_dates(None, ev.panel.calendar[stop - 1]), threads=1, memory_cache=ev.memory_cache
+            ),
+        )
 
     def base_stack(self, market: str, features: str | dict[str, str], days: np.ndarray) -> ReferenceStack:
         """The base feature set's values on `days` (absolute day positions) as a float32 reference
         stack, evaluated once per (market, feature set, days) and kept for the next experiments."""
         exprs = _feature_exprs(features)
-        return _kept(self._base_stacks, self._stack_key(market, exprs, days), self.base_stack_slots,
-                     lambda: _base_stack(self.panel(market), exprs, days))
+        return _kept(
+            self._base_stacks,
+            self._stack_key(market, exprs, days),
+            self.base_stack_slots,
+            lambda: _base_stack(self.panel(market), exprs, days),
+        )
 
     def _stack_key(self, market: str, exprs: dict[str, str], days: np.ndarray) -> tuple:
-        return (market, self.panel(market).version, hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
-                hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest())
+        return (
+            market,
+            self.panel(market).version,
+            hashlib.sha256(json.dumps(exprs, sort_keys=True).encode()).hexdigest(),
+            hashlib.sha256(np.ascontiguousarray(days, dtype=np.int64).tobytes()).hexdigest(),
+        )
 
     def base_components(self, market: str, features: str | dict[str, str], days: slice, k: int) -> np.ndarray:
         """The base feature set's top-`k` pooled principal-component scores on `days`, (k, N, T) float64:
@@ -116,6 +152,7 @@ class WorkerContext:
             exprs = _feature_exprs(features)
             kept = self._base_stacks.get(self._stack_key(market, exprs, positions))
             return stack_components(kept if kept is not None else _base_stack(self.panel(market), exprs, positions), k)
+
         return _kept(self._components, key, self.base_stack_slots, build)
 
     def label_ranks(self, market: str, label: str, days: slice) -> DailyRanks:
@@ -126,6 +163,7 @@ class WorkerContext:
         def build() -> DailyRanks:
             values = self.evaluator(market).evaluate({"label": label}, allow_future=True, dtype=np.float64)["label"]
             return daily_ranks(values[:, days])
+
         return _kept(self._labels, (market, panel.version, label, days.start, days.stop), self.label_slots, build)
 
     def dataset_evaluator(self, market: str, panel: Panel) -> Evaluator:
@@ -168,7 +206,7 @@ def _base_stack(panel: Panel, exprs: dict[str, str], days: np.ndarray) -> Refere
     last = int(np.max(days))
     ev = Evaluator(panel if last == panel.n_days - 1 else panel.slice_dates(None, panel.calendar[last]), threads=1)
     for lo in range(0, len(names), _BASE_CHUNK):
-        chunk = {k: exprs[k] for k in names[lo:lo + _BASE_CHUNK]}
+        chunk = {k: exprs[k] for k in names[lo : lo + _BASE_CHUNK]}
         for j, values in enumerate(ev.evaluate(chunk, dtype=np.float64).values()):
             builder.add(lo + j, values[:, days])
     return builder.build()
@@ -181,8 +219,12 @@ def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> Experime
         spec = parse_spec(raw_spec)
         key = spec_hash(spec)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a structured result
-        return ExperimentResult(spec_hash="", kind=str(getattr(raw_spec, "get", lambda *_: "?")("kind", "?")),
-                                failure=classify(exc), seconds=time.perf_counter() - start)
+        return ExperimentResult(
+            spec_hash="",
+            kind=str(getattr(raw_spec, "get", lambda *_: "?")("kind", "?")),
+            failure=classify(exc),
+            seconds=time.perf_counter() - start,
+        )
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx.guard.refusals = []
@@ -191,8 +233,15 @@ def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> Experime
         metrics, details, artifacts, version = runner(spec, ctx, workdir)
         if ctx.guard.refusals:  # refused after its guarded blocks (a finaliser, say): blocked, and still reported
             raise ForbiddenOperation(f"the sandbox refused {ctx.guard.refusals[0]}")
-        return ExperimentResult(spec_hash=key, kind=spec.kind, metrics=metrics, details=details, artifacts=artifacts,
-                                seconds=time.perf_counter() - start, data_version=version)
+        return ExperimentResult(
+            spec_hash=key,
+            kind=spec.kind,
+            metrics=metrics,
+            details=details,
+            artifacts=artifacts,
+            seconds=time.perf_counter() - start,
+            data_version=version,
+        )
     except BaseException as exc:  # noqa: BLE001 - includes the CPU-limit signal's exception
         # (type(), not isinstance: isinstance reads `__class__`, which generated code can make raise)
         if issubclass(type(exc), (KeyboardInterrupt, SystemExit)) and not ctx.guard.refusals:
@@ -202,6 +251,7 @@ def run_spec(raw_spec: Any, ctx: WorkerContext, workdir: str | Path) -> Experime
 
 
 # ---- factor ----------------------------------------------------------------------------------------
+
 
 def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     panel = ctx.panel(spec.market)
@@ -223,7 +273,9 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
     label = ctx.label_ranks(spec.market, spec.label, days)  # the same for every factor of the loop
     library = fev.evaluate(spec.library, dtype=np.float64) if spec.library else {}
     metrics: dict[str, float] = {}
-    details: dict[str, Any] = {"segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]}
+    details: dict[str, Any] = {
+        "segment": [str(panel.calendar[days.start])[:10], str(panel.calendar[days.stop - 1])[:10]]
+    }
     if spec.lookahead_check:
         _check_no_look_ahead(spec, panel, factors, days, ctx, workdir)
     corr_at = _correlation_days(days, spec.corr_days)  # absolute day positions
@@ -246,14 +298,25 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
         if spec.report == "screen":
             row, daily_rank = _screen(clean, label, panel.calendar[days], spec.expressions.get(name, name))
         else:
-            report, data = evaluate_arrays(clean, label, calendar=panel.calendar[days],
-                                           expression=spec.expressions.get(name, name))
+            report, data = evaluate_arrays(
+                clean, label, calendar=panel.calendar[days], expression=spec.expressions.get(name, name)
+            )
             row = report.to_dict()
             daily_rank = _daily_rank_of(data)
         if spec.decay:
-            full = evaluate_expression(panel, spec.expressions[name], spec.label, panel.calendar[days.start],
-                                       panel.calendar[days.stop - 1], evaluator=ev,
-                                       decay_horizons=DECAY_HORIZONS) if name in spec.expressions else None
+            full = (
+                evaluate_expression(
+                    panel,
+                    spec.expressions[name],
+                    spec.label,
+                    panel.calendar[days.start],
+                    panel.calendar[days.stop - 1],
+                    evaluator=ev,
+                    decay_horizons=DECAY_HORIZONS,
+                )
+                if name in spec.expressions
+                else None
+            )
             row["decay"] = full.to_dict()["decay"] if full else {}
         hac = newey_west_t(daily_rank)  # daily ICs of a multi-day label overlap: the iid t overstates them
         row["rank_ic_hac_t"], row["rank_ic_p"] = _finite(hac.t), _finite(two_sided_p(hac.t))
@@ -280,8 +343,9 @@ def _factor(spec: FactorSpec, ctx: WorkerContext, workdir: Path):
             details[name].update(row)
             _report_metrics(metrics, name, row)
     if paired:
-        details["library_daily_rank_ic"] = _paired_library(library, lib_corr, spec.pair_threshold, spec.pair_with,
-                                                           days, label)
+        details["library_daily_rank_ic"] = _paired_library(
+            library, lib_corr, spec.pair_threshold, spec.pair_with, days, label
+        )
     artifacts: dict[str, str] = {}
     if spec.pipeline is not None:
         metrics_p, details_p, artifacts = _pipeline(spec, panel, factors, ctx, workdir)
@@ -310,20 +374,34 @@ def _residual_controls(spec: FactorSpec, lib_stack: ReferenceStack | None, lib_c
     return [k for k in spec.controls if not rival(k)]
 
 
-def _control_stack(spec: FactorSpec, used: list[str], days: slice, ctx: WorkerContext,
-                   library: dict[str, np.ndarray]) -> np.ndarray:
+def _control_stack(
+    spec: FactorSpec, used: list[str], days: slice, ctx: WorkerContext, library: dict[str, np.ndarray]
+) -> np.ndarray:
     base = ctx.base_components(spec.market, spec.base_features, days, spec.residual_components)
     return np.concatenate([base, np.stack([_clean(library[k][:, days]) for k in used])]) if used else base
 
 
 def _residual_row(res, used: list[str], spec: FactorSpec) -> dict:
-    return {"residual_rank_ic": _finite(res.mean), "residual_t": _finite(res.hac.t),
-            "residual_p": _finite(two_sided_p(res.hac.t)), "residual_controls": used,
-            "residual_components": spec.residual_components}
+    return {
+        "residual_rank_ic": _finite(res.mean),
+        "residual_t": _finite(res.hac.t),
+        "residual_p": _finite(two_sided_p(res.hac.t)),
+        "residual_controls": used,
+        "residual_components": spec.residual_components,
+    }
 
 
-def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks, days: slice, ctx: WorkerContext,
-              library: dict[str, np.ndarray], lib_stack: ReferenceStack | None, lib_corr: np.ndarray | None) -> dict:
+def _residual(
+    spec: FactorSpec,
+    name: str,
+    factor: np.ndarray,
+    label: DailyRanks,
+    days: slice,
+    ctx: WorkerContext,
+    library: dict[str, np.ndarray],
+    lib_stack: ReferenceStack | None,
+    lib_corr: np.ndarray | None,
+) -> dict:
     """A factor's residual RankIC on the scoring days (see `FactorSpec.residual_components`): its
     mean, HAC t and two-sided p, and the library factors it was regressed on."""
     used = _residual_controls(spec, lib_stack, lib_corr)
@@ -331,9 +409,16 @@ def _residual(spec: FactorSpec, name: str, factor: np.ndarray, label: DailyRanks
     return _residual_row(res, used, spec)
 
 
-def _screen_residuals(spec: FactorSpec, factors: dict[str, np.ndarray], label: DailyRanks, days: slice,
-                      ctx: WorkerContext, library: dict[str, np.ndarray], lib_stack: ReferenceStack | None,
-                      lib_corr: dict[str, np.ndarray]) -> dict[str, dict]:
+def _screen_residuals(
+    spec: FactorSpec,
+    factors: dict[str, np.ndarray],
+    label: DailyRanks,
+    days: slice,
+    ctx: WorkerContext,
+    library: dict[str, np.ndarray],
+    lib_stack: ReferenceStack | None,
+    lib_corr: dict[str, np.ndarray],
+) -> dict[str, dict]:
     """`_residual` of a screen's factors, fitted together (`residual_ics`) against one stack of every
     control, each factor using its own subset: a screen scores thousands of days for dozens of factors."""
     used = {name: _residual_controls(spec, lib_stack, lib_corr.get(name)) for name in factors}
@@ -355,9 +440,20 @@ def _screen(factor: np.ndarray, label: DailyRanks, calendar: np.ndarray, express
     ic = ic_stats(daily_ic(data.factor, data.label))
     daily_rank = _daily_rank_of(data)
     rank_ic = ic_stats(daily_rank)
-    return ({"expression": expression, "ic": ic.mean, "rank_ic": rank_ic.mean, "icir": ic.icir,
-             "rank_icir": rank_ic.icir, "ic_t": ic.t_stat, "rank_ic_t": rank_ic.t_stat, "n_days": data.n_days,
-             "loss": data.loss}, daily_rank)
+    return (
+        {
+            "expression": expression,
+            "ic": ic.mean,
+            "rank_ic": rank_ic.mean,
+            "icir": ic.icir,
+            "rank_icir": rank_ic.icir,
+            "ic_t": ic.t_stat,
+            "rank_ic_t": rank_ic.t_stat,
+            "n_days": data.n_days,
+            "loss": data.loss,
+        },
+        daily_rank,
+    )
 
 
 def _daily_rank_of(data) -> np.ndarray:
@@ -383,8 +479,9 @@ def _correlation_days(days: slice, corr_days: int) -> np.ndarray:
     return days.start + np.unique(np.linspace(0, n - 1, corr_days).round().astype(np.int64))
 
 
-def _originality(name: str, row: dict, stack: ReferenceStack | None, corr: np.ndarray | None, key: str,
-                 kind: str, metric: str) -> dict[str, float]:
+def _originality(
+    name: str, row: dict, stack: ReferenceStack | None, corr: np.ndarray | None, key: str, kind: str, metric: str
+) -> dict[str, float]:
     """Put the reference of largest |correlation| in `row[key]` ({kind: its name, "corr": signed}) and
     return `{name.metric: that |corr|}`: 0.0 against no references, NaN when none could be compared
     (no day with enough common instruments), and then no `row[key]`."""
@@ -398,16 +495,26 @@ def _originality(name: str, row: dict, stack: ReferenceStack | None, corr: np.nd
     return {f"{name}.{metric}": float(abs(corr[k]))}
 
 
-def _paired_library(library: dict[str, np.ndarray], lib_corr: dict[str, np.ndarray], threshold: float | None,
-                    pair_with: tuple[str, ...], days: slice, label: DailyRanks) -> dict[str, list[float | None]]:
+def _paired_library(
+    library: dict[str, np.ndarray],
+    lib_corr: dict[str, np.ndarray],
+    threshold: float | None,
+    pair_with: tuple[str, ...],
+    days: slice,
+    label: DailyRanks,
+) -> dict[str, list[float | None]]:
     """Library name -> its daily RankIC on the scoring days, for each library factor some candidate
     correlates with at |corr| >= `threshold` and each one named in `pair_with` (the days and order of
     each candidate's `daily_rank_ic`)."""
     from quantcore.evaluate.ic import daily_rank_ic
 
     names = list(library)
-    paired = [k for j, k in enumerate(names) if k in pair_with or (threshold is not None and any(
-        abs(c[j]) >= threshold for c in lib_corr.values() if np.isfinite(c[j])))]
+    paired = [
+        k
+        for j, k in enumerate(names)
+        if k in pair_with
+        or (threshold is not None and any(abs(c[j]) >= threshold for c in lib_corr.values() if np.isfinite(c[j])))
+    ]
     return {k: _series(daily_rank_ic(_clean(library[k][:, days]), label, MIN_PAIRS)) for k in paired}
 
 
@@ -427,8 +534,13 @@ def _code_factor(spec: FactorSpec, panel: Panel, ctx: WorkerContext, workdir: Pa
     return out[0]
 
 
-def _run_code(spec: FactorSpec, panels: Iterable[Panel], ctx: WorkerContext, workdir: Path,
-              emit: Callable[[int, np.ndarray], None]) -> None:
+def _run_code(
+    spec: FactorSpec,
+    panels: Iterable[Panel],
+    ctx: WorkerContext,
+    workdir: Path,
+    emit: Callable[[int, np.ndarray], None],
+) -> None:
     """Run generated `factor(fields)` on each panel, loaded afresh each time (no state carries over),
     and hand `emit` (position, its (N, T) float64 output). One guarded block for all: its exit (a full
     garbage collection, ~50 ms in a worker) is paid once. `panels` and `emit` run guarded: numpy only."""
@@ -450,8 +562,10 @@ def _run_code(spec: FactorSpec, panels: Iterable[Panel], ctx: WorkerContext, wor
             if guard.refusals:
                 raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
             if arr.shape != (panel.n_instruments, panel.n_days):
-                raise DegenerateOutput(f"factor() returned shape {arr.shape}; expected (instruments, days) = "
-                                       f"{(panel.n_instruments, panel.n_days)}")
+                raise DegenerateOutput(
+                    f"factor() returned shape {arr.shape}; expected (instruments, days) = "
+                    f"{(panel.n_instruments, panel.n_days)}"
+                )
             arr = np.array(arr, copy=True)
             arr[panel.outside_span] = np.nan
             emit(i, arr)
@@ -460,8 +574,9 @@ def _run_code(spec: FactorSpec, panels: Iterable[Panel], ctx: WorkerContext, wor
         raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
 
 
-def _check_no_look_ahead(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], days: slice,
-                         ctx: WorkerContext, workdir: Path) -> None:
+def _check_no_look_ahead(
+    spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], days: slice, ctx: WorkerContext, workdir: Path
+) -> None:
     """Perturbation test at `spec.lookahead_cuts` seeded cut days spread over the scoring segment (one
     in each equal part, `lookahead_cut_points`) and its last day: for each, scramble every field after
     the cut; a factor that reads only the past keeps every value up to the cut bit for bit. (One
@@ -492,15 +607,17 @@ def _check_no_look_ahead(spec: FactorSpec, panel: Panel, factors: dict[str, np.n
             raise LookAheadError(
                 f"factor {name!r} changed on {int(changed.sum())} cells up to {str(panel.calendar[cut])[:10]} "
                 f"(look-ahead cut {i + 1} of {len(cuts)}, seed {spec.seed}) when only later data changed "
-                f"(first on {first}): it reads the future; use only data up to each day")
+                f"(first on {first}): it reads the future; use only data up to each day"
+            )
 
     if spec.expressions:  # scramble only the fields they read
         used = set().union(*(fields_used(c.node) for c in Evaluator(history).compile(spec.expressions)))
         for i, cut in enumerate(cuts):
             if cut + 1 >= history.n_days:
                 continue  # nothing scrambled, later days only cut off: what `history_evaluator` relies on
-            again = Evaluator(_scrambled(history, cut, seed, used), threads=1).evaluate(spec.expressions,
-                                                                                       dtype=np.float64)
+            again = Evaluator(_scrambled(history, cut, seed, used), threads=1).evaluate(
+                spec.expressions, dtype=np.float64
+            )
             for name, values in again.items():
                 compare(name, i, values)
     if spec.code is not None:  # every field; each scrambled panel built (guarded) when its turn comes
@@ -516,7 +633,7 @@ def _scrambled(panel: Panel, cut: int, seed: int, keys: set[str]) -> Panel:
     for j, (key, arr) in enumerate(panel.fields.items()):
         if key in keys:
             arr = np.array(arr, copy=True)
-            tail = arr[:, cut + 1:]
+            tail = arr[:, cut + 1 :]
             tail *= np.random.default_rng((seed, cut, j)).uniform(0.5, 1.5, size=tail.shape)
             arr.flags.writeable = False
         fields[key] = arr
@@ -538,16 +655,20 @@ def _check_degenerate(name: str, x: np.ndarray, max_inf_share: float) -> None:
     if cells == 0:
         raise DegenerateOutput(f"factor {name!r} is all NaN on the scoring segment")
     if n_finite == 0:
-        raise DegenerateOutput(f"factor {name!r} has no finite value on the scoring segment (all +-inf: a division "
-                               "by zero?)")
+        raise DegenerateOutput(
+            f"factor {name!r} has no finite value on the scoring segment (all +-inf: a division by zero?)"
+        )
     if n_inf and n_inf / cells > max_inf_share:
-        raise DegenerateOutput(f"factor {name!r} has {n_inf} infinite values ({n_inf / cells:.1%} of its values; "
-                               "guard divisions, e.g. x / (y + 1e-12))")
+        raise DegenerateOutput(
+            f"factor {name!r} has {n_inf} infinite values ({n_inf / cells:.1%} of its values; "
+            "guard divisions, e.g. x / (y + 1e-12))"
+        )
     if np.max(x, initial=-np.inf, where=finite) == np.min(x, initial=np.inf, where=finite):
         raise DegenerateOutput(f"factor {name!r} is constant ({x[finite][0]:g}) on the scoring segment")
 
 
 # ---- model / workflow ----------------------------------------------------------------------------------
+
 
 def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ctx: WorkerContext, workdir: Path):
     """Base features + the factors -> model -> TopkDropout, via the workflow runner."""
@@ -556,23 +677,41 @@ def _pipeline(spec: FactorSpec, panel: Panel, factors: dict[str, np.ndarray], ct
     if spec.code is not None:  # a generated factor enters the feature set as a panel field
         panel = panel.with_fields(**{spec.code_name: factors[spec.code_name]})
         extra[spec.code_name] = f"${spec.code_name}"
-    cfg = {"name": f"factor-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
-           "dataset": {"features": p.features, "extra_features": extra, "label": spec.label,
-                       "segments": _segments(p.segments or spec.segments, panel)},
-           "model": {"family": p.family, "params": p.params}, "backtest": p.backtest.model_dump(),
-           "record": {"plots": False}}
+    cfg = {
+        "name": f"factor-{spec_hash(spec)[:8]}",
+        "seed": spec.seed,
+        "data": {"market": spec.market},
+        "dataset": {
+            "features": p.features,
+            "extra_features": extra,
+            "label": spec.label,
+            "segments": _segments(p.segments or spec.segments, panel),
+        },
+        "model": {"family": p.family, "params": p.params},
+        "backtest": p.backtest.model_dump(),
+        "record": {"plots": False},
+    }
     return _run_workflow_doc(cfg, panel, workdir, ctx, market=spec.market)
 
 
 def _model(spec: ModelSpec, ctx: WorkerContext, workdir: Path):
     panel = ctx.panel(spec.market)
     norm = {"csrank": "CSRankNorm", "cszscore": "CSZScoreNorm"}.get(spec.feature_norm)
-    cfg = {"name": f"model-{spec_hash(spec)[:8]}", "seed": spec.seed, "data": {"market": spec.market},
-           "dataset": {"features": spec.features, "extra_features": spec.extra_features, "label": spec.label,
-                       "segments": _segments(spec.segments, panel),
-                       "infer_processors": [{"name": norm, "fields_group": "feature"}] if norm else []},
-           "model": {"family": spec.family, "params": spec.params}, "backtest": spec.backtest.model_dump(),
-           "record": {"plots": False}}
+    cfg = {
+        "name": f"model-{spec_hash(spec)[:8]}",
+        "seed": spec.seed,
+        "data": {"market": spec.market},
+        "dataset": {
+            "features": spec.features,
+            "extra_features": spec.extra_features,
+            "label": spec.label,
+            "segments": _segments(spec.segments, panel),
+            "infer_processors": [{"name": norm, "fields_group": "feature"}] if norm else [],
+        },
+        "model": {"family": spec.family, "params": spec.params},
+        "backtest": spec.backtest.model_dump(),
+        "record": {"plots": False},
+    }
     model = None
     if spec.code is not None:
         from sandbox.generated_model import GeneratedModel
@@ -587,8 +726,9 @@ def _workflow(spec: WorkflowSpec, ctx: WorkerContext, workdir: Path):
 
     cfg = parse_workflow(spec.workflow, "spec.workflow")
     panel = ctx.panel(cfg.data.market)
-    metrics, details, artifacts = _run_workflow_doc(cfg.model_dump(mode="json"), panel, workdir, ctx,
-                                                    market=cfg.data.market)
+    metrics, details, artifacts = _run_workflow_doc(
+        cfg.model_dump(mode="json"), panel, workdir, ctx, market=cfg.data.market
+    )
     return metrics, details, artifacts, panel.version
 
 

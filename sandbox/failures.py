@@ -56,8 +56,11 @@ def classify(exc: BaseException, *, refusals: list[str] | None = None, source: s
 
 def _classify(exc: BaseException, refusals: list[str] | None, source: str | None) -> Failure:
     if refusals:
-        return Failure(FailureCategory.FORBIDDEN_OPERATION, f"the sandbox refused {refusals[0]}",
-                       _code_context(exc, source) if source else "")
+        return Failure(
+            FailureCategory.FORBIDDEN_OPERATION,
+            f"the sandbox refused {refusals[0]}",
+            _code_context(exc, source) if source else "",
+        )
     if isinstance(exc, CodeRejected):
         return Failure(FailureCategory(exc.category), str(exc), exc.context)
     if isinstance(exc, ImportError) and "not allowed in the sandbox" in _text(exc):
@@ -133,5 +136,5 @@ def _code_context(exc: BaseException, source: str | None) -> str:
 def _short(path: str) -> str:
     for marker in ("/quantcore/", "/sandbox/", "/site-packages/"):
         if marker in path:
-            return path[path.index(marker) + 1:]
+            return path[path.index(marker) + 1 :]
     return path

@@ -42,8 +42,16 @@ class GeneratedModel(BaseModel):
     family = "generated"
     Config = _NoConfig
 
-    def __init__(self, source: str, guard: Guard, workdir: Path, output_chars: int = 1 << 20, *, seed: int = 0,
-                 lookahead_cuts: int = LOOKAHEAD_CUTS):
+    def __init__(
+        self,
+        source: str,
+        guard: Guard,
+        workdir: Path,
+        output_chars: int = 1 << 20,
+        *,
+        seed: int = 0,
+        lookahead_cuts: int = LOOKAHEAD_CUTS,
+    ):
         super().__init__()
         self.source, self.guard, self.workdir, self.output_chars = source, guard, Path(workdir), output_chars
         self.seed, self.lookahead_cuts = seed, lookahead_cuts
@@ -75,8 +83,9 @@ class GeneratedModel(BaseModel):
         info.n_train, info.n_valid = len(yt), len(yv)
         check_predictions(self.family, pv[0], "the valid segment")
 
-    def _scores_each(self, batches: Iterable[np.ndarray], emit: Callable[[int, np.ndarray], None],
-                     fresh: bool = False) -> None:
+    def _scores_each(
+        self, batches: Iterable[np.ndarray], emit: Callable[[int, np.ndarray], None], fresh: bool = False
+    ) -> None:
         """`Model.predict` on each batch, handing `emit` (position, its (rows,) float64 scores). One
         guarded block for all: its exit (a full garbage collection, ~50 ms in a worker) is paid once.
         `fresh`: each call on its own deep copy of the fitted model, so that state one call leaves
@@ -92,8 +101,9 @@ class GeneratedModel(BaseModel):
                 try:
                     scores = np.asarray(out, dtype=np.float64).reshape(-1)
                 except (TypeError, ValueError) as e:
-                    raise DegenerateOutput(f"Model.predict returned a {type(out).__name__} that is not numeric: "
-                                           f"{e}") from None
+                    raise DegenerateOutput(
+                        f"Model.predict returned a {type(out).__name__} that is not numeric: {e}"
+                    ) from None
                 del impl, out
                 if guard.refusals:
                     raise ForbiddenOperation(f"the sandbox refused {guard.refusals[0]}")
@@ -144,7 +154,8 @@ class GeneratedModel(BaseModel):
                     f"generated model changed {int(changed.sum())} of its {end} predictions up to "
                     f"{str(calendar[cut])[:10]} (look-ahead cut {i} of {len(cuts)}, seed {self.seed}) when only "
                     f"later rows of the predict batch changed (first on {first}): Model.predict reads later "
-                    "rows; score each row from its own features (and its own day's rows) only")
+                    "rows; score each row from its own features (and its own day's rows) only"
+                )
 
         self._scores_each(batches(), compare, fresh=True)
         return full[0]

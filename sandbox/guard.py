@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = [
-    "GENERATED_FILE", "ALLOWED_MODULES", "CodeRejected", "ForbiddenOperation", "LimitExceeded", "OutputLimitExceeded", "Guard", "screen_code",
+    "GENERATED_FILE",
+    "ALLOWED_MODULES",
+    "CodeRejected",
+    "ForbiddenOperation",
+    "LimitExceeded",
+    "OutputLimitExceeded",
+    "Guard",
+    "screen_code",
     "load_generated",
 ]
 
@@ -41,18 +48,58 @@ __all__ = [
 GENERATED_FILE = "<experiment>"
 
 #: Top-level modules generated code may import (and their submodules).
-ALLOWED_MODULES = frozenset({
-    "numpy", "pandas", "math", "statistics", "collections", "itertools", "functools", "typing", "dataclasses",
-    "quantcore", "torch", "lightgbm",
-})
+ALLOWED_MODULES = frozenset(
+    {
+        "numpy",
+        "pandas",
+        "math",
+        "statistics",
+        "collections",
+        "itertools",
+        "functools",
+        "typing",
+        "dataclasses",
+        "quantcore",
+        "torch",
+        "lightgbm",
+    }
+)
 #: Submodules refused even under an allowed package: they reach files, processes or C pointers.
-DENIED_SUBMODULES = ("numpy.ctypeslib", "numpy.f2py", "numpy.distutils", "quantcore.data", "quantcore.recording",
-                     "quantcore.cli", "torch.utils.cpp_extension", "torch.hub", "pandas.io")
+DENIED_SUBMODULES = (
+    "numpy.ctypeslib",
+    "numpy.f2py",
+    "numpy.distutils",
+    "quantcore.data",
+    "quantcore.recording",
+    "quantcore.cli",
+    "torch.utils.cpp_extension",
+    "torch.hub",
+    "pandas.io",
+)
 
-_DENIED_NAMES = frozenset({
-    "eval", "exec", "compile", "open", "input", "breakpoint", "globals", "locals", "vars", "getattr", "setattr",
-    "delattr", "memoryview", "help", "exit", "quit", "copyright", "credits", "license",
-})
+_DENIED_NAMES = frozenset(
+    {
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "input",
+        "breakpoint",
+        "globals",
+        "locals",
+        "vars",
+        "getattr",
+        "setattr",
+        "delattr",
+        "memoryview",
+        "help",
+        "exit",
+        "quit",
+        "copyright",
+        "credits",
+        "license",
+    }
+)
 _SAFE_BUILTINS = (
     "abs all any ascii bin bool bytearray bytes callable chr complex dict dir divmod enumerate filter float "
     "format frozenset hasattr hash hex id int isinstance issubclass iter len list map max min next object oct "
@@ -97,9 +144,23 @@ _REFUSED_EVENTS = {
     "sandbox.module_setattr": "changing a module's attributes",
 }
 # events that modify a path: allowed only under the experiment directory
-_WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.truncate",
-                 "os.symlink", "os.link", "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move",
-                 "shutil.copytree", "os.replace"}
+_WRITE_EVENTS = {
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.chmod",
+    "os.chown",
+    "os.truncate",
+    "os.symlink",
+    "os.link",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.copyfile",
+    "shutil.move",
+    "shutil.copytree",
+    "os.replace",
+}
 
 
 class CodeRejected(Exception):
@@ -125,6 +186,7 @@ class OutputLimitExceeded(LimitExceeded):
 
 # ---- layer 1: static screen ---------------------------------------------------------------------------
 
+
 def screen_code(source: str, filename: str = GENERATED_FILE) -> ast.Module:
     """Parse and screen generated code; raises CodeRejected naming the line."""
     try:
@@ -145,15 +207,21 @@ def screen_code(source: str, filename: str = GENERATED_FILE) -> ast.Module:
 
     # names bound to imported modules or their members: assigning through them (`np.nanmean = f`,
     # `pd.DataFrame.rank = f`) would change the library for every later experiment in this worker
-    imported = {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                for a in n.names}
+    imported = {
+        (a.asname or a.name).split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
             root = node.value
             while isinstance(root, ast.Attribute):
                 root = root.value
             if isinstance(root, ast.Name) and root.id in imported:
-                refuse(node, f"changing the imported {ast.unparse(node)} is not allowed (it would outlive the experiment)")
+                refuse(
+                    node, f"changing the imported {ast.unparse(node)} is not allowed (it would outlive the experiment)"
+                )
         if isinstance(node, ast.Import):
             for alias in node.names:
                 _check_module(alias.name, node, refuse)
@@ -183,6 +251,7 @@ def _check_module(name: str, node: ast.AST, refuse) -> None:
 
 # ---- layer 2: restricted namespace -----------------------------------------------------------------------
 
+
 def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
     if level:
         raise ImportError("relative imports are not allowed in the sandbox")
@@ -198,8 +267,9 @@ _DENIED_OBJECTS = {id(getattr(builtins, n)) for n in (*_DENIED_NAMES, "__import_
 
 
 def _module_allowed(name: str) -> bool:
-    return name.split(".")[0] in ALLOWED_MODULES and not any(name == d or name.startswith(d + ".")
-                                                               for d in DENIED_SUBMODULES)
+    return name.split(".")[0] in ALLOWED_MODULES and not any(
+        name == d or name.startswith(d + ".") for d in DENIED_SUBMODULES
+    )
 
 
 def _view(value: Any, path: str) -> Any:
@@ -265,6 +335,7 @@ def load_generated(source: str, filename: str = GENERATED_FILE, restricted: bool
 
 
 # ---- layer 3: audit hook -------------------------------------------------------------------------------
+
 
 class _CappedText(io.TextIOBase):
     def __init__(self, limit: int):

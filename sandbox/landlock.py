@@ -18,8 +18,20 @@ __all__ = ["landlock_unavailable_reason", "apply_worker_landlock", "system_read_
 
 # Read-only system paths a worker uses (shared libraries, the loader's cache, /dev/null and
 # /dev/urandom, CPU counts); only those that exist are added.
-_SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/dev/null", "/dev/zero",
-                "/dev/urandom", "/proc", "/sys/devices/system/cpu", "/sys/fs/cgroup")
+_SYSTEM_READ = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/etc/ld.so.cache",
+    "/dev/null",
+    "/dev/zero",
+    "/dev/urandom",
+    "/proc",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
+)
 
 
 def landlock_unavailable_reason() -> str | None:

@@ -48,8 +48,11 @@ class Limits:
             value = getattr(self, name)
             if not (_real(value) and math.isfinite(value) and 0 < value <= top):
                 raise LimitsError(name, f"a number of seconds above 0 and at most {top:g}", value)
-        for name, unit, top in (("memory_mb", "MiB", MAX_MEMORY_MB), ("output_chars", "characters", MAX_OUTPUT_CHARS),
-                                ("file_mb", "MiB", MAX_MEMORY_MB)):
+        for name, unit, top in (
+            ("memory_mb", "MiB", MAX_MEMORY_MB),
+            ("output_chars", "characters", MAX_OUTPUT_CHARS),
+            ("file_mb", "MiB", MAX_MEMORY_MB),
+        ):
             value = getattr(self, name)
             if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= value <= top):
                 raise LimitsError(name, f"a whole number of {unit} from 1 to {top}", value)

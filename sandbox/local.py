@@ -40,8 +40,8 @@ from sandbox.channel import MAX_MESSAGE_BYTES, FrameReader, ProtocolError, encod
 from sandbox.executor import BaseExecutor, Task
 from sandbox.jail import Jail, JailUnavailable, interpreter_paths, jail_argv, jail_unavailable_reason
 from sandbox.landlock import landlock_unavailable_reason, system_read_paths
-from sandbox.seccomp import seccomp_unavailable_reason
 from sandbox.result import ExperimentResult, Failure, FailureCategory
+from sandbox.seccomp import seccomp_unavailable_reason
 from sandbox.worker import WORKER_ENV, WorkerConfig, config_json
 
 __all__ = ["LocalExecutor"]
@@ -140,10 +140,21 @@ class LocalExecutor(BaseExecutor):
     `python_guard=False` drops the guard's Python rules for generated code (any import, full builtins):
     allowed only where the seccomp filter and the jail (or Landlock) hold, which then contain it alone."""
 
-    def __init__(self, workers: int | None = None, *, batch_size: int = 8, max_tasks_per_worker: int | None = None,
-                 isolate_network: bool = True, cache_bytes: int = 256 << 20,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, jail: bool | None = None, seccomp: bool = True,
-                 python_guard: bool = True, landlock: bool = True, **kw):
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        batch_size: int = 8,
+        max_tasks_per_worker: int | None = None,
+        isolate_network: bool = True,
+        cache_bytes: int = 256 << 20,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        jail: bool | None = None,
+        seccomp: bool = True,
+        python_guard: bool = True,
+        landlock: bool = True,
+        **kw,
+    ):
         super().__init__(**kw)
         self.n_workers = max(1, workers or len(os.sched_getaffinity(0)))
         self.batch_size = max(1, batch_size)
@@ -161,9 +172,15 @@ class LocalExecutor(BaseExecutor):
             missing = files or (seccomp_unavailable_reason() if seccomp else "seccomp=False")
             if missing:
                 raise ValueError(f"python_guard=False needs the seccomp filter and the jail or Landlock, and {missing}")
-        self._config = WorkerConfig(limits=self.limits, isolate_network=isolate_network, cache_bytes=cache_bytes,
-                                    max_message_bytes=max_message_bytes, jailed=self.jailed, seccomp=seccomp,
-                                    python_guard=python_guard)
+        self._config = WorkerConfig(
+            limits=self.limits,
+            isolate_network=isolate_network,
+            cache_bytes=cache_bytes,
+            max_message_bytes=max_message_bytes,
+            jailed=self.jailed,
+            seccomp=seccomp,
+            python_guard=python_guard,
+        )
         self._landlock = landlock and not self.jailed
         self._workers: list[_Worker] = []
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rdquant-worker-spawner")
@@ -174,13 +191,22 @@ class LocalExecutor(BaseExecutor):
         """Which containment layers the workers actually got (the seccomp filter as they reported it)."""
         self._ensure_workers()
         info = self._workers[0].info
-        return {"workers": self.n_workers, "jail": self.jailed, "jail_note": self._jail_note,
-                "seccomp": info.get("seccomp", False), "seccomp_note": info.get("seccomp_note"),
-                "landlock": info.get("landlock", False),
-                "landlock_note": info.get("landlock_note") or ("the jail holds the files" if self.jailed else None),
-                "network_isolated": info.get("network_isolated", False), "network_note": info.get("network_note"),
-                "generated_code": "one fresh worker per experiment" + (", writing only its own folder" if self.jailed or self._landlock else ""),
-                "limits": self.limits.__dict__, "start_method": "exec", "process_group_kill": True}
+        return {
+            "workers": self.n_workers,
+            "jail": self.jailed,
+            "jail_note": self._jail_note,
+            "seccomp": info.get("seccomp", False),
+            "seccomp_note": info.get("seccomp_note"),
+            "landlock": info.get("landlock", False),
+            "landlock_note": info.get("landlock_note") or ("the jail holds the files" if self.jailed else None),
+            "network_isolated": info.get("network_isolated", False),
+            "network_note": info.get("network_note"),
+            "generated_code": "one fresh worker per experiment"
+            + (", writing only its own folder" if self.jailed or self._landlock else ""),
+            "limits": self.limits.__dict__,
+            "start_method": "exec",
+            "process_group_kill": True,
+        }
 
     def worker_info(self) -> dict:
         """The first worker's start-up report (its pid, the layers it loaded) and whether it is jailed."""
@@ -246,8 +272,14 @@ class LocalExecutor(BaseExecutor):
                     if w.batch:
                         yield self._lost(w, queue, self._death_failure(w))
                 elif time.monotonic() >= w.deadline:
-                    yield self._lost(w, queue, Failure(
-                        FailureCategory.TIMEOUT, f"wall-clock limit of {limit:g} s exceeded; the worker's process group was killed"))
+                    yield self._lost(
+                        w,
+                        queue,
+                        Failure(
+                            FailureCategory.TIMEOUT,
+                            f"wall-clock limit of {limit:g} s exceeded; the worker's process group was killed",
+                        ),
+                    )
 
     def _prestart(self, idle: list[_Worker], queue: deque) -> None:
         """Start side by side the fresh workers the generated experiments at the head of the queue need
@@ -279,10 +311,12 @@ class LocalExecutor(BaseExecutor):
         yields a failure only if the batch cannot be delivered."""
         if w.started_for is not None and w.started_for == queue[0].task_id and w.process.is_alive():
             pass  # started by `_prestart` for this very experiment
-        elif w.generated or not w.process.is_alive() or self._spoke_unasked(w):  # ran generated code, killed from outside,
-            self._replace(w, queue[0] if queue[0].generated else None)    # or talking out of turn
+        elif (
+            w.generated or not w.process.is_alive() or self._spoke_unasked(w)
+        ):  # ran generated code, killed from outside,
+            self._replace(w, queue[0] if queue[0].generated else None)  # or talking out of turn
         elif queue[0].generated and (self.jailed or self._landlock):  # a worker of its own, writing only its
-            self._replace(w, queue[0])                                     # experiment's folder
+            self._replace(w, queue[0])  # experiment's folder
         w.generated = w.generated or queue[0].generated  # retired once it has answered
         w.started_for = None
         # a fair share of what is queued, at most `batch_size`: four heavy experiments on two workers go
@@ -298,8 +332,11 @@ class LocalExecutor(BaseExecutor):
         try:
             send_frame(w.channel.sock, encode({"op": "run", "tasks": [t.message() for t in batch]}), _SEND_TIMEOUT)
         except (OSError, TimeoutError) as exc:
-            yield self._lost(w, queue, Failure(FailureCategory.WORKER_CRASH,
-                                               f"the experiment could not be sent to the worker: {exc}"))
+            yield self._lost(
+                w,
+                queue,
+                Failure(FailureCategory.WORKER_CRASH, f"the experiment could not be sent to the worker: {exc}"),
+            )
 
     def _spoke_unasked(self, w: _Worker) -> bool:
         """Whether an idle worker sent something (or closed its end) since its last batch."""
@@ -350,16 +387,23 @@ class LocalExecutor(BaseExecutor):
         if code < 0:
             sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
             if -code == signal.SIGXCPU:
-                return Failure(FailureCategory.TIMEOUT, f"CPU time limit of {self.limits.cpu_seconds:g} s exceeded (SIGXCPU)")
+                return Failure(
+                    FailureCategory.TIMEOUT, f"CPU time limit of {self.limits.cpu_seconds:g} s exceeded (SIGXCPU)"
+                )
             if -code == signal.SIGKILL:
                 # not ours (our kills are wall-clock timeouts, reported as such): the kernel's OOM killer,
                 # or an operator's `kill -9`. The cgroup's OOM-kill counter tells them apart where it exists.
                 kills = _oom_kills()
                 if kills is not None and w.oom_kills is not None and kills > w.oom_kills:
-                    return Failure(FailureCategory.MEMORY_LIMIT, "the worker was killed by the kernel's out-of-memory "
-                                   "killer (SIGKILL)")
-                return Failure(FailureCategory.WORKER_CRASH, "the worker was killed (SIGKILL) from outside the sandbox "
-                               "(an operator, or possibly the kernel's out-of-memory killer)")
+                    return Failure(
+                        FailureCategory.MEMORY_LIMIT,
+                        "the worker was killed by the kernel's out-of-memory killer (SIGKILL)",
+                    )
+                return Failure(
+                    FailureCategory.WORKER_CRASH,
+                    "the worker was killed (SIGKILL) from outside the sandbox "
+                    "(an operator, or possibly the kernel's out-of-memory killer)",
+                )
             return Failure(FailureCategory.WORKER_CRASH, f"the worker process died from signal {sig}")
         return Failure(FailureCategory.WORKER_CRASH, f"the worker process exited with status {code} mid-experiment")
 
@@ -387,8 +431,13 @@ class LocalExecutor(BaseExecutor):
         if self._landlock:
             config = dataclasses.replace(config, **self._landlock_paths(task))
             env["TMPDIR"] = config.landlock_write[0]  # the one place it may write
-        command = [sys.executable, "-c", "from sandbox.worker import main; main()", str(theirs.fileno()),
-                   config_json(config)]
+        command = [
+            sys.executable,
+            "-c",
+            "from sandbox.worker import main; main()",
+            str(theirs.fileno()),
+            config_json(config),
+        ]
         status_read, status_write = os.pipe() if self.jailed else (-1, -1)
         if self.jailed:
             inside = {k: v for k, v in env.items() if k not in ("PATH", "HOME", "TMPDIR", "LANG")}  # the jail's own
@@ -400,9 +449,16 @@ class LocalExecutor(BaseExecutor):
             # worker) means with the thread that forked it, which must live as long as the executor -
             # not a caller's thread that may end while its workers still serve
             popen = self._spawner.submit(
-                subprocess.Popen, command, pass_fds=passed, start_new_session=True, cwd=self._home(task),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-                preexec_fn=None if self.jailed else _die_with_parent).result()
+                subprocess.Popen,
+                command,
+                pass_fds=passed,
+                start_new_session=True,
+                cwd=self._home(task),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=None if self.jailed else _die_with_parent,
+            ).result()
         finally:
             theirs.close()
             if status_write >= 0:

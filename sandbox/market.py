@@ -15,11 +15,21 @@ from typing import Sequence
 import numpy as np
 
 from quantcore.data.panel import Panel
-from quantcore.errors import DataError
 from quantcore.data.sources import load_market, synthetic_args
+from quantcore.errors import DataError
 from sandbox.store import code_version
 
-__all__ = ["MarketRefused", "check_market", "market_roots", "export_market", "attach_market", "market_arrays", "panel_from_arrays", "market_dir", "feature_cache_dir"]
+__all__ = [
+    "MarketRefused",
+    "check_market",
+    "market_roots",
+    "export_market",
+    "attach_market",
+    "market_arrays",
+    "panel_from_arrays",
+    "market_dir",
+    "feature_cache_dir",
+]
 
 _FORMAT = 1
 
@@ -51,17 +61,24 @@ def check_market(market: str, roots: Sequence[Path]) -> None:
         except DataError as exc:
             raise MarketRefused(str(exc)) from None
         n, t = args.get("n_instruments", 300), args.get("n_days", 2520)
-        if not (0 <= args.get("n_alphas", 4) <= MAX_SYNTHETIC_ALPHAS and n <= MAX_SYNTHETIC_INSTRUMENTS
-                and t <= MAX_SYNTHETIC_DAYS and n * t <= MAX_SYNTHETIC_CELLS):
-            raise MarketRefused(f"synthetic market {text!r} is too large for a spec: at most {MAX_SYNTHETIC_INSTRUMENTS} "
-                                f"instruments, {MAX_SYNTHETIC_DAYS} days, {MAX_SYNTHETIC_CELLS:,} instrument-days and "
-                                f"{MAX_SYNTHETIC_ALPHAS} planted alphas")
+        if not (
+            0 <= args.get("n_alphas", 4) <= MAX_SYNTHETIC_ALPHAS
+            and n <= MAX_SYNTHETIC_INSTRUMENTS
+            and t <= MAX_SYNTHETIC_DAYS
+            and n * t <= MAX_SYNTHETIC_CELLS
+        ):
+            raise MarketRefused(
+                f"synthetic market {text!r} is too large for a spec: at most {MAX_SYNTHETIC_INSTRUMENTS} "
+                f"instruments, {MAX_SYNTHETIC_DAYS} days, {MAX_SYNTHETIC_CELLS:,} instrument-days and "
+                f"{MAX_SYNTHETIC_ALPHAS} planted alphas"
+            )
         return
     path = Path(os.path.realpath(Path(text).expanduser()))
     if not any(path == root or root in path.parents for root in (Path(os.path.realpath(r)) for r in roots)):
         where = ", ".join(str(r) for r in roots) or "none: pass market_roots to the executor"
-        raise MarketRefused(f"market {text!r} is not the embedded market, a synthetic one, or under an allowed "
-                            f"market folder ({where})")
+        raise MarketRefused(
+            f"market {text!r} is not the embedded market, a synthetic one, or under an allowed market folder ({where})"
+        )
 
 
 def market_roots(market: str) -> tuple[Path, ...]:
@@ -113,8 +130,15 @@ def export_market(root: str | Path, market: str, panel: Panel | None = None) -> 
         np.save(tmp / "ends.npy", np.asarray(panel.ends, dtype=np.int64))
         for name, arr in panel.fields.items():
             np.save(tmp / f"field.{name}.npy", np.ascontiguousarray(arr, dtype=np.float64))
-        meta = {"format": _FORMAT, "market": market, "name": panel.name, "version": panel.version,
-                "instruments": list(panel.instruments), "fields": list(panel.fields), "meta": dict(panel.meta)}
+        meta = {
+            "format": _FORMAT,
+            "market": market,
+            "name": panel.name,
+            "version": panel.version,
+            "instruments": list(panel.instruments),
+            "fields": list(panel.fields),
+            "meta": dict(panel.meta),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, target)
@@ -137,9 +161,13 @@ def market_arrays(folder: str | Path, mmap: bool = True) -> dict:
     folder = Path(folder)
     meta = json.loads((folder / "meta.json").read_text())
     mode = "r" if mmap else None
-    return {"meta": meta, "calendar": np.load(folder / "calendar.npy"), "starts": np.load(folder / "starts.npy"),
-            "ends": np.load(folder / "ends.npy"),
-            "fields": {name: np.load(folder / f"field.{name}.npy", mmap_mode=mode) for name in meta["fields"]}}
+    return {
+        "meta": meta,
+        "calendar": np.load(folder / "calendar.npy"),
+        "starts": np.load(folder / "starts.npy"),
+        "ends": np.load(folder / "ends.npy"),
+        "fields": {name: np.load(folder / f"field.{name}.npy", mmap_mode=mode) for name in meta["fields"]},
+    }
 
 
 def panel_from_arrays(arrays: dict) -> Panel:

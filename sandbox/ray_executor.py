@@ -61,8 +61,10 @@ def _check_reachable(address: str, timeout: float = _CONNECT_TIMEOUT) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address} ({reason}): start it with "
-                             "`ray start --head`, or leave RAY_ADDRESS unset for a local runtime") from None
+        raise RayUnavailable(
+            f"cannot reach the Ray cluster at {address} ({reason}): start it with "
+            "`ray start --head`, or leave RAY_ADDRESS unset for a local runtime"
+        ) from None
 
 
 def _bootstrap_address(address: str) -> str:
@@ -89,9 +91,16 @@ class _SandboxActor:
     def __init__(self, config: WorkerConfig, root: str, jail: bool | None):
         from sandbox.local import LocalExecutor
 
-        self.inner = LocalExecutor(workers=1, root=root, limits=config.limits, use_cache=False, batch_size=1,
-                                   cache_bytes=config.cache_bytes, max_message_bytes=config.max_message_bytes,
-                                   jail=jail)
+        self.inner = LocalExecutor(
+            workers=1,
+            root=root,
+            limits=config.limits,
+            use_cache=False,
+            batch_size=1,
+            cache_bytes=config.cache_bytes,
+            max_message_bytes=config.max_message_bytes,
+            jail=jail,
+        )
         self.max_bytes = config.max_message_bytes
 
     def ready(self) -> bytes:
@@ -125,9 +134,17 @@ class RayExecutor(BaseExecutor):
     `max_message_bytes`: the largest result an actor may return (see `sandbox.channel`).
     `jail`: as `LocalExecutor`'s, for the worker each actor starts on its node."""
 
-    def __init__(self, workers: int | None = None, *, address: str | None = None, batch_size: int = 8,
-                 cache_bytes: int = 256 << 20, max_message_bytes: int = MAX_MESSAGE_BYTES, jail: bool | None = None,
-                 **kw):
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        address: str | None = None,
+        batch_size: int = 8,
+        cache_bytes: int = 256 << 20,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        jail: bool | None = None,
+        **kw,
+    ):
         super().__init__(**kw)
         self.batch_size = max(1, batch_size)
         self._address = address or os.environ.get("RAY_ADDRESS") or None
@@ -155,11 +172,18 @@ class RayExecutor(BaseExecutor):
         """What isolation the actors actually got (detected when they start)."""
         self._ensure_workers()
         info = self._workers[0].info
-        return {"workers": self.n_workers, "jail": info.get("jail", False), "seccomp": info.get("seccomp", False),
-                "landlock": info.get("landlock", False), "network_isolated": info.get("network_isolated", False),
-                "network_note": info.get("network_note"), "limits": self.limits.__dict__,
-                "start_method": "ray-actor relaying to a local worker", "process_group_kill": True,
-                "ray_address": self._address or "local"}
+        return {
+            "workers": self.n_workers,
+            "jail": info.get("jail", False),
+            "seccomp": info.get("seccomp", False),
+            "landlock": info.get("landlock", False),
+            "network_isolated": info.get("network_isolated", False),
+            "network_note": info.get("network_note"),
+            "limits": self.limits.__dict__,
+            "start_method": "ray-actor relaying to a local worker",
+            "process_group_kill": True,
+            "ray_address": self._address or "local",
+        }
 
     def worker_pids(self) -> list[int]:
         """The actors' process ids (an actor found dead is replaced first)."""
@@ -210,10 +234,17 @@ class RayExecutor(BaseExecutor):
                 yield from self._drain(w, ready, queue, limit)
                 if w.inflight and time.monotonic() >= w.deadline:
                     if w.inflight[0][0] is _PING:
-                        raise RuntimeError(f"a sandbox actor did not answer within {_START_TIMEOUT:g} s "
-                                           "(not enough free CPUs in the Ray cluster?)")
-                    yield self._lost(w, queue, Failure(FailureCategory.TIMEOUT,
-                                                 f"wall-clock limit of {limit:g} s exceeded; the worker was killed"))
+                        raise RuntimeError(
+                            f"a sandbox actor did not answer within {_START_TIMEOUT:g} s "
+                            "(not enough free CPUs in the Ray cluster?)"
+                        )
+                    yield self._lost(
+                        w,
+                        queue,
+                        Failure(
+                            FailureCategory.TIMEOUT, f"wall-clock limit of {limit:g} s exceeded; the worker was killed"
+                        ),
+                    )
 
     def _send(self, w: _Worker, queue: deque, limit: float) -> None:
         """Queue a batch on an idle actor behind a liveness probe: if the actor died while idle, the
@@ -244,8 +275,13 @@ class RayExecutor(BaseExecutor):
             except ray.exceptions.RayError as exc:  # the actor lives, but this call's result could not come back
                 if task is _PING:
                     raise
-                result = ExperimentResult(spec_hash=task.spec_hash, kind=task.kind, failure=Failure(
-                    FailureCategory.WORKER_CRASH, f"the worker could not return a result: {_first_line(exc)}"))
+                result = ExperimentResult(
+                    spec_hash=task.spec_hash,
+                    kind=task.kind,
+                    failure=Failure(
+                        FailureCategory.WORKER_CRASH, f"the worker could not return a result: {_first_line(exc)}"
+                    ),
+                )
             else:
                 try:
                     if task is _PING:
@@ -258,8 +294,11 @@ class RayExecutor(BaseExecutor):
                     if task is _PING:  # an actor that ran experiments before and now answers nonsense
                         self._requeue(w, queue)
                     else:
-                        yield self._lost(w, queue, Failure(FailureCategory.WORKER_CRASH,
-                                                           f"the worker broke the result protocol: {exc}"))
+                        yield self._lost(
+                            w,
+                            queue,
+                            Failure(FailureCategory.WORKER_CRASH, f"the worker broke the result protocol: {exc}"),
+                        )
                     return
             w.inflight.popleft()
             w.deadline = time.monotonic() + limit  # the next call in the batch starts now
@@ -291,9 +330,13 @@ class RayExecutor(BaseExecutor):
                 _check_reachable(self._address)
             try:
                 # "local", not None: None would join whatever cluster /tmp/ray/ray_current_cluster names
-                ray.init(address="local" if local else self._address,
-                         num_cpus=(self._requested or len(os.sched_getaffinity(0))) if local else None,
-                         include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+                ray.init(
+                    address="local" if local else self._address,
+                    num_cpus=(self._requested or len(os.sched_getaffinity(0))) if local else None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    ignore_reinit_error=True,
+                )
             except ConnectionError as exc:  # something answers at the address, but no Ray that lets us in
                 if local:
                     raise
@@ -306,7 +349,10 @@ class RayExecutor(BaseExecutor):
         self._ensure_ray()
         missing = self.n_workers - len(self._workers)
         if missing > 0:
-            fresh = [_Worker(self._actor_class.remote(self._config, str(self.store.root), self._jail)) for _ in range(missing)]
+            fresh = [
+                _Worker(self._actor_class.remote(self._config, str(self.store.root), self._jail))
+                for _ in range(missing)
+            ]
             self._await_ready(fresh)
             self._workers.extend(fresh)
 
@@ -317,8 +363,10 @@ class RayExecutor(BaseExecutor):
         if pending:
             for w in workers:
                 ray.kill(w.actor, no_restart=True)
-            raise RuntimeError(f"{len(pending)} sandbox actor(s) did not start within {_START_TIMEOUT:g} s "
-                               "(not enough free CPUs in the Ray cluster?)")
+            raise RuntimeError(
+                f"{len(pending)} sandbox actor(s) did not start within {_START_TIMEOUT:g} s "
+                "(not enough free CPUs in the Ray cluster?)"
+            )
         for w, ready in zip(workers, ray.get(refs)):
             w.info = self._read_ready(ready)
 
@@ -329,7 +377,12 @@ class RayExecutor(BaseExecutor):
         """Kill `w`'s actor and start a fresh one without waiting: the probe ahead of its next batch
         waits for it to start."""
         self._ray.kill(w.actor, no_restart=True)
-        w.actor, w.info, w.inflight, w.deadline = self._actor_class.remote(self._config, str(self.store.root), self._jail), {}, deque(), math.inf
+        w.actor, w.info, w.inflight, w.deadline = (
+            self._actor_class.remote(self._config, str(self.store.root), self._jail),
+            {},
+            deque(),
+            math.inf,
+        )
         self.stats["worker_restarts"] += 1
 
     def _market_ref(self, folder: str):
@@ -350,8 +403,10 @@ def _join_failure(exc: BaseException) -> str:
         text.append(str(cause))
         cause = cause.__cause__ or cause.__context__
     if any("InvalidAuthToken" in t or "AuthenticationError" in t for t in text):
-        return ("the cluster wants its authentication token: set RAY_AUTH_MODE=token and give this machine "
-                "the cluster's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)")
+        return (
+            "the cluster wants its authentication token: set RAY_AUTH_MODE=token and give this machine "
+            "the cluster's token (~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+        )
     return _first_line(exc)
 
 

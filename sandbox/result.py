@@ -8,8 +8,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
-__all__ = ["FailureCategory", "Failure", "ExperimentResult", "ResultSchemaError", "MAX_CONTEXT_CHARS",
-           "MAX_MESSAGE_CHARS", "MAX_STRING_CHARS"]
+__all__ = [
+    "FailureCategory",
+    "Failure",
+    "ExperimentResult",
+    "ResultSchemaError",
+    "MAX_CONTEXT_CHARS",
+    "MAX_MESSAGE_CHARS",
+    "MAX_STRING_CHARS",
+]
 
 #: A failure's context is cut to this many characters: enough for an LLM to repair the idea, no more.
 MAX_CONTEXT_CHARS = 1500
@@ -96,16 +103,19 @@ class ExperimentResult:
         if failure is not None:
             failure = _failure(failure)
         if "ok" in data:
-            _expect(data["ok"] is (failure is None), "ok", f"{failure is None} (it must agree with `failure`)",
-                    data["ok"])
+            _expect(
+                data["ok"] is (failure is None), "ok", f"{failure is None} (it must agree with `failure`)", data["ok"]
+            )
         run_id = data.get("mlflow_run_id")
         return cls(
             spec_hash=_string(data["spec_hash"], "spec_hash", _MAX_HASH_CHARS),
             kind=_string(data["kind"], "kind"),
             metrics=_metrics(_mapping(data.get("metrics", {}), "metrics")),
             details=_details(_mapping(data.get("details", {}), "details")),
-            artifacts={_string(k, "artifacts", what="string keys"): _string(v, f"artifacts.{k}")
-                       for k, v in _mapping(data.get("artifacts", {}), "artifacts").items()},
+            artifacts={
+                _string(k, "artifacts", what="string keys"): _string(v, f"artifacts.{k}")
+                for k, v in _mapping(data.get("artifacts", {}), "artifacts").items()
+            },
             mlflow_run_id=None if run_id is None else _string(run_id, "mlflow_run_id"),
             failure=failure,
             seconds=_seconds(data.get("seconds", 0.0)),

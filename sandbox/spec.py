@@ -21,8 +21,20 @@ from quantcore.features import DEFAULT_LABEL, feature_set
 from quantcore.workflow.config import SegmentsConfig as Segments  # one definition of ordered segments
 
 __all__ = [
-    "SPEC_VERSION", "Segments", "default_segments", "ExperimentSpec", "FactorSpec", "ModelSpec", "WorkflowSpec", "RLSpec", "PipelineConfig",
-    "SpecError", "RESERVED_DETAIL_KEYS", "parse_spec", "spec_hash", "spec_json",
+    "SPEC_VERSION",
+    "Segments",
+    "default_segments",
+    "ExperimentSpec",
+    "FactorSpec",
+    "ModelSpec",
+    "WorkflowSpec",
+    "RLSpec",
+    "PipelineConfig",
+    "SpecError",
+    "RESERVED_DETAIL_KEYS",
+    "parse_spec",
+    "spec_hash",
+    "spec_json",
 ]
 
 #: Bumped when the meaning of a field changes; a spec of another version is refused, not guessed at.

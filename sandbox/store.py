@@ -43,10 +43,16 @@ def code_digest(folders: dict[str, Path]) -> str:
 
 
 #: Failures that depend only on the spec and the data (not on load or limits) are cached too.
-CACHEABLE_FAILURES = frozenset({
-    FailureCategory.PARSE_ERROR, FailureCategory.INVALID_SPEC, FailureCategory.LOOK_AHEAD,
-    FailureCategory.DEGENERATE_OUTPUT, FailureCategory.FORBIDDEN_OPERATION, FailureCategory.RUNTIME_ERROR,
-})
+CACHEABLE_FAILURES = frozenset(
+    {
+        FailureCategory.PARSE_ERROR,
+        FailureCategory.INVALID_SPEC,
+        FailureCategory.LOOK_AHEAD,
+        FailureCategory.DEGENERATE_OUTPUT,
+        FailureCategory.FORBIDDEN_OPERATION,
+        FailureCategory.RUNTIME_ERROR,
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,13 @@ class WorkerSession:
         else:
             network = isolate_network() if config.isolate_network else "disabled by the executor"
         self.guard = Guard(python_rules=config.python_guard)
-        self.ctx = WorkerContext(attach=self._attach, guard=self.guard, cache_bytes=config.cache_bytes,
-                                 output_chars=config.limits.output_chars, feature_cache=self._feature_cache)
+        self.ctx = WorkerContext(
+            attach=self._attach,
+            guard=self.guard,
+            cache_bytes=config.cache_bytes,
+            output_chars=config.limits.output_chars,
+            feature_cache=self._feature_cache,
+        )
         apply_process_limits(config.limits)
         self.info = {"pid": os.getpid(), "network_isolated": network is None, "network_note": network}
 

@@ -252,8 +252,9 @@ def pearson_moments(x, y, both, *, threads=None) -> np.ndarray:
         my = np.where(both, y, 0.0).sum(axis=0) / count
         dx = np.where(both, x - mx, 0.0)
         dy = np.where(both, y - my, 0.0)
-    return np.stack([count.astype(np.float64), mx, my, (dx * dx).sum(axis=0), (dy * dy).sum(axis=0),
-                     (dx * dy).sum(axis=0)])
+    return np.stack(
+        [count.astype(np.float64), mx, my, (dx * dx).sum(axis=0), (dy * dy).sum(axis=0), (dx * dy).sum(axis=0)]
+    )
 
 
 def _one_day(op: str, s: pd.Series, g: pd.Series | None, param) -> pd.Series | None:

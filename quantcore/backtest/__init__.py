@@ -14,7 +14,22 @@ from quantcore.backtest.simulate import (
 from quantcore.backtest.strategy import DropoutOrders, Strategy, TargetWeights, TopkDropout, WeightStrategy
 
 __all__ = [
-    "Account", "BacktestError", "SignalError", "CostModel", "Exchange", "REPORT_COLUMNS", "align_signal",
-    "equal_weight_benchmark", "instrument_benchmark", "simulate", "DropoutOrders", "Strategy",
-    "TargetWeights", "TopkDropout", "WeightStrategy", "backtest_scores", "benchmark_returns", "trading_range",
+    "Account",
+    "BacktestError",
+    "SignalError",
+    "CostModel",
+    "Exchange",
+    "REPORT_COLUMNS",
+    "align_signal",
+    "equal_weight_benchmark",
+    "instrument_benchmark",
+    "simulate",
+    "DropoutOrders",
+    "Strategy",
+    "TargetWeights",
+    "TopkDropout",
+    "WeightStrategy",
+    "backtest_scores",
+    "benchmark_returns",
+    "trading_range",
 ]

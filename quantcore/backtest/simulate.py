@@ -92,11 +92,21 @@ def simulate(
         stock = book.stock_value()
         value = book.cash + stock
         cost, turnover = book.total_cost - last_cost, book.total_turnover - last_turnover
-        rows[k] = (value, (value - last_value + cost) / last_value, book.total_turnover, turnover / last_value,
-                   book.total_cost, cost / last_value, stock, book.cash, 0.0)
+        rows[k] = (
+            value,
+            (value - last_value + cost) / last_value,
+            book.total_turnover,
+            turnover / last_value,
+            book.total_cost,
+            cost / last_value,
+            stock,
+            book.cash,
+            0.0,
+        )
         last_value, last_turnover, last_cost = value, book.total_turnover, book.total_cost
-    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS),
-                          index=pd.DatetimeIndex(calendar[start : end + 1], name="datetime"))
+    report = pd.DataFrame(
+        rows, columns=list(REPORT_COLUMNS), index=pd.DatetimeIndex(calendar[start : end + 1], name="datetime")
+    )
     report["bench"] = 0.0 if benchmark is None else benchmark[start : end + 1]
     return report
 

@@ -37,11 +37,14 @@ def read_signal(path: Path) -> pd.Series:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
-        raise SignalError(f"cannot read signal file {path} as Parquet ({type(exc).__name__}); "
-                          "write it with DataFrame.to_parquet") from None
+        raise SignalError(
+            f"cannot read signal file {path} as Parquet ({type(exc).__name__}); write it with DataFrame.to_parquet"
+        ) from None
     if "score" not in frame.columns:
-        raise SignalError(f"signal file {path} has no 'score' column (columns: {', '.join(map(str, frame.columns))}); "
-                          "name the prediction column `score`")
+        raise SignalError(
+            f"signal file {path} has no 'score' column (columns: {', '.join(map(str, frame.columns))}); "
+            "name the prediction column `score`"
+        )
     if not isinstance(frame.index, pd.MultiIndex) and {"datetime", "instrument"} <= set(frame.columns):
         frame = frame.set_index(["datetime", "instrument"])
     if not isinstance(frame.index, pd.MultiIndex) or frame.index.nlevels != 2:
@@ -51,9 +54,13 @@ def read_signal(path: Path) -> pd.Series:
 
 @user_errors
 def backtest_command(
-    signal: Path = typer.Option(..., "--signal", help="Parquet file with a `score` column indexed by (datetime, instrument)."),
+    signal: Path = typer.Option(
+        ..., "--signal", help="Parquet file with a `score` column indexed by (datetime, instrument)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output Parquet report."),
-    data: str = typer.Option("sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."),
+    data: str = typer.Option(
+        "sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."
+    ),
     strategy: StrategyName = typer.Option(StrategyName.topk, "--strategy", help="topk (TopkDropout) | weight."),
     topk: int = typer.Option(50, help="TopkDropout: names held."),
     n_drop: int = typer.Option(5, "--n-drop", help="TopkDropout: names replaced per day."),

@@ -30,10 +30,16 @@ def synth_command(
     instruments: int = typer.Option(300, "--instruments", "-n", min=2, help="Number of instruments."),
     days: int = typer.Option(2520, "--days", "-t", min=30, help="Number of trading days."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same market and alphas."),
-    alphas: int = typer.Option(4, "--alphas", "-k", min=0, help="Number of planted alphas, drawn at random from the "
-                               "seed; 0 gives a null market with no signal."),
-    reveal: bool = typer.Option(False, "--reveal", help="Print the planted alphas (hidden otherwise) with their "
-                                "target and realised rank IC."),
+    alphas: int = typer.Option(
+        4,
+        "--alphas",
+        "-k",
+        min=0,
+        help="Number of planted alphas, drawn at random from the seed; 0 gives a null market with no signal.",
+    ),
+    reveal: bool = typer.Option(
+        False, "--reveal", help="Print the planted alphas (hidden otherwise) with their target and realised rank IC."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace qlib data already in --out."),
 ) -> None:
     """Generate the synthetic market (with hidden planted alphas) and write it as a qlib directory."""
@@ -47,8 +53,9 @@ def synth_command(
     )
     if not reveal:
         if alphas:
-            console.print(f"the {alphas} planted alphas are hidden (the data holds no trace of them); "
-                          "--reveal prints them")
+            console.print(
+                f"the {alphas} planted alphas are hidden (the data holds no trace of them); --reveal prints them"
+            )
         return
     planted = planted_alphas(seed, alphas)
     if not planted:
@@ -56,12 +63,15 @@ def synth_command(
         return
     realised = _realised_rank_ics(panel, {a.name: a.expression for a in planted})  # name -> (mean, std error)
     # plain lines, not a table: a table wraps long expressions and breaks copy-paste
-    console.print(f"[bold]planted alphas[/] (rank IC: mean daily Spearman vs {DEFAULT_LABEL}, "
-                  f"over all {panel.n_days} days)")
+    console.print(
+        f"[bold]planted alphas[/] (rank IC: mean daily Spearman vs {DEFAULT_LABEL}, over all {panel.n_days} days)"
+    )
     for a in planted:
         mean, error = realised[a.name]
-        console.print(f"  [bold]{a.name}[/]  target {a.target_rank_ic:+.4f}  realised {mean:+.4f} +/- {error:.4f}",
-                      highlight=False)
+        console.print(
+            f"  [bold]{a.name}[/]  target {a.target_rank_ic:+.4f}  realised {mean:+.4f} +/- {error:.4f}",
+            highlight=False,
+        )
         console.print(f"    {a.expression}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"    {a.description}", markup=False, highlight=False, soft_wrap=True)
 
@@ -81,8 +91,12 @@ def _realised_rank_ics(panel: Panel, expressions: dict[str, str]) -> dict[str, t
 def import_command(
     file: Path = typer.Argument(..., help="CSV (optionally compressed) or Parquet file of long-format daily bars."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write (qlib format)."),
-    mapping: list[str] = typer.Option([], "--map", "-m", help="Column mapping SRC=DST, e.g. Name=instrument (repeatable)."),
-    strict: bool = typer.Option(False, "--strict", help="Treat reported defects (missing OHL, OHLC-inconsistent, zero volume) as errors."),
+    mapping: list[str] = typer.Option(
+        [], "--map", "-m", help="Column mapping SRC=DST, e.g. Name=instrument (repeatable)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Treat reported defects (missing OHL, OHLC-inconsistent, zero volume) as errors."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace qlib data already in --out."),
 ) -> None:
     """Import daily bars, print the import report, and write a qlib directory."""

@@ -19,14 +19,18 @@ from quantcore.evaluate.ic import MIN_PAIRS
 from quantcore.evaluate.report import DECAY_HORIZONS
 from quantcore.features import DEFAULT_LABEL
 
-factor_app = typer.Typer(help="Evaluate factors: IC, RankIC, quantile returns, turnover, IC decay.", no_args_is_help=True)
+factor_app = typer.Typer(
+    help="Evaluate factors: IC, RankIC, quantile returns, turnover, IC decay.", no_args_is_help=True
+)
 
 
 @factor_app.command("eval")
 @user_errors
 def eval_command(
     expression: str = typer.Argument(..., help="Factor expression in qlib syntax, e.g. 'Ref($close, 5)/$close - 1'."),
-    data: str = typer.Option("sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."),
+    data: str = typer.Option(
+        "sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."
+    ),
     start: Optional[str] = typer.Option(None, help="First date scored (inclusive); look-backs still use earlier data."),
     end: Optional[str] = typer.Option(None, help="Last date scored (inclusive)."),
     label: str = typer.Option(DEFAULT_LABEL, "--label", help="Label expression (may read the future)."),
@@ -41,8 +45,16 @@ def eval_command(
     library = parse_pairs(corr, "--corr", "NAME=EXPRESSION")
     panel = load_market(data)
     report = evaluate_expression(
-        panel, expression, label, start, end, quantiles=quantiles, min_pairs=min_pairs, max_loss=max_loss,
-        decay_horizons=DECAY_HORIZONS if decay else (), library=library,
+        panel,
+        expression,
+        label,
+        start,
+        end,
+        quantiles=quantiles,
+        min_pairs=min_pairs,
+        max_loss=max_loss,
+        decay_horizons=DECAY_HORIZONS if decay else (),
+        library=library,
     )
     out = report.to_dict()
     if as_json:
@@ -52,8 +64,13 @@ def eval_command(
     table.add_column("metric")
     table.add_column("IC", justify="right")
     table.add_column("RankIC", justify="right")
-    for name, a, b in (("mean", "ic", "rank_ic"), ("std", "ic_std", "rank_ic_std"), ("IR", "icir", "rank_icir"),
-                       ("t-stat", "ic_t", "rank_ic_t"), ("days", "ic_days", "rank_ic_days")):
+    for name, a, b in (
+        ("mean", "ic", "rank_ic"),
+        ("std", "ic_std", "rank_ic_std"),
+        ("IR", "icir", "rank_icir"),
+        ("t-stat", "ic_t", "rank_ic_t"),
+        ("days", "ic_days", "rank_ic_days"),
+    ):
         table.add_row(name, _fmt(out[a]), _fmt(out[b]))
     console.print(table)
     q = Table(title=f"label by factor quantile (1 = lowest), label {label}")

@@ -24,17 +24,18 @@ from quantcore.frame_io import write_parquet
 @user_errors
 def features_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output Parquet file."),
-    data: str = typer.Option("sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."),
-    set_name: str = typer.Option(
-        "alpha158", "--set", "-s", help=f"Feature set: {' | '.join(FEATURE_SETS)} | none."
+    data: str = typer.Option(
+        "sp500", "--data", "-d", help="sp500 | synthetic[:N:T:SEED] | qlib dir | CSV/Parquet file."
     ),
+    set_name: str = typer.Option("alpha158", "--set", "-s", help=f"Feature set: {' | '.join(FEATURE_SETS)} | none."),
     expr: list[str] = typer.Option([], "--expr", "-e", help="Extra feature NAME=EXPRESSION (repeatable)."),
     label: bool = typer.Option(False, "--label/--no-label", help=f"Add LABEL0 = {DEFAULT_LABEL}."),
     start: Optional[str] = typer.Option(None, help="First date (inclusive); look-backs still use earlier data."),
     end: Optional[str] = typer.Option(None, help="Last date (inclusive)."),
     cache: Optional[Path] = typer.Option(None, help="On-disk expression cache directory (off by default)."),
     cache_max_gb: float = typer.Option(
-        DEFAULT_DISK_CACHE_BYTES / 2**30, "--cache-max-gb",
+        DEFAULT_DISK_CACHE_BYTES / 2**30,
+        "--cache-max-gb",
         help="Bound of the --cache directory: past it the entries used longest ago are deleted.",
     ),
     qlib_compat: bool = typer.Option(
@@ -72,8 +73,10 @@ def features_command(
     t2 = time.perf_counter()
     frame = panel.to_frame(arrays, days=panel.date_index(start, end))
     if frame.empty:
-        raise ValueError(f"no rows between {start} and {end}: the market covers "
-                         f"{str(panel.calendar[0])[:10]} .. {str(panel.calendar[-1])[:10]}")
+        raise ValueError(
+            f"no rows between {start} and {end}: the market covers "
+            f"{str(panel.calendar[0])[:10]} .. {str(panel.calendar[-1])[:10]}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_parquet(frame, out)
     t3 = time.perf_counter()

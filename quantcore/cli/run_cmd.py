@@ -24,7 +24,9 @@ __all__ = ["run_command"]
 @user_errors
 def run_command(
     workflow: Path = typer.Argument(..., help="Workflow YAML (see examples/)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="MLflow store folder (default: the workflow's record.root)."),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="MLflow store folder (default: the workflow's record.root)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the headline metrics as one JSON object."),
 ) -> None:
     """Run data -> dataset -> model -> backtest -> analysis and record it all in MLflow."""
@@ -37,8 +39,7 @@ def run_command(
     # importing mlflow and opening its store take seconds: a child process does both while the workflow
     # runs into a capture folder, then replays the capture as the MLflow run (a failed run is replayed
     # too, marked FAILED with its traceback, before the error propagates)
-    with StoreProcess(root or cfg.record.root, cfg.record.experiment) as store, \
-            tempfile.TemporaryDirectory() as tmp:
+    with StoreProcess(root or cfg.record.root, cfg.record.experiment) as store, tempfile.TemporaryDirectory() as tmp:
         try:
             result = run_workflow(cfg, CaptureRecorder(tmp), log=log)
         except BaseException as exc:

@@ -78,17 +78,33 @@ RATIO_SERIES = (
 
 # Rolling operators by what they do to units: location keeps them, dispersion keeps them (and may be
 # signed), shape is scale-free. Words for descriptions.
-LOCATION = MappingProxyType({"Mean": "mean", "EMA": "exponential mean", "WMA": "weighted mean", "Max": "maximum",
-                             "Min": "minimum", "Med": "median", "Quantile": "quantile"})
-DISPERSION = MappingProxyType({"Std": "standard deviation", "Delta": "change", "Slope": "trend slope",
-                               "Resi": "trend residual"})
-SHAPE = MappingProxyType({"Skew": "skewness", "Kurt": "kurtosis", "Rank": "rank of the latest value",
-                          "Rsquare": "trend R-squared", "IdxMax": "position of the maximum",
-                          "IdxMin": "position of the minimum"})
+LOCATION = MappingProxyType(
+    {
+        "Mean": "mean",
+        "EMA": "exponential mean",
+        "WMA": "weighted mean",
+        "Max": "maximum",
+        "Min": "minimum",
+        "Med": "median",
+        "Quantile": "quantile",
+    }
+)
+DISPERSION = MappingProxyType(
+    {"Std": "standard deviation", "Delta": "change", "Slope": "trend slope", "Resi": "trend residual"}
+)
+SHAPE = MappingProxyType(
+    {
+        "Skew": "skewness",
+        "Kurt": "kurtosis",
+        "Rank": "rank of the latest value",
+        "Rsquare": "trend R-squared",
+        "IdxMax": "position of the maximum",
+        "IdxMin": "position of the minimum",
+    }
+)
 ROLLING = MappingProxyType({**LOCATION, **DISPERSION, **SHAPE, "Sum": "sum"})
 # Second-level statistics of an already scale-free result (a "statistic of a statistic").
 OUTER = ("Mean", "EMA", "Std", "Delta", "Max", "Min", "Rank", "Skew")
-
 
 
 def draw_alpha(rng: np.random.Generator) -> DrawnAlpha:
@@ -141,8 +157,11 @@ def _pair(rng: np.random.Generator) -> DrawnAlpha:
         op = "Cov"
     w = _window(rng)
     words = "correlation" if op == "Corr" else "covariance"
-    return DrawnAlpha(f"{op}({x.text}, {y.text}, {w})", f"{op.lower()}_{x.tag}_{y.tag}_{w}",
-                      f"{w}-day {words} of {x.words} with {y.words}")
+    return DrawnAlpha(
+        f"{op}({x.text}, {y.text}, {w})",
+        f"{op.lower()}_{x.tag}_{y.tag}_{w}",
+        f"{w}-day {words} of {x.words} with {y.words}",
+    )
 
 
 def _spread(rng: np.random.Generator) -> DrawnAlpha:
@@ -153,24 +172,34 @@ def _spread(rng: np.random.Generator) -> DrawnAlpha:
         a, b = _pick(rng, LOCATION), _pick(rng, LOCATION)
         w1, w2 = _two_windows(rng)
         sa, sb = _call(rng, a, x.text, w1), _call(rng, b, y.text, w2)
-        return DrawnAlpha(f"{sa}/{sb} - 1", f"{a.lower()}{w1}_{x.tag}_{b.lower()}{w2}_{y.tag}",
-                          f"{w1}-day {_op_words(a, sa)} of {x.words} over the {w2}-day {_op_words(b, sb)} of {y.words}")
+        return DrawnAlpha(
+            f"{sa}/{sb} - 1",
+            f"{a.lower()}{w1}_{x.tag}_{b.lower()}{w2}_{y.tag}",
+            f"{w1}-day {_op_words(a, sa)} of {x.words} over the {w2}-day {_op_words(b, sb)} of {y.words}",
+        )
     if u < 0.55:  # volume: short over long mean
         w1, w2 = _two_windows(rng)
-        return DrawnAlpha(f"Mean($volume, {w1})/Mean($volume, {w2}) - 1", f"vma{w1}_{w2}",
-                          f"{w1}-day over {w2}-day mean volume")
+        return DrawnAlpha(
+            f"Mean($volume, {w1})/Mean($volume, {w2}) - 1", f"vma{w1}_{w2}", f"{w1}-day over {w2}-day mean volume"
+        )
     x = _ratio_series(rng)
     w1, w2 = _two_windows(rng)
     if rng.random() < 0.5:  # e.g. Std(ret, 5)/Std(ret, 40): short over long volatility
         op = "Std" if rng.random() < 0.7 else "Mean"
         if op == "Mean" and x.tag in ("ret", "gap", "intraday", "dlogvol", "vwapgap"):
             op = "Std"  # signed series: a ratio of means can divide by ~0
-        return DrawnAlpha(f"{op}({x.text}, {w1})/{op}({x.text}, {w2})", f"{op.lower()}{w1}_{op.lower()}{w2}_{x.tag}",
-                          f"{w1}-day over {w2}-day {ROLLING[op]} of {x.words}")
+        return DrawnAlpha(
+            f"{op}({x.text}, {w1})/{op}({x.text}, {w2})",
+            f"{op.lower()}{w1}_{op.lower()}{w2}_{x.tag}",
+            f"{w1}-day over {w2}-day {ROLLING[op]} of {x.words}",
+        )
     a = _pick(rng, LOCATION)
     sa, sb = _call(rng, a, x.text, w1), _call(rng, a, x.text, w2)
-    return DrawnAlpha(f"{sa} - {sb}", f"{a.lower()}{w1}_{a.lower()}{w2}_{x.tag}",
-                      f"{w1}-day minus {w2}-day {_op_words(a, sa)} of {x.words}")
+    return DrawnAlpha(
+        f"{sa} - {sb}",
+        f"{a.lower()}{w1}_{a.lower()}{w2}_{x.tag}",
+        f"{w1}-day minus {w2}-day {_op_words(a, sa)} of {x.words}",
+    )
 
 
 def _nested(rng: np.random.Generator) -> DrawnAlpha:
@@ -178,15 +207,24 @@ def _nested(rng: np.random.Generator) -> DrawnAlpha:
     inner = _pair(rng) if rng.random() < 0.3 else _rolling_alpha(rng)
     op = OUTER[rng.integers(len(OUTER))]
     w = _window(rng, op)
-    return DrawnAlpha(f"{op}({inner.expression}, {w})", f"{op.lower()}{w}_{inner.name}",
-                      f"{w}-day {ROLLING[op]} of the {inner.description}")
+    return DrawnAlpha(
+        f"{op}({inner.expression}, {w})",
+        f"{op.lower()}{w}_{inner.name}",
+        f"{w}-day {ROLLING[op]} of the {inner.description}",
+    )
 
 
 # Each form with its relative weight; rolling statistics of one series are the broadest region.
-_FORMS: Mapping[str, tuple[float, Callable[[np.random.Generator], DrawnAlpha]]] = MappingProxyType({
-    "level": (1.0, _level), "change": (1.5, _change), "rolling": (4.0, _rolling_alpha), "pair": (2.0, _pair),
-    "spread": (1.5, _spread), "nested": (1.5, _nested),
-})
+_FORMS: Mapping[str, tuple[float, Callable[[np.random.Generator], DrawnAlpha]]] = MappingProxyType(
+    {
+        "level": (1.0, _level),
+        "change": (1.5, _change),
+        "rolling": (4.0, _rolling_alpha),
+        "pair": (2.0, _pair),
+        "spread": (1.5, _spread),
+        "nested": (1.5, _nested),
+    }
+)
 
 
 # ---- pieces -------------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ def build_embedded(src_csv: str | os.PathLike, dst: str | os.PathLike | None = N
     panel, report = import_bars(src, SP500_COLUMN_MAP, DefectPolicy.KEEP)
     extra = set(panel.fields) - {*_PRICE_COLUMNS, "volume", "vwap", "factor"}
     if extra or "vwap" not in " ".join(report.derived) or "factor" not in " ".join(report.derived):
-        raise DataError(f"{src}: the embedded format stores open/high/low/close/volume only; found {sorted(panel.fields)}")
+        raise DataError(
+            f"{src}: the embedded format stores open/high/low/close/volume only; found {sorted(panel.fields)}"
+        )
 
     inside = ~panel.outside_span  # (N, T)
     traded = inside & _row_present(panel)

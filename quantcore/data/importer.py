@@ -158,7 +158,9 @@ def bars_to_panel(
     row_label = row_label or _row_number
     defects = _find_defects(bars, row_label)
     if policy is DefectPolicy.RAISE and any(d.count for d in defects):
-        problems = [f"{d.count} {d.kind} rows ({d.description}), e.g. {'; '.join(d.examples)}" for d in defects if d.count]
+        problems = [
+            f"{d.count} {d.kind} rows ({d.description}), e.g. {'; '.join(d.examples)}" for d in defects if d.count
+        ]
         raise DataValidationError(f"{source}: defective rows and the policy is 'raise' (strict)", problems)
 
     derived = []
@@ -207,14 +209,21 @@ def bars_to_panel(
         column_map=dict(column_map or {}),
     )
     panel = Panel.from_arrays(
-        calendar, insts, arrays, starts=starts, ends=ends, name=name,
+        calendar,
+        insts,
+        arrays,
+        starts=starts,
+        ends=ends,
+        name=name,
         meta={"source": source, "import_report": report.summary()},
     )
     return panel, report
 
 
 # ---- validation -------------------------------------------------------------------------------
-def _validate(frame: pd.DataFrame, column_map: Mapping[str, str], source: str, row_label) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def _validate(
+    frame: pd.DataFrame, column_map: Mapping[str, str], source: str, row_label
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
     present = [str(c) for c in frame.columns]
     unknown_src = [s for s in column_map if s not in present]
     if unknown_src:
@@ -226,7 +235,9 @@ def _validate(frame: pd.DataFrame, column_map: Mapping[str, str], source: str, r
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     dupes = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if dupes:
-        raise DataValidationError(f"{source}: several columns map to {', '.join(dupes)}; columns present: {', '.join(present)}")
+        raise DataValidationError(
+            f"{source}: several columns map to {', '.join(dupes)}; columns present: {', '.join(present)}"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         hint = " (map them with --map SRC=DST, e.g. --map Name=instrument)"
@@ -252,7 +263,12 @@ def _validate(frame: pd.DataFrame, column_map: Mapping[str, str], source: str, r
     bad = dates.isna().to_numpy()
     _collect(problems, bad, lambda i: f"{row_label(i)}: unparsable date {date_raw.iloc[i]!r}", "unparsable dates")
     intraday = (~bad) & (dates != dates.dt.normalize()).to_numpy()
-    _collect(problems, intraday, lambda i: f"{row_label(i)}: timestamp {dates.iloc[i]} has a time of day; daily bars expected", "intraday timestamps")
+    _collect(
+        problems,
+        intraday,
+        lambda i: f"{row_label(i)}: timestamp {dates.iloc[i]} has a time of day; daily bars expected",
+        "intraday timestamps",
+    )
     out["date"] = dates.to_numpy(dtype="datetime64[ns]")
 
     inst = frame["instrument"].astype("string").str.strip()
@@ -273,17 +289,27 @@ def _validate(frame: pd.DataFrame, column_map: Mapping[str, str], source: str, r
         if col not in REQUIRED_COLUMNS and col not in ("vwap", "factor") and unparsable.all():
             ignored.append(col)  # a text column (sector name, exchange ...): not a numeric field
             continue
-        _collect(problems, unparsable, lambda i, c=col, r=raw: f"{row_label(i)}: column {c}: unparsable number {r.iloc[i]!r}", f"unparsable {col} values")
+        _collect(
+            problems,
+            unparsable,
+            lambda i, c=col, r=raw: f"{row_label(i)}: column {c}: unparsable number {r.iloc[i]!r}",
+            f"unparsable {col} values",
+        )
         vals = num.to_numpy(dtype=np.float64, na_value=np.nan)
         if col in _PRICES or col == "volume":
             neg = vals < 0
             what = "price" if col in _PRICES else "volume"
-            _collect(problems, neg, lambda i, c=col, v=vals: f"{row_label(i)} ({out['instrument'][i]}): negative {what} {c}={v[i]:g}", f"negative {col} values")
+            _collect(
+                problems,
+                neg,
+                lambda i, c=col, v=vals: f"{row_label(i)} ({out['instrument'][i]}): negative {what} {c}={v[i]:g}",
+                f"negative {col} values",
+            )
         out[col] = vals
 
     ok = ~(bad | empty)
     key = pd.DataFrame({"date": out["date"], "instrument": out["instrument"]})
-    dup = (key.duplicated(keep=False).to_numpy() & ok)
+    dup = key.duplicated(keep=False).to_numpy() & ok
     if dup.any():
         positions = np.flatnonzero(dup)
         groups = key[dup].groupby(["instrument", "date"], sort=True).indices
@@ -306,14 +332,14 @@ def _collect(problems: list[str], mask: np.ndarray, describe, kind: str) -> None
 
 
 def _find_defects(bars: pd.DataFrame, row_label) -> tuple[Defect, ...]:
-    o, h, l, c = (bars[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close"))
+    o, h, lo, c = (bars[k].to_numpy(dtype=np.float64) for k in ("open", "high", "low", "close"))
     v = bars["volume"].to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
         # NaN compares False, so rows with a missing price count only under missing_ohl / missing_close.
-        inconsistent = (h < np.fmax(o, c)) | (l > np.fmin(o, c)) | (h < l)
-        inconsistent &= ~(np.isnan(o) | np.isnan(h) | np.isnan(l) | np.isnan(c))
+        inconsistent = (h < np.fmax(o, c)) | (lo > np.fmin(o, c)) | (h < lo)
+        inconsistent &= ~(np.isnan(o) | np.isnan(h) | np.isnan(lo) | np.isnan(c))
     checks = [
-        ("missing_ohl", "open, high or low is empty", np.isnan(o) | np.isnan(h) | np.isnan(l)),
+        ("missing_ohl", "open, high or low is empty", np.isnan(o) | np.isnan(h) | np.isnan(lo)),
         ("missing_close", "close is empty", np.isnan(c)),
         ("ohlc_inconsistent", "high < max(open, close), low > min(open, close) or high < low", inconsistent),
         ("zero_volume", "volume is 0", v == 0),
@@ -324,7 +350,7 @@ def _find_defects(bars: pd.DataFrame, row_label) -> tuple[Defect, ...]:
         idx = np.flatnonzero(mask)
         ex = tuple(
             f"{inst.iloc[i]} {pd.Timestamp(dates.iloc[i]).date()} ({row_label(i)}): "
-            f"o={o[i]:.10g} h={h[i]:.10g} l={l[i]:.10g} c={c[i]:.10g} v={v[i]:.12g}"
+            f"o={o[i]:.10g} h={h[i]:.10g} l={lo[i]:.10g} c={c[i]:.10g} v={v[i]:.12g}"
             for i in idx[:_MAX_EXAMPLES]
         )
         defects.append(Defect(kind, desc, int(len(idx)), ex))

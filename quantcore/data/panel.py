@@ -192,9 +192,7 @@ class Panel:
             verify_integrity=False,
         )
 
-    def to_frame(
-        self, columns: Mapping[str, np.ndarray], days: slice = slice(None), dtype=np.float32
-    ) -> pd.DataFrame:
+    def to_frame(self, columns: Mapping[str, np.ndarray], days: slice = slice(None), dtype=np.float32) -> pd.DataFrame:
         """Long frame indexed by (datetime, instrument): one row per in-span day within `days`, one
         column per (N, T) array. Built as a single column-major block so pandas does not copy it."""
         block = self.empty_block(len(columns), days, dtype)
@@ -203,8 +201,9 @@ class Panel:
             self.fill_column(block, j, arr, days, cells)
         return pd.DataFrame(block, index=self.frame_index(days), columns=list(columns), copy=False)
 
-    def empty_block(self, n_columns: int, days: slice = slice(None), dtype=np.float32, *,
-                    prefault: bool = True) -> np.ndarray:
+    def empty_block(
+        self, n_columns: int, days: slice = slice(None), dtype=np.float32, *, prefault: bool = True
+    ) -> np.ndarray:
         """An uninitialised column-major (rows, n_columns) block for `to_frame`-shaped output, its
         memory mapped up front (`prefaulted_empty`) unless `prefault` is False (`huge_empty`)."""
         n_rows = int(kernels.listed_counts(self.starts, self.ends, self.n_days)[days].sum())
@@ -218,8 +217,9 @@ class Panel:
         if block.dtype == np.float32:
             # one thread: columns are filled while other work runs (the evaluator's DAG workers), and
             # an OpenMP team on busy cores waits at every barrier
-            kernels.gather_rows(np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j],
-                                threads=1)
+            kernels.gather_rows(
+                np.asarray(arr, dtype=np.float64), self.starts, self.ends, days, out=block[:, j], threads=1
+            )
         else:
             cells = self.frame_cells(days) if cells is None else cells
             block[:, j] = np.ascontiguousarray(arr).reshape(-1)[cells]
@@ -282,7 +282,7 @@ def populate(arr: np.ndarray, stop: threading.Event | None = None) -> bool:
         return False
     view, step = memoryview(mapping), 32 << 20
     for offset in range(0, len(view), step):
-        if (stop is not None and stop.is_set()) or kernels.populate_write(view[offset:offset + step]) != 0:
+        if (stop is not None and stop.is_set()) or kernels.populate_write(view[offset : offset + step]) != 0:
             return False
     return True
 

@@ -157,7 +157,11 @@ def _read_instruments(file: Path, calendar: np.ndarray) -> dict[str, tuple[int, 
 
 def _date_range(calendar: np.ndarray, start, end) -> slice:
     i0 = 0 if start is None else int(np.searchsorted(calendar, np.datetime64(pd.Timestamp(start), "ns"), "left"))
-    i1 = len(calendar) if end is None else int(np.searchsorted(calendar, np.datetime64(pd.Timestamp(end), "ns"), "right"))
+    i1 = (
+        len(calendar)
+        if end is None
+        else int(np.searchsorted(calendar, np.datetime64(pd.Timestamp(end), "ns"), "right"))
+    )
     if i1 <= i0:
         raise DataError(f"no trading days between {start} and {end} in the qlib calendar")
     return slice(i0, i1)
@@ -264,13 +268,17 @@ def _check_writable(panel: Panel, root: Path, overwrite: bool) -> None:
     lowered: dict[str, str] = {}
     for name in panel.fields:
         if not name or any(c in name for c in "/\\.\t\n") or name.lower() in lowered:
-            raise DataError(f"field name {name!r} cannot be stored in qlib format (names must be distinct when lower-cased)")
+            raise DataError(
+                f"field name {name!r} cannot be stored in qlib format (names must be distinct when lower-cased)"
+            )
         lowered[name.lower()] = name
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} exists and is not a directory")
     existing = [sub for sub in ("calendars", "instruments", "features") if (root / sub).exists()]
     if existing:
         if not overwrite:
-            raise DataError(f"{root} already holds qlib data ({', '.join(existing)}); pass overwrite=True (--force) to replace it")
+            raise DataError(
+                f"{root} already holds qlib data ({', '.join(existing)}); pass overwrite=True (--force) to replace it"
+            )
         for sub in existing:
             shutil.rmtree(root / sub)

@@ -56,8 +56,10 @@ def synthetic_args(text: str) -> dict:
     parts = text.split(":")[1:]
     names = ("n_instruments", "n_days", "seed", "n_alphas")
     if len(parts) > len(names) or any(not p.strip().lstrip("-").isdigit() for p in parts):
-        raise DataError(f"bad synthetic market spec {text!r}: expected synthetic:N:T:SEED:K with whole numbers "
-                        "(instruments, days, seed, planted alphas), e.g. synthetic:300:2520:0:4")
+        raise DataError(
+            f"bad synthetic market spec {text!r}: expected synthetic:N:T:SEED:K with whole numbers "
+            "(instruments, days, seed, planted alphas), e.g. synthetic:300:2520:0:4"
+        )
     return {name: int(p) for name, p in zip(names, parts)}
 
 

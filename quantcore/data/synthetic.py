@@ -135,8 +135,13 @@ def planted_alphas(seed: int = 0, n_alphas: int = 4) -> tuple[PlantedAlpha, ...]
     _, scores = _plant(reference, {a.name: a.expression for a in drawn}, coefficients)
     coefficients = np.linalg.solve(_mean_daily_corr(scores, _WARMUP), targets) / _IC_PER_COEFFICIENT
     return tuple(
-        PlantedAlpha(a.name, a.expression, float(t), float(c),
-                     f"{a.description}; higher values predict {'higher' if t > 0 else 'lower'} returns")
+        PlantedAlpha(
+            a.name,
+            a.expression,
+            float(t),
+            float(c),
+            f"{a.description}; higher values predict {'higher' if t > 0 else 'lower'} returns",
+        )
         for a, t, c in zip(drawn, targets, coefficients)
     )
 
@@ -169,8 +174,10 @@ def _draw_alphas(rng: np.random.Generator, n_alphas: int, reference: Panel) -> t
         scores.append(z)
         if len(drawn) == n_alphas:
             return drawn, np.array(targets), scores
-    raise RuntimeError(f"found only {len(drawn)} of {n_alphas} usable alphas in {50 * n_alphas} draws; "
-                       "the grammar or the checks are broken")
+    raise RuntimeError(
+        f"found only {len(drawn)} of {n_alphas} usable alphas in {50 * n_alphas} draws; "
+        "the grammar or the checks are broken"
+    )
 
 
 def synth_market(
@@ -184,8 +191,12 @@ def synth_market(
     alphas = planted_alphas(seed, n_alphas)
     exprs = {a.name: a.expression for a in alphas}
     panel, _ = _plant(market, exprs, np.array([a.coefficient for a in alphas]))
-    meta = {"generator": "quantcore.data.synthetic/2", "seed": str(seed), "size": f"{market.n}x{market.t}",
-            "n_alphas": str(n_alphas)}
+    meta = {
+        "generator": "quantcore.data.synthetic/2",
+        "seed": str(seed),
+        "size": f"{market.n}x{market.t}",
+        "n_alphas": str(n_alphas),
+    }
     return Panel(panel.calendar, panel.instruments, panel.fields, panel.starts, panel.ends, "synthetic", meta)
 
 
@@ -238,15 +249,17 @@ def _draw_market(n: int, t: int, seed: int, cfg: SynthConfig) -> _Market:
     down_wick = np.abs(cfg.range_vol * sigma * rng.standard_normal((t, n)))
     vwap_pos = np.clip(0.5 + 0.15 * rng.standard_normal((t, n)), 0.05, 0.95)
     log_volume = (
-        np.log(1e6) + rng.standard_normal(n)[None, :]
+        np.log(1e6)
+        + rng.standard_normal(n)[None, :]
         + _ar1(cfg.volume_shock * rng.standard_normal((t, n)), cfg.volume_persistence)
         # capped: Student-t tails would otherwise give absurd one-day volumes (e^25 x normal)
         + cfg.volume_news * (np.minimum(np.abs(eps), 6.0) - 0.8)
     )
     price0 = np.exp(np.log(30.0) + 0.8 * rng.standard_normal(n))
     volume = np.where(trading, np.maximum(np.round(np.exp(log_volume)), 100.0), np.nan)
-    return _Market(n, t, lim, industry, starts, ends, trading, base, sigma, gap, up_wick, down_wick, vwap_pos,
-                   volume, price0)
+    return _Market(
+        n, t, lim, industry, starts, ends, trading, base, sigma, gap, up_wick, down_wick, vwap_pos, volume, price0
+    )
 
 
 def _build_panel(m: _Market, planted: np.ndarray | None, fields: tuple[str, ...] = _FIELDS) -> Panel:
@@ -368,7 +381,9 @@ def _listing_spans(rng: np.random.Generator, n: int, t: int, cfg: SynthConfig) -
     return starts.astype(np.int64), ends.astype(np.int64)
 
 
-def _trading_mask(rng: np.random.Generator, starts: np.ndarray, ends: np.ndarray, t: int, cfg: SynthConfig) -> np.ndarray:
+def _trading_mask(
+    rng: np.random.Generator, starts: np.ndarray, ends: np.ndarray, t: int, cfg: SynthConfig
+) -> np.ndarray:
     """(T, N) listed days minus suspension episodes; the first and last day of every span trade."""
     days = np.arange(t)[:, None]
     trading = (days >= starts[None, :]) & (days < ends[None, :])
@@ -380,4 +395,3 @@ def _trading_mask(rng: np.random.Generator, starts: np.ndarray, ends: np.ndarray
         for f, m in zip(first, length):
             trading[f : min(f + m, ends[i] - 1), i] = False
     return trading
-

@@ -28,7 +28,18 @@ from quantcore.dataset.tsview import TSFill, TSView
 from quantcore.expr.evaluate import Evaluator
 from quantcore.features import DEFAULT_LABEL
 
-__all__ = ["DataKey", "DatasetConfig", "dataset_config", "Dataset", "build_dataset", "process", "resolve_segments", "TRAIN", "VALID", "TEST"]
+__all__ = [
+    "DataKey",
+    "DatasetConfig",
+    "dataset_config",
+    "Dataset",
+    "build_dataset",
+    "process",
+    "resolve_segments",
+    "TRAIN",
+    "VALID",
+    "TEST",
+]
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 _EVAL_CHUNK = 64  # features per evaluator batch when building
@@ -226,8 +237,9 @@ def build_dataset(panel: Panel, config: DatasetConfig, evaluator: Evaluator | No
     for seg in segment_days:
         if seg in (TRAIN, VALID) and not learn.rows[segment_days[seg]].any():
             raise SegmentError(f"segment {seg!r} has no rows left after the learn processors")
-    return Dataset(config, panel.calendar[:stop], panel.instruments, segment_days, infer, learn, infer_states,
-                   learn_states)
+    return Dataset(
+        config, panel.calendar[:stop], panel.instruments, segment_days, infer, learn, infer_states, learn_states
+    )
 
 
 def _check_train(raw: P.Block, train: slice) -> None:

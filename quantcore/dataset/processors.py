@@ -136,7 +136,15 @@ Processor = Union[
 PROCESSORS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        DropnaLabel, DropnaFeature, Fillna, ProcessInf, CSZScoreNorm, CSRankNorm, RobustZScoreNorm, ZScoreNorm, FilterCol
+        DropnaLabel,
+        DropnaFeature,
+        Fillna,
+        ProcessInf,
+        CSZScoreNorm,
+        CSRankNorm,
+        RobustZScoreNorm,
+        ZScoreNorm,
+        FilterCol,
     )
 }
 

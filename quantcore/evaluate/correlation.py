@@ -17,8 +17,14 @@ from quantcore import kernels
 from quantcore.evaluate.ic import MIN_PAIRS, daily_ic, pooled_corr
 
 __all__ = [
-    "FactorCorrelation", "ReferenceStack", "StackBuilder", "daily_correlation_matrix", "daily_correlations",
-    "library_correlation", "reference_stack", "stack_components",
+    "FactorCorrelation",
+    "ReferenceStack",
+    "StackBuilder",
+    "daily_correlation_matrix",
+    "daily_correlations",
+    "library_correlation",
+    "reference_stack",
+    "stack_components",
 ]
 
 #: A side whose spread over a day's joint cells is below this share of its own spread that day (both in
@@ -53,6 +59,7 @@ def library_correlation(
 
 # ---- batch: one factor against a stack of references ------------------------------------------------
 
+
 @dataclass(frozen=True, eq=False)
 class ReferenceStack:
     """F reference factors on T days x N instruments, standardised per day and laid out (T, N, F).
@@ -86,8 +93,19 @@ class ReferenceStack:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.z, self.center, self.scale, self.dead, self.hole_row, self.hole_day_ref,
-                                      self.sum_z, self.sum_zz))
+        return sum(
+            a.nbytes
+            for a in (
+                self.z,
+                self.center,
+                self.scale,
+                self.dead,
+                self.hole_row,
+                self.hole_day_ref,
+                self.sum_z,
+                self.sum_zz,
+            )
+        )
 
     def take(self, days: np.ndarray | Sequence[int]) -> "ReferenceStack":
         """The stack on a subset of its days (distinct positions into its day axis, in the order given)."""
@@ -104,9 +122,17 @@ class ReferenceStack:
         i = self.hole_row[keep] - old_t[keep] * n
         k = k[keep]
         idx = _index_dtype(days.size, n, f)
-        return ReferenceStack(self.names, np.ascontiguousarray(self.z[days]), self.center[days], self.scale[days],
-                              self.dead[days], (new_t * n + i).astype(idx), (new_t * f + k).astype(idx),
-                              self.sum_z[days], self.sum_zz[days])
+        return ReferenceStack(
+            self.names,
+            np.ascontiguousarray(self.z[days]),
+            self.center[days],
+            self.scale[days],
+            self.dead[days],
+            (new_t * n + i).astype(idx),
+            (new_t * f + k).astype(idx),
+            self.sum_z[days],
+            self.sum_zz[days],
+        )
 
 
 class StackBuilder:
@@ -137,7 +163,9 @@ class StackBuilder:
         t, n, _ = self._z.shape
         y = np.asarray(values, dtype=np.float64)
         if y.shape != (n, t):
-            raise ValueError(f"reference {self.names[k]!r} has shape {y.shape}; expected (instruments, days) = {(n, t)}")
+            raise ValueError(
+                f"reference {self.names[k]!r} has shape {y.shape}; expected (instruments, days) = {(n, t)}"
+            )
         valid = np.isfinite(y)
         count = valid.sum(axis=0)
         safe = np.maximum(count, 1)
@@ -195,23 +223,33 @@ class StackBuilder:
             rows.append(miss_t[keep] * n + miss_i[keep])
             day_refs.append(miss_t[keep] * f + k)
         empty = np.zeros(0, dtype=self._index)
-        return ReferenceStack(self.names, self._z, self._center, self._scale, dead,
-                              np.concatenate(rows or [empty]).astype(self._index),
-                              np.concatenate(day_refs or [empty]).astype(self._index),
-                              self._sum_z, self._sum_zz)
+        return ReferenceStack(
+            self.names,
+            self._z,
+            self._center,
+            self._scale,
+            dead,
+            np.concatenate(rows or [empty]).astype(self._index),
+            np.concatenate(day_refs or [empty]).astype(self._index),
+            self._sum_z,
+            self._sum_zz,
+        )
 
 
 def _index_dtype(t: int, n: int, f: int) -> type:
     return np.int32 if max(t * n, t * f) < 2**31 else np.int64
 
 
-def reference_stack(references: Mapping[str, np.ndarray] | np.ndarray, *,
-                    dtype: np.dtype | type = np.float64) -> ReferenceStack:
+def reference_stack(
+    references: Mapping[str, np.ndarray] | np.ndarray, *, dtype: np.dtype | type = np.float64
+) -> ReferenceStack:
     """A `ReferenceStack` from name -> (N, T) arrays, or from an already stacked (T, N, F) array
     (references then named "0", "1", ...)."""
     if isinstance(references, np.ndarray):
         if references.ndim != 3:
-            raise ValueError(f"a stacked reference array is (days, instruments, references), got shape {references.shape}")
+            raise ValueError(
+                f"a stacked reference array is (days, instruments, references), got shape {references.shape}"
+            )
         t, n, f = references.shape
         builder = StackBuilder([str(k) for k in range(f)], n, t, dtype)
         for k in range(f):
@@ -227,8 +265,9 @@ def reference_stack(references: Mapping[str, np.ndarray] | np.ndarray, *,
     return builder.build()
 
 
-def daily_correlation_matrix(x: np.ndarray, stack: ReferenceStack | np.ndarray, days: np.ndarray | None = None,
-                             min_pairs: int = MIN_PAIRS) -> np.ndarray:
+def daily_correlation_matrix(
+    x: np.ndarray, stack: ReferenceStack | np.ndarray, days: np.ndarray | None = None, min_pairs: int = MIN_PAIRS
+) -> np.ndarray:
     """(T, F) daily cross-sectional Pearson correlation of the (N, T) factor `x` with each reference,
     equal to `daily_ic(x, reference_k)` day by day: a day counts only with >= `min_pairs` instruments
     valid on both sides (pairwise complete; +-inf is missing) and some spread on each, else NaN.
@@ -290,15 +329,16 @@ def daily_correlation_matrix(x: np.ndarray, stack: ReferenceStack | np.ndarray, 
         # daily_ic's constant-day test (spread vs 1e-12 of the mean, in the original units) ...
         mx = cx[:, None] + sx[:, None] * s_x / n_j
         my = stack.center + stack.scale * s_y / n_j
-        flat = (c_xx * sx[:, None] ** 2 <= n_j * (1e-12 * mx) ** 2) | (c_yy * stack.scale ** 2 <= n_j * (1e-12 * my) ** 2)
+        flat = (c_xx * sx[:, None] ** 2 <= n_j * (1e-12 * mx) ** 2) | (c_yy * stack.scale**2 <= n_j * (1e-12 * my) ** 2)
         # ... and a floor the one-pass sums can resolve (see FLAT_SPREAD)
-        flat |= (c_xx <= n_j * FLAT_SPREAD ** 2) | (c_yy <= n_j * FLAT_SPREAD ** 2)
+        flat |= (c_xx <= n_j * FLAT_SPREAD**2) | (c_yy <= n_j * FLAT_SPREAD**2)
     r[(n_j < min_pairs) | flat | ~np.isfinite(r)] = np.nan
     return np.clip(r, -1.0, 1.0)
 
 
-def daily_correlations(x: np.ndarray, stack: ReferenceStack | np.ndarray, days: np.ndarray | None = None,
-                       min_pairs: int = MIN_PAIRS) -> np.ndarray:
+def daily_correlations(
+    x: np.ndarray, stack: ReferenceStack | np.ndarray, days: np.ndarray | None = None, min_pairs: int = MIN_PAIRS
+) -> np.ndarray:
     """(F,) mean over the counted days of `daily_correlation_matrix(x, stack, days, min_pairs)`: for
     each reference what `library_correlation(x, {...})[name].daily_mean` gives; NaN with no day counted."""
     r = daily_correlation_matrix(x, stack, days, min_pairs)
@@ -325,7 +365,7 @@ def stack_components(stack: ReferenceStack, k: int, chunk_days: int = 64) -> np.
         raise ValueError(f"k must lie in [1, {f}] references, got {k}")
     cov = np.zeros((f, f))
     for lo in range(0, t, chunk_days):
-        z = stack.z[lo:lo + chunk_days].reshape(-1, f).astype(np.float64)
+        z = stack.z[lo : lo + chunk_days].reshape(-1, f).astype(np.float64)
         cov += z.T @ z
     live = int((~stack.dead).sum())
     if live == 0:
@@ -334,7 +374,7 @@ def stack_components(stack: ReferenceStack, k: int, chunk_days: int = 64) -> np.
     loadings = vectors[:, np.argsort(values)[::-1][:k]]  # (F, k)
     scores = np.empty((k, n, t))
     for lo in range(0, t, chunk_days):
-        part = stack.z[lo:lo + chunk_days].astype(np.float64) @ loadings  # (days, N, k)
-        scores[:, :, lo:lo + part.shape[0]] = part.transpose(2, 1, 0)
+        part = stack.z[lo : lo + chunk_days].astype(np.float64) @ loadings  # (days, N, k)
+        scores[:, :, lo : lo + part.shape[0]] = part.transpose(2, 1, 0)
     scores[:, stack.dead.T] = np.nan
     return scores

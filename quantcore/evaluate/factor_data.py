@@ -69,7 +69,9 @@ def align(
     has_x = np.isfinite(x)  # +/-inf (a division by zero) is missing, as in alphalens' cleaning
     n_factor = int(has_x.sum())
     if n_factor == 0:
-        raise FactorEvaluationError(f"{name} is NaN on every instrument and day in the range (inf counts as NaN); nothing to score")
+        raise FactorEvaluationError(
+            f"{name} is NaN on every instrument and day in the range (inf counts as NaN); nothing to score"
+        )
     if np.max(x, initial=-np.inf, where=has_x) == np.min(x, initial=np.inf, where=has_x):
         raise FactorEvaluationError(
             f"{name} is constant ({x[has_x][0]:g} wherever defined); a constant has no cross-sectional order to score"

@@ -159,8 +159,15 @@ def evaluate_expression(
     factor = ev.evaluate({"factor": expr}, dtype=np.float64)["factor"][:, days]
     y = ev.evaluate({"label": label}, allow_future=True, dtype=np.float64)["label"][:, days]
     report, data = evaluate_arrays(
-        factor, y, calendar=panel.calendar[days], expression=expr, label_name=label, quantiles=quantiles,
-        min_pairs=min_pairs, max_loss=max_loss, min_days=min_days,
+        factor,
+        y,
+        calendar=panel.calendar[days],
+        expression=expr,
+        label_name=label,
+        quantiles=quantiles,
+        min_pairs=min_pairs,
+        max_loss=max_loss,
+        min_days=min_days,
     )
     horizons = list(decay_horizons)
     decay = {}

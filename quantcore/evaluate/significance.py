@@ -27,9 +27,22 @@ from quantcore.expr.ast import Node, Ref, children, future_reads
 from quantcore.expr.parser import parse
 
 __all__ = [
-    "FdrMethod", "HacStat", "PrincipalComponents", "ResidualIC", "benjamini_hochberg", "benjamini_yekutieli",
-    "label_horizon", "lookahead_cut_points", "newey_west_lags", "newey_west_t", "one_sided_p",
-    "principal_components", "reject", "residual_ic", "residual_ics", "two_sided_p",
+    "FdrMethod",
+    "HacStat",
+    "PrincipalComponents",
+    "ResidualIC",
+    "benjamini_hochberg",
+    "benjamini_yekutieli",
+    "label_horizon",
+    "lookahead_cut_points",
+    "newey_west_lags",
+    "newey_west_t",
+    "one_sided_p",
+    "principal_components",
+    "reject",
+    "residual_ic",
+    "residual_ics",
+    "two_sided_p",
 ]
 
 
@@ -211,8 +224,14 @@ def residual_ic(factor: np.ndarray, label: np.ndarray, controls: np.ndarray, day
     return _residual_result(daily, skipped, spanned)
 
 
-def residual_ics(factors: list[np.ndarray], label: np.ndarray | DailyRanks, controls: np.ndarray, days=None,
-                 block: int = 32, uses: list | None = None) -> list[ResidualIC]:
+def residual_ics(
+    factors: list[np.ndarray],
+    label: np.ndarray | DailyRanks,
+    controls: np.ndarray,
+    days=None,
+    block: int = 32,
+    uses: list | None = None,
+) -> list[ResidualIC]:
     """`residual_ic` of many factors, fitted for all of them and `block` days at once (the bulk
     screen's residual; admission uses `residual_ic` itself). `uses` gives each factor the indices of
     the controls it is regressed on (default: all of them), so factors whose controls differ (each
@@ -257,21 +276,24 @@ def residual_ics(factors: list[np.ndarray], label: np.ndarray | DailyRanks, cont
     for lo in range(0, n_days, block):
         hi = min(lo + block, n_days)
         y = np.stack([f[:, days][:, lo:hi] for f in factors], axis=1).T  # (B, C, N)
-        r, thin, gone, labelled = _block_residuals(xs_all[:, :, lo:hi].transpose(2, 1, 0), y, in_set, group,
-                                                   min_obs, label_ok[:, lo:hi])
+        r, thin, gone, labelled = _block_residuals(
+            xs_all[:, :, lo:hi].transpose(2, 1, 0), y, in_set, group, min_obs, label_ok[:, lo:hi]
+        )
         skipped[:, lo:hi] = thin.T
         spanned[:, lo:hi] = (gone & labelled).T
         # the factors' days side by side, against the label's block repeated: one ranking call per
         # block, and no (C, N, T) residual kept (a day's rank IC needs only the day)
         wide = r.transpose(2, 1, 0).reshape(r.shape[2], -1)  # (N, C * B), factor-major
-        daily[:, lo:hi] = daily_rank_ic(wide, _repeat_days(
-            label_days.days(slice(lo, hi)) if ranks is not None else label_days[:, lo:hi], n_factors)).reshape(n_factors, -1)
+        daily[:, lo:hi] = daily_rank_ic(
+            wide, _repeat_days(label_days.days(slice(lo, hi)) if ranks is not None else label_days[:, lo:hi], n_factors)
+        ).reshape(n_factors, -1)
     daily[spanned] = 0.0
     return [_residual_result(daily[c], skipped[c], spanned[c]) for c in range(n_factors)]
 
 
-def _block_residuals(x: np.ndarray, y: np.ndarray, in_set: np.ndarray, group: np.ndarray, min_obs: np.ndarray,
-                     label_ok: np.ndarray) -> tuple[np.ndarray, ...]:
+def _block_residuals(
+    x: np.ndarray, y: np.ndarray, in_set: np.ndarray, group: np.ndarray, min_obs: np.ndarray, label_ok: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """One block of `residual_ics`: controls `x` (B, N, F), factors `y` (B, C, N), factor c regressed on
     the design columns `in_set[group[c]]`. Returns the residuals (B, C, N), NaN where not ranked, and
     (B, C) masks: thin, spanned, labelled."""
@@ -331,8 +353,12 @@ def _repeat_days(label: np.ndarray | DailyRanks, times: int) -> np.ndarray | Dai
     if times == 1:
         return label
     if isinstance(label, DailyRanks):
-        return DailyRanks(np.tile(label.values, (1, times)), np.tile(label.valid, (1, times)),
-                          np.tile(label.order, (times, 1)), np.tile(label.keys, (times, 1)))
+        return DailyRanks(
+            np.tile(label.values, (1, times)),
+            np.tile(label.valid, (1, times)),
+            np.tile(label.order, (times, 1)),
+            np.tile(label.keys, (times, 1)),
+        )
     return np.tile(label, (1, times))
 
 

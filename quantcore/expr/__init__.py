@@ -1,19 +1,6 @@
 """The factor expression language: qlib-compatible text -> typed, validated trees."""
 
-from quantcore.expr.ast import (
-    EMA,
-    Binary,
-    Const,
-    CrossSection,
-    Expanding,
-    Field,
-    If,
-    Mask,
-    Node,
-    Ref,
-    Rolling,
-    Unary,
-)
+from quantcore.expr.ast import EMA, Binary, Const, CrossSection, Expanding, Field, If, Mask, Node, Ref, Rolling, Unary
 from quantcore.expr.canonical import canonical, expression_hash
 from quantcore.expr.parser import parse
 from quantcore.expr.validate import compile_expression, validate

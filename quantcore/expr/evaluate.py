@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from quantcore import kernels
-from quantcore.kernels import available_cores
 from quantcore.data.panel import Panel, populate
 from quantcore.errors import ExpressionError
 from quantcore.expr.ast import (
@@ -45,6 +44,7 @@ from quantcore.expr.ast import (
 from quantcore.expr.cache import DiskCache, MemoryCache, cache_key
 from quantcore.expr.canonical import canonical
 from quantcore.expr.validate import compile_expression
+from quantcore.kernels import available_cores
 
 __all__ = ["Evaluator", "evaluate"]
 
@@ -125,11 +125,7 @@ class Evaluator:
         return out
 
     def evaluate(
-        self,
-        expressions: Mapping[str, str | Node],
-        *,
-        allow_future: bool = False,
-        dtype: np.dtype | type = np.float32,
+        self, expressions: Mapping[str, str | Node], *, allow_future: bool = False, dtype: np.dtype | type = np.float32
     ) -> dict[str, np.ndarray]:
         """Compute each expression as an (N, T) array of `dtype`, NaN outside listing spans."""
         compiled = self.compile(expressions, allow_future=allow_future)
@@ -245,8 +241,14 @@ class Evaluator:
             return {node: self._step(node, values, plan, single, threads)}
         first = group[0]
         outs = self.backend.rolling_group(
-            [m.op for m in group], self._array(values[first.inputs[0]]), first.window, self.panel.starts,
-            self.panel.ends, params=[m.param for m in group], compat=self.compat, threads=threads or self.threads,
+            [m.op for m in group],
+            self._array(values[first.inputs[0]]),
+            first.window,
+            self.panel.starts,
+            self.panel.ends,
+            params=[m.param for m in group],
+            compat=self.compat,
+            threads=threads or self.threads,
             outs=[plan.buffers.take() for _ in group],
         )
         return dict(zip(group, outs))
@@ -368,8 +370,9 @@ class Evaluator:
                         self._complete(member, values, plan, consumers, waiting, make_ready)
                     lock.notify_all()
 
-        helpers = [threading.Thread(target=work, name=f"quantcore-evaluator-{i}", daemon=True)
-                   for i in range(workers - 1)]
+        helpers = [
+            threading.Thread(target=work, name=f"quantcore-evaluator-{i}", daemon=True) for i in range(workers - 1)
+        ]
         for helper in helpers:
             helper.start()
         try:
@@ -387,8 +390,14 @@ class Evaluator:
             if waiting[parent] == 0:
                 make_ready(parent)
 
-    def _compute(self, node: Node, values: Mapping[Node, np.ndarray | float], buffers: "_Buffers",
-                 spare: np.ndarray | None = None, threads: int | None = None):
+    def _compute(
+        self,
+        node: Node,
+        values: Mapping[Node, np.ndarray | float],
+        buffers: "_Buffers",
+        spare: np.ndarray | None = None,
+        threads: int | None = None,
+    ):
         """One node's value: an (N, T) float64 array, or a float for constant sub-expressions (numpy
         broadcasts them, so `x / 2` never materialises a panel of 2s). `spare` is a float64 panel the
         caller no longer needs, usable as the output of element-wise steps; `buffers` recycles the
@@ -421,18 +430,33 @@ class Evaluator:
             cond = _truthy(values[node.cond])
             return self._masked(self._array(np.where(cond, values[node.then], values[node.otherwise])).copy())
         if isinstance(node, Ref):
-            return self.backend.shift(self._array(values[node.x]), node.periods, starts, ends, threads=threads,
-                                      out=fresh())
+            return self.backend.shift(
+                self._array(values[node.x]), node.periods, starts, ends, threads=threads, out=fresh()
+            )
         if isinstance(node, (Rolling, Expanding)):
             window = node.window if isinstance(node, Rolling) else 0
             inputs = [self._array(values[i]) for i in node.inputs]
             if len(inputs) == 2:
                 return self.backend.pair_rolling(
-                    node.op, inputs[0], inputs[1], window, starts, ends, compat=self.compat, threads=threads,
+                    node.op,
+                    inputs[0],
+                    inputs[1],
+                    window,
+                    starts,
+                    ends,
+                    compat=self.compat,
+                    threads=threads,
                     out=fresh(),
                 )
             return self.backend.rolling(
-                node.op, inputs[0], window, starts, ends, param=node.param, compat=self.compat, threads=threads,
+                node.op,
+                inputs[0],
+                window,
+                starts,
+                ends,
+                param=node.param,
+                compat=self.compat,
+                threads=threads,
                 out=fresh(),
             )
         if isinstance(node, EMA):
@@ -506,8 +530,14 @@ class _Buffers:
             return np.empty(self.shape)
 
     def give(self, arr: np.ndarray) -> None:
-        if (len(self._free) < self.limit and arr.shape == self.shape and arr.dtype == np.float64
-                and arr.flags.c_contiguous and arr.flags.writeable and arr.base is None):
+        if (
+            len(self._free) < self.limit
+            and arr.shape == self.shape
+            and arr.dtype == np.float64
+            and arr.flags.c_contiguous
+            and arr.flags.writeable
+            and arr.base is None
+        ):
             self._free.append(arr)
 
 
@@ -586,7 +616,7 @@ def _shared_pass_groups(nodes: Iterable[Node]) -> dict:
     groups: dict[Node, tuple] = {}
     for members in by_key.values():
         for i in range(0, len(members), kernels.MAX_GROUP):
-            chunk = tuple(members[i:i + kernels.MAX_GROUP])
+            chunk = tuple(members[i : i + kernels.MAX_GROUP])
             if len(chunk) > 1:
                 groups.update(dict.fromkeys(chunk, chunk))
     return groups

@@ -16,20 +16,7 @@ from types import MappingProxyType
 from typing import Mapping, Sequence, Union
 
 from quantcore.errors import ArityError, UnknownOperatorError
-from quantcore.expr.ast import (
-    EMA,
-    Binary,
-    Const,
-    CrossSection,
-    Expanding,
-    Field,
-    If,
-    Mask,
-    Node,
-    Ref,
-    Rolling,
-    Unary,
-)
+from quantcore.expr.ast import EMA, Binary, Const, CrossSection, Expanding, Field, If, Mask, Node, Ref, Rolling, Unary
 
 __all__ = [
     "Kind",
@@ -133,9 +120,21 @@ _SPECS: tuple[OpSpec, ...] = (
     *(
         _spec(name, _PAIR, Kind.BINARY, (Arg.DATA, Arg.DATA), infix=infix)
         for name, infix in (
-            ("Add", "+"), ("Sub", "-"), ("Mul", "*"), ("Div", "/"), ("Power", "**"),
-            ("Gt", ">"), ("Ge", ">="), ("Lt", "<"), ("Le", "<="), ("Eq", "=="), ("Ne", "!="),
-            ("And", "&"), ("Or", "|"), ("Greater", None), ("Less", None),
+            ("Add", "+"),
+            ("Sub", "-"),
+            ("Mul", "*"),
+            ("Div", "/"),
+            ("Power", "**"),
+            ("Gt", ">"),
+            ("Ge", ">="),
+            ("Lt", "<"),
+            ("Le", "<="),
+            ("Eq", "=="),
+            ("Ne", "!="),
+            ("And", "&"),
+            ("Or", "|"),
+            ("Greater", None),
+            ("Less", None),
         )
     ),
     _spec("If", "condition, feature_left, feature_right", Kind.IF, (Arg.DATA,) * 3),
@@ -144,8 +143,23 @@ _SPECS: tuple[OpSpec, ...] = (
     *(
         _spec(name, "feature, N", Kind.ROLLING, _N)
         for name in (
-            "Mean", "Sum", "Std", "Var", "Max", "Min", "IdxMax", "IdxMin", "Med", "Mad",
-            "Rank", "Count", "Delta", "Slope", "Rsquare", "Resi", "WMA",
+            "Mean",
+            "Sum",
+            "Std",
+            "Var",
+            "Max",
+            "Min",
+            "IdxMax",
+            "IdxMin",
+            "Med",
+            "Mad",
+            "Rank",
+            "Count",
+            "Delta",
+            "Slope",
+            "Rsquare",
+            "Resi",
+            "WMA",
         )
     ),
     # qlib rejects these short windows in Skew.__init__ / Kurt.__init__ (qlib/data/ops.py)
@@ -158,8 +172,12 @@ _SPECS: tuple[OpSpec, ...] = (
     # per-day, across instruments (ours, not qlib's)
     *(_spec(name, "feature", Kind.CROSS_SECTION, _X) for name in ("CSRank", "CSZScore", "CSDemean")),
     _spec(
-        "CSWinsorize", "feature[, q]", Kind.CROSS_SECTION, (Arg.DATA, Arg.PARAM),
-        param_range=(0.0, 0.5, False), param_default=0.05,
+        "CSWinsorize",
+        "feature[, q]",
+        Kind.CROSS_SECTION,
+        (Arg.DATA, Arg.PARAM),
+        param_range=(0.0, 0.5, False),
+        param_default=0.05,
     ),
     _spec("CSNeutralize", "feature, group", Kind.CROSS_SECTION, (Arg.DATA, Arg.GROUP)),
 )

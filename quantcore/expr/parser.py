@@ -41,9 +41,22 @@ _MISTAKES = {  # longest first; what people write from Python, C or spreadsheets
 _MISTAKE_STARTS = frozenset(m[0] for m in _MISTAKES)
 _WORDS = {"and": "'&'", "or": "'|'", "not": "Not(x)"}
 _LOOKALIKES = {  # characters NFKC leaves alone
-    "\u2212": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
-    "\u00d7": "*", "\u00f7": "/", "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u3001": ",",
-    "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+    "\u2212": "-",
+    "\u2010": "-",
+    "\u2011": "-",
+    "\u2012": "-",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u00d7": "*",
+    "\u00f7": "/",
+    "\u2264": "<=",
+    "\u2265": ">=",
+    "\u2260": "!=",
+    "\u3001": ",",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
 }
 _BINARY_OF = {symbol: op for op, symbol in INFIX.items()}
 

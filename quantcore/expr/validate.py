@@ -63,8 +63,9 @@ def compile_expression(
     return _check_use(parse(expression), fields, allow_future, max_nodes, max_depth)
 
 
-def _check_use(node: Node, fields: Iterable[str], allow_future: bool, max_nodes: int | None,
-               max_depth: int | None) -> Node:
+def _check_use(
+    node: Node, fields: Iterable[str], allow_future: bool, max_nodes: int | None, max_depth: int | None
+) -> Node:
     """The checks that depend on where a well-formed tree is used: caps, fields, look-ahead."""
     _check_caps(node, max_nodes, max_depth)
     _check_fields(node, fields)

@@ -60,10 +60,7 @@ ROLLING_FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "VSUMP": ("VSUMP", f"Sum({_UP}, {{d}})/(Sum({_ABS}, {{d}})+1e-12)".replace("{x}", "$volume")),
     "VSUMN": ("VSUMN", f"Sum({_DOWN}, {{d}})/(Sum({_ABS}, {{d}})+1e-12)".replace("{x}", "$volume")),
-    "VSUMD": (
-        "VSUMD",
-        f"(Sum({_UP}, {{d}})-Sum({_DOWN}, {{d}}))/(Sum({_ABS}, {{d}})+1e-12)".replace("{x}", "$volume"),
-    ),
+    "VSUMD": ("VSUMD", f"(Sum({_UP}, {{d}})-Sum({_DOWN}, {{d}}))/(Sum({_ABS}, {{d}})+1e-12)".replace("{x}", "$volume")),
 }
 
 

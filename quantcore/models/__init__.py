@@ -11,16 +11,35 @@ from quantcore.models.errors import ModelConfigError, ModelError, ModelFitError,
 from quantcore.models.registry import FAMILIES, load_model, make_model
 
 __all__ = [
-    "Model", "BaseModel", "FitInfo", "FAMILIES", "make_model", "load_model",
-    "LGBModel", "LGBConfig", "RidgeModel", "RidgeConfig", "MLPModel", "MLPConfig", "GRUModel", "GRUConfig",
-    "ModelError", "ModelConfigError", "ModelFitError", "ModelInputError",
+    "Model",
+    "BaseModel",
+    "FitInfo",
+    "FAMILIES",
+    "make_model",
+    "load_model",
+    "LGBModel",
+    "LGBConfig",
+    "RidgeModel",
+    "RidgeConfig",
+    "MLPModel",
+    "MLPConfig",
+    "GRUModel",
+    "GRUConfig",
+    "ModelError",
+    "ModelConfigError",
+    "ModelFitError",
+    "ModelInputError",
 ]
 
 _LAZY = {
-    "LGBModel": "lightgbm_model", "LGBConfig": "lightgbm_model",
-    "RidgeModel": "linear", "RidgeConfig": "linear",
-    "MLPModel": "mlp", "MLPConfig": "mlp",
-    "GRUModel": "gru", "GRUConfig": "gru",
+    "LGBModel": "lightgbm_model",
+    "LGBConfig": "lightgbm_model",
+    "RidgeModel": "linear",
+    "RidgeConfig": "linear",
+    "MLPModel": "mlp",
+    "MLPConfig": "mlp",
+    "GRUModel": "gru",
+    "GRUConfig": "gru",
 }
 
 

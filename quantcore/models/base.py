@@ -102,7 +102,11 @@ def _type_problem(hint: Any, value: Any) -> str | None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return None if ok else "must be a finite number"
     if hint is str:
-        return None if isinstance(value, str) and _WORD.fullmatch(value) else "must be a plain word (letters, digits, _ . : + -)"
+        return (
+            None
+            if isinstance(value, str) and _WORD.fullmatch(value)
+            else "must be a plain word (letters, digits, _ . : + -)"
+        )
     if typing.get_origin(hint) is tuple:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         return None if ok else "must be a list of whole numbers"

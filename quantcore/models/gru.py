@@ -97,8 +97,12 @@ class GRUModel(BaseModel):
                 net,
                 lambda epoch: _windows(train, c.batch_size, True, shuffle=True, seed=c.seed + epoch),
                 lambda: _windows(valid, c.batch_size, True),
-                lr=c.lr, weight_decay=0.0, n_epochs=c.n_epochs, early_stop=c.early_stop,
-                device=device, info=info,
+                lr=c.lr,
+                weight_decay=0.0,
+                n_epochs=c.n_epochs,
+                early_stop=c.early_stop,
+                device=device,
+                info=info,
             )
             pv = T.predict_batches(self.net_, _windows(valid, c.batch_size, False), device)
         info.n_train, info.n_valid, info.device = len(train), len(valid), str(device)

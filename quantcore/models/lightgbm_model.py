@@ -14,9 +14,25 @@ from quantcore.models.base import BaseModel, FitInfo, available_cores, check_pre
 __all__ = ["LGBConfig", "LGBModel", "REGRESSION_OBJECTIVES"]
 
 #: LightGBM's regression objectives and their aliases (the label is a return: no classification)
-REGRESSION_OBJECTIVES = ("mse", "regression", "regression_l2", "l2", "mean_squared_error", "rmse", "regression_l1",
-                         "l1", "mae", "mean_absolute_error", "huber", "fair", "poisson", "quantile", "mape", "gamma",
-                         "tweedie")
+REGRESSION_OBJECTIVES = (
+    "mse",
+    "regression",
+    "regression_l2",
+    "l2",
+    "mean_squared_error",
+    "rmse",
+    "regression_l1",
+    "l1",
+    "mae",
+    "mean_absolute_error",
+    "huber",
+    "fair",
+    "poisson",
+    "quantile",
+    "mape",
+    "gamma",
+    "tweedie",
+)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from quantcore.dataset import DataKey, Dataset
@@ -86,8 +85,15 @@ class MLPModel(BaseModel):
         with T.torch_session(c.seed, device, c.num_threads):
             net = _net(x.shape[1], c)
             self.net_ = T.train_loop(
-                net, train_batches, valid_batches, lr=c.lr, weight_decay=c.weight_decay,
-                n_epochs=c.n_epochs, early_stop=c.early_stop, device=device, info=info,
+                net,
+                train_batches,
+                valid_batches,
+                lr=c.lr,
+                weight_decay=c.weight_decay,
+                n_epochs=c.n_epochs,
+                early_stop=c.early_stop,
+                device=device,
+                info=info,
             )
             pv = T.predict_batches(self.net_, _rows(xv, c.batch_size), device)
         info.n_train, info.n_valid, info.device = len(y), len(yv), str(device)

@@ -70,7 +70,9 @@ class OptimizerConfig:
             if v is not None and not v >= 0:
                 raise OptimizerConfigError(f"{name} must be >= 0 or None (no limit), got {v}")
         if not self.solvers or not all(isinstance(s, Solver) for s in self.solvers):
-            raise OptimizerConfigError(f"solvers must be a non-empty tuple of Solver, e.g. (Solver.CLARABEL,); got {self.solvers!r}")
+            raise OptimizerConfigError(
+                f"solvers must be a non-empty tuple of Solver, e.g. (Solver.CLARABEL,); got {self.solvers!r}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,8 +142,9 @@ def _inputs(alpha, risk: Risk, prev, config: OptimizerConfig, tradable, benchmar
         elif isinstance(risk, FactorRisk):
             x = risk.exposures
         else:
-            raise OptimizerConfigError("factor_deviation is set but there are no exposures; pass exposures=(N, K) "
-                                       "or use a FactorRisk")
+            raise OptimizerConfigError(
+                "factor_deviation is set but there are no exposures; pass exposures=(N, K) or use a FactorRisk"
+            )
     lb = np.zeros(n)
     ub = np.full(n, config.max_weight)
     if config.benchmark_deviation is not None:
@@ -159,16 +162,22 @@ def _bound_problem(inp: _Inputs, config: OptimizerConfig) -> str | None:
     crossed = np.flatnonzero(free & (inp.lb > inp.ub + 1e-12))
     if len(crossed):
         i = int(crossed[0])
-        return (f"benchmark weight {inp.bench[i]:.4g} of instrument {i} is more than benchmark_deviation "
-                f"{config.benchmark_deviation} above max_weight {config.max_weight}; raise one of them")
+        return (
+            f"benchmark weight {inp.bench[i]:.4g} of instrument {i} is more than benchmark_deviation "
+            f"{config.benchmark_deviation} above max_weight {config.max_weight}; raise one of them"
+        )
     lo, hi = inp.lb.sum(), inp.ub.sum()
     if lo > config.budget + config.tolerance:
         held = inp.prev[inp.fixed].sum()
-        return (f"lower bounds sum to {lo:.4g} > budget {config.budget} (untradable names hold {held:.4g}); "
-                "raise budget or loosen benchmark_deviation")
+        return (
+            f"lower bounds sum to {lo:.4g} > budget {config.budget} (untradable names hold {held:.4g}); "
+            "raise budget or loosen benchmark_deviation"
+        )
     if not config.allow_cash and hi < config.budget - config.tolerance:
-        return (f"upper bounds sum to {hi:.4g} < budget {config.budget} ({int(free.sum())} tradable names, "
-                f"max_weight {config.max_weight}); raise max_weight, loosen benchmark_deviation or set allow_cash=True")
+        return (
+            f"upper bounds sum to {hi:.4g} < budget {config.budget} ({int(free.sum())} tradable names, "
+            f"max_weight {config.max_weight}); raise max_weight, loosen benchmark_deviation or set allow_cash=True"
+        )
     return None
 
 
@@ -203,14 +212,20 @@ def _violation(w: np.ndarray, inp: _Inputs, risk: Risk, config: OptimizerConfig,
 
 
 def _objective(w: np.ndarray, inp: _Inputs, risk: Risk, config: OptimizerConfig) -> float:
-    return float(inp.alpha @ w - config.risk_aversion * risk.variance(w - inp.bench)
-                 - config.turnover_penalty * np.abs(w - inp.prev).sum())
+    return float(
+        inp.alpha @ w
+        - config.risk_aversion * risk.variance(w - inp.bench)
+        - config.turnover_penalty * np.abs(w - inp.prev).sum()
+    )
 
 
 # --------------------------------------------------------------------------------------------- solve
 _CAPS = ("max_turnover", "tracking_error", "factor_deviation")  # relaxed one by one to find the culprit
-_CAP_NAMES = {"max_turnover": "turnover cap", "tracking_error": "tracking error cap",
-              "factor_deviation": "factor deviation cap"}
+_CAP_NAMES = {
+    "max_turnover": "turnover cap",
+    "tracking_error": "tracking error cap",
+    "factor_deviation": "factor deviation cap",
+}
 
 
 class ProblemCache:
@@ -229,8 +244,7 @@ class ProblemCache:
 
 def _key(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozenset) -> tuple:
     # Risk objects are immutable, so identity stands for content; the cache pins them so ids stay unique.
-    return (id(risk), id(inp.exposures), len(inp.alpha), config, relaxed, inp.has_bench,
-            _turnover_capped(inp, config))
+    return (id(risk), id(inp.exposures), len(inp.alpha), config, relaxed, inp.has_bench, _turnover_capped(inp, config))
 
 
 @functools.cache
@@ -243,8 +257,14 @@ def _installed_solvers() -> frozenset[str]:
 
 def _data(inp: _Inputs, risk: Risk) -> dict[str, np.ndarray]:
     """The day's data: the values of the problem's parameters."""
-    return {"alpha": inp.alpha, "prev": inp.prev, "lb": inp.lb, "ub": inp.ub, "bench": inp.bench,
-            "cov_bench": risk.times(inp.bench)}
+    return {
+        "alpha": inp.alpha,
+        "prev": inp.prev,
+        "lb": inp.lb,
+        "ub": inp.ub,
+        "bench": inp.bench,
+        "cov_bench": risk.times(inp.bench),
+    }
 
 
 def _problem(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozenset, parametric: bool):
@@ -278,8 +298,13 @@ def _problem(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozens
     return cp.Problem(cp.Maximize(objective), cons), w, par
 
 
-def _solve(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozenset = frozenset(),
-           cache: ProblemCache | None = None):
+def _solve(
+    inp: _Inputs,
+    risk: Risk,
+    config: OptimizerConfig,
+    relaxed: frozenset = frozenset(),
+    cache: ProblemCache | None = None,
+):
     """Try each solver in order -> (status, solver name, cleaned weights or None, attempts)."""
     import cvxpy as cp
 
@@ -330,9 +355,16 @@ def _solve(inp: _Inputs, risk: Risk, config: OptimizerConfig, relaxed: frozenset
 
 def _diagnose(inp: _Inputs, risk: Risk, config: OptimizerConfig) -> str:
     """Relax the caps one at a time: the first whose removal makes the problem feasible is named."""
-    active = [c for c in _CAPS if (c == "max_turnover" and _turnover_capped(inp, config))
-              or (c != "max_turnover" and getattr(config, c) is not None
-                  and (c != "factor_deviation" or inp.exposures is not None))]
+    active = [
+        c
+        for c in _CAPS
+        if (c == "max_turnover" and _turnover_capped(inp, config))
+        or (
+            c != "max_turnover"
+            and getattr(config, c) is not None
+            and (c != "factor_deviation" or inp.exposures is not None)
+        )
+    ]
     for cap in active:
         status, _, _, _ = _solve(inp, risk, config, frozenset([cap]))
         if status in (Status.OPTIMAL, Status.OPTIMAL_INACCURATE):
@@ -388,5 +420,6 @@ def optimize_weights(
     else:
         status = Status.INFEASIBLE
     w, action = _fallback(inp)
-    return OptimizationResult(w, status, solver, _objective(w, inp, risk, config),
-                              f"{status.value}: {reason}; {action}", attempts)
+    return OptimizationResult(
+        w, status, solver, _objective(w, inp, risk, config), f"{status.value}: {reason}; {action}", attempts
+    )

@@ -58,8 +58,14 @@ def daily_returns(close: np.ndarray) -> np.ndarray:
 class OptimizedPolicy:
     """Mean-variance target weights each day, with a risk model re-fitted every `refit_every` days."""
 
-    def __init__(self, config: OptimizerConfig = OptimizerConfig(), risk_model: RiskEstimator | None = None,
-                 lookback: int = 250, refit_every: int = 20, alpha_scaling: AlphaScaling = AlphaScaling.NONE):
+    def __init__(
+        self,
+        config: OptimizerConfig = OptimizerConfig(),
+        risk_model: RiskEstimator | None = None,
+        lookback: int = 250,
+        refit_every: int = 20,
+        alpha_scaling: AlphaScaling = AlphaScaling.NONE,
+    ):
         self.config = config
         self.risk_model = FactorRiskModel(n_factors=10) if risk_model is None else risk_model
         self.lookback = lookback  # ~one trading year of daily returns
@@ -75,15 +81,22 @@ class OptimizedPolicy:
         self.last_result_: OptimizationResult | None = None
         self.cache_ = ProblemCache()  # one compiled problem per risk-model fit
 
-    def target_weights(self, t: int, alpha: np.ndarray, past_returns: np.ndarray, weights: np.ndarray | None,
-                       tradable: np.ndarray | None = None, benchmark: np.ndarray | None = None) -> np.ndarray:
+    def target_weights(
+        self,
+        t: int,
+        alpha: np.ndarray,
+        past_returns: np.ndarray,
+        weights: np.ndarray | None,
+        tradable: np.ndarray | None = None,
+        benchmark: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Weights (N,) for day t. `past_returns`: (rows before t, N); `weights`: the current book (N,)."""
         n = len(alpha)
         prev = np.zeros(n) if weights is None else np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0)
         refit = self.risk_ is None or t - self.fitted_at_ >= self.refit_every
         if refit:
             try:
-                self.risk_ = self.risk_model.fit(np.asarray(past_returns)[-self.lookback:]).risk_
+                self.risk_ = self.risk_model.fit(np.asarray(past_returns)[-self.lookback :]).risk_
                 self.fitted_at_ = t
             except RiskModelError as exc:
                 if self.risk_ is None:
@@ -92,11 +105,21 @@ class OptimizedPolicy:
         a = self._scale(np.asarray(alpha, dtype=np.float64))
         if not np.isfinite(a).any():
             return self._skip(t, prev, "no_signal", "no finite score today; kept previous weights")
-        res = optimize_weights(a, self.risk_, prev, self.config, tradable=tradable, benchmark=benchmark,
-                               cache=self.cache_)
+        res = optimize_weights(
+            a, self.risk_, prev, self.config, tradable=tradable, benchmark=benchmark, cache=self.cache_
+        )
         self.last_result_ = res
-        self.steps_.append(PolicyStep(t, res.status.value, res.solver, res.fallback, res.objective,
-                                      float(np.abs(res.weights - prev).sum()), refit))
+        self.steps_.append(
+            PolicyStep(
+                t,
+                res.status.value,
+                res.solver,
+                res.fallback,
+                res.objective,
+                float(np.abs(res.weights - prev).sum()),
+                refit,
+            )
+        )
         return res.weights
 
     def _scale(self, a: np.ndarray) -> np.ndarray:
@@ -133,8 +156,13 @@ class PolicyStrategy:
     targets, zeroed where nothing is held (drift since the last trade is ignored).
     """
 
-    def __init__(self, policy: OptimizedPolicy, returns: np.ndarray, tradable: np.ndarray | None = None,
-                 benchmark: np.ndarray | None = None):
+    def __init__(
+        self,
+        policy: OptimizedPolicy,
+        returns: np.ndarray,
+        tradable: np.ndarray | None = None,
+        benchmark: np.ndarray | None = None,
+    ):
         self.policy = policy
         self.returns = np.asarray(returns, dtype=np.float64)
         self.tradable = tradable

@@ -24,7 +24,12 @@ import numpy as np
 from quantcore.portfolio.errors import RiskModelError
 
 __all__ = [
-    "CovarianceRisk", "FactorRisk", "FactorRiskModel", "Risk", "ShrinkageCovariance", "ShrinkageTarget",
+    "CovarianceRisk",
+    "FactorRisk",
+    "FactorRiskModel",
+    "Risk",
+    "ShrinkageCovariance",
+    "ShrinkageTarget",
     "prepare_returns",
 ]
 
@@ -39,8 +44,10 @@ class CovarianceRisk:
     def __post_init__(self) -> None:
         c = np.asarray(self.cov, dtype=np.float64)
         if c.ndim != 2 or c.shape[0] != c.shape[1] or not np.all(np.isfinite(c)):
-            raise RiskModelError(f"covariance must be a finite square (N, N) matrix, got shape {c.shape}; "
-                                 "fit ShrinkageCovariance on returns with NaNs instead of np.cov")
+            raise RiskModelError(
+                f"covariance must be a finite square (N, N) matrix, got shape {c.shape}; "
+                "fit ShrinkageCovariance on returns with NaNs instead of np.cov"
+            )
         if not np.allclose(c, c.T, rtol=1e-8, atol=1e-12 * max(1.0, float(np.abs(c).max()))):
             raise RiskModelError("covariance is not symmetric; pass (cov + cov.T) / 2")
         object.__setattr__(self, "cov", c)
@@ -98,7 +105,8 @@ class FactorRisk:
         if self.factor_cov.shape != (k, k) or self.specific_var.shape != (n,):
             raise RiskModelError(
                 f"factor risk shapes disagree: exposures {self.exposures.shape}, factor_cov "
-                f"{self.factor_cov.shape} (expected {(k, k)}), specific_var {self.specific_var.shape} (expected {(n,)})")
+                f"{self.factor_cov.shape} (expected {(k, k)}), specific_var {self.specific_var.shape} (expected {(n,)})"
+            )
 
     @property
     def n(self) -> int:
@@ -174,7 +182,8 @@ def prepare_returns(returns: np.ndarray, min_coverage: float, min_days: int = 2)
     if len(covered) < 2:
         raise RiskModelError(
             f"fewer than 2 instruments have data on >= {min_coverage:.0%} of the {t} days; "
-            "pass a longer history or lower min_coverage")
+            "pass a longer history or lower min_coverage"
+        )
     x = r[:, covered]
     x = np.nan_to_num(x - np.nanmean(x, axis=0), nan=0.0)
     return PreparedReturns(x, covered)
@@ -200,15 +209,21 @@ class ShrinkageCovariance:
     `shrinkage=None` estimates δ with Ledoit-Wolf's formula for the target; a float in [0, 1] fixes it.
     """
 
-    def __init__(self, target: ShrinkageTarget = ShrinkageTarget.IDENTITY, shrinkage: float | None = None,
-                 min_coverage: float = 0.5):
+    def __init__(
+        self,
+        target: ShrinkageTarget = ShrinkageTarget.IDENTITY,
+        shrinkage: float | None = None,
+        min_coverage: float = 0.5,
+    ):
         self.target = target
         self.shrinkage = shrinkage
         self.min_coverage = min_coverage  # instruments seen on fewer days get average risk, see module doc
 
     def fit(self, returns: np.ndarray) -> "ShrinkageCovariance":
         if not isinstance(self.target, ShrinkageTarget):
-            raise RiskModelError(f"target must be a ShrinkageTarget, e.g. ShrinkageTarget.IDENTITY; got {self.target!r}")
+            raise RiskModelError(
+                f"target must be a ShrinkageTarget, e.g. ShrinkageTarget.IDENTITY; got {self.target!r}"
+            )
         if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
             raise RiskModelError(f"shrinkage must be in [0, 1] or None (Ledoit-Wolf), got {self.shrinkage}")
         n = np.asarray(returns).shape[-1]

@@ -16,8 +16,21 @@ import importlib
 from quantcore.recording.errors import RecordingError
 
 __all__ = [
-    "ARTIFACT_DIR", "DB_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ROOT", "FAILURE_TAG", "MODEL_TAG", "NONFINITE_TAG",
-    "TRUNCATED_TAG", "Recorder", "RecordingError", "Run", "RunRecord", "RunStatus", "StoreLocation", "flatten",
+    "ARTIFACT_DIR",
+    "DB_NAME",
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_ROOT",
+    "FAILURE_TAG",
+    "MODEL_TAG",
+    "NONFINITE_TAG",
+    "TRUNCATED_TAG",
+    "Recorder",
+    "RecordingError",
+    "Run",
+    "RunRecord",
+    "RunStatus",
+    "StoreLocation",
+    "flatten",
     "resolve_store",
 ]
 

@@ -38,8 +38,14 @@ class CapturedRun:
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.run_id = f"capture-{uuid.uuid4().hex[:12]}"
         self.name = name
-        self._doc: dict[str, Any] = {"name": name, "tags": {str(k): str(v) for k, v in (tags or {}).items()},
-                                     "params": {}, "metrics": [], "status": "RUNNING", "model": None}
+        self._doc: dict[str, Any] = {
+            "name": name,
+            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+            "params": {},
+            "metrics": [],
+            "status": "RUNNING",
+            "model": None,
+        }
 
     # ---- the Run interface -----------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:

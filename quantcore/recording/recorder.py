@@ -49,8 +49,21 @@ from quantcore.recording.jsonable import jsonable as _jsonable
 from quantcore.recording.store_template import keep_template, seed_store, template_path
 
 __all__ = [
-    "ARTIFACT_DIR", "DB_NAME", "DEFAULT_EXPERIMENT", "DEFAULT_ROOT", "FAILURE_TAG", "MODEL_TAG", "NONFINITE_TAG",
-    "TRUNCATED_TAG", "Recorder", "Run", "RunRecord", "RunStatus", "StoreLocation", "flatten", "resolve_store",
+    "ARTIFACT_DIR",
+    "DB_NAME",
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_ROOT",
+    "FAILURE_TAG",
+    "MODEL_TAG",
+    "NONFINITE_TAG",
+    "TRUNCATED_TAG",
+    "Recorder",
+    "Run",
+    "RunRecord",
+    "RunStatus",
+    "StoreLocation",
+    "flatten",
+    "resolve_store",
 ]
 
 DEFAULT_ROOT = "runs"
@@ -120,7 +133,7 @@ def resolve_store(
 def _sqlite_file(uri: str) -> Path | None:
     """The database file of a SQLite tracking URI (None for any other store, in-memory SQLite included)."""
     if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///") :])
     return None
 
 
@@ -429,8 +442,12 @@ class Recorder:
         token = None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=min(max_results or 1000, 1000), order_by=["attributes.start_time ASC"], page_token=token,
+                [self.experiment_id],
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=min(max_results or 1000, 1000),
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
             )
             out.extend(_record(r) for r in page)
             token = page.token
@@ -468,9 +485,16 @@ class Recorder:
 def _record(run) -> RunRecord:
     info, data = run.info, run.data
     return RunRecord(
-        run_id=info.run_id, name=info.run_name, experiment_id=info.experiment_id, status=info.status,
-        params=dict(data.params), metrics=dict(data.metrics), tags=dict(data.tags), artifact_uri=info.artifact_uri,
-        start_time=_ms(info.start_time), end_time=_ms(info.end_time),
+        run_id=info.run_id,
+        name=info.run_name,
+        experiment_id=info.experiment_id,
+        status=info.status,
+        params=dict(data.params),
+        metrics=dict(data.metrics),
+        tags=dict(data.tags),
+        artifact_uri=info.artifact_uri,
+        start_time=_ms(info.start_time),
+        end_time=_ms(info.end_time),
     )
 
 

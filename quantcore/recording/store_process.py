@@ -34,7 +34,9 @@ class StoreProcess:
         args = json.dumps({"root": str(Path(root).absolute()), "experiment": experiment})
         self._proc = subprocess.Popen(
             [sys.executable, "-c", "from quantcore.recording.store_process import serve; serve()", args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.tracking_uri: str | None = None
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Mapping
 

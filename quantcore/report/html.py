@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "FigureSection", "MetricsSection", "TableSection", "TextSection", "Section", "html_report", "write_html_report",
+    "FigureSection",
+    "MetricsSection",
+    "TableSection",
+    "TextSection",
+    "Section",
+    "html_report",
+    "write_html_report",
 ]
 
 
@@ -82,9 +88,9 @@ def html_report(sections: Sequence[Section] | Mapping[str, object], title: str =
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "\n".join(_render(s) for s in items)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n"
-        f"<p class=\"meta\">generated {stamp}</p>\n{body}\n</body></html>\n"
+        f'<p class="meta">generated {stamp}</p>\n{body}\n</body></html>\n'
     )
 
 
@@ -144,8 +150,8 @@ def _render(s: Section) -> str:
         if not s.png.startswith(b"\x89PNG\r\n\x1a\n"):
             raise ReportError(f"section {s.title!r}: image bytes are not a PNG; build it with FigureSection.of")
         data = base64.b64encode(s.png).decode("ascii")
-        cap = f"<p class=\"cap\">{_e(s.caption)}</p>" if s.caption else ""
-        return head + f"<img alt=\"{_e(s.title)}\" src=\"data:image/png;base64,{data}\">{cap}\n</section>"
+        cap = f'<p class="cap">{_e(s.caption)}</p>' if s.caption else ""
+        return head + f'<img alt="{_e(s.title)}" src="data:image/png;base64,{data}">{cap}\n</section>'
     if isinstance(s, MetricsSection):
         return head + _metrics_table(s.metrics) + "\n</section>"
     if isinstance(s, TableSection):
@@ -163,13 +169,14 @@ def _metrics_table(metrics: Mapping[str, object]) -> str:
         cell = {tuple(p): v for p, v in zip(split, metrics.values())}
         header = "".join(f"<th>{_e(g)}</th>" for g in groups)
         rows = "".join(
-            f"<tr><td class=\"k\">{_e(n)}</td>" + "".join(f"<td>{_fmt(cell.get((g, n), ''))}</td>" for g in groups)
+            f'<tr><td class="k">{_e(n)}</td>'
+            + "".join(f"<td>{_fmt(cell.get((g, n), ''))}</td>" for g in groups)
             + "</tr>"
             for n in names
         )
-        return f"<table><tr><th class=\"k\">metric</th>{header}</tr>{rows}</table>"
-    rows = "".join(f"<tr><td class=\"k\">{_e(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in metrics.items())
-    return f"<table><tr><th class=\"k\">metric</th><th>value</th></tr>{rows}</table>"
+        return f'<table><tr><th class="k">metric</th>{header}</tr>{rows}</table>'
+    rows = "".join(f'<tr><td class="k">{_e(str(k))}</td><td>{_fmt(v)}</td></tr>' for k, v in metrics.items())
+    return f'<table><tr><th class="k">metric</th><th>value</th></tr>{rows}</table>'
 
 
 def _fmt(v: object) -> str:

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "cumulative_return_figure", "drawdown_figure", "ic_figure", "quantile_returns_figure", "figure_png", "save_png",
+    "cumulative_return_figure",
+    "drawdown_figure",
+    "ic_figure",
+    "quantile_returns_figure",
+    "figure_png",
+    "save_png",
 ]
 
 _SIZE = (9.0, 4.0)  # inches; 900x400 px at the default 100 dpi reads well embedded in HTML
@@ -104,8 +109,16 @@ def ic_figure(
     colors = {"IC": "tab:blue", "RankIC": "tab:orange"}
     for name, s in series.items():
         x = _x(s.index)
-        ax.plot(x, s.to_numpy(), color=colors[name], alpha=0.3, linewidth=0.7, marker=".", markersize=2,
-                label=f"daily {name} (mean {s.mean():.4f})")
+        ax.plot(
+            x,
+            s.to_numpy(),
+            color=colors[name],
+            alpha=0.3,
+            linewidth=0.7,
+            marker=".",
+            markersize=2,
+            label=f"daily {name} (mean {s.mean():.4f})",
+        )
         rolling = s.rolling(window, min_periods=max(1, window // 2)).mean()
         ax.plot(x, rolling.to_numpy(), color=colors[name], linewidth=1.6, label=f"{window}-day mean {name}")
     ax.axhline(0.0, color="black", linewidth=0.6)

@@ -17,15 +17,29 @@ import pandas as pd
 from quantcore.report.errors import ReportError
 
 __all__ = [
-    "Accumulation", "RiskMetrics", "periods_per_year", "risk_analysis", "excess_returns", "portfolio_analysis",
-    "PORTFOLIO_COLUMNS", "analysis_frame",
+    "Accumulation",
+    "RiskMetrics",
+    "periods_per_year",
+    "risk_analysis",
+    "excess_returns",
+    "portfolio_analysis",
+    "PORTFOLIO_COLUMNS",
+    "analysis_frame",
 ]
 
 #: Periods per year by frequency unit, as qlib 0.9.7 `cal_risk_analysis_scaler` has them: 238 trading
 #: days (China's A-share calendar, not 252), 50 weeks, 12 months, 240 minutes a day.
 _PERIODS = {"day": 238.0, "week": 50.0, "month": 12.0, "min": 240.0 * 238.0}
-_UNITS = {"month": "month", "mon": "month", "week": "week", "w": "week", "day": "day", "d": "day",
-          "minute": "min", "min": "min"}
+_UNITS = {
+    "month": "month",
+    "mon": "month",
+    "week": "week",
+    "w": "week",
+    "day": "day",
+    "d": "day",
+    "minute": "min",
+    "min": "min",
+}
 _FREQ = re.compile(r"^([0-9]*)(month|mon|week|w|day|d|minute|min)$")
 
 #: Columns of the daily report that `portfolio_analysis` reads.
@@ -66,11 +80,7 @@ def periods_per_year(freq: str = "day") -> float:
 
 
 def risk_analysis(
-    returns: pd.Series,
-    freq: str = "day",
-    mode: Accumulation | str = Accumulation.SUM,
-    *,
-    n: float | None = None,
+    returns: pd.Series, freq: str = "day", mode: Accumulation | str = Accumulation.SUM, *, n: float | None = None
 ) -> RiskMetrics:
     """qlib's risk analysis of per-period returns. `n` overrides the periods per year that `freq`
     implies (pass 252 for a US calendar). Missing values are dropped first; in sum mode this is what
@@ -108,11 +118,7 @@ def excess_returns(report: pd.DataFrame) -> pd.DataFrame:
 
 
 def portfolio_analysis(
-    report: pd.DataFrame,
-    freq: str = "day",
-    mode: Accumulation | str = Accumulation.SUM,
-    *,
-    n: float | None = None,
+    report: pd.DataFrame, freq: str = "day", mode: Accumulation | str = Accumulation.SUM, *, n: float | None = None
 ) -> dict[str, float]:
     """Risk analysis of a backtest's daily report under qlib's metric names, e.g.
     "excess_return_without_cost.annualized_return", "excess_return_with_cost.max_drawdown" and the

@@ -83,7 +83,9 @@ class DatasetConfig(_Strict):
 
 class ModelConfig(_Strict):
     family: str = "lightgbm"  # lightgbm | linear | mlp | gru
-    params: dict[str, Any] = Field(default_factory=dict)  # the family's options (e.g. gru: step_len); seed comes from the top level
+    params: dict[str, Any] = Field(
+        default_factory=dict
+    )  # the family's options (e.g. gru: step_len); seed comes from the top level
 
 
 class OptimizerConfig(_Strict):

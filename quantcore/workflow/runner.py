@@ -118,8 +118,9 @@ def _strategy(cfg: WorkflowConfig, panel: Panel) -> tuple[Strategy, OptimizedPol
     )
     if o.tracking_error is not None and b.benchmark.lower() not in ("equal-weight", "equal_weight"):
         raise ValueError("backtest.optimizer.tracking_error needs backtest.benchmark: equal-weight")
-    policy = OptimizedPolicy(settings, risk_model, lookback=o.lookback, refit_every=o.refit_every,
-                             alpha_scaling=AlphaScaling.VOLATILITY)
+    policy = OptimizedPolicy(
+        settings, risk_model, lookback=o.lookback, refit_every=o.refit_every, alpha_scaling=AlphaScaling.VOLATILITY
+    )
     close = panel.fields["close"].T  # (T, N)
     bench_weights = None
     if o.tracking_error is not None:
@@ -174,8 +175,9 @@ def run_workflow(
             evaluator = Evaluator(panel)
         elif evaluator.panel is not panel:
             raise ValueError("run_workflow: the evaluator is bound to another panel than the one given")
-        run.log_params({"data.version": panel.version, "data.instruments": panel.n_instruments,
-                        "data.days": panel.n_days})
+        run.log_params(
+            {"data.version": panel.version, "data.instruments": panel.n_instruments, "data.days": panel.n_days}
+        )
         lap("data")
 
         segments = _segments(cfg, panel.calendar)
@@ -216,8 +218,16 @@ def run_workflow(
         )
         strategy, policy = _strategy(cfg, panel)
         test_start, test_end = cfg.dataset.segments.test
-        report = backtest_scores(panel, scores, strategy, start=str(test_start), end=str(test_end),
-                                 account=b.account, benchmark=b.benchmark, exchange=exchange)
+        report = backtest_scores(
+            panel,
+            scores,
+            strategy,
+            start=str(test_start),
+            end=str(test_end),
+            account=b.account,
+            benchmark=b.benchmark,
+            exchange=exchange,
+        )
         lap("backtest")
 
         analysis = portfolio_analysis(report)
@@ -254,8 +264,9 @@ def run_workflow(
                     path = Path(tmp) / (title.lower().replace(" ", "_") + ".png")
                     path.write_bytes(png)
                     run.log_artifact(path)
-                html = write_html_report(Path(tmp) / "report.html", {"Headline": headline, **pngs},
-                                         title=f"rdquant workflow: {cfg.name}")
+                html = write_html_report(
+                    Path(tmp) / "report.html", {"Headline": headline, **pngs}, title=f"rdquant workflow: {cfg.name}"
+                )
                 run.log_artifact(html)
         lap("record")
         run_id = run.run_id

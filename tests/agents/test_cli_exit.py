@@ -49,8 +49,13 @@ def test_lightgbm_without_sklearn_leaves_sklearn_importable():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     # imported by the call; not again; sklearn never loaded by it; LightGBM's estimators off; training API on
     assert out.stdout.split() == ["True", "False", "False", "False", "True"]
-    pre = "import sklearn; from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn as f; print(f())"
-    assert subprocess.run([sys.executable, "-c", pre], capture_output=True, text=True, timeout=120).stdout.strip() == "False"
+    pre = (
+        "import sklearn; from quantcore.models.lightgbm_import import import_lightgbm_without_sklearn as f; print(f())"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", pre], capture_output=True, text=True, timeout=120).stdout.strip()
+        == "False"
+    )
 
 
 def test_the_iteration_log_says_what_a_model_iteration_did():
@@ -63,8 +68,11 @@ def test_the_iteration_log_says_what_a_model_iteration_did():
         display.event("iteration", {**base, "iteration": 1, "direction": "model", "new_best": "csrank_2"})
         display.event("iteration", {**base, "iteration": 2, "direction": "model", "new_best": None})
         display.event("iteration", {**base, "iteration": 3, "direction": "factor", "accepted": ["mom_3_1"]})
-    assert display.log == ["#1 model: new best model csrank_2; why (1.0s)", "#2 model: best model kept; why (1.0s)",
-                           "#3 factor: accepted mom_3_1; why (1.0s)"]
+    assert display.log == [
+        "#1 model: new best model csrank_2; why (1.0s)",
+        "#2 model: best model kept; why (1.0s)",
+        "#3 factor: accepted mom_3_1; why (1.0s)",
+    ]
 
 
 def test_the_users_mistakes_are_one_line_and_our_bugs_keep_their_traceback():
@@ -92,7 +100,16 @@ def test_the_users_mistakes_are_one_line_and_our_bugs_keep_their_traceback():
 
 
 def test_a_label_of_the_past_is_refused_in_one_line(tmp_path):
-    done = _rdquant("loop", "--budget", "1", "--data", "synthetic:40:300:1", "--label", "$close/Ref($close, 1) - 1",
-                    "--root", str(tmp_path))
+    done = _rdquant(
+        "loop",
+        "--budget",
+        "1",
+        "--data",
+        "synthetic:40:300:1",
+        "--label",
+        "$close/Ref($close, 1) - 1",
+        "--root",
+        str(tmp_path),
+    )
     assert done.returncode == 2 and "reads no future day" in done.stderr and "Traceback" not in done.stderr
     assert open_project(tmp_path).runs() == []  # refused before anything is stored

@@ -54,8 +54,11 @@ def test_decisions_use_the_mlflow_run_metrics_and_cite_the_run(loop):
         assert all(runs[k] for k in folds)  # every experiment a decision read was recorded
         if len(folds) == 1:  # a factor: its `<name>.<metric>` keys, and the run cited last
             kinds.add("factor")
-            logged = {k.split(".", 1)[1]: v for k, v in _mlflow_metrics(root, runs[d.candidate]).items()
-                      if k.startswith(f"{d.candidate}.")}
+            logged = {
+                k.split(".", 1)[1]: v
+                for k, v in _mlflow_metrics(root, runs[d.candidate]).items()
+                if k.startswith(f"{d.candidate}.")
+            }
             own = {k: v for k, v in metrics.items() if k not in ("p_adjusted", "trials")}  # the batch's FDR test
             assert own and own == {k: v for k, v in logged.items() if math.isfinite(v)}
             assert reasons[-1] == f"(MLflow run {runs[d.candidate]})"
@@ -66,7 +69,7 @@ def test_decisions_use_the_mlflow_run_metrics_and_cite_the_run(loop):
                 if key == "folds":
                     assert value == len(folds)
                 elif key.startswith("folds."):
-                    assert value == float(np.mean([m[key[len("folds."):]] for m in per_fold])), key
+                    assert value == float(np.mean([m[key[len("folds.") :]] for m in per_fold])), key
                 else:
                     assert value == per_fold[0][key], key
             assert "Rank IC" in metrics and "folds.Rank IC" in metrics
@@ -80,8 +83,11 @@ def factor_result(loop, tmp_path):
     root, run_id = loop
     work = tmp_path / "project"
     shutil.copytree(root, work)
-    row = next(e for e in open_project(work).rows(ExperimentRow, run_id)
-               if e.iteration == 1 and e.ok and not e.candidate.startswith("screen."))
+    row = next(
+        e
+        for e in open_project(work).rows(ExperimentRow, run_id)
+        if e.iteration == 1 and e.ok and not e.candidate.startswith("screen.")
+    )
     recorder = Recorder.open(project_paths(work)["mlflow"], f"loop-{run_id}", create=False)
     return ExperimentResult.from_dict(json.loads(row.result_json)), recorder
 
@@ -125,8 +131,9 @@ def test_non_finite_metrics_read_back_as_nan(tmp_path):
     recorder = Recorder.open(tmp_path, "nonfinite")
     with recorder.start_run("factor", tags={"spec_hash": "h"}) as run:
         run.log_metrics({"f.rank_ic": 0.1, "f.rank_icir": math.inf, "f.loss": math.nan})
-    result = ExperimentResult("h", "factor", metrics={"f.rank_ic": 0.1, "f.rank_icir": math.nan, "f.loss": math.nan},
-                              mlflow_run_id=run.run_id)  # inf is NaN once a result went through its JSON form
+    result = ExperimentResult(
+        "h", "factor", metrics={"f.rank_ic": 0.1, "f.rank_icir": math.nan, "f.loss": math.nan}, mlflow_run_id=run.run_id
+    )  # inf is NaN once a result went through its JSON form
     out = recorded(result, recorder)
     assert out.ok and out.metrics["f.rank_ic"] == 0.1
     assert math.isnan(out.metrics["f.rank_icir"]) and math.isnan(out.metrics["f.loss"])
@@ -141,12 +148,22 @@ def test_the_critic_rejects_a_candidate_whose_record_was_altered(tmp_path):
     recorder = Recorder.open(tmp_path, "critic")
     expression = "Mean($close, 5)/$close - 1"
     with LocalExecutor(workers=1, root=tmp_path / "sandbox", recorder=recorder, use_cache=False) as executor:
-        s = Services(config=config, store=open_project(tmp_path), executor=executor, backend=OfflineBackend(0),
-                     panel=panel, segments={k: tuple(v) for k, v in default_segments(panel.calendar).items()},
-                     memory=RunMemory(run_id="r", market=panel.version))
+        s = Services(
+            config=config,
+            store=open_project(tmp_path),
+            executor=executor,
+            backend=OfflineBackend(0),
+            panel=panel,
+            segments={k: tuple(v) for k, v in default_segments(panel.calendar).items()},
+            memory=RunMemory(run_id="r", market=panel.version),
+        )
         coded = CodedCandidate(name="mr5", expression=expression, spec=admission_spec(expression, "mr5", {}, s))
-        hyp = Hypothesis(direction="factor", text="short-term reversal", family="reversal",
-                         factors=[FactorCandidate(name="mr5", expression=expression)])
+        hyp = Hypothesis(
+            direction="factor",
+            text="short-term reversal",
+            family="reversal",
+            factors=[FactorCandidate(name="mr5", expression=expression)],
+        )
         state = IterationState(iteration=1, direction="factor", hypothesis=hyp, coded=CoderOutput(coded=[coded]))
         state = state.model_copy(update=runner_node(state, s))
         logged = ExperimentResult.from_dict(state.results["mr5"])

@@ -90,8 +90,12 @@ def test_a_train_segment_too_short_to_purge_twice_is_refused_by_name():
 
 def _result(daily: np.ndarray, arr: float) -> ExperimentResult:
     rank_ic = float(np.mean(daily))
-    return ExperimentResult(spec_hash="x", kind="model", details={"daily_rank_ic": daily.tolist()},
-                            metrics={"Rank IC": rank_ic, "IC": rank_ic, "ARR.with_cost": arr, "IR.with_cost": 1.0})
+    return ExperimentResult(
+        spec_hash="x",
+        kind="model",
+        details={"daily_rank_ic": daily.tolist()},
+        metrics={"Rank IC": rank_ic, "IC": rank_ic, "ARR.with_cost": arr, "IR.with_cost": 1.0},
+    )
 
 
 def test_more_scored_days_narrow_the_band_enough_to_decide():
@@ -103,18 +107,37 @@ def test_more_scored_days_narrow_the_band_enough_to_decide():
     edge = [b + 0.004 + rng.normal(0, 0.05, 504) for b in best]
     none = [b + rng.normal(0, 0.05, 504) for b in best]
     best_one, best_two = merge_folds([_result(best[0], 0.1)]), merge_folds([_result(b, 0.1) for b in best])
-    one = compare_models("m", merge_folds([_result(edge[0], 0.12)]), best_one.details["daily_rank_ic"],
-                         best_one.metrics, rules, seed=1)
-    two = compare_models("m", merge_folds([_result(e, 0.12) for e in edge]), best_two.details["daily_rank_ic"],
-                         best_two.metrics, rules, seed=1)
-    null = compare_models("m", merge_folds([_result(e, 0.12) for e in none]), best_two.details["daily_rank_ic"],
-                          best_two.metrics, rules, seed=1)
+    one = compare_models(
+        "m", merge_folds([_result(edge[0], 0.12)]), best_one.details["daily_rank_ic"], best_one.metrics, rules, seed=1
+    )
+    two = compare_models(
+        "m",
+        merge_folds([_result(e, 0.12) for e in edge]),
+        best_two.details["daily_rank_ic"],
+        best_two.metrics,
+        rules,
+        seed=1,
+    )
+    null = compare_models(
+        "m",
+        merge_folds([_result(e, 0.12) for e in none]),
+        best_two.details["daily_rank_ic"],
+        best_two.metrics,
+        rules,
+        seed=1,
+    )
     assert one.verdict == "keep_best" and "within noise" in one.reasons[0]
     assert two.verdict == "replace_best" and "1008 validation days" in two.reasons[0]
     assert null.verdict == "keep_best"
     # the cost check uses the mean over folds: a with-cost ARR that falls on average keeps the best
-    worse = compare_models("m", merge_folds([_result(edge[0], 0.12), _result(edge[1], 0.05)]),
-                           best_two.details["daily_rank_ic"], best_two.metrics, rules, seed=1)
+    worse = compare_models(
+        "m",
+        merge_folds([_result(edge[0], 0.12), _result(edge[1], 0.05)]),
+        best_two.details["daily_rank_ic"],
+        best_two.metrics,
+        rules,
+        seed=1,
+    )
     assert worse.verdict == "keep_best" and "with-cost ARR" in worse.reasons[0]
 
 
@@ -122,8 +145,9 @@ def test_a_failed_fold_fails_the_candidate_and_mismatched_folds_are_not_compared
     from sandbox.result import Failure, FailureCategory
 
     good = _result(np.full(100, 0.05), 0.1)
-    bad = ExperimentResult(spec_hash="y", kind="model",
-                           failure=Failure(category=FailureCategory.RUNTIME_ERROR, message="boom", context=""))
+    bad = ExperimentResult(
+        spec_hash="y", kind="model", failure=Failure(category=FailureCategory.RUNTIME_ERROR, message="boom", context="")
+    )
     assert merge_folds([good, bad]).failure.message == "boom"
     v = compare_models("m", merge_folds([good]), [0.0] * 200, good.metrics, AdmissionRules(), seed=0)
     assert v.verdict == "keep_best" and "not comparable" in v.reasons[0]

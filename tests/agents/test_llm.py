@@ -16,22 +16,41 @@ from agents.contracts import FactorCandidate, Hypothesis, ProposalContext, Trace
 from agents.llm import PRICES, LLMBackend, LLMError, ReplayMismatch, load_prompt, load_replay_calls
 
 MARKET = "synthetic:60:400:0"
-FACTORS = {"text": "short-term reversal", "family": "reversal",
-           "factors": [{"name": "rev5", "expression": "-($close/Ref($close, 5) - 1)", "rationale": "reversal"},
-                       {"name": "vol_shock", "expression": "$volume/(Mean($volume, 10)+1e-12)"}]}
+FACTORS = {
+    "text": "short-term reversal",
+    "family": "reversal",
+    "factors": [
+        {"name": "rev5", "expression": "-($close/Ref($close, 5) - 1)", "rationale": "reversal"},
+        {"name": "vol_shock", "expression": "$volume/(Mean($volume, 10)+1e-12)"},
+    ],
+}
 ANALYSIS = {"analysis": "reversal carries signal on validation", "feedback": "try longer windows"}
 
 
 # ---- a scripted chat-completions server -----------------------------------------------------------
 
+
 def completion(content, prompt_tokens=120, completion_tokens=40, refusal=None) -> dict:
     if not isinstance(content, str) and content is not None:
         content = json.dumps(content)
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "scripted",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, "refusal": refusal}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "scripted",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def reply(content, **kw):  # (status, headers, body, delay)
@@ -107,26 +126,44 @@ def backend(**config) -> LLMBackend:
 
 
 def context(iteration: int = 1, direction: str = "factor") -> ProposalContext:
-    trace = TraceSummary(accepted=[{"name": "mom20", "expression": "$close/Ref($close, 20) - 1", "rank_ic": 0.031,
-                                    "rank_icir": 0.21, "ic": 0.02}],
-                         failures=[{"candidate": "bad", "failure": "UnknownOperatorError: unknown operator 'Foo'"}],
-                         lessons=["volume ideas were weak"],
-                         best_model={"name": "baseline", "family": "lightgbm", "params": {},
-                                     "metrics": {"Rank IC": 0.04}})
-    return ProposalContext(run_id="r1", iteration=iteration, direction=direction,
-                           fields=["close", "high", "low", "open", "volume", "vwap"], trace=trace,
-                           library_names=["mom20"], n_candidates=2)
+    trace = TraceSummary(
+        accepted=[
+            {
+                "name": "mom20",
+                "expression": "$close/Ref($close, 20) - 1",
+                "rank_ic": 0.031,
+                "rank_icir": 0.21,
+                "ic": 0.02,
+            }
+        ],
+        failures=[{"candidate": "bad", "failure": "UnknownOperatorError: unknown operator 'Foo'"}],
+        lessons=["volume ideas were weak"],
+        best_model={"name": "baseline", "family": "lightgbm", "params": {}, "metrics": {"Rank IC": 0.04}},
+    )
+    return ProposalContext(
+        run_id="r1",
+        iteration=iteration,
+        direction=direction,
+        fields=["close", "high", "low", "open", "volume", "vwap"],
+        trace=trace,
+        library_names=["mom20"],
+        n_candidates=2,
+    )
 
 
 # ---- attempts, feedback and retries ----------------------------------------------------------------
 
-@pytest.mark.parametrize("bad, kind", [
-    (reply("this is not {json"), "bad_json"),
-    (reply({"text": "x", "factors": [{"name": "1bad", "expression": "$close"}]}), "schema"),
-    (reply({"text": "x", "factors": []}), "schema"),
-    (reply(None, refusal="I can't help with that"), "refusal"),
-    (reply(""), "refusal"),
-])
+
+@pytest.mark.parametrize(
+    "bad, kind",
+    [
+        (reply("this is not {json"), "bad_json"),
+        (reply({"text": "x", "factors": [{"name": "1bad", "expression": "$close"}]}), "schema"),
+        (reply({"text": "x", "factors": []}), "schema"),
+        (reply(None, refusal="I can't help with that"), "refusal"),
+        (reply(""), "refusal"),
+    ],
+)
 def test_an_unusable_reply_is_fed_back_and_both_attempts_are_recorded(server, bad, kind):
     server.queue.extend([bad, reply(FACTORS)])
     b = backend()
@@ -167,8 +204,11 @@ def test_a_reply_slower_than_the_client_timeout_is_retried(server):
 def test_repeated_failures_end_in_a_clear_llm_error(server):
     server.queue.extend([status(500)] * 3)
     b = backend()
-    with pytest.raises(LLMError, match=r"proposer LLM call \(iteration 1, model gpt-4o-mini\) failed after 3 "
-                                       r"attempt\(s\); last error: http_5xx: HTTP 500"):
+    with pytest.raises(
+        LLMError,
+        match=r"proposer LLM call \(iteration 1, model gpt-4o-mini\) failed after 3 "
+        r"attempt\(s\); last error: http_5xx: HTTP 500",
+    ):
         b.propose(context(), set(), {})
     assert [c["attempt"] for c in b.drain_calls()] == [1, 2, 3]
 
@@ -190,13 +230,17 @@ def test_repeated_failures_fall_back_to_the_offline_backend_when_configured(serv
 
 
 def test_repair_keeps_the_candidate_name_and_model_proposals_are_checked(server):
-    server.queue.extend([reply({"name": "renamed", "expression": "Mean($close, 5)/$close - 1", "rationale": "fix"}),
-                         reply({"text": "t", "models": [{"name": "m", "family": "lightgbm", "params": {"leaves": 3}}]}),
-                         reply({"text": "t", "models": [{"name": "m", "family": "lightgbm",
-                                                         "params": {"num_leaves": 31}}]})])
+    server.queue.extend(
+        [
+            reply({"name": "renamed", "expression": "Mean($close, 5)/$close - 1", "rationale": "fix"}),
+            reply({"text": "t", "models": [{"name": "m", "family": "lightgbm", "params": {"leaves": 3}}]}),
+            reply({"text": "t", "models": [{"name": "m", "family": "lightgbm", "params": {"num_leaves": 31}}]}),
+        ]
+    )
     b = backend()
-    fixed = b.repair(context(), FactorCandidate(name="bad", expression="Foo($close, 5)"), "unknown operator 'Foo'",
-                     1, set())
+    fixed = b.repair(
+        context(), FactorCandidate(name="bad", expression="Foo($close, 5)"), "unknown operator 'Foo'", 1, set()
+    )
     assert fixed == FactorCandidate(name="bad", expression="Mean($close, 5)/$close - 1", rationale="fix")
     hyp = b.propose(context(2, "model"), set(), {})
     assert hyp.direction == "model" and hyp.models[0].params == {"num_leaves": 31}
@@ -206,14 +250,21 @@ def test_repair_keeps_the_candidate_name_and_model_proposals_are_checked(server)
 
 
 def test_colliding_factor_names_are_made_unique(server):
-    twice = {"text": "t", "factors": [{"name": "mom20", "expression": "$close/Ref($close, 10) - 1"},
-                                      {"name": "x", "expression": "$open"}, {"name": "x", "expression": "$high"}]}
+    twice = {
+        "text": "t",
+        "factors": [
+            {"name": "mom20", "expression": "$close/Ref($close, 10) - 1"},
+            {"name": "x", "expression": "$open"},
+            {"name": "x", "expression": "$high"},
+        ],
+    }
     server.queue.append(reply(twice))
     hyp = backend().propose(context(3), set(), {"mom20": "$close/Ref($close, 20) - 1"})
     assert [f.name for f in hyp.factors] == ["mom20_3_0", "x", "x_3_2"]
 
 
 # ---- accounting ------------------------------------------------------------------------------------
+
 
 def test_tokens_latency_and_cost_are_recorded(server, monkeypatch):
     server.queue.extend([(200, {}, completion(FACTORS, prompt_tokens=1000, completion_tokens=500), 0.2)])
@@ -226,8 +277,10 @@ def test_tokens_latency_and_cost_are_recorded(server, monkeypatch):
     assert call["latency_s"] >= 0.2 and b.tokens_used == 1500
     request = json.loads(call["request_json"])
     assert request["model"] == "gpt-4o-mini" and request["max_tokens"] == 4000
-    assert request["templates"] == {"system.md": load_prompt("system.md").hash,
-                                    "propose_factor.md": load_prompt("propose_factor.md").hash}
+    assert request["templates"] == {
+        "system.md": load_prompt("system.md").hash,
+        "propose_factor.md": load_prompt("propose_factor.md").hash,
+    }
     assert server.bodies[0]["max_tokens"] == 4000
 
     server.queue.append(reply(FACTORS, prompt_tokens=10, completion_tokens=10))
@@ -266,6 +319,7 @@ def test_missing_endpoint_settings_name_both_variables(monkeypatch):
 
 # ---- replay ----------------------------------------------------------------------------------------
 
+
 def test_replay_serves_the_recorded_calls_without_a_server(server, monkeypatch):
     server.queue.extend([reply("not json"), reply(FACTORS), status(429), reply(ANALYSIS)])
     b = backend()
@@ -291,6 +345,7 @@ def test_replay_serves_the_recorded_calls_without_a_server(server, monkeypatch):
 
 # ---- the whole loop --------------------------------------------------------------------------------
 
+
 def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(server, tmp_path):
     from agents.loop import make_executor, open_project, project_paths, start_run
     from agents.store import HypothesisRow, LLMCallRow
@@ -306,9 +361,15 @@ def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(s
         if task.startswith("# Task: repair a factor"):
             return reply({"name": "broken", "expression": "Std($close/Ref($close, 1) - 1, 10)"})
         if task.startswith("# Task: propose models"):
-            return reply({"text": "smaller trees generalise better", "family": "lightgbm",
-                          "models": [{"name": "lgb_small", "family": "lightgbm",
-                                      "params": {"num_leaves": 31, "learning_rate": 0.1}}]})
+            return reply(
+                {
+                    "text": "smaller trees generalise better",
+                    "family": "lightgbm",
+                    "models": [
+                        {"name": "lgb_small", "family": "lightgbm", "params": {"num_leaves": 31, "learning_rate": 0.1}}
+                    ],
+                }
+            )
         if task.startswith("# Task: analyse"):
             return reply(ANALYSIS)
         return status(400)
@@ -322,8 +383,14 @@ def test_loop_with_the_llm_backend_stores_its_calls_and_never_shows_test_dates(s
     assert store.run(run_id).status == "finished"
     rows = store.rows(LLMCallRow, run_id)
     seen = [(r.iteration, r.node, r.attempt, r.ok) for r in rows]
-    assert seen == [(1, "proposer", 1, False), (1, "proposer", 2, True), (1, "coder", 1, True),
-                    (1, "critic", 1, True), (2, "proposer", 1, True), (2, "critic", 1, True)]
+    assert seen == [
+        (1, "proposer", 1, False),
+        (1, "proposer", 2, True),
+        (1, "coder", 1, True),
+        (1, "critic", 1, True),
+        (2, "proposer", 1, True),
+        (2, "critic", 1, True),
+    ]
     assert store.run(run_id).tokens == sum(r.prompt_tokens + r.completion_tokens for r in rows) > 0
     assert [c["response_text"] for c in load_replay_calls(store, run_id)] == [r.response_text for r in rows]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -50,7 +49,9 @@ def test_offline_loop_commits_every_iteration(finished_run):
     keys = [(e.iteration, e.candidate) for e in store.rows(ExperimentRow, run_id)]
     assert len(keys) == len(set(keys))
     # the baseline is scored on two walk-forward folds: validation and the block before it
-    folds = {e.candidate: json.loads(e.spec_json)["segments"] for e in store.rows(ExperimentRow, run_id) if e.iteration == 0}
+    folds = {
+        e.candidate: json.loads(e.spec_json)["segments"] for e in store.rows(ExperimentRow, run_id) if e.iteration == 0
+    }
     assert set(folds) == {"baseline", "baseline.fold1"}
     assert folds["baseline.fold1"]["test"][1] < folds["baseline"]["test"][0]
     assert json.loads(decisions[0].metrics_json)["folds"] == 2
@@ -88,8 +89,11 @@ def test_a_renamed_candidate_keeps_a_valid_name_at_the_length_bound():
     from agents.nodes import _fresh_names
 
     long = "f" * NAME_MAX
-    cands = [FactorCandidate(name=long, expression="$close"), FactorCandidate(name=long, expression="$open"),
-             FactorCandidate(name="mom", expression="Ref($close, 5)")]
+    cands = [
+        FactorCandidate(name=long, expression="$close"),
+        FactorCandidate(name=long, expression="$open"),
+        FactorCandidate(name="mom", expression="Ref($close, 5)"),
+    ]
     taken = {long, long[: NAME_MAX - 2] + "_2"}
     got = [c.name for c in _fresh_names(cands, taken)]
     assert got == [long[: NAME_MAX - 2] + "_3", long[: NAME_MAX - 2] + "_4", "mom"]
@@ -138,8 +142,9 @@ def test_a_segment_the_purge_would_empty_is_a_clear_cli_error(tmp_path):
     short = runner.invoke(app, ["loop", "--budget", "1", "--data", "synthetic:5:30:0", "--root", str(tmp_path)])
     assert short.exit_code == 2 and "Traceback" not in short.output
     assert "segment 'valid' holds 6 trading days" in short.output and "embargo 5" in short.output, short.output
-    wide = runner.invoke(app, ["loop", "--budget", "1", "--data", "synthetic:5:30:0", "--embargo", "20",
-                               "--root", str(tmp_path)])
+    wide = runner.invoke(
+        app, ["loop", "--budget", "1", "--data", "synthetic:5:30:0", "--embargo", "20", "--root", str(tmp_path)]
+    )
     assert wide.exit_code == 2 and "segment 'train'" in wide.output and "embargo 20" in wide.output, wide.output
     assert open_project(tmp_path).runs() == []  # nothing half-started is stored
 
@@ -177,7 +182,8 @@ def test_replay_reproduces_decisions_and_metrics_and_reports_divergence(finished
         src.backup(db)
     row_id, iteration, candidate, metrics = db.execute(
         "select id, iteration, candidate, metrics_json from decisions where iteration > 0 and metrics_json != '{}' "
-        "order by id limit 1").fetchone()
+        "order by id limit 1"
+    ).fetchone()
     m = json.loads(metrics)
     key, rounded = [k for k in sorted(m) if isinstance(m[k], float) and m[k]][:2]
     m[key] = m[key] + 1.0
@@ -199,8 +205,26 @@ def test_review_through_the_cli_with_scripted_input(tmp_path):
     # iteration 1 (factor): edit - first an invalid expression (re-asked), then a valid one; keep the others
     # iteration 2 (model): reject with a reason
     script = "edit\nMean($close, 7\nMean($close, 7)/$close - 1\nreject\ntoo slow for today\n"
-    result = CliRunner().invoke(app, ["loop", "--budget", "2", "--data", MARKET, "--review", "--root", str(root),
-                                      "--workers", "1", "--candidates", "1", "--screen", "16"], input=script)
+    result = CliRunner().invoke(
+        app,
+        [
+            "loop",
+            "--budget",
+            "2",
+            "--data",
+            MARKET,
+            "--review",
+            "--root",
+            str(root),
+            "--workers",
+            "1",
+            "--candidates",
+            "1",
+            "--screen",
+            "16",
+        ],
+        input=script,
+    )
     assert result.exit_code == 0, result.output
     run_id = result.output.strip().splitlines()[-1]
     store = open_project(root)
@@ -218,8 +242,13 @@ def test_review_through_the_cli_with_scripted_input(tmp_path):
 def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     root = tmp_path / "proj"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(CLI + ["loop", "--budget", "4", "--data", MARKET, "--root", str(root), "--seed", "5", "--screen", "16"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        CLI + ["loop", "--budget", "4", "--data", MARKET, "--root", str(root), "--seed", "5", "--screen", "16"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     db = root / "rdquant.db"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # kill once iteration 1 is committed, inside a later iteration
@@ -240,8 +269,9 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path):
     store = open_project(root)
     run = store.runs()[0]
     assert run.iterations_done < 4
-    resumed = subprocess.run(CLI + ["loop", "--resume", run.id, "--root", str(root)], capture_output=True,
-                             text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        CLI + ["loop", "--resume", run.id, "--root", str(root)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert resumed.stdout.strip().splitlines()[-1] == run.id
     assert [r.number for r in store.rows(IterationRow, run.id)] == [1, 2, 3, 4]

@@ -23,8 +23,21 @@ MARKET = "synthetic:60:700:0"
 # lenient admission (on 60 names the trial-aware test admits little), so that the runs have accepted
 # factors to compare; the executor does not depend on the gates
 LENIENT = {"fdr_q": 0.5, "residual_components": 0}
-LOOP = ["loop", "--budget", "1", "--data", MARKET, "--seed", "3", "--workers", "2", "--fdr-q", "0.5",
-        "--residual-components", "0"]
+LOOP = [
+    "loop",
+    "--budget",
+    "1",
+    "--data",
+    MARKET,
+    "--seed",
+    "3",
+    "--workers",
+    "2",
+    "--fdr-q",
+    "0.5",
+    "--residual-components",
+    "0",
+]
 CLI = [sys.executable, "-c", "from agents.cli import main; main()"]
 # `import ray` fails as if Ray were not installed: a None entry in sys.modules halts the import
 CLI_WITHOUT_RAY = [sys.executable, "-c", "import sys; sys.modules['ray'] = None; from agents.cli import main; main()"]
@@ -65,8 +78,13 @@ def test_resume_uses_the_executor_the_run_was_stored_with(ray_and_local_runs):
     """A stored Ray run resumes on Ray: with its cluster unreachable it is refused and left untouched."""
     ray_store, _, run_id, ray_root = ray_and_local_runs
     before = ray_store.run(run_id)
-    resumed = subprocess.run(CLI + ["loop", "--resume", run_id, "--root", str(ray_root)], capture_output=True,
-                             text=True, env=_env(RAY_ADDRESS=UNREACHABLE), timeout=120)
+    resumed = subprocess.run(
+        CLI + ["loop", "--resume", run_id, "--root", str(ray_root)],
+        capture_output=True,
+        text=True,
+        env=_env(RAY_ADDRESS=UNREACHABLE),
+        timeout=120,
+    )
     assert resumed.returncode == 2 and UNREACHABLE in resumed.stderr, resumed.stderr
     after = open_project(ray_root).run(run_id)
     assert (after.status, after.iterations_done) == (before.status, before.iterations_done) == ("finished", 1)
@@ -89,8 +107,13 @@ def test_unknown_executor_is_refused_in_one_line(tmp_path):
 
 
 def test_ray_not_installed_is_refused_in_one_line(tmp_path):
-    result = subprocess.run(CLI_WITHOUT_RAY + LOOP + ["--executor", "ray", "--root", str(tmp_path)],
-                            capture_output=True, text=True, env=_env(), timeout=120)
+    result = subprocess.run(
+        CLI_WITHOUT_RAY + LOOP + ["--executor", "ray", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout.strip() == "", result.stdout + result.stderr
     _assert_refused(result.stderr, "Ray is not installed: pip install 'rdquant[ray]'", tmp_path)
 
@@ -98,8 +121,13 @@ def test_ray_not_installed_is_refused_in_one_line(tmp_path):
 def test_unreachable_cluster_is_refused_fast_in_one_line(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'rdquant[ray]')")
     start = time.monotonic()
-    result = subprocess.run(CLI + LOOP + ["--executor", "ray", "--root", str(tmp_path)], capture_output=True,
-                            text=True, env=_env(RAY_ADDRESS=UNREACHABLE), timeout=120)
+    result = subprocess.run(
+        CLI + LOOP + ["--executor", "ray", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=_env(RAY_ADDRESS=UNREACHABLE),
+        timeout=120,
+    )
     seconds = time.monotonic() - start
     assert result.returncode == 2 and result.stdout.strip() == "", result.stdout + result.stderr
     _assert_refused(result.stderr, f"cannot reach the Ray cluster at {UNREACHABLE}", tmp_path)

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-
 from typer.testing import CliRunner
 
 from agents.cli import app
@@ -64,11 +63,16 @@ def test_a_run_stored_before_purging_resumes_with_its_segments_and_unpurged_fold
     resume_run(run_id, tmp_path / "copy", budget=2)  # where _copy put it
     run = store.run(run_id)
     assert run.iterations_done == 2 and json.loads(run.config_json) == raw
-    folds = [{k: list(v) for k, v in f.items()}
-             for f in inner_folds(raw["segments"], panel, raw["loop"]["model_folds"], horizon=0, embargo=0)]
+    folds = [
+        {k: list(v) for k, v in f.items()}
+        for f in inner_folds(raw["segments"], panel, raw["loop"]["model_folds"], horizon=0, embargo=0)
+    ]
     # the baseline (iteration 0) and the resumed iteration score on unpurged folds and segments
-    specs = {(e.iteration, e.candidate): json.loads(e.spec_json) for e in store.rows(ExperimentRow, run_id)
-             if e.iteration in (0, 2)}
+    specs = {
+        (e.iteration, e.candidate): json.loads(e.spec_json)
+        for e in store.rows(ExperimentRow, run_id)
+        if e.iteration in (0, 2)
+    }
     assert {it for it, _ in specs} == {0, 2} and specs[0, "baseline"]["segments"] == folds[0]
     for (it, name), spec in specs.items():
         if spec["kind"] == "model":
@@ -119,7 +123,9 @@ def test_other_code_is_held_to_rounding_not_to_the_bit(recorded, tmp_path):
     assert len(loose.divergences) == 1 and key in loose.divergences[0]
     # a resume under other code adds its version: such a run is never compared bit for bit again
     assert _with_code_version({"code_versions": ["rdquant-code-older"]})["code_versions"] == [
-        "rdquant-code-older", code_version()]
+        "rdquant-code-older",
+        code_version(),
+    ]
     assert _with_code_version({})["code_versions"] == [code_version()]
 
 
@@ -144,8 +150,18 @@ def test_a_recorded_call_the_replay_never_made_fails(recorded, tmp_path):
     root, again, run_id = recorded
     store = _copy(root, tmp_path)
     with store.session() as db:
-        db.add(LLMCallRow(run_id=run_id, iteration=1, node="proposer", attempt=0, model="m", request_json="{}",
-                          response_text="{}", ok=True))
+        db.add(
+            LLMCallRow(
+                run_id=run_id,
+                iteration=1,
+                node="proposer",
+                attempt=0,
+                model="m",
+                request_json="{}",
+                response_text="{}",
+                ok=True,
+            )
+        )
     report = compare(store, open_project(again), run_id)
     assert any("never asked for by the replay" in d for d in report.divergences)
 
@@ -154,8 +170,13 @@ def test_a_run_that_decided_nothing_cannot_pass(tmp_path):
     store = open_project(tmp_path)
     config = LoopConfig(budget=1, data=MARKET, workers=1)
     with store.session() as db:
-        db.add(RunRow(id="empty", config_json=dumps({"loop": config.model_dump(mode="json"), "segments": {},
-                                                      "library_at_start": {}}), status="failed"))
+        db.add(
+            RunRow(
+                id="empty",
+                config_json=dumps({"loop": config.model_dump(mode="json"), "segments": {}, "library_at_start": {}}),
+                status="failed",
+            )
+        )
     report = compare(store, open_project(tmp_path / "other"), "empty")
     assert report.divergences and "no decisions" in report.divergences[0]
     assert "no decisions" in replay_run(store, "empty").divergences[0]

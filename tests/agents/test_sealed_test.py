@@ -50,8 +50,17 @@ def _copy(reported, tmp_path):
 
 def _add_factor(store, run_id: str, name: str, expression: str, **extra) -> None:
     with store.session() as db:
-        db.add(LibraryFactorRow(name=name, expression=expression, canonical=canonical(parse(expression)),
-                                run_id=run_id, iteration=1, metrics_json="{}", **extra))
+        db.add(
+            LibraryFactorRow(
+                name=name,
+                expression=expression,
+                canonical=canonical(parse(expression)),
+                run_id=run_id,
+                iteration=1,
+                metrics_json="{}",
+                **extra,
+            )
+        )
 
 
 def _text(html: str) -> str:
@@ -77,13 +86,20 @@ def test_the_final_model_is_scored_on_validation_before_the_test_opens(reported)
     # scored on the run's validation segment, fitted and early-stopped before it: the test is untouched
     segments = json.loads(store.run(run_id).config_json)["segments"]
     assert valid["segments"]["test"] == segments["valid"]
-    assert valid["segments"]["train"][1] < valid["segments"]["valid"][0] <= valid["segments"]["valid"][1] < segments["valid"][0]
+    assert (
+        valid["segments"]["train"][1]
+        < valid["segments"]["valid"][0]
+        <= valid["segments"]["valid"][1]
+        < segments["valid"][0]
+    )
     # shown next to the test figures, formatted for people
     text = _text(html)
     final_test = json.loads(rows[2].metrics_json)
     assert "final (validation) baseline (test) final (test)" in text
-    assert f"Rank IC {valid['Rank IC']:+.4f} {json.loads(rows[1].metrics_json)['Rank IC']:+.4f} " \
-           f"{final_test['Rank IC']:+.4f}" in text
+    assert (
+        f"Rank IC {valid['Rank IC']:+.4f} {json.loads(rows[1].metrics_json)['Rank IC']:+.4f} "
+        f"{final_test['Rank IC']:+.4f}" in text
+    )
     assert "test opened 1 time" in text
     assert not re.search(r"\d\.\d{6,}", text)  # no raw floats
     shown = CliRunner().invoke(app, ["runs", "show", run_id, "--root", str(root)], terminal_width=200)
@@ -162,8 +178,10 @@ def test_cost_per_accepted_factor_is_the_run_total_over_the_factors_it_holds(rep
     assert f"trials screened {sum(t.stage == 'screen' for t in trials):,} {screened:,.1f} " in text
     assert f"trials judged on validation {sum(t.stage == 'admission' for t in trials):,} {judged:,.1f}" in text
     shown = CliRunner().invoke(app, ["runs", "show", run_id, "--root", str(work)], terminal_width=300)
-    assert (f"cost per accepted factor ({n} held by the run): {run.tokens / n:,.0f} tokens, ${run.cost_usd / n:.4f}, "
-            f"{run.cpu_seconds / n:,.1f} CPU s, {screened:,.1f} trials screened, {judged:,.1f} judged") in _words(shown)
+    assert (
+        f"cost per accepted factor ({n} held by the run): {run.tokens / n:,.0f} tokens, ${run.cost_usd / n:.4f}, "
+        f"{run.cpu_seconds / n:,.1f} CPU s, {screened:,.1f} trials screened, {judged:,.1f} judged"
+    ) in _words(shown)
 
 
 def test_a_store_from_before_openings_were_recorded_still_reports(reported, tmp_path):

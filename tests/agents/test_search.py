@@ -84,8 +84,11 @@ def test_proposals_are_scale_free_across_instruments():
     units = field_units(FIELDS)
     # cross-sectional ranks compare with the other instruments; log volume levels are liquidity
     # characteristics kept as they are: neither is meant to be split-invariant
-    exprs = {f"f{i}": p.expression for i, p in enumerate(found)
-             if "CSRank" not in p.expression and unit_of(parse(p.expression), units) is Unit.RATIO}
+    exprs = {
+        f"f{i}": p.expression
+        for i, p in enumerate(found)
+        if "CSRank" not in p.expression and unit_of(parse(p.expression), units) is Unit.RATIO
+    }
     a = Evaluator(panel).evaluate(exprs, dtype=np.float64)
     b = Evaluator(other).evaluate(exprs, dtype=np.float64)
     bad = []
@@ -132,9 +135,19 @@ def test_evolution_breeds_from_the_fittest_trials():
 
 # ---- screening --------------------------------------------------------------------------------------------
 
+
 def _score(name, expr, t, base=0.1, lib=0.0, lib_name=""):
-    return ScreenScore(name, expr, ok=True, rank_ic=t / 100, rank_ic_t=t, base_corr=base, base_feature="KMID",
-                       library_corr=lib, library_factor=lib_name)
+    return ScreenScore(
+        name,
+        expr,
+        ok=True,
+        rank_ic=t / 100,
+        rank_ic_t=t,
+        base_corr=base,
+        base_feature="KMID",
+        library_corr=lib,
+        library_factor=lib_name,
+    )
 
 
 def test_survivors_are_the_strongest_original_ones_one_per_idea():
@@ -159,9 +172,15 @@ def test_survivors_are_the_strongest_original_ones_one_per_idea():
 
 
 def _paired(name, own, other):
-    return ExperimentResult(spec_hash="x", kind="factor", metrics={f"{name}.rank_ic": float(np.mean(own))},
-                            details={name: {"daily_rank_ic": list(map(float, own))},
-                                     "library_daily_rank_ic": {"old": list(map(float, other))}})
+    return ExperimentResult(
+        spec_hash="x",
+        kind="factor",
+        metrics={f"{name}.rank_ic": float(np.mean(own))},
+        details={
+            name: {"daily_rank_ic": list(map(float, own))},
+            "library_daily_rank_ic": {"old": list(map(float, other))},
+        },
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -170,17 +189,20 @@ def test_refinement_replaces_only_when_better_beyond_noise(seed):
     common = rng.normal(0.03, 0.1, 500)  # the shared idea's daily RankIC
     rules = AdmissionRules()
     passed = Verdict(candidate="new", verdict="accept", reasons=["passes"])
-    better = refine_factor(passed, _paired("new", common + 0.02 + rng.normal(0, 0.02, 500), common), ["old"],
-                           {"old": 0.9}, rules, seed)
+    better = refine_factor(
+        passed, _paired("new", common + 0.02 + rng.normal(0, 0.02, 500), common), ["old"], {"old": 0.9}, rules, seed
+    )
     assert better.verdict == "accept" and better.replaces == ["old"]
     assert any("refines old" in r for r in better.reasons)
     # same signal, independent noise: within noise -> rejected as a duplicate
-    same = refine_factor(passed, _paired("new", common + rng.normal(0, 0.02, 500), common), ["old"],
-                         {"old": 0.9}, rules, seed)
+    same = refine_factor(
+        passed, _paired("new", common + rng.normal(0, 0.02, 500), common), ["old"], {"old": 0.9}, rules, seed
+    )
     assert same.verdict == "reject" and "not better beyond noise" in same.reasons[0]
     # a negatively signed twin is compared on its own direction: |RankIC| matters, not the sign
-    flipped = refine_factor(passed, _paired("new", -(common + 0.02 + rng.normal(0, 0.02, 500)), common), ["old"],
-                            {"old": -0.9}, rules, seed)
+    flipped = refine_factor(
+        passed, _paired("new", -(common + 0.02 + rng.normal(0, 0.02, 500)), common), ["old"], {"old": -0.9}, rules, seed
+    )
     assert flipped.verdict == "accept"
 
 
@@ -197,14 +219,27 @@ def test_screen_scores_fail_a_degenerate_factor_alone_and_leave_a_failed_chunk_u
     from agents.screen import screen_scores
     from sandbox.result import Failure, FailureCategory
 
-    cands = [CodedCandidate(name=n, expression=e, spec={}) for n, e in
-             (("a", "Std($close, 5)/$close"), ("b", "$open/$close - 1"), ("c", "Skew($close/Ref($close, 1) - 1, 5)"))]
+    cands = [
+        CodedCandidate(name=n, expression=e, spec={})
+        for n, e in (
+            ("a", "Std($close, 5)/$close"),
+            ("b", "$open/$close - 1"),
+            ("c", "Skew($close/Ref($close, 1) - 1, 5)"),
+        )
+    ]
     specs = {"screen.0": {"expressions": {"a": "x", "b": "y"}}, "screen.1": {"expressions": {"c": "z"}}}
-    ok = ExperimentResult(spec_hash="h0", kind="factor", metrics={"a.rank_ic": 0.02, "a.rank_ic_t": 3.0},
-                          details={"a": {"base_correlation": {"feature": "STD5", "corr": 0.9}},
-                                   "b": {"degenerate": "factor 'b' is constant (0) on the scoring segment"}})
-    crashed = ExperimentResult(spec_hash="h1", kind="factor",
-                               failure=Failure(FailureCategory.WORKER_CRASH, "the worker died (signal 9)"))
+    ok = ExperimentResult(
+        spec_hash="h0",
+        kind="factor",
+        metrics={"a.rank_ic": 0.02, "a.rank_ic_t": 3.0},
+        details={
+            "a": {"base_correlation": {"feature": "STD5", "corr": 0.9}},
+            "b": {"degenerate": "factor 'b' is constant (0) on the scoring segment"},
+        },
+    )
+    crashed = ExperimentResult(
+        spec_hash="h1", kind="factor", failure=Failure(FailureCategory.WORKER_CRASH, "the worker died (signal 9)")
+    )
     a, b, c = screen_scores(cands, {"screen.0": ok, "screen.1": crashed}, specs)
     assert a.ok and a.fitness == 3.0 and a.base_feature == "STD5"
     assert not b.ok and b.scored and "constant" in b.failure  # a trial: it was scored and found degenerate

@@ -40,10 +40,17 @@ def test_a_later_run_continues_the_search_and_replays(tmp_path):
     assert counts["judged"] == sum(t.stage == "admission" for t in store.rows(TrialRow, second))
     assert counts["project_market"] == len(store.rows(TrialRow, first)) + len(store.rows(TrialRow, second))
     # the second run's admission tests are adjusted over the first run's admission trials too
-    tested = [t for run in (first, second) for t in store.rows(TrialRow, run)
-              if t.stage == "admission" and math.isfinite(admission_p(json.loads(t.metrics_json)))]
-    cited = {int(n) for d in store.rows(DecisionRow, second)
-             for n in re.findall(r"over (\d+) admission trials", " ".join(json.loads(d.reasons_json)))}
+    tested = [
+        t
+        for run in (first, second)
+        for t in store.rows(TrialRow, run)
+        if t.stage == "admission" and math.isfinite(admission_p(json.loads(t.metrics_json)))
+    ]
+    cited = {
+        int(n)
+        for d in store.rows(DecisionRow, second)
+        for n in re.findall(r"over (\d+) admission trials", " ".join(json.loads(d.reasons_json)))
+    }
     # ... and over the tests the run planned (budget 1 x 4 candidates), counted from its first one
     planned = json.loads(store.run(second).config_json)["loop"]["fdr_planned_tests"]
     earlier = sum(t.run_id == first for t in tested)
@@ -71,8 +78,11 @@ def test_planted_alphas_never_reach_the_agents_or_the_sandbox(tmp_path):
     meta = " ".join(str(v) for v in panel.meta.values())
     assert not any(e in meta for e in expressions)
     start_run(_config(1), tmp_path)
-    exported = [p for p in (tmp_path / "sandbox" / "markets").rglob("*") if p.is_file() and p.stat().st_size < 5_000_000
-                and p.suffix in (".json", ".txt", ".yaml", ".md", "")]
+    exported = [
+        p
+        for p in (tmp_path / "sandbox" / "markets").rglob("*")
+        if p.is_file() and p.stat().st_size < 5_000_000 and p.suffix in (".json", ".txt", ".yaml", ".md", "")
+    ]
     assert exported
     for p in exported:
         text = p.read_text(errors="ignore")

@@ -57,7 +57,11 @@ def test_admission_on_residual_ic_with_effect_size_and_nan():
     strong = _factor("f", rank_ic=0.05, rank_icir=0.4, residual_rank_ic=0.03, residual_t=5.0, residual_p=1e-6)
     assert admission_p({"residual_p": 1e-6, "rank_ic_p": 0.2}) == 1e-6  # the residual test is the admission test
     ok = admit_factor("f", strong, RULES, {}, (5, 3), significance=Significance(1e-6, 1e-4, 30, "by"))
-    assert ok.verdict == "accept" and "residual RankIC +0.0300" in ok.reasons[0] and "over 30 admission trials" in ok.reasons[0]
+    assert (
+        ok.verdict == "accept"
+        and "residual RankIC +0.0300" in ok.reasons[0]
+        and "over 30 admission trials" in ok.reasons[0]
+    )
     assert ok.metrics["p_adjusted"] == 1e-4 and ok.metrics["residual_p"] == 1e-6
     late = admit_factor("f", strong, RULES, {}, (5, 3), significance=Significance(1e-6, 0.2, 3000, "by"))
     assert late.verdict == "reject" and any(r.startswith("not significant") for r in late.reasons)
@@ -72,8 +76,12 @@ def test_admission_on_residual_ic_with_effect_size_and_nan():
 
 
 def _model(daily: np.ndarray, arr: float) -> ExperimentResult:
-    return ExperimentResult(spec_hash="m", kind="model", metrics={"Rank IC": float(np.mean(daily)), "ARR.with_cost": arr},
-                            details={"daily_rank_ic": daily.tolist()})
+    return ExperimentResult(
+        spec_hash="m",
+        kind="model",
+        metrics={"Rank IC": float(np.mean(daily)), "ARR.with_cost": arr},
+        details={"daily_rank_ic": daily.tolist()},
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -89,16 +97,24 @@ def test_model_replacement_at_the_split_level(seed):
         assert f"level {level:.2g}" in v.reasons[0]
     # significant on RankIC, but an undefined with-cost return never passes
     cand = best + 0.05 + rng.normal(0, 0.05, 400)
-    assert compare_models("m", _model(cand, 0.1), best.tolist(), {"ARR.with_cost": 0.05}, RULES, 0).verdict == "replace_best"
+    assert (
+        compare_models("m", _model(cand, 0.1), best.tolist(), {"ARR.with_cost": 0.05}, RULES, 0).verdict
+        == "replace_best"
+    )
     v = compare_models("m", _model(cand, math.nan), best.tolist(), {"ARR.with_cost": 0.05}, RULES, seed=0)
     assert v.verdict == "keep_best" and "undefined with-cost ARR" in v.reasons[0]
 
 
 def test_unmeasured_coverage_or_originality_never_passes():
     sig = Significance(1e-6, 1e-5, 10, "by")
-    good = dict(rank_ic=0.05, residual_rank_ic=0.03, residual_t=5.0, residual_p=1e-6, loss=0.0, base_corr=0.2,
-                library_corr=0.1)
+    good = dict(
+        rank_ic=0.05, residual_rank_ic=0.03, residual_t=5.0, residual_p=1e-6, loss=0.0, base_corr=0.2, library_corr=0.1
+    )
     assert admit_factor("f", _factor("f", **good), RULES, {}, (5, 3), significance=sig).verdict == "accept"
-    for key, why in (("loss", "coverage"), ("base_corr", "originality unknown"), ("library_corr", "originality unknown")):
+    for key, why in (
+        ("loss", "coverage"),
+        ("base_corr", "originality unknown"),
+        ("library_corr", "originality unknown"),
+    ):
         v = admit_factor("f", _factor("f", **{**good, key: math.nan}), RULES, {}, (5, 3), significance=sig)
         assert v.verdict == "reject" and any(r.startswith(why) for r in v.reasons), (key, v.reasons)

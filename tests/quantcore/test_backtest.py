@@ -35,7 +35,9 @@ def market(close: list[list[float]], **extra: list[list[float]]) -> Panel:
     c = np.array(close, dtype=float)
     names = [chr(ord("A") + i) for i in range(len(c))]
     fields = {"close": c, "factor": np.ones_like(c), **{k: np.array(v, dtype=float) for k, v in extra.items()}}
-    return Panel.from_arrays(CAL[: c.shape[1]], names, fields, starts=np.zeros(len(c), int), ends=np.full(len(c), c.shape[1]))
+    return Panel.from_arrays(
+        CAL[: c.shape[1]], names, fields, starts=np.zeros(len(c), int), ends=np.full(len(c), c.shape[1])
+    )
 
 
 def run(panel: Panel, scores: list[list[float]], topk=1, n_drop=1, account=10_000.0, start=1, end=None):
@@ -211,8 +213,9 @@ def signal_file(tmp_path_factory) -> Path:
     from quantcore.data.synthetic import synth_market
 
     panel = synth_market(30, 80, seed=5)
-    idx = pd.MultiIndex.from_product([pd.DatetimeIndex(panel.calendar), list(panel.instruments)],
-                                     names=["datetime", "instrument"])
+    idx = pd.MultiIndex.from_product(
+        [pd.DatetimeIndex(panel.calendar), list(panel.instruments)], names=["datetime", "instrument"]
+    )
     score = np.random.default_rng(5).normal(size=len(idx))
     path = tmp_path_factory.mktemp("sig") / "signal.parquet"
     pd.DataFrame({"score": score}, index=idx).to_parquet(path)
@@ -221,18 +224,38 @@ def signal_file(tmp_path_factory) -> Path:
 
 def test_cli_writes_qlib_report(signal_file, tmp_path):
     out = tmp_path / "report.parquet"
-    res = runner.invoke(app, ["backtest", "--data", "synthetic:30:80:5", "--signal", str(signal_file),
-                              "--topk", "5", "--n-drop", "1", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "backtest",
+            "--data",
+            "synthetic:30:80:5",
+            "--signal",
+            str(signal_file),
+            "--topk",
+            "5",
+            "--n-drop",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = pd.read_parquet(out)
     assert list(rep.columns) == list(REPORT_COLUMNS) and rep.index.name == "datetime"
     assert len(rep) == 79 and rep["turnover"].iloc[0] > 0.5  # some picks may be suspended or at a limit
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"), ("not_parquet", "cannot read"), ("no_score", "no 'score' column"),
-    ("no_overlap", "shares no"), ("bad_benchmark", "benchmark instrument"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("not_parquet", "cannot read"),
+        ("no_score", "no 'score' column"),
+        ("no_overlap", "shares no"),
+        ("bad_benchmark", "benchmark instrument"),
+    ],
+)
 def test_cli_bad_inputs_exit_2_with_one_line(case, message, signal_file, tmp_path):
     sig, extra = signal_file, []
     if case == "missing":
@@ -250,8 +273,10 @@ def test_cli_bad_inputs_exit_2_with_one_line(case, message, signal_file, tmp_pat
         f.set_index(["datetime", "instrument"]).to_parquet(sig)
     else:
         extra = ["--benchmark", "NOPE"]
-    res = runner.invoke(app, ["backtest", "--data", "synthetic:30:80:5", "--signal", str(sig),
-                              "--out", str(tmp_path / "r.parquet"), *extra])
+    res = runner.invoke(
+        app,
+        ["backtest", "--data", "synthetic:30:80:5", "--signal", str(sig), "--out", str(tmp_path / "r.parquet"), *extra],
+    )
     assert res.exit_code == 2
     assert message in res.output and "Traceback" not in res.output
 

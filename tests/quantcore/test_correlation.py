@@ -31,8 +31,12 @@ def _pandas_daily(x: np.ndarray, y: np.ndarray, min_pairs: int) -> np.ndarray:
 
 
 def _twin_mean(x: np.ndarray, refs: dict[str, np.ndarray], min_pairs: int = MIN_PAIRS) -> np.ndarray:
-    return np.array([np.nanmean(d) if np.isfinite(d).any() else np.nan
-                     for d in (_pandas_daily(x, y, min_pairs) for y in refs.values())])
+    return np.array(
+        [
+            np.nanmean(d) if np.isfinite(d).any() else np.nan
+            for d in (_pandas_daily(x, y, min_pairs) for y in refs.values())
+        ]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from typer.testing import CliRunner
@@ -18,6 +17,7 @@ def _text(result) -> str:
     """Output with rich's line wrapping undone."""
     return " ".join(result.output.split())
 
+
 BARS = """date,Ticker,open,high,low,close,volume
 2021-03-01,AAA,10,9.5,9,10,100
 2021-03-02,AAA,10,11,9,10.5,0
@@ -28,7 +28,9 @@ BARS = """date,Ticker,open,high,low,close,volume
 
 def test_synth_writes_qlib_directory(tmp_path):
     out = tmp_path / "syn"
-    result = runner.invoke(app, ["data", "synth", "--out", str(out), "--instruments", "12", "--days", "90", "--seed", "5"])
+    result = runner.invoke(
+        app, ["data", "synth", "--out", str(out), "--instruments", "12", "--days", "90", "--seed", "5"]
+    )
     assert result.exit_code == 0, result.output
     assert "4 planted alphas are hidden" in _text(result) and "--reveal" in _text(result)
     panel = read_qlib(out)
@@ -59,7 +61,9 @@ def test_import_prints_report_and_writes(tmp_path):
 def test_import_strict_and_bad_input(tmp_path):
     src = tmp_path / "bars.csv"
     src.write_text(BARS)
-    strict = runner.invoke(app, ["data", "import", str(src), "--out", str(tmp_path / "q"), "--map", "Ticker=instrument", "--strict"])
+    strict = runner.invoke(
+        app, ["data", "import", str(src), "--out", str(tmp_path / "q"), "--map", "Ticker=instrument", "--strict"]
+    )
     assert strict.exit_code == 2 and "ohlc_inconsistent" in _text(strict)
     assert not (tmp_path / "q").exists()
     unmapped = runner.invoke(app, ["data", "import", str(src), "--out", str(tmp_path / "q")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,7 @@ def handmade(tmp_path: Path) -> Path:
     (tmp_path / "calendars").mkdir()
     (tmp_path / "calendars" / "day.txt").write_text("\n".join(DAYS) + "\n")
     (tmp_path / "instruments").mkdir()
-    (tmp_path / "instruments" / "all.txt").write_text(
-        "AAA\t2020-01-02\t2020-01-09\nBBB\t2020-01-06\t2020-01-08\n"
-    )
+    (tmp_path / "instruments" / "all.txt").write_text("AAA\t2020-01-02\t2020-01-09\nBBB\t2020-01-06\t2020-01-08\n")
     nan = float("nan")
     _bin(tmp_path / "features" / "aaa" / "close.day.bin", 0, [1.5, 2.5, nan, 4.25, 5.0, 6.0])
     _bin(tmp_path / "features" / "aaa" / "volume.day.bin", 0, [100, 200, nan, 400, 500, 600])
@@ -102,8 +99,13 @@ def test_corrupt_bin_errors_name_the_file(handmade, payload, message):
 def test_write_layout_byte_by_byte(tmp_path):
     cal = pd.to_datetime(DAYS[:4])
     close = np.array([[1.0, 2.0, np.nan, 4.0], [np.nan, 5.0, 6.0, np.nan]])
-    panel = Panel.from_arrays(cal, ["aaa", "CON"], {"close": close, "Industry": np.ones((2, 4))},
-                              starts=np.array([0, 1]), ends=np.array([4, 3]))
+    panel = Panel.from_arrays(
+        cal,
+        ["aaa", "CON"],
+        {"close": close, "Industry": np.ones((2, 4))},
+        starts=np.array([0, 1]),
+        ends=np.array([4, 3]),
+    )
     write_qlib(panel, tmp_path / "q")
     root = tmp_path / "q"
     assert (root / "calendars" / "day.txt").read_text() == "".join(d + "\n" for d in DAYS[:4])

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from quantcore.cli import app
 from quantcore.data import SynthConfig, planted_alphas, synth_market
 from quantcore.data.alpha_grammar import MAX_WINDOW, MIN_WINDOW, draw_alpha
-from quantcore.expr import parse
 from quantcore.errors import DataError
+from quantcore.expr import parse
 from quantcore.expr.ast import EMA, Ref, Rolling, walk
 from quantcore.expr.evaluate import Evaluator
 
@@ -58,12 +58,12 @@ def test_listings_delistings_suspensions(panel):
 def test_bars_are_consistent(panel):
     f = panel.fields
     ok = ~np.isnan(f["close"])
-    o, h, l, c, w, v = (f[k][ok] for k in ("open", "high", "low", "close", "vwap", "volume"))
-    assert (h >= np.maximum(o, c)).all() and (l <= np.minimum(o, c)).all()
-    assert (w >= l).all() and (w <= h).all()
+    o, h, lo, c, w, v = (f[k][ok] for k in ("open", "high", "low", "close", "vwap", "volume"))
+    assert (h >= np.maximum(o, c)).all() and (lo <= np.minimum(o, c)).all()
+    assert (w >= lo).all() and (w <= h).all()
     assert (v > 0).all() and (v == np.round(v)).all()
     assert (f["factor"][ok] == 1.0).all()
-    assert (h > l).mean() > 0.99  # real ranges, not flat bars
+    assert (h > lo).mean() > 0.99  # real ranges, not flat bars
     assert (o != c).mean() > 0.99
 
 
@@ -116,8 +116,28 @@ def test_the_grammar_is_broad_and_its_windows_in_range():
         operators |= set(re.findall(r"([A-Z][A-Za-z]*)\(", alpha.expression))
         fields |= set(re.findall(r"\$(\w+)", alpha.expression))
         assert alpha.name.isidentifier(), alpha.name
-    rolling = {"Mean", "EMA", "WMA", "Std", "Skew", "Kurt", "Max", "Min", "Med", "Quantile", "Rank", "IdxMax",
-               "IdxMin", "Slope", "Rsquare", "Resi", "Sum", "Delta", "Corr", "Cov"}
+    rolling = {
+        "Mean",
+        "EMA",
+        "WMA",
+        "Std",
+        "Skew",
+        "Kurt",
+        "Max",
+        "Min",
+        "Med",
+        "Quantile",
+        "Rank",
+        "IdxMax",
+        "IdxMin",
+        "Slope",
+        "Rsquare",
+        "Resi",
+        "Sum",
+        "Delta",
+        "Corr",
+        "Cov",
+    }
     assert rolling <= operators
     assert fields == {"close", "open", "high", "low", "vwap", "volume"}
     assert len({a.expression for a in drawn}) > 350  # repeats: only the ten plain series
@@ -144,8 +164,10 @@ def _realised(panel, alphas) -> dict[str, float]:
     close = _frames(panel)["close"]
     label = close.shift(-2) / close.shift(-1) - 1
     values = Evaluator(panel).evaluate({a.name: a.expression for a in alphas}, dtype=np.float64)
-    return {name: _mean_rank_ic(pd.DataFrame(v.T, index=close.index, columns=close.columns), label)
-            for name, v in values.items()}
+    return {
+        name: _mean_rank_ic(pd.DataFrame(v.T, index=close.index, columns=close.columns), label)
+        for name, v in values.items()
+    }
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -183,7 +183,11 @@ def _config(**kw) -> DatasetConfig:
     base = dict(
         features=FEATURES,
         segments=SEGMENTS,
-        infer_processors=(ProcessInf(FieldGroup.FEATURE), RobustZScoreNorm(FieldGroup.FEATURE), Fillna(FieldGroup.FEATURE)),
+        infer_processors=(
+            ProcessInf(FieldGroup.FEATURE),
+            RobustZScoreNorm(FieldGroup.FEATURE),
+            Fillna(FieldGroup.FEATURE),
+        ),
         learn_processors=(DropnaLabel(), ZScoreNorm(FieldGroup.LABEL)),
     )
     return DatasetConfig(**(base | kw))
@@ -354,13 +358,20 @@ def _direct_window(ds, day, inst, step_len, fill):
 def test_ts_windows_equal_direct_slices(panel, fill, processed):
     # raw features keep NaN inside listed days (element-wise filling); filled ones only pad around the
     # listing span (whole-day filling); a late-listed instrument is included
-    ds = build_dataset(panel, _config(learn_processors=()) if processed else _config(infer_processors=(), learn_processors=()))
+    ds = build_dataset(
+        panel, _config(learn_processors=()) if processed else _config(infer_processors=(), learn_processors=())
+    )
     step_len = 15
     view = ds.ts_view("train", step_len, DataKey.INFER, fill)
     day, inst = ds.rows("train")
     late = int(np.argmax(panel.starts))  # listed after day 0: its first windows start before listing
-    pick = np.concatenate([[0, 1, len(view) - 1], np.nonzero(inst == late)[0][:3],
-                           np.random.default_rng(0).choice(len(view), 40, replace=False)])
+    pick = np.concatenate(
+        [
+            [0, 1, len(view) - 1],
+            np.nonzero(inst == late)[0][:3],
+            np.random.default_rng(0).choice(len(view), 40, replace=False),
+        ]
+    )
     x, y = view.batch(pick)
     assert x.shape == (len(pick), step_len, len(FEATURES))
     for k, i in enumerate(pick):
@@ -431,8 +442,10 @@ def test_dataset_config_from_yaml_shaped_data(panel):
 def test_days_after_the_last_segment_are_not_processed_and_change_nothing(panel):
     """The dataset stops at its last segment's end; a later segment added to the same config leaves
     every earlier day's processed values, fitted states and rows exactly as they were."""
-    procs = dict(infer_processors=(ProcessInf(FieldGroup.FEATURE), CSRankNorm(FieldGroup.FEATURE), Fillna(FieldGroup.FEATURE)),
-                 learn_processors=(DropnaLabel(), CSZScoreNorm(FieldGroup.LABEL)))
+    procs = dict(
+        infer_processors=(ProcessInf(FieldGroup.FEATURE), CSRankNorm(FieldGroup.FEATURE), Fillna(FieldGroup.FEATURE)),
+        learn_processors=(DropnaLabel(), CSZScoreNorm(FieldGroup.LABEL)),
+    )
     segments = {**SEGMENTS, "test": ("2011-04-01", "2011-05-31")}
     short = build_dataset(panel, _config(segments=segments, **procs))
     longer = build_dataset(panel, _config(segments={**segments, "later": ("2011-06-01", "2011-07-15")}, **procs))

@@ -53,11 +53,11 @@ def test_values_outside_listing_spans_are_nan(small_panel):
 
 
 def test_rolling_over_comparisons_only_counts_listed_rows(small_panel):
-    got = Evaluator(small_panel, ).evaluate({"cntp": "Mean($close > Ref($close, 1), 5)"}, dtype=np.float64)["cntp"]
+    got = Evaluator(small_panel).evaluate({"cntp": "Mean($close > Ref($close, 1), 5)"}, dtype=np.float64)["cntp"]
     for i in range(3):
         s = _span_series(small_panel, "close", i)
         expected = (s > s.shift(1)).astype(float).rolling(5, min_periods=1).mean().to_numpy()
-        np.testing.assert_allclose(got[i, small_panel.starts[i]:small_panel.ends[i]], expected, rtol=1e-12)
+        np.testing.assert_allclose(got[i, small_panel.starts[i] : small_panel.ends[i]], expected, rtol=1e-12)
 
 
 def test_elementwise_semantics_match_numpy(small_panel):
@@ -178,7 +178,8 @@ def test_a_disk_cache_that_cannot_write_costs_the_entry_not_the_result(tmp_path,
 
 def _entry_ages(cache: DiskCache, keys: list[str]) -> None:
     """Back-date entries in the order given (first = used longest ago), a minute apart."""
-    import os, time
+    import os
+    import time
 
     now = time.time()
     for i, key in enumerate(keys):
@@ -209,7 +210,8 @@ def test_a_bounded_disk_cache_evicts_the_least_recently_used_entries(tmp_path):
 def test_a_bounded_disk_cache_counts_entries_other_processes_wrote(tmp_path):
     """Workers share one cache folder: the first write of a cache scans it, so entries another
     process left count towards the bound, and a dead writer's stale temporary file is removed."""
-    import os, time
+    import os
+    import time
 
     arr = np.ones(1000)
     other = DiskCache(tmp_path, max_bytes=None)
@@ -250,7 +252,9 @@ def test_look_ahead_is_refused_in_features_and_allowed_in_labels(small_panel):
     ev = Evaluator(small_panel)
     with pytest.raises(LookAheadError, match="'fut'"):
         ev.evaluate({"fut": "Mean(Ref($close, -2), 3)"})
-    label = ev.evaluate({"label": "Ref($close, -2) / Ref($close, -1) - 1"}, allow_future=True, dtype=np.float64)["label"]
+    label = ev.evaluate({"label": "Ref($close, -2) / Ref($close, -1) - 1"}, allow_future=True, dtype=np.float64)[
+        "label"
+    ]
     s = _span_series(small_panel, "close", 2)  # C is delisted: the last two rows have no future
     expected = (s.shift(-2) / s.shift(-1) - 1).to_numpy()
     np.testing.assert_allclose(label[2, :9], expected, equal_nan=True)

@@ -125,8 +125,14 @@ def test_a_ranked_label_aligns_and_reports_bit_for_bit_on_a_market_with_holes():
     ev = Evaluator(panel, threads=1)
     days = slice(20, 320)
     y = ev.evaluate({"y": DEFAULT_LABEL}, allow_future=True, dtype=np.float64)["y"][:, days]
-    exprs = {"ma": "Mean($close, 5)/$close", "ref": "Ref($close, 20)/$close", "sign": "Sign($close - Ref($close, 1))",
-             "cs": "CSRank($volume)", "corr": "Corr($close, $volume, 10)", "gap": "$open/Ref($close, 1) - 1"}
+    exprs = {
+        "ma": "Mean($close, 5)/$close",
+        "ref": "Ref($close, 20)/$close",
+        "sign": "Sign($close - Ref($close, 1))",
+        "cs": "CSRank($volume)",
+        "corr": "Corr($close, $volume, 10)",
+        "gap": "$open/Ref($close, 1) - 1",
+    }
     factors = {k: v[:, days] for k, v in ev.evaluate(exprs, dtype=np.float64).items()}
     ranked = daily_ranks(y)
     subset_days = 0
@@ -211,8 +217,14 @@ def test_planted_alphas_are_recovered(synth):
 def test_decay_horizon_one_is_the_default_label_and_library_correlation(synth):
     assert decay_label(1).replace(" ", "") == DEFAULT_LABEL.replace(" ", "")
     expr = planted_alphas(0)[0].expression
-    report = evaluate_expression(synth, expr, decay_horizons=(1, 5), library={"same": expr, "neg": f"-({expr})"},
-                                 start="2011-01-01", end="2012-12-31")
+    report = evaluate_expression(
+        synth,
+        expr,
+        decay_horizons=(1, 5),
+        library={"same": expr, "neg": f"-({expr})"},
+        start="2011-01-01",
+        end="2012-12-31",
+    )
     assert report.decay[1] == pytest.approx(report.rank_ic.mean)
     assert report.start >= "2011-01-01" and report.end <= "2012-12-31"
     assert report.correlations["same"].daily_mean == pytest.approx(1.0)
@@ -222,15 +234,41 @@ def test_decay_horizon_one_is_the_default_label_and_library_correlation(synth):
 
 
 def test_cli_json_matches_library():
-    res = runner.invoke(app, ["factor", "eval", "Ref($close, 5)/$close - 1", "--data", "synthetic:60:300:3",
-                              "--start", "2010-03-01", "--quantiles", "4", "--json", "--no-decay"])
+    res = runner.invoke(
+        app,
+        [
+            "factor",
+            "eval",
+            "Ref($close, 5)/$close - 1",
+            "--data",
+            "synthetic:60:300:3",
+            "--start",
+            "2010-03-01",
+            "--quantiles",
+            "4",
+            "--json",
+            "--no-decay",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    for key in ("ic", "rank_ic", "icir", "rank_icir", "ic_t", "rank_ic_t", "n_days", "long_short", "turnover",
-                "autocorr", "decay"):
+    for key in (
+        "ic",
+        "rank_ic",
+        "icir",
+        "rank_icir",
+        "ic_t",
+        "rank_ic_t",
+        "n_days",
+        "long_short",
+        "turnover",
+        "autocorr",
+        "decay",
+    ):
         assert key in out
-    expected = evaluate_expression(synth_market(60, 300, 3), "Ref($close, 5)/$close - 1", start="2010-03-01",
-                                   quantiles=4, decay_horizons=()).to_dict()
+    expected = evaluate_expression(
+        synth_market(60, 300, 3), "Ref($close, 5)/$close - 1", start="2010-03-01", quantiles=4, decay_horizons=()
+    ).to_dict()
     assert out == json.loads(json.dumps(expected))
     assert len(out["quantile_returns"]) == 4
 

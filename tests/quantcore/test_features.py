@@ -19,11 +19,52 @@ runner = CliRunner()
 def test_alpha158_and_alpha360_shapes_and_names():
     a158 = alpha158()
     assert len(a158) == 158 and len(set(a158)) == 158
-    families = ["ROC", "MA", "STD", "BETA", "RSQR", "RESI", "MAX", "MIN", "QTLU", "QTLD", "RANK", "RSV", "IMAX",
-                "IMIN", "IMXD", "CORR", "CORD", "CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD", "VMA", "VSTD", "WVMA",
-                "VSUMP", "VSUMN", "VSUMD"]
-    expected_names = ["KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2",
-                      "OPEN0", "HIGH0", "LOW0", "VWAP0"] + [f"{f}{d}" for f in families for d in (5, 10, 20, 30, 60)]
+    families = [
+        "ROC",
+        "MA",
+        "STD",
+        "BETA",
+        "RSQR",
+        "RESI",
+        "MAX",
+        "MIN",
+        "QTLU",
+        "QTLD",
+        "RANK",
+        "RSV",
+        "IMAX",
+        "IMIN",
+        "IMXD",
+        "CORR",
+        "CORD",
+        "CNTP",
+        "CNTN",
+        "CNTD",
+        "SUMP",
+        "SUMN",
+        "SUMD",
+        "VMA",
+        "VSTD",
+        "WVMA",
+        "VSUMP",
+        "VSUMN",
+        "VSUMD",
+    ]
+    expected_names = [
+        "KMID",
+        "KLEN",
+        "KMID2",
+        "KUP",
+        "KUP2",
+        "KLOW",
+        "KLOW2",
+        "KSFT",
+        "KSFT2",
+        "OPEN0",
+        "HIGH0",
+        "LOW0",
+        "VWAP0",
+    ] + [f"{f}{d}" for f in families for d in (5, 10, 20, 30, 60)]
     assert list(a158) == expected_names
     a360 = alpha360()
     assert len(a360) == 360
@@ -70,8 +111,20 @@ def test_features_cli_writes_the_contract(tmp_path):
     out = tmp_path / "f.parquet"
     result = runner.invoke(
         app,
-        ["features", "--data", "synthetic:20:120:1", "--set", "alpha158", "--expr", "MOM=Ref($close, 5)/$close",
-         "--label", "--start", "2010-03-01", "--out", str(out)],
+        [
+            "features",
+            "--data",
+            "synthetic:20:120:1",
+            "--set",
+            "alpha158",
+            "--expr",
+            "MOM=Ref($close, 5)/$close",
+            "--label",
+            "--start",
+            "2010-03-01",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out)
@@ -89,8 +142,17 @@ def test_features_cli_writes_the_contract(tmp_path):
 def test_features_cli_cache_is_bounded_and_serves_the_same_frame(tmp_path):
     """`--cache DIR --cache-max-gb G`: a second run reads the cache, and the folder stays under G."""
     cache = tmp_path / "cache"
-    args = ["features", "--data", "synthetic:20:120:1", "--set", "alpha158", "--cache", str(cache),
-            "--cache-max-gb", str(200_000 / 2**30)]
+    args = [
+        "features",
+        "--data",
+        "synthetic:20:120:1",
+        "--set",
+        "alpha158",
+        "--cache",
+        str(cache),
+        "--cache-max-gb",
+        str(200_000 / 2**30),
+    ]
     frames = []
     for i in range(2):
         result = runner.invoke(app, [*args, "--out", str(tmp_path / f"f{i}.parquet")])
@@ -117,8 +179,12 @@ def test_features_cli_cache_is_bounded_and_serves_the_same_frame(tmp_path):
     ],
 )
 def test_features_cli_bad_input(tmp_path, args, message):
-    result = runner.invoke(app, ["features", "--data", "synthetic:10:60:0", *args, "--out", str(tmp_path / "x.parquet")]
-                           if "--data" not in args else ["features", *args, "--out", str(tmp_path / "x.parquet")])
+    result = runner.invoke(
+        app,
+        ["features", "--data", "synthetic:10:60:0", *args, "--out", str(tmp_path / "x.parquet")]
+        if "--data" not in args
+        else ["features", *args, "--out", str(tmp_path / "x.parquet")],
+    )
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output

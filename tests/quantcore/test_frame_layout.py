@@ -29,9 +29,14 @@ def ragged_panel() -> Panel:
     close = 20 + np.cumsum(rng.normal(0, 0.3, size=(n, t)), axis=1)
     close[2, 40:45] = np.nan  # a suspension inside MM's span
     spread = np.abs(rng.normal(0, 0.2, size=(n, t)))
-    fields = {"close": close, "open": close * (1 + rng.normal(0, 0.01, size=(n, t))),
-              "high": close + spread, "low": close - spread, "vwap": close + rng.normal(0, 0.05, size=(n, t)),
-              "volume": rng.uniform(1e5, 3e5, size=(n, t))}
+    fields = {
+        "close": close,
+        "open": close * (1 + rng.normal(0, 0.01, size=(n, t))),
+        "high": close + spread,
+        "low": close - spread,
+        "vwap": close + rng.normal(0, 0.05, size=(n, t)),
+        "volume": rng.uniform(1e5, 3e5, size=(n, t)),
+    }
     for name in ("open", "high", "low", "vwap", "volume"):
         fields[name][np.isnan(close)] = np.nan
     starts = np.array([0, 5, 31, 33, 0, 70, 0])
@@ -43,7 +48,10 @@ def _reference_index(panel: Panel, days: slice) -> pd.MultiIndex:
     inside = ~panel.outside_span[:, days].T
     day_idx, inst_idx = np.nonzero(inside)
     return pd.MultiIndex.from_arrays(
-        [pd.DatetimeIndex(panel.calendar[days][day_idx]), pd.Index(np.asarray(panel.instruments, dtype=object)[inst_idx])],
+        [
+            pd.DatetimeIndex(panel.calendar[days][day_idx]),
+            pd.Index(np.asarray(panel.instruments, dtype=object)[inst_idx]),
+        ],
         names=["datetime", "instrument"],
     )
 
@@ -155,8 +163,11 @@ def test_populate_stops_when_asked_and_a_failed_frame_stops_it():
 def test_frame_with_a_bad_expression_raises_its_error(ragged_panel):
     with pytest.raises(UnknownFieldError, match=r"\$clsoe"):
         Evaluator(ragged_panel).frame({"ok": "Mean($close, 5)", "bad": "Mean($clsoe, 5)"})
-    assert not [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
-                and t.name.startswith(("quantcore", "ThreadPoolExecutor"))]
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and t.name.startswith(("quantcore", "ThreadPoolExecutor"))
+    ]
 
 
 def _populate_write_supported() -> bool:
@@ -208,8 +219,11 @@ def test_kernels_fill_a_given_output_buffer(ragged_panel):
     assert got is out
     np.testing.assert_array_equal(got, want)  # outside spans blanked to NaN too
     y = ragged_panel.field("volume")
-    for fn, args in ((kernels.pair_rolling, ("Corr", x, y, 10, st, en)), (kernels.shift, (x, 3, st, en)),
-                     (kernels.ema, (x, 10, st, en))):
+    for fn, args in (
+        (kernels.pair_rolling, ("Corr", x, y, 10, st, en)),
+        (kernels.shift, (x, 3, st, en)),
+        (kernels.ema, (x, 10, st, en)),
+    ):
         out = np.full(x.shape, -7.0)
         np.testing.assert_array_equal(fn(*args, out=out), fn(*args), err_msg=fn.__name__)
     with pytest.raises(kernels.KernelArgumentError, match="overlap"):
@@ -244,7 +258,10 @@ def test_operators_sharing_a_pass_give_what_each_gives_alone(ragged_panel, threa
     nodes = [item.node for item in evaluator.compile(SHARED_PASS_FEATURES)]
     groups = set(_plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days)).groups.values())
     assert sorted(sorted(m.op for m in g) for g in groups) == [
-        ["IdxMax", "Max"], ["Quantile", "Quantile", "Quantile"], ["Resi", "Rsquare", "Slope"]]
+        ["IdxMax", "Max"],
+        ["Quantile", "Quantile", "Quantile"],
+        ["Resi", "Rsquare", "Slope"],
+    ]
     batch = evaluator.evaluate(SHARED_PASS_FEATURES, dtype=np.float64)
     frame = Evaluator(ragged_panel, threads=threads).frame(SHARED_PASS_FEATURES)
     for name, expr in SHARED_PASS_FEATURES.items():
@@ -296,7 +313,8 @@ def test_features_reading_one_shared_pass_are_scheduled_together(ragged_panel):
     assert at[nodes[2]] < at[nodes[1]]  # QTLD5 before QTLU10
     assert [plan.positions[n] for n in nodes] == [[0], [1], [2], [3]]  # output columns keep their places
     assert _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(
-        nodes[2]) > _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(nodes[1])
+        nodes[2]
+    ) > _plan(nodes, (ragged_panel.n_instruments, ragged_panel.n_days), shared_passes=False).order.index(nodes[1])
 
 
 def test_features_reading_one_window_result_are_scheduled_together(ragged_panel):
@@ -307,11 +325,14 @@ def test_features_reading_one_window_result_are_scheduled_together(ragged_panel)
 
     d = "$close - Ref($close, 1)"
     features = {}
-    for name, expr in [("SUMP", f"Sum(Greater({d}, 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
-                       ("SUMN", f"Sum(Greater(-({d}), 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
-                       ("SUMD", f"(Sum(Greater({d}, 0), {{w}})-Sum(Greater(-({d}), 0), {{w}}))/(Sum(Abs({d}), {{w}})+1e-12)"),
-                       ("MAX", "Max($high, {w})/$close"), ("MIN", "Min($low, {w})/$close"),
-                       ("RSV", "($close-Min($low, {w}))/(Max($high, {w})-Min($low, {w})+1e-12)")]:
+    for name, expr in [
+        ("SUMP", f"Sum(Greater({d}, 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
+        ("SUMN", f"Sum(Greater(-({d}), 0), {{w}})/(Sum(Abs({d}), {{w}})+1e-12)"),
+        ("SUMD", f"(Sum(Greater({d}, 0), {{w}})-Sum(Greater(-({d}), 0), {{w}}))/(Sum(Abs({d}), {{w}})+1e-12)"),
+        ("MAX", "Max($high, {w})/$close"),
+        ("MIN", "Min($low, {w})/$close"),
+        ("RSV", "($close-Min($low, {w}))/(Max($high, {w})-Min($low, {w})+1e-12)"),
+    ]:
         for w in (3, 5, 10):
             features[f"{name}{w}"] = expr.format(w=w)
     ev = Evaluator(ragged_panel)

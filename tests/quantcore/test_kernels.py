@@ -110,7 +110,7 @@ def _cases():
     for periods in (-300, -3, -1, 0, 1, 2, 5, 300):
         yield pytest.param("shift", "Ref", periods, True, id=f"Ref-{periods}")
     for op in K.CROSS_SECTION_OPS:
-        for param in ((0.0, 0.05, 0.25) if op == "CSWinsorize" else (None,)):
+        for param in (0.0, 0.05, 0.25) if op == "CSWinsorize" else (None,):
             yield pytest.param("cs", op, param, True, id=f"{op}-{param}")
 
 
@@ -208,9 +208,28 @@ def _vector_panel():
 @pytest.mark.skipif(not _roll.AVX2, reason="this CPU has no AVX2: the four-row kernels are not used")
 @pytest.mark.parametrize("compat", [True, False], ids=["qlib", "fixed"])
 @pytest.mark.parametrize("w", WINDOWS + (7, 250))
-@pytest.mark.parametrize("ops", ["Sum", "Mean", "Var", "Std", "Corr", "Cov", "Slope-Rsquare-Resi", "Resi",
-                                 "Rsquare-Slope", "Med", "Quantile", "Quantile-Quantile-Quantile", "Max",
-                                 "IdxMax", "Max-IdxMax", "IdxMin-Min", "Min"])
+@pytest.mark.parametrize(
+    "ops",
+    [
+        "Sum",
+        "Mean",
+        "Var",
+        "Std",
+        "Corr",
+        "Cov",
+        "Slope-Rsquare-Resi",
+        "Resi",
+        "Rsquare-Slope",
+        "Med",
+        "Quantile",
+        "Quantile-Quantile-Quantile",
+        "Max",
+        "IdxMax",
+        "Max-IdxMax",
+        "IdxMin-Min",
+        "Min",
+    ],
+)
 def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compat):
     x, y, starts, ends = _vector_panel()
     ops = ops.split("-")
@@ -220,9 +239,19 @@ def test_four_row_vector_kernels_equal_the_scalar_ones_bit_for_bit(ops, w, compa
         if ops[0] in K.PAIR_OPS:
             _roll.pair_rolling(K.PAIR_OPS.index(ops[0]), x, y, outs[0], starts, ends, w, compat, 1, simd=simd)
         else:
-            qs = np.array([0.8, 0.2, 0.5][:len(ops)])  # used by Quantile only
-            _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), x, outs, qs,
-                                starts, ends, w, compat, 1, simd=simd)
+            qs = np.array([0.8, 0.2, 0.5][: len(ops)])  # used by Quantile only
+            _roll.rolling_group(
+                np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc),
+                x,
+                outs,
+                qs,
+                starts,
+                ends,
+                w,
+                compat,
+                1,
+                simd=simd,
+            )
         results.append(outs)
     inside = (np.arange(x.shape[1]) >= starts[:, None]) & (np.arange(x.shape[1]) < ends[:, None])
     for op, scalar, vector in zip(ops, *results):
@@ -476,13 +505,20 @@ def test_parity_with_qlib_operators(tmp_path):
     qlib_python = os.environ.get("RDQUANT_QLIB_PYTHON")
     if not qlib_python:
         pytest.skip("set RDQUANT_QLIB_PYTHON to a python with pyqlib")
-    keys = [f"{op}|{w}" for op in K.ROLLING_OPS for w in WINDOWS
-            if not ((op == "Skew" and 0 < w < 3) or (op == "Kurt" and 0 < w < 4))]
+    keys = [
+        f"{op}|{w}"
+        for op in K.ROLLING_OPS
+        for w in WINDOWS
+        if not ((op == "Skew" and 0 < w < 3) or (op == "Kurt" and 0 < w < 4))
+    ]
     keys += [f"{op}|{w}" for op in K.PAIR_OPS for w in WINDOWS if not (op == "Corr" and w == 0)]
     keys += [f"EMA|{spec}" for spec in (1, 2, 5, 20, 0.3, 0)] + [f"Ref|{p}" for p in (-3, -1, 1, 5)]
     np.savez(tmp_path / "in.npz", x=X, y=Y, starts=STARTS, ends=ENDS, keys=np.array(keys))
-    subprocess.run([qlib_python, "-c", _QLIB_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [qlib_python, "-c", _QLIB_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        check=True,
+        capture_output=True,
+    )
     theirs = np.load(tmp_path / "out.npz")
     for key in keys:
         op, arg = key.split("|")
@@ -570,15 +606,33 @@ def test_rolling_group_gives_each_operator_its_own_result(ops, params, w, compat
     for bit, on every NaN/inf/span pattern; and each result matches the pandas reference."""
     params = params or (None,) * len(ops)
     outs = [np.full(X.shape, 7.0) for _ in ops]  # junk outside the spans must be blanked
-    _roll.rolling_group(np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc), X,
-                        [K._output(X.shape, STARTS, ENDS, o, X) for o in outs],
-                        np.array([np.nan if p is None else p for p in params]), STARTS, ENDS, w if w else 0,
-                        compat, 1, short_max)
+    _roll.rolling_group(
+        np.array([K.ROLLING_OPS.index(op) for op in ops], dtype=np.intc),
+        X,
+        [K._output(X.shape, STARTS, ENDS, o, X) for o in outs],
+        np.array([np.nan if p is None else p for p in params]),
+        STARTS,
+        ENDS,
+        w if w else 0,
+        compat,
+        1,
+        short_max,
+    )
     public = K.rolling_group(ops, X, w, STARTS, ENDS, params=params, compat=compat)
     for op, param, got, got_public in zip(ops, params, outs, public):
         alone = np.empty(X.shape)
-        _roll.rolling(K.ROLLING_OPS.index(op), X, K._output(X.shape, STARTS, ENDS, alone, X), STARTS, ENDS,
-                      w, np.nan if param is None else param, compat, 1, short_max)
+        _roll.rolling(
+            K.ROLLING_OPS.index(op),
+            X,
+            K._output(X.shape, STARTS, ENDS, alone, X),
+            STARTS,
+            ENDS,
+            w,
+            np.nan if param is None else param,
+            compat,
+            1,
+            short_max,
+        )
         assert np.array_equal(got.view(np.int64), alone.view(np.int64)), op
         public_alone = K.rolling(op, X, w, STARTS, ENDS, param=param, compat=compat)
         assert np.array_equal(got_public.view(np.int64), public_alone.view(np.int64)), op
@@ -591,8 +645,9 @@ def test_compiled_group_entry_refuses_what_its_fixed_table_cannot_hold():
     s, e = np.zeros(len(X), np.int64), np.full(len(X), T, np.int64)
     mx = K.ROLLING_OPS.index("Max")
     with pytest.raises(ValueError, match="1 to 8 ops"):
-        _roll.rolling_group(np.full(9, mx, dtype=np.intc), X, [np.empty_like(X) for _ in range(9)], np.zeros(9),
-                            s, e, 3, True, 1)
+        _roll.rolling_group(
+            np.full(9, mx, dtype=np.intc), X, [np.empty_like(X) for _ in range(9)], np.zeros(9), s, e, 3, True, 1
+        )
     with pytest.raises(ValueError, match="one out and one param"):
         _roll.rolling_group(np.full(2, mx, dtype=np.intc), X, [np.empty_like(X)], np.zeros(2), s, e, 3, True, 1)
     with pytest.raises(ValueError, match=r"out 0 has shape \(2, 260\)"):
@@ -612,30 +667,44 @@ X3, S3, E3 = one([1.0, 2.0, 3.0])
         (lambda: K.rolling("Quantile", X3, 3, S3, E3, param=1.5), "param (q=1.5) must be in [0, 1] for Quantile"),
         (lambda: K.rolling("Mean", X3, 3, S3, E3, param=0.5), "param is only used by Quantile; got param=0.5 for Mean"),
         (lambda: K.rolling("Mean", X3[0], 3, S3, E3), "x must be a 2-D (instruments, days) array, got shape (3,)"),
-        (lambda: K.rolling("Mean", X3, 3, np.array([0, 0]), E3),
-         "starts must have shape (1,), one entry per instrument"),
-        (lambda: K.rolling("Mean", X3, 3, S3, np.array([4])),
-         "spans must satisfy 0 <= start <= end <= n_days (3); instrument 0 has [0, 4)"),
+        (
+            lambda: K.rolling("Mean", X3, 3, np.array([0, 0]), E3),
+            "starts must have shape (1,), one entry per instrument",
+        ),
+        (
+            lambda: K.rolling("Mean", X3, 3, S3, np.array([4])),
+            "spans must satisfy 0 <= start <= end <= n_days (3); instrument 0 has [0, 4)",
+        ),
         (lambda: K.rolling("Mean", X3, 3, np.array([0.0]), E3), "starts must be an integer array"),
-        (lambda: K.rolling("Mean", X3, 3, S3, E3, threads=0),
-         "threads (0) must be >= 1, or None for the OpenMP default"),
+        (
+            lambda: K.rolling("Mean", X3, 3, S3, E3, threads=0),
+            "threads (0) must be >= 1, or None for the OpenMP default",
+        ),
         (lambda: K.rolling("Mean", X3, 3, S3, E3, compat=1), "compat must be True or False, got 1"),
         (lambda: K.pair_rolling("Beta", X3, X3, 3, S3, E3), "unknown pair_rolling op 'Beta'"),
-        (lambda: K.pair_rolling("Corr", X3, np.ones((2, 3)), 3, S3, E3),
-         "x and y must have the same shape, got (1, 3) and (2, 3)"),
+        (
+            lambda: K.pair_rolling("Corr", X3, np.ones((2, 3)), 3, S3, E3),
+            "x and y must have the same shape, got (1, 3) and (2, 3)",
+        ),
         (lambda: K.ema(X3, -1, S3, E3), "spec (-1) must be >= 0: a span >= 1, an alpha in (0, 1), or 0"),
         (lambda: K.ema(X3, float("nan"), S3, E3), "spec must not be NaN"),
         (lambda: K.shift(X3, 1.0, S3, E3), "periods must be an int, got 1.0"),
         (lambda: K.cross_section("CSNeutralize", X3, S3, E3), "CSNeutralize needs groups="),
         (lambda: K.cross_section("CSRank", X3, S3, E3, groups=X3), "groups is only used by CSNeutralize, not CSRank"),
-        (lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5),
-         "param (q=0.5) must be in [0, 0.5) for CSWinsorize"),
+        (
+            lambda: K.cross_section("CSWinsorize", X3, S3, E3, param=0.5),
+            "param (q=0.5) must be in [0, 0.5) for CSWinsorize",
+        ),
         (lambda: K.cross_section("CSRank", X3, S3, E3, param=0.1), "param is only used by CSWinsorize"),
         (lambda: K.rolling_group(["Max", "Min"], X3, 3, S3, E3), "operators ['Max', 'Min'] do not share one pass"),
-        (lambda: K.rank_within(X3.T, np.array([[0], [1], [0]]), X3 > 0),
-         "order must hold instrument positions in [0, 1), got 0..1"),
-        (lambda: K.rank_within(X3.T, np.zeros((1, 3), int), X3 > 0),
-         "order must be an integer array of the keys' shape (3, 1), got int64 (1, 3)"),
+        (
+            lambda: K.rank_within(X3.T, np.array([[0], [1], [0]]), X3 > 0),
+            "order must hold instrument positions in [0, 1), got 0..1",
+        ),
+        (
+            lambda: K.rank_within(X3.T, np.zeros((1, 3), int), X3 > 0),
+            "order must be an integer array of the keys' shape (3, 1), got int64 (1, 3)",
+        ),
         (lambda: K.rank_within(X3.T, np.zeros((3, 1), int), X3), "keep must be a bool (instruments, days) = (1, 3)"),
         (lambda: K.rank_within(X3.T > 0, np.zeros((3, 1), int), X3 > 0), "keys must be a float (days, instruments)"),
         (lambda: K.rolling_group(["Mean", "Sum"], X3, 3, S3, E3), "do not share one pass"),
@@ -643,8 +712,10 @@ X3, S3, E3 = one([1.0, 2.0, 3.0])
         (lambda: K.rolling_group([], X3, 3, S3, E3), "rolling_group takes 1 to 8 operators, got 0"),
         (lambda: K.rolling_group(["Quantile"] * 2, X3, 3, S3, E3, params=[0.5]), "need one param and one out"),
         (lambda: K.rolling_group(["Quantile"] * 2, X3, 3, S3, E3, params=[0.5, 2.0]), "param (q=2.0) must be in"),
-        (lambda: K.rolling_group(["Max", "IdxMax"], X3, 3, S3, E3, outs=[X3.copy()] * 2),
-         "out must not overlap an input"),
+        (
+            lambda: K.rolling_group(["Max", "IdxMax"], X3, 3, S3, E3, outs=[X3.copy()] * 2),
+            "out must not overlap an input",
+        ),
     ],
 )
 def test_argument_errors(call, message):

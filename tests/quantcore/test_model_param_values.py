@@ -11,16 +11,19 @@ from quantcore.models.errors import ModelConfigError
 from quantcore.models.registry import make_model
 
 
-@pytest.mark.parametrize("params, fragment", [
-    ({"objective": "regression forcedsplits_filename=/etc/passwd"}, "objective must be a plain word"),
-    ({"objective": "regression\tinput_model=/tmp/m.txt"}, "objective must be a plain word"),
-    ({"objective": "binary"}, "objective must be one of"),
-    ({"num_leaves": "31"}, "num_leaves must be a whole number"),
-    ({"max_depth": True}, "max_depth must be a whole number"),
-    ({"learning_rate": math.nan}, "learning_rate must be a finite number"),
-    ({"learning_rate": "fast"}, "learning_rate must be a finite number"),
-    ({"forcedsplits_filename": "/etc/passwd"}, "unknown parameter"),
-])
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"objective": "regression forcedsplits_filename=/etc/passwd"}, "objective must be a plain word"),
+        ({"objective": "regression\tinput_model=/tmp/m.txt"}, "objective must be a plain word"),
+        ({"objective": "binary"}, "objective must be one of"),
+        ({"num_leaves": "31"}, "num_leaves must be a whole number"),
+        ({"max_depth": True}, "max_depth must be a whole number"),
+        ({"learning_rate": math.nan}, "learning_rate must be a finite number"),
+        ({"learning_rate": "fast"}, "learning_rate must be a finite number"),
+        ({"forcedsplits_filename": "/etc/passwd"}, "unknown parameter"),
+    ],
+)
 def test_lightgbm_refuses_bad_values_by_name(params, fragment):
     with pytest.raises(ModelConfigError, match=fragment):
         make_model("lightgbm", **params)

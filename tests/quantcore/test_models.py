@@ -9,15 +9,7 @@ import pytest
 import torch
 
 from quantcore.data.synthetic import planted_alphas, synth_market
-from quantcore.dataset import (
-    DataKey,
-    DatasetConfig,
-    DropnaLabel,
-    FieldGroup,
-    Fillna,
-    RobustZScoreNorm,
-    build_dataset,
-)
+from quantcore.dataset import DataKey, DatasetConfig, DropnaLabel, FieldGroup, Fillna, RobustZScoreNorm, build_dataset
 from quantcore.models import (
     FAMILIES,
     BaseModel,
@@ -104,7 +96,9 @@ def test_lightgbm_uses_qlib_defaults_and_early_stops(fitted):
     params = m._params()
     assert params["learning_rate"] == 0.2 and params["num_leaves"] == 210 and params["max_depth"] == 8
     assert params["lambda_l1"] == 205.6999 and params["lambda_l2"] == 580.9768
-    assert m.config.num_threads == 1 and make_model("lightgbm")._params()["num_threads"] >= 1 and params["verbosity"] == -1
+    assert (
+        m.config.num_threads == 1 and make_model("lightgbm")._params()["num_threads"] >= 1 and params["verbosity"] == -1
+    )
     info = m.fit_info_
     assert info.stopped_early and len(info.valid_loss) == info.best_iteration + 1 + 50
 

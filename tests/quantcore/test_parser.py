@@ -109,9 +109,21 @@ def test_precedence_and_associativity(text, expected):
     assert parse(text) == expected
 
 
-_PY_OPS = {pyast.Add: "Add", pyast.Sub: "Sub", pyast.Mult: "Mul", pyast.Div: "Div", pyast.Pow: "Power",
-           pyast.BitAnd: "And", pyast.BitOr: "Or", pyast.Gt: "Gt", pyast.GtE: "Ge", pyast.Lt: "Lt",
-           pyast.LtE: "Le", pyast.Eq: "Eq", pyast.NotEq: "Ne"}
+_PY_OPS = {
+    pyast.Add: "Add",
+    pyast.Sub: "Sub",
+    pyast.Mult: "Mul",
+    pyast.Div: "Div",
+    pyast.Pow: "Power",
+    pyast.BitAnd: "And",
+    pyast.BitOr: "Or",
+    pyast.Gt: "Gt",
+    pyast.GtE: "Ge",
+    pyast.Lt: "Lt",
+    pyast.LtE: "Le",
+    pyast.Eq: "Eq",
+    pyast.NotEq: "Ne",
+}
 
 
 def python_reading(text: str):
@@ -181,16 +193,51 @@ def test_negated_zero_is_zero():
 
 # ---- every operator -----------------------------------------------------------------------------
 
-ROLLING_ONE = ["Mean", "Sum", "Std", "Var", "Max", "Min", "IdxMax", "IdxMin", "Med", "Mad", "Rank", "Count",
-               "Delta", "Slope", "Rsquare", "Resi", "WMA"]
+ROLLING_ONE = [
+    "Mean",
+    "Sum",
+    "Std",
+    "Var",
+    "Max",
+    "Min",
+    "IdxMax",
+    "IdxMin",
+    "Med",
+    "Mad",
+    "Rank",
+    "Count",
+    "Delta",
+    "Slope",
+    "Rsquare",
+    "Resi",
+    "WMA",
+]
 
 OPERATOR_CASES = [
     ("Abs($x)", Unary("Abs", x)),
     ("Sign($x)", Unary("Sign", x)),
     ("Log($x)", Unary("Log", x)),
     ("Not($x)", Unary("Not", x)),
-    *[(f"{op}($a, $b)", B(op, a, b)) for op in
-      ["Add", "Sub", "Mul", "Div", "Power", "Greater", "Less", "Gt", "Ge", "Lt", "Le", "Eq", "Ne", "And", "Or"]],
+    *[
+        (f"{op}($a, $b)", B(op, a, b))
+        for op in [
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Power",
+            "Greater",
+            "Less",
+            "Gt",
+            "Ge",
+            "Lt",
+            "Le",
+            "Eq",
+            "Ne",
+            "And",
+            "Or",
+        ]
+    ],
     ("Greater($x, 0)", B("Greater", x, K(0))),
     ("If($a > 1, 1, 0)", If(B("Gt", a, K(1)), K(1), K(0))),
     ("Ref($x, 1)", Ref(x, 1)),

@@ -9,7 +9,6 @@ import pytest
 from quantcore.portfolio import (
     AlphaScaling,
     CovarianceRisk,
-    FactorRisk,
     FactorRiskModel,
     OptimizedPolicy,
     OptimizerConfig,
@@ -43,8 +42,9 @@ def factor_data(t=400, n=40, k=3, seed=0, nan_frac=0.0, loading=0.01):
 
 
 def test_no_risk_no_cost_fills_highest_alphas_up_to_max_weight():
-    res = optimize_weights(np.array([1.0, 5.0, 3.0, 4.0, 2.0]), DIAG, None,
-                           OptimizerConfig(risk_aversion=0.0, max_weight=0.4))
+    res = optimize_weights(
+        np.array([1.0, 5.0, 3.0, 4.0, 2.0]), DIAG, None, OptimizerConfig(risk_aversion=0.0, max_weight=0.4)
+    )
     assert res.ok and res.status is Status.OPTIMAL
     np.testing.assert_allclose(res.weights, [0, 0.4, 0.2, 0.4, 0], atol=1e-6)
 
@@ -73,8 +73,9 @@ def test_mean_variance_matches_lagrange_closed_form():
 
 def test_huge_turnover_penalty_keeps_previous_weights():
     prev = np.array([0.1, 0.3, 0.2, 0.25, 0.15])
-    res = optimize_weights(np.array([0.05, -0.02, 0.0, 0.01, 0.03]), DIAG, prev,
-                           OptimizerConfig(risk_aversion=1.0, turnover_penalty=10.0))
+    res = optimize_weights(
+        np.array([0.05, -0.02, 0.0, 0.01, 0.03]), DIAG, prev, OptimizerConfig(risk_aversion=1.0, turnover_penalty=10.0)
+    )
     np.testing.assert_allclose(res.weights, prev, atol=1e-6)
 
 
@@ -113,8 +114,9 @@ def test_constraints_hold_on_a_factor_model_problem_with_benchmark():
     alpha = rng.normal(size=60) * 0.01
     bench = rng.uniform(0.5, 1.5, 60)
     bench /= bench.sum()
-    cfg = OptimizerConfig(risk_aversion=1.0, max_weight=0.04, tracking_error=0.002, benchmark_deviation=0.02,
-                          factor_deviation=0.01)
+    cfg = OptimizerConfig(
+        risk_aversion=1.0, max_weight=0.04, tracking_error=0.002, benchmark_deviation=0.02, factor_deviation=0.01
+    )
     res = optimize_weights(alpha, risk, None, cfg, benchmark=bench)
     assert res.ok, res.fallback
     w, d = res.weights, res.weights - bench
@@ -131,8 +133,9 @@ def test_constraints_hold_on_a_factor_model_problem_with_benchmark():
 
 def test_max_turnover_caps_l1_change():
     prev = np.full(5, 0.2)
-    res = optimize_weights(np.array([0.0, 1.0, 0.0, 0.0, 0.0]), DIAG, prev,
-                           OptimizerConfig(risk_aversion=0.0, max_turnover=0.3))
+    res = optimize_weights(
+        np.array([0.0, 1.0, 0.0, 0.0, 0.0]), DIAG, prev, OptimizerConfig(risk_aversion=0.0, max_turnover=0.3)
+    )
     assert np.abs(res.weights - prev).sum() == pytest.approx(0.3, abs=1e-6)
     assert res.weights[1] == pytest.approx(0.35, abs=1e-6)
 
@@ -159,8 +162,9 @@ def test_unreachable_budget_is_caught_before_solving_and_says_how_to_fix():
 
 def test_fallback_without_previous_weights_returns_benchmark():
     bench = np.array([0.6, 0.1, 0.1, 0.1, 0.1])
-    res = optimize_weights(np.zeros(5), DIAG, None, OptimizerConfig(max_weight=0.5, benchmark_deviation=0.05),
-                           benchmark=bench)
+    res = optimize_weights(
+        np.zeros(5), DIAG, None, OptimizerConfig(max_weight=0.5, benchmark_deviation=0.05), benchmark=bench
+    )
     assert res.status is Status.INFEASIBLE and "benchmark_deviation" in res.fallback
     np.testing.assert_array_equal(res.weights, bench)
 
@@ -171,8 +175,9 @@ def test_solver_chain_skips_solvers_that_cannot_handle_the_problem():
     res = optimize_weights(np.arange(5) * 0.01, DIAG, None, cfg, benchmark=bench)
     assert res.ok and res.solver == "CLARABEL"
     assert len(res.attempts) == 3 and res.attempts[-1] == "CLARABEL: optimal"
-    only_qp = optimize_weights(np.arange(5) * 0.01, DIAG, None,
-                               OptimizerConfig(tracking_error=0.05, solvers=(Solver.OSQP,)), benchmark=bench)
+    only_qp = optimize_weights(
+        np.arange(5) * 0.01, DIAG, None, OptimizerConfig(tracking_error=0.05, solvers=(Solver.OSQP,)), benchmark=bench
+    )
     assert only_qp.status is Status.SOLVER_ERROR and only_qp.fallback.startswith("solver_error: OSQP")
     np.testing.assert_array_equal(only_qp.weights, bench)
 
@@ -248,8 +253,12 @@ def _lw_constant_correlation_by_loops(x):
     def theta(i, j):  # AsyCov(√T s_ii, √T s_ij)
         return np.mean((y[:, i] ** 2 - s[i, i]) * (y[:, i] * y[:, j] - s[i, j]))
 
-    rho = np.trace(pi) + sum(r_bar / 2 * (sd[j] / sd[i] * theta(i, j) + sd[i] / sd[j] * theta(j, i))
-                             for i in range(n) for j in range(n) if i != j)
+    rho = np.trace(pi) + sum(
+        r_bar / 2 * (sd[j] / sd[i] * theta(i, j) + sd[i] / sd[j] * theta(j, i))
+        for i in range(n)
+        for j in range(n)
+        if i != j
+    )
     gamma = np.sum((f - s) ** 2)
     delta = min(1.0, max(0.0, (pi.sum() - rho) / gamma / t))
     return delta, delta * f + (1 - delta) * s
@@ -265,8 +274,15 @@ def test_constant_correlation_shrinkage_matches_the_paper():
 
 
 def test_fixed_shrinkage_and_nan_handling_demean_then_fill_zero():
-    x = np.array([[0.01, 0.02, np.nan], [0.03, np.nan, np.nan], [-0.01, 0.00, 0.05], [0.02, 0.01, np.nan],
-                  [np.nan, np.nan, np.nan]])  # last day: no data at all, dropped
+    x = np.array(
+        [
+            [0.01, 0.02, np.nan],
+            [0.03, np.nan, np.nan],
+            [-0.01, 0.00, 0.05],
+            [0.02, 0.01, np.nan],
+            [np.nan, np.nan, np.nan],
+        ]
+    )  # last day: no data at all, dropped
     est = ShrinkageCovariance(shrinkage=0.25, min_coverage=0.5).fit(x)
     y = x[:4, :2] - np.nanmean(x[:4, :2], axis=0)
     y = np.nan_to_num(y)
@@ -292,8 +308,9 @@ def test_factor_model_recovers_known_factor_covariance():
     assert err < 0.05 and err < 1.25 * sample_err  # as good as the sample covariance, with 3 + 60 numbers
     np.testing.assert_allclose(np.diag(est), x.var(axis=0), rtol=1e-10)  # PCA keeps total variances exactly
     np.testing.assert_allclose(fit.risk_.variances(), np.diag(est), rtol=1e-12)
-    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(fit.factor_covariance_)),
-                               np.sort(np.linalg.eigvalsh(b.T @ b)), rtol=0.15)  # factor variances recovered
+    np.testing.assert_allclose(
+        np.sort(np.linalg.eigvalsh(fit.factor_covariance_)), np.sort(np.linalg.eigvalsh(b.T @ b)), rtol=0.15
+    )  # factor variances recovered
     w = np.random.default_rng(0).uniform(size=60)
     assert fit.risk_.variance(w) == pytest.approx(w @ est @ w, rel=1e-12)
 
@@ -304,8 +321,9 @@ def test_factor_and_dense_risk_give_the_same_optimum():
     dense = CovarianceRisk(fr.covariance())
     alpha = np.random.default_rng(2).normal(size=20) * 1e-3
     cfg = OptimizerConfig(risk_aversion=2.0, max_weight=0.2)
-    np.testing.assert_allclose(optimize_weights(alpha, fr, None, cfg).weights,
-                               optimize_weights(alpha, dense, None, cfg).weights, atol=1e-5)
+    np.testing.assert_allclose(
+        optimize_weights(alpha, fr, None, cfg).weights, optimize_weights(alpha, dense, None, cfg).weights, atol=1e-5
+    )
 
 
 # --- policy ----------------------------------------------------------------------------------------------------
@@ -314,9 +332,13 @@ def test_factor_and_dense_risk_give_the_same_optimum():
 def test_policy_refits_every_k_days_and_records_each_step():
     x, _, _ = factor_data(t=120, n=30, seed=9)
     rng = np.random.default_rng(4)
-    policy = OptimizedPolicy(OptimizerConfig(risk_aversion=1.0, max_weight=0.1, turnover_penalty=1e-4),
-                             FactorRiskModel(n_factors=3), lookback=60, refit_every=5,
-                             alpha_scaling=AlphaScaling.VOLATILITY)
+    policy = OptimizedPolicy(
+        OptimizerConfig(risk_aversion=1.0, max_weight=0.1, turnover_penalty=1e-4),
+        FactorRiskModel(n_factors=3),
+        lookback=60,
+        refit_every=5,
+        alpha_scaling=AlphaScaling.VOLATILITY,
+    )
     w = None
     for t in range(60, 72):
         w = policy.target_weights(t, rng.normal(size=30), x[:t], w)
@@ -342,13 +364,18 @@ def test_policy_strategy_runs_in_the_backtest():
     close = 10 * np.exp(np.cumsum(rng.normal(0, 0.01, (n, t)), axis=1))
     cal = pd.bdate_range("2021-01-01", periods=t).values
     names = [f"S{i}" for i in range(n)]
-    panel = Panel.from_arrays(cal, names, {"close": close, "factor": np.ones_like(close)},
-                              starts=np.zeros(n, int), ends=np.full(n, t))
+    panel = Panel.from_arrays(
+        cal, names, {"close": close, "factor": np.ones_like(close)}, starts=np.zeros(n, int), ends=np.full(n, t)
+    )
     ex = backtest.Exchange.from_panel(panel)
     scores = rng.normal(size=(t, n))
-    policy = OptimizedPolicy(OptimizerConfig(risk_aversion=1.0, max_weight=0.2, budget=0.95),
-                             FactorRiskModel(n_factors=2), lookback=40, refit_every=10,
-                             alpha_scaling=AlphaScaling.VOLATILITY)
+    policy = OptimizedPolicy(
+        OptimizerConfig(risk_aversion=1.0, max_weight=0.2, budget=0.95),
+        FactorRiskModel(n_factors=2),
+        lookback=40,
+        refit_every=10,
+        alpha_scaling=AlphaScaling.VOLATILITY,
+    )
     report = backtest.simulate(ex, PolicyStrategy(policy, daily_returns(ex.close)), scores, cal, 40, t - 1, 1e8)
     assert len(report) == t - 40 and np.isfinite(report["account"]).all()
     steps = policy.report()

@@ -37,7 +37,8 @@ def test_alpha158_and_every_operator_match_pyqlib(tmp_path):
     bad = {
         d.name: (d.max_abs, d.max_rel)
         for d in emulated
-        if not d.within(TOLERANCE) and not (d.name.startswith(("CORR", "CORD", "OP_CORR")) and d.max_abs < CORR_ABS_TOLERANCE)
+        if not d.within(TOLERANCE)
+        and not (d.name.startswith(("CORR", "CORD", "OP_CORR")) and d.max_abs < CORR_ABS_TOLERANCE)
     }
     assert not bad, bad
     # the default float64 arithmetic stays within float32 rounding of qlib's value, amplified at most

@@ -74,8 +74,10 @@ def test_default_store_is_sqlite_under_the_root_with_absolute_artifacts(tmp_path
 def test_run_is_readable_back_through_a_fresh_client(tmp_path, empty_db):
     root = _store(empty_db, tmp_path / "runs")
     rec = Recorder.open(root, experiment="e1")
-    frame = pd.DataFrame({"return": [0.01, -0.02], "bench": [0.0, 0.01]},
-                         index=pd.DatetimeIndex(["2021-01-04", "2021-01-05"], name="datetime"))
+    frame = pd.DataFrame(
+        {"return": [0.01, -0.02], "bench": [0.0, 0.01]},
+        index=pd.DatetimeIndex(["2021-01-04", "2021-01-05"], name="datetime"),
+    )
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "a.csv").write_text("x\n1\n")
@@ -97,7 +99,11 @@ def test_run_is_readable_back_through_a_fresh_client(tmp_path, empty_db):
         assert run.log_model(model_dir) == "model"
         assert run.log_model(tmp_path / "notes.txt", name="single") == "single"  # a one-file save
     assert logged == {
-        "model.lr": "0.05", "model.depth": "6", "model.kind": "lgbm", "topk": "50", "fields": '["a", "b"]',
+        "model.lr": "0.05",
+        "model.depth": "6",
+        "model.kind": "lgbm",
+        "topk": "50",
+        "fields": '["a", "b"]',
     }
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
@@ -110,10 +116,19 @@ def test_run_is_readable_back_through_a_fresh_client(tmp_path, empty_db):
     assert got.data.tags["seed"] == "7" and got.data.tags[MODEL_TAG] == "single"  # the last model logged
     assert got.info.artifact_uri.startswith((root / "mlartifacts").as_uri())
 
-    assert rec.list_artifacts(run.run_id) == sorted([
-        "report_normal.parquet", "plots/cumulative_return.png", "report.html", "analysis.json", "notes.txt",
-        "extra/a.csv", "model/model.txt", "model/sub/meta.json", "single/notes.txt",
-    ])
+    assert rec.list_artifacts(run.run_id) == sorted(
+        [
+            "report_normal.parquet",
+            "plots/cumulative_return.png",
+            "report.html",
+            "analysis.json",
+            "notes.txt",
+            "extra/a.csv",
+            "model/model.txt",
+            "model/sub/meta.json",
+            "single/notes.txt",
+        ]
+    )
     back = pd.read_parquet(rec.download_artifact(run.run_id, "report_normal.parquet", tmp_path / "dl"))
     pd.testing.assert_frame_equal(back, frame, check_freq=False)
     png = rec.download_artifact(run.run_id, "plots/cumulative_return.png", tmp_path / "dl").read_bytes()
@@ -155,8 +170,9 @@ def test_an_escaping_exception_marks_the_run_failed_and_propagates(tmp_path, emp
 def test_nonfinite_metrics_become_tags_and_bad_types_are_refused(tmp_path, empty_db):
     rec = Recorder.open(_store(empty_db, tmp_path / "runs"))
     with rec.start_run("nan") as run:
-        skipped = run.log_metrics({"ok": 1.5, "np": np.float32(2.0), "ir": math.nan, "up": math.inf,
-                                   "down": -np.inf, "none": None}, step=3)
+        skipped = run.log_metrics(
+            {"ok": 1.5, "np": np.float32(2.0), "ir": math.nan, "up": math.inf, "down": -np.inf, "none": None}, step=3
+        )
         with pytest.raises(RecordingError, match="must be numbers"):
             run.log_metrics({"name": "abc"})
     assert skipped == {"ir": "nan", "up": "inf", "down": "-inf", "none": "None"}

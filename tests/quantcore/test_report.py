@@ -19,12 +19,12 @@ import pytest
 
 from quantcore.errors import QuantcoreError
 from quantcore.report import (
-    analysis_frame,
     FigureSection,
     MetricsSection,
     ReportError,
     TableSection,
     TextSection,
+    analysis_frame,
     cumulative_return_figure,
     drawdown_figure,
     figure_png,
@@ -49,9 +49,17 @@ def _report(n: int = 60, seed: int = 0) -> pd.DataFrame:
     idx = pd.DatetimeIndex(pd.bdate_range("2021-01-04", periods=n), name="datetime")
     ret = rng.normal(0.001, 0.01, n)
     return pd.DataFrame(
-        {"account": 1e8 * np.cumprod(1 + ret), "return": ret, "total_turnover": 0.0, "turnover": 0.1,
-         "total_cost": 0.0, "cost": rng.uniform(0, 3e-4, n), "value": 1e8, "cash": 0.0,
-         "bench": rng.normal(0.0, 0.01, n)},
+        {
+            "account": 1e8 * np.cumprod(1 + ret),
+            "return": ret,
+            "total_turnover": 0.0,
+            "turnover": 0.1,
+            "total_cost": 0.0,
+            "cost": rng.uniform(0, 3e-4, n),
+            "value": 1e8,
+            "cash": 0.0,
+            "bench": rng.normal(0.0, 0.01, n),
+        },
         index=idx,
     )
 
@@ -88,8 +96,20 @@ def test_product_mode_matches_hand_computation():
     assert m.information_ratio == pytest.approx(m.mean / m.std * math.sqrt(238), rel=1e-12)
 
 
-@pytest.mark.parametrize("freq, n", [("day", 238), ("1d", 238), ("2day", 119), ("week", 50), ("w", 50),
-                                     ("month", 12), ("mon", 12), ("min", 240 * 238), ("5minute", 240 * 238 / 5)])
+@pytest.mark.parametrize(
+    "freq, n",
+    [
+        ("day", 238),
+        ("1d", 238),
+        ("2day", 119),
+        ("week", 50),
+        ("w", 50),
+        ("month", 12),
+        ("mon", 12),
+        ("min", 240 * 238),
+        ("5minute", 240 * 238 / 5),
+    ],
+)
 def test_periods_per_year_follow_qlib(freq, n):
     assert periods_per_year(freq) == pytest.approx(n)
 
@@ -130,8 +150,9 @@ def test_portfolio_analysis_uses_qlib_names_and_excess_returns():
     rep = _report()
     out = portfolio_analysis(rep)
     metrics = ["mean", "std", "annualized_return", "information_ratio", "max_drawdown"]
-    assert set(out) == {f"{g}.{k}" for g in ("excess_return_without_cost", "excess_return_with_cost", "bench")
-                        for k in metrics}
+    assert set(out) == {
+        f"{g}.{k}" for g in ("excess_return_without_cost", "excess_return_with_cost", "bench") for k in metrics
+    }
     without = rep["return"].to_numpy() - rep["bench"].to_numpy()
     with_cost = without - rep["cost"].to_numpy()
     for name, r in (("excess_return_without_cost", without), ("excess_return_with_cost", with_cost)):
@@ -194,8 +215,13 @@ def test_matches_qlib_risk_analysis():
     if not QLIB_PYTHON.exists():
         pytest.skip(f"needs pyqlib at {QLIB_PYTHON}")
     r = _report(250, seed=3)["return"]
-    done = subprocess.run([str(QLIB_PYTHON), "-c", _QLIB_SCRIPT], input=json.dumps(r.tolist()),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(QLIB_PYTHON), "-c", _QLIB_SCRIPT],
+        input=json.dumps(r.tolist()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ref = json.loads(done.stdout.strip().splitlines()[-1])
     ours = {"sum": risk_analysis(r), "product": risk_analysis(r, mode="product"), "n252": risk_analysis(r, n=252)}
@@ -282,8 +308,9 @@ def test_html_report_is_self_contained(tmp_path, figures):
 
 
 def test_html_report_from_a_mapping_and_bad_sections(figures):
-    text = html_report({"fig": figures["Quantiles"], "metrics": {"ic": 0.05, "n": 3, "bad": float("nan")},
-                        "note": "plain"})
+    text = html_report(
+        {"fig": figures["Quantiles"], "metrics": {"ic": 0.05, "n": 3, "bad": float("nan")}, "note": "plain"}
+    )
     assert text.count("data:image/png;base64,") == 1 and ">NaN<" in text and ">3<" in text
     with pytest.raises(ReportError, match="cannot render"):
         html_report({"x": object()})
@@ -296,10 +323,12 @@ def test_html_report_from_a_mapping_and_bad_sections(figures):
 
 def test_the_cli_loads_matplotlib_only_when_a_figure_is_drawn():
     """Every `rdquant` command imports the report module; matplotlib (~0.6 s) loads with the first figure."""
-    code = ("import sys; import quantcore.cli, quantcore.report as R; assert 'matplotlib' not in sys.modules; "
-            "import pandas as pd; R.html_report({'m': {'IC': 0.1}}); assert 'matplotlib' not in sys.modules; "
-            "r = pd.DataFrame({'return': [0.01, -0.02], 'bench': [0.0, 0.0], 'cost': [0.0, 0.0]}, "
-            "index=pd.date_range('2020-01-01', periods=2)); fig = R.cumulative_return_figure(r); "
-            "assert 'matplotlib' in sys.modules and '<img' in R.html_report({'cum': fig})")
+    code = (
+        "import sys; import quantcore.cli, quantcore.report as R; assert 'matplotlib' not in sys.modules; "
+        "import pandas as pd; R.html_report({'m': {'IC': 0.1}}); assert 'matplotlib' not in sys.modules; "
+        "r = pd.DataFrame({'return': [0.01, -0.02], 'bench': [0.0, 0.0], 'cost': [0.0, 0.0]}, "
+        "index=pd.date_range('2020-01-01', periods=2)); fig = R.cumulative_return_figure(r); "
+        "assert 'matplotlib' in sys.modules and '<img' in R.html_report({'cum': fig})"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

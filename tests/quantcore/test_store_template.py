@@ -25,7 +25,9 @@ def _schema(db: Path) -> list[tuple]:
     set-iteration order (it differs between two migrations of the same schema)."""
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
-    return sorted(((kind, name, table, _items(sql) if kind == "table" else sql) for kind, name, table, sql in rows), key=str)
+    return sorted(
+        ((kind, name, table, _items(sql) if kind == "table" else sql) for kind, name, table, sql in rows), key=str
+    )
 
 
 def _items(sql: str | None) -> tuple[str, ...] | None:
@@ -88,8 +90,10 @@ def test_a_bad_template_is_ignored_and_replaced(tmp_path, damage):
         template.write_bytes(b"not a database" * 100)
     elif damage == "foreign":
         with sqlite3.connect(template) as con:  # a template that somehow holds an experiment
-            con.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
-                        "VALUES (7, 'leak', '/x', 'active')")
+            con.execute(
+                "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                "VALUES (7, 'leak', '/x', 'active')"
+            )
     else:
         template.write_bytes(template.read_bytes()[:4096])
     db = tmp_path / "new" / "mlflow.db"

@@ -35,8 +35,11 @@ def _raw(root, **overrides) -> dict:
         "data": {"market": MARKET},
         "dataset": {
             "features": FEATURES,
-            "segments": {"train": ["2010-01-04", "2010-09-30"], "valid": ["2010-10-01", "2010-12-31"],
-                         "test": ["2011-01-03", "2011-08-31"]},
+            "segments": {
+                "train": ["2010-01-04", "2010-09-30"],
+                "valid": ["2010-10-01", "2010-12-31"],
+                "test": ["2011-01-03", "2011-08-31"],
+            },
         },
         "model": {"family": "linear"},
         "backtest": {"topk": 8, "n_drop": 2},
@@ -49,8 +52,10 @@ def _raw(root, **overrides) -> dict:
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda r: r["dataset"]["segments"].update(tran=r["dataset"]["segments"].pop("train")),
-         ["dataset.segments.tran: unknown key", "dataset.segments.train: required key is missing"]),
+        (
+            lambda r: r["dataset"]["segments"].update(tran=r["dataset"]["segments"].pop("train")),
+            ["dataset.segments.tran: unknown key", "dataset.segments.train: required key is missing"],
+        ),
         (lambda r: r["backtest"].update(topk="fifty"), ["backtest.topk:", "'fifty'"]),
         (lambda r: r.update(modle={}), ["modle: unknown key"]),
         (lambda r: r["backtest"].update(n_drop=20), ["backtest: n_drop (20) cannot exceed topk (8)"]),
@@ -86,7 +91,14 @@ def test_end_to_end_run_is_recorded_and_consistent(tmp_path):
 
     run = recorder.get_run(result.run_id)
     assert run.status == "FINISHED"
-    for key in ("IC", "Rank IC", "ICIR", "excess_return_with_cost.annualized_return", "ARR.with_cost", "MDD.without_cost"):
+    for key in (
+        "IC",
+        "Rank IC",
+        "ICIR",
+        "excess_return_with_cost.annualized_return",
+        "ARR.with_cost",
+        "MDD.without_cost",
+    ):
         assert key in run.metrics, key
     artifacts = set(recorder.list_artifacts(result.run_id))
     assert {"pred.parquet", "report.parquet", "report.html", "cumulative_return.png"} <= artifacts
@@ -107,10 +119,13 @@ def test_end_to_end_run_is_recorded_and_consistent(tmp_path):
 
     pred = pd.read_parquet(recorder.download_artifact(result.run_id, "pred.parquet", tmp_path / "dl"))["score"]
     panel = load_market(MARKET)
-    label = Evaluator(panel).evaluate({"y": "Ref($close, -2) / Ref($close, -1) - 1"}, allow_future=True,
-                                     dtype=np.float64)["y"]
+    label = Evaluator(panel).evaluate(
+        {"y": "Ref($close, -2) / Ref($close, -1) - 1"}, allow_future=True, dtype=np.float64
+    )["y"]
     frame = pred.to_frame().join(panel.to_frame({"y": label}, dtype=np.float64), how="left")
-    per_day = frame.groupby(level="datetime").apply(lambda d: d["score"].corr(d["y"]) if d.notna().all(axis=1).sum() >= 10 else np.nan)
+    per_day = frame.groupby(level="datetime").apply(
+        lambda d: d["score"].corr(d["y"]) if d.notna().all(axis=1).sum() >= 10 else np.nan
+    )
     assert run.metrics["IC"] == pytest.approx(per_day.mean(), rel=1e-6)
 
 
@@ -135,8 +150,10 @@ def test_an_evaluator_with_a_disk_cache_gives_the_same_run_and_must_share_the_pa
     cfg = parse_workflow(_raw(tmp_path / "store"))
     panel = load_market(MARKET)
     cache = DiskCache(tmp_path / "features")
-    runs = [run_workflow(cfg, CaptureRecorder(tmp_path / f"cap{i}"), evaluator=Evaluator(panel, disk_cache=cache))
-            for i in range(2)]
+    runs = [
+        run_workflow(cfg, CaptureRecorder(tmp_path / f"cap{i}"), evaluator=Evaluator(panel, disk_cache=cache))
+        for i in range(2)
+    ]
     assert cache.hits >= len(FEATURES) + 1 and runs[0].metrics == runs[1].metrics
     pd.testing.assert_series_equal(runs[0].prediction, runs[1].prediction)
     with pytest.raises(ValueError, match="another panel"):
@@ -145,8 +162,11 @@ def test_an_evaluator_with_a_disk_cache_gives_the_same_run_and_must_share_the_pa
 
 def test_cli_run_and_bad_workflow(tmp_path):
     good = tmp_path / "wf.yaml"
-    good.write_text(yaml.safe_dump(_raw(tmp_path / "store", record={"root": str(tmp_path / "store"),
-                                                                     "experiment": "cli", "plots": False})))
+    good.write_text(
+        yaml.safe_dump(
+            _raw(tmp_path / "store", record={"root": str(tmp_path / "store"), "experiment": "cli", "plots": False})
+        )
+    )
     runner = CliRunner()
     ok = runner.invoke(app, ["run", str(good), "--json"])
     assert ok.exit_code == 0, ok.output

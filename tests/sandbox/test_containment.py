@@ -25,15 +25,21 @@ from sandbox.jail import jail_unavailable_reason
 from sandbox.landlock import landlock_unavailable_reason
 from sandbox.seccomp import seccomp_unavailable_reason
 
-pytestmark = pytest.mark.skipif(bool(seccomp_unavailable_reason()), reason=f"no seccomp here: {seccomp_unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    bool(seccomp_unavailable_reason()), reason=f"no seccomp here: {seccomp_unavailable_reason()}"
+)
 
 MARKET = "synthetic:40:300:0"
 SECRET = "canary-secret-7f3a9c"  # the canary's content
 ENV_SECRET = "sk-env-secret-51d2e8"  # an API key in the parent's environment
 FILE_MB = 16  # the largest file a worker may write, in this test
 
-BENIGN = {"kind": "factor", "market": MARKET, "expressions": {"rev5": "-($close / Ref($close, 5) - 1)"},
-          "code": "import numpy as np\ndef factor(fields):\n    return -fields['close'] / np.roll(fields['close'], 5, axis=1)\n"}
+BENIGN = {
+    "kind": "factor",
+    "market": MARKET,
+    "expressions": {"rev5": "-($close / Ref($close, 5) - 1)"},
+    "code": "import numpy as np\ndef factor(fields):\n    return -fields['close'] / np.roll(fields['close'], 5, axis=1)\n",
+}
 
 # after each batch: generated code (on a fresh worker) and expressions only (on a pool worker)
 BENIGN_PAIR = [BENIGN, {k: v for k, v in BENIGN.items() if k != "code"}]
@@ -139,8 +145,11 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
-MODES = {"python_guard": dict(jail=True, python_guard=True), "os_layers_only": dict(jail=True, python_guard=False),
-         "landlock_seccomp_only": dict(jail=False, python_guard=False)}  # where namespaces are refused
+MODES = {
+    "python_guard": dict(jail=True, python_guard=True),
+    "os_layers_only": dict(jail=True, python_guard=False),
+    "landlock_seccomp_only": dict(jail=False, python_guard=False),
+}  # where namespaces are refused
 
 
 # Slow-marked (suite time): the guard's own mode, whose subject the bad-experiment corpus covers
@@ -159,8 +168,13 @@ def hostile_run(request, tmp_path_factory):
     canary.write_text(SECRET)
     listener = _Listener(tmp / "listen.sock")
     root = tmp / "sandbox"
-    values = {"CANARY": str(canary), "PORT": str(listener.port), "UDS": str(tmp / "listen.sock"),
-              "PARENT": str(os.getpid()), "ROOT": str(root)}
+    values = {
+        "CANARY": str(canary),
+        "PORT": str(listener.port),
+        "UDS": str(tmp / "listen.sock"),
+        "PARENT": str(os.getpid()),
+        "ROOT": str(root),
+    }
     saved = os.environ.get("OPENAI_API_KEY")
     os.environ["OPENAI_API_KEY"] = ENV_SECRET
     limits = Limits(wall_seconds=20, cpu_seconds=10, memory_mb=1024, file_mb=FILE_MB)
@@ -171,11 +185,15 @@ def hostile_run(request, tmp_path_factory):
             out["baseline"] = ex.run_many(BENIGN_PAIR)
             names = list(ATTACKS)
             for i in range(0, len(names), 6):
-                batch = names[i:i + 6]
-                specs = [{"kind": "factor", "market": MARKET, "code": _code(ATTACKS[n], values), "seed": 0} for n in batch]
+                batch = names[i : i + 6]
+                specs = [
+                    {"kind": "factor", "market": MARKET, "code": _code(ATTACKS[n], values), "seed": 0} for n in batch
+                ]
                 for name, spec, result in zip(batch, specs, ex.run_many(specs)):
                     out["results"][name] = result
-                    out["left_running"][name] = _processes_under(root / "experiments" / result.spec_hash) if result.spec_hash else []
+                    out["left_running"][name] = (
+                        _processes_under(root / "experiments" / result.spec_hash) if result.spec_hash else []
+                    )
                 out["benign"].append((batch, ex.run_many(BENIGN_PAIR)))
             time.sleep(2.0)  # past the late thread's wake-up
             out["executor_alive"] = True
@@ -228,15 +246,28 @@ def test_a_link_planted_in_the_capture_is_refused_not_followed(tmp_path):
     which copies a capture into MLflow, refuses the experiment instead of following the link."""
     canary = tmp_path / "canary.txt"
     canary.write_text(SECRET)
-    code = ("import os\nimport numpy as np\nclass Model:\n"
-            "    def fit(self, x_train, y_train, x_valid, y_valid):\n"
-            "        os.makedirs('mlflow/artifacts', exist_ok=True)\n"
-            f"        os.symlink('{canary}', 'mlflow/artifacts/loot.txt')\n"
-            "    def predict(self, x):\n        return np.nan_to_num(np.asarray(x, dtype=float)[:, 0])\n")
-    spec = {"kind": "model", "market": MARKET, "family": "linear", "code": code, "backtest": {"topk": 5, "n_drop": 1},
-            "features": {"rev5": "-($close/Ref($close,5)-1)", "ma10": "Mean($close,10)/$close"}}
-    with LocalExecutor(workers=1, root=tmp_path / "sandbox", use_cache=False, python_guard=False,
-                       limits=Limits(wall_seconds=120, cpu_seconds=120)) as ex:
+    code = (
+        "import os\nimport numpy as np\nclass Model:\n"
+        "    def fit(self, x_train, y_train, x_valid, y_valid):\n"
+        "        os.makedirs('mlflow/artifacts', exist_ok=True)\n"
+        f"        os.symlink('{canary}', 'mlflow/artifacts/loot.txt')\n"
+        "    def predict(self, x):\n        return np.nan_to_num(np.asarray(x, dtype=float)[:, 0])\n"
+    )
+    spec = {
+        "kind": "model",
+        "market": MARKET,
+        "family": "linear",
+        "code": code,
+        "backtest": {"topk": 5, "n_drop": 1},
+        "features": {"rev5": "-($close/Ref($close,5)-1)", "ma10": "Mean($close,10)/$close"},
+    }
+    with LocalExecutor(
+        workers=1,
+        root=tmp_path / "sandbox",
+        use_cache=False,
+        python_guard=False,
+        limits=Limits(wall_seconds=120, cpu_seconds=120),
+    ) as ex:
         result = ex.run(spec)
     assert result.failure is not None and result.failure.category.value == "forbidden_operation", result.failure
     assert "link" in result.failure.message and SECRET not in json.dumps(result.to_dict())

@@ -21,17 +21,27 @@ from sandbox import Limits, LocalExecutor
 from sandbox.result import FailureCategory
 
 CORPUS = Path(__file__).parent / "corpus"
-CASES = [json.loads(line) for path in sorted(CORPUS.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
+CASES = [
+    json.loads(line)
+    for path in sorted(CORPUS.glob("*.jsonl"))
+    for line in path.read_text().splitlines()
+    if line.strip()
+]
 BY_NAME = {c["name"]: c for c in CASES}
 MARKET = "synthetic:60:400:0"
 BATCH = 10  # corpus cases between two reference runs
 
 # where hostile cases try to write; none of these may exist afterwards
-PWNED = [Path("/tmp/rdquant_pwned"), Path("/tmp/rdquant_pwned.npy"), Path("/tmp/rdquant_pwned.csv"),
-         Path.cwd().parent.parent / "rdquant_pwned.txt"]
+PWNED = [
+    Path("/tmp/rdquant_pwned"),
+    Path("/tmp/rdquant_pwned.npy"),
+    Path("/tmp/rdquant_pwned.csv"),
+    Path.cwd().parent.parent / "rdquant_pwned.txt",
+]
 
 FACTOR_REFERENCE = {
-    "kind": "factor", "market": MARKET,
+    "kind": "factor",
+    "market": MARKET,
     "expressions": {"rev5": "-($close / Ref($close, 5) - 1)", "vol10": "Std($close / Ref($close, 1) - 1, 10)"},
     "code": "import numpy as np\ndef factor(fields):\n    return -fields['close'] / np.roll(fields['close'], 5, axis=1)\n",
 }
@@ -40,10 +50,20 @@ FACTOR_REFERENCE = {
 # the whole reference, code included, runs before the corpus and after it
 POOL_REFERENCE = {k: v for k, v in FACTOR_REFERENCE.items() if k != "code"}
 MODEL_REFERENCE = {
-    "kind": "model", "market": MARKET, "family": "linear", "backtest": {"topk": 10, "n_drop": 2},
-    "features": {"rev5": "-($close/Ref($close,5)-1)", "vol10": "Std($close/Ref($close,1)-1,10)", "ma20": "Mean($close,20)/$close"},
-    "segments": {"train": ["2010-01-04", "2010-09-30"], "valid": ["2010-10-01", "2010-12-31"],
-                 "test": ["2011-01-01", "2011-07-15"]},
+    "kind": "model",
+    "market": MARKET,
+    "family": "linear",
+    "backtest": {"topk": 10, "n_drop": 2},
+    "features": {
+        "rev5": "-($close/Ref($close,5)-1)",
+        "vol10": "Std($close/Ref($close,1)-1,10)",
+        "ma20": "Mean($close,20)/$close",
+    },
+    "segments": {
+        "train": ["2010-01-04", "2010-09-30"],
+        "valid": ["2010-10-01", "2010-12-31"],
+        "test": ["2011-01-01", "2011-07-15"],
+    },
 }
 
 
@@ -63,7 +83,7 @@ def _references(ex: LocalExecutor, reference: dict) -> list:
 def _run(ex: LocalExecutor, cases: list[dict], reference: dict) -> tuple[dict, list]:
     results, references = {}, []
     for i in range(0, len(cases), BATCH):
-        batch = cases[i:i + BATCH]
+        batch = cases[i : i + BATCH]
         results.update(zip((c["name"] for c in batch), ex.run_many([c["spec"] for c in batch])))
         references.append((batch[-1]["name"], _references(ex, reference)))
     return results, references
@@ -77,24 +97,41 @@ def corpus_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     started = time.monotonic()
     # use_cache=False: every reference run is really recomputed by a worker
-    with LocalExecutor(workers=2, batch_size=1, root=root / "factor", use_cache=False,
-                       limits=Limits(wall_seconds=6, cpu_seconds=4, memory_mb=1024)) as ex:
+    with LocalExecutor(
+        workers=2,
+        batch_size=1,
+        root=root / "factor",
+        use_cache=False,
+        limits=Limits(wall_seconds=6, cpu_seconds=4, memory_mb=1024),
+    ) as ex:
         factor_baseline, pool_baseline = ex.run(FACTOR_REFERENCE), ex.run(POOL_REFERENCE)
         results, references = _run(ex, [c for c in CASES if not _is_model(c)], POOL_REFERENCE)
         factor_after_corpus = _references(ex, FACTOR_REFERENCE)
         killed = _kill_during_experiment(ex)
         factor_after_kill = _references(ex, FACTOR_REFERENCE)
         factor_stats = dict(ex.stats)
-    with LocalExecutor(workers=2, batch_size=1, root=root / "model", use_cache=False,
-                       limits=Limits(wall_seconds=60, cpu_seconds=40, memory_mb=1024)) as ex:
+    with LocalExecutor(
+        workers=2,
+        batch_size=1,
+        root=root / "model",
+        use_cache=False,
+        limits=Limits(wall_seconds=60, cpu_seconds=40, memory_mb=1024),
+    ) as ex:
         model_baseline = ex.run(MODEL_REFERENCE)
         model_results, model_references = _run(ex, [c for c in CASES if _is_model(c)], MODEL_REFERENCE)
         results.update(model_results)
-    return {"results": results, "factor_baseline": factor_baseline, "pool_baseline": pool_baseline,
-            "pool_references": references,
-            "factor_references": [("the corpus", factor_after_corpus), ("kill", factor_after_kill)],
-            "model_baseline": model_baseline, "model_references": model_references, "killed": killed,
-            "factor_stats": factor_stats, "seconds": time.monotonic() - started}
+    return {
+        "results": results,
+        "factor_baseline": factor_baseline,
+        "pool_baseline": pool_baseline,
+        "pool_references": references,
+        "factor_references": [("the corpus", factor_after_corpus), ("kill", factor_after_kill)],
+        "model_baseline": model_baseline,
+        "model_references": model_references,
+        "killed": killed,
+        "factor_stats": factor_stats,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def _kill_during_experiment(ex: LocalExecutor) -> dict:
@@ -103,7 +140,11 @@ def _kill_during_experiment(ex: LocalExecutor) -> dict:
     for sig in (signal.SIGSEGV, signal.SIGKILL):
         # a lone task goes to the first idle worker; generated code gets a worker started for it, so
         # the pid is read when the signal is sent
-        spec = {"kind": "factor", "market": MARKET, "code": f"def factor(fields):\n    while True:\n        pass  # {sig.name}\n"}
+        spec = {
+            "kind": "factor",
+            "market": MARKET,
+            "code": f"def factor(fields):\n    while True:\n        pass  # {sig.name}\n",
+        }
         timer = threading.Timer(3.0, lambda sig=sig: os.kill(ex.worker_pids()[0], sig))
         timer.start()
         try:
@@ -135,8 +176,11 @@ def test_case_fails_with_its_category(corpus_run, name):
 
 
 def test_references_unchanged_after_every_batch(corpus_run):
-    for baseline, runs in (("pool_baseline", "pool_references"), ("factor_baseline", "factor_references"),
-                           ("model_baseline", "model_references")):
+    for baseline, runs in (
+        ("pool_baseline", "pool_references"),
+        ("factor_baseline", "factor_references"),
+        ("model_baseline", "model_references"),
+    ):
         base = corpus_run[baseline]
         assert base.ok and base.metrics, base.failure
         for after, refs in corpus_run[runs]:

@@ -21,16 +21,20 @@ from sandbox.spec import SpecError, default_segments
 
 MARKET = "synthetic:60:400:0"
 REV = "-($close/Ref($close, 5) - 1)"
-SEGMENTS = {"train": ["2010-01-04", "2010-12-31"], "valid": ["2011-01-03", "2011-04-29"],
-            "test": ["2011-05-02", "2011-07-15"]}
+SEGMENTS = {
+    "train": ["2010-01-04", "2010-12-31"],
+    "valid": ["2011-01-03", "2011-04-29"],
+    "test": ["2011-05-02", "2011-07-15"],
+}
 
 
 @pytest.fixture(scope="module")
 def executor(tmp_path_factory):
     root = tmp_path_factory.mktemp("sandbox")
     recorder = Recorder.open(root / "mlflow", "sandbox-tests")
-    with LocalExecutor(workers=2, root=root / "sbx", recorder=recorder,
-                       limits=Limits(wall_seconds=60, cpu_seconds=120, memory_mb=2048)) as ex:
+    with LocalExecutor(
+        workers=2, root=root / "sbx", recorder=recorder, limits=Limits(wall_seconds=60, cpu_seconds=120, memory_mb=2048)
+    ) as ex:
         yield ex
 
 
@@ -40,6 +44,7 @@ def factor(expressions, **kw):
 
 # ---- specs ----------------------------------------------------------------------------------------------
 
+
 def test_spec_hash_ignores_formatting_but_not_meaning():
     a = spec_hash(factor({"f": "Mean($close,5)/$close"}))
     assert a == spec_hash(factor({"f": "  ( Mean( $close , 5 ) ) / $close "}))
@@ -48,15 +53,18 @@ def test_spec_hash_ignores_formatting_but_not_meaning():
     assert a != spec_hash(factor({"f": "Mean($close,5)/$close"}, seed=1))
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ("{not json", "not valid JSON"),
-    ({"kind": "factor", "market": MARKET}, "needs `expressions` or `code`"),
-    ({"kind": "nope"}, "kind"),
-    ({"expressions": {"a": "$close"}}, "no `kind`"),
-    ({"kind": "factor", "version": 7, "expressions": {"a": "$close"}}, "version 7"),
-    ({"kind": "factor", "expressions": {"a": "$close"}, "colour": "red"}, "colour: unknown key"),
-    ({"kind": "factor", "expressions": {"bad name": "$close"}}, "letters, digits and underscores"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ("{not json", "not valid JSON"),
+        ({"kind": "factor", "market": MARKET}, "needs `expressions` or `code`"),
+        ({"kind": "nope"}, "kind"),
+        ({"expressions": {"a": "$close"}}, "no `kind`"),
+        ({"kind": "factor", "version": 7, "expressions": {"a": "$close"}}, "version 7"),
+        ({"kind": "factor", "expressions": {"a": "$close"}, "colour": "red"}, "colour: unknown key"),
+        ({"kind": "factor", "expressions": {"bad name": "$close"}}, "letters, digits and underscores"),
+    ],
+)
 def test_bad_specs_name_the_problem(raw, fragment):
     with pytest.raises(SpecError, match=None) as err:
         parse_spec(raw)
@@ -71,6 +79,7 @@ def test_default_segments_split_the_calendar_in_time_order():
 
 
 # ---- factor experiments -----------------------------------------------------------------------------------
+
 
 def test_factor_metrics_match_the_quant_core_directly(executor):
     spec = factor({"rev": REV}, segment=["2010-06-01", "2011-06-30"])
@@ -128,10 +137,13 @@ def test_a_batch_is_shared_out_among_the_workers(executor):
 
 
 def test_generated_factor_code_runs_and_is_scored(executor):
-    code = "import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n" \
-           "    out = np.full_like(c, np.nan)\n    out[:, 5:] = -(c[:, 5:] / c[:, :-5] - 1)\n    return out\n"
-    result = executor.run({"kind": "factor", "market": MARKET, "code": code, "code_name": "rev_code",
-                           "expressions": {"rev": REV}})
+    code = (
+        "import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n"
+        "    out = np.full_like(c, np.nan)\n    out[:, 5:] = -(c[:, 5:] / c[:, :-5] - 1)\n    return out\n"
+    )
+    result = executor.run(
+        {"kind": "factor", "market": MARKET, "code": code, "code_name": "rev_code", "expressions": {"rev": REV}}
+    )
     assert result.ok, result.failure
     assert result.metrics["rev_code.rank_ic"] == pytest.approx(result.metrics["rev.rank_ic"], abs=1e-9)
 
@@ -142,7 +154,11 @@ def test_failures_are_structured(executor):
         "invalid_spec": factor({"x": "Mean($nosuch, 5)"}),
         "look_ahead": factor({"x": "Ref($close, -2)"}),
         "degenerate_output": factor({"x": "$close - $close"}),
-        "forbidden_operation": {"kind": "factor", "market": MARKET, "code": "import socket\ndef factor(f):\n    return f\n"},
+        "forbidden_operation": {
+            "kind": "factor",
+            "market": MARKET,
+            "code": "import socket\ndef factor(f):\n    return f\n",
+        },
     }
     results = executor.run_many(list(cases.values()))
     for expected, result in zip(cases, results):
@@ -154,9 +170,16 @@ def test_failures_are_structured(executor):
 
 # ---- model and workflow experiments ----------------------------------------------------------------------
 
+
 def test_model_experiment_trains_backtests_and_records(executor):
-    spec = {"kind": "model", "market": MARKET, "features": {"rev": REV, "vol": "Std($close/Ref($close,1)-1, 10)"},
-            "family": "linear", "segments": SEGMENTS, "backtest": {"topk": 10, "n_drop": 2}}
+    spec = {
+        "kind": "model",
+        "market": MARKET,
+        "features": {"rev": REV, "vol": "Std($close/Ref($close,1)-1, 10)"},
+        "family": "linear",
+        "segments": SEGMENTS,
+        "backtest": {"topk": 10, "n_drop": 2},
+    }
     result = executor.run(spec)
     assert result.ok, result.failure
     assert {"IC", "Rank IC", "ARR.with_cost", "IR.with_cost", "MDD.with_cost"} <= set(result.metrics)
@@ -176,8 +199,14 @@ def test_generated_model_class_is_trained_under_the_guard(executor):
         "        x = np.nan_to_num(x)\n"
         "        return np.c_[x, np.ones(len(x))] @ self.w\n"
     )
-    spec = {"kind": "model", "market": MARKET, "features": {"rev": REV, "rng": "($high-$low)/$close"},
-            "code": code, "segments": SEGMENTS, "backtest": {"topk": 10, "n_drop": 2}}
+    spec = {
+        "kind": "model",
+        "market": MARKET,
+        "features": {"rev": REV, "rng": "($high-$low)/$close"},
+        "code": code,
+        "segments": SEGMENTS,
+        "backtest": {"topk": 10, "n_drop": 2},
+    }
     result = executor.run(spec)
     assert result.ok, result.failure
     assert math.isfinite(result.metrics["IC"])
@@ -186,9 +215,14 @@ def test_generated_model_class_is_trained_under_the_guard(executor):
 
 
 def test_workflow_experiment_runs_a_workflow_document(executor):
-    doc = {"name": "wf", "data": {"market": MARKET},
-           "dataset": {"features": {"rev": REV}, "segments": SEGMENTS},
-           "model": {"family": "linear"}, "backtest": {"topk": 10, "n_drop": 2}, "record": {"plots": False}}
+    doc = {
+        "name": "wf",
+        "data": {"market": MARKET},
+        "dataset": {"features": {"rev": REV}, "segments": SEGMENTS},
+        "model": {"family": "linear"},
+        "backtest": {"topk": 10, "n_drop": 2},
+        "record": {"plots": False},
+    }
     result = executor.run({"kind": "workflow", "workflow": doc})
     assert result.ok, result.failure
     assert "ARR.with_cost" in result.metrics
@@ -204,6 +238,7 @@ def test_rl_kind_is_reserved_and_refused_clearly(executor):
 
 # ---- isolation ---------------------------------------------------------------------------------------------
 
+
 def test_workers_are_isolated_processes_in_their_own_groups(executor):
     pids = executor.worker_pids()
     assert len(set(pids)) == 2 and os.getpid() not in pids
@@ -218,7 +253,15 @@ def test_cli_runs_one_spec_and_exits_by_outcome(tmp_path):
     good.write_text(json.dumps(factor({"rev": REV})))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(factor({"x": "Ref($close, -1)"})))
-    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from agents.cli import main; main()",
+        "sandbox",
+        "run",
+        "--root",
+        str(tmp_path / "sbx"),
+    ]
     ok = subprocess.run(cmd + [str(good), "--json"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["metrics"]["rev.rank_ic"] is not None
@@ -227,7 +270,15 @@ def test_cli_runs_one_spec_and_exits_by_outcome(tmp_path):
 
 
 def test_cli_answers_bad_input_clearly(tmp_path):
-    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from agents.cli import main; main()",
+        "sandbox",
+        "run",
+        "--root",
+        str(tmp_path / "sbx"),
+    ]
     missing = subprocess.run(cmd + [str(tmp_path / "nope.json")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     fields = tmp_path / "fields.json"
@@ -236,44 +287,71 @@ def test_cli_answers_bad_input_clearly(tmp_path):
     assert bad.returncode == 1 and "invalid_spec" in bad.stdout and "colour" in bad.stdout  # a spec mistake: a failure
 
 
-@pytest.mark.parametrize("content, options, fragment", [
-    (b"\xff\xfe{\"kind\": \"factor\"}", [], "is not UTF-8 text (byte 0xff at offset 0)"),
-    (b"[1, 2]", [], "holds an array; a spec is a JSON object"),
-    (b"\"factor\"", [], "holds a string; a spec is a JSON object"),
-    (b"null", [], "holds null; a spec is a JSON object"),
-    (b"{not json", [], "is not valid JSON: Expecting property name"),
-    (b"[" * 100_000, [], "nested too deeply"),
-    (None, ["--wall-seconds", "-1"], "--wall-seconds must be a number of seconds above 0"),
-    (None, ["--wall-seconds", "nan"], "--wall-seconds must be a number of seconds above 0"),
-    (None, ["--cpu-seconds", "inf"], "--cpu-seconds must be a number of seconds above 0"),
-    (None, ["--memory-mb", "1e14"], "--memory-mb must be a whole number of MiB from 1 to"),
-    (None, ["--memory-mb", "100000000000000"], "--memory-mb must be a whole number of MiB from 1 to"),
-    (None, ["--memory-mb", "0.5"], "--memory-mb must be a whole number of MiB"),
-    (None, ["--wall-seconds", "soon"], "--wall-seconds takes a number, got 'soon'"),
-])
+@pytest.mark.parametrize(
+    "content, options, fragment",
+    [
+        (b'\xff\xfe{"kind": "factor"}', [], "is not UTF-8 text (byte 0xff at offset 0)"),
+        (b"[1, 2]", [], "holds an array; a spec is a JSON object"),
+        (b'"factor"', [], "holds a string; a spec is a JSON object"),
+        (b"null", [], "holds null; a spec is a JSON object"),
+        (b"{not json", [], "is not valid JSON: Expecting property name"),
+        (b"[" * 100_000, [], "nested too deeply"),
+        (None, ["--wall-seconds", "-1"], "--wall-seconds must be a number of seconds above 0"),
+        (None, ["--wall-seconds", "nan"], "--wall-seconds must be a number of seconds above 0"),
+        (None, ["--cpu-seconds", "inf"], "--cpu-seconds must be a number of seconds above 0"),
+        (None, ["--memory-mb", "1e14"], "--memory-mb must be a whole number of MiB from 1 to"),
+        (None, ["--memory-mb", "100000000000000"], "--memory-mb must be a whole number of MiB from 1 to"),
+        (None, ["--memory-mb", "0.5"], "--memory-mb must be a whole number of MiB"),
+        (None, ["--wall-seconds", "soon"], "--wall-seconds takes a number, got 'soon'"),
+    ],
+)
 def test_cli_refuses_bad_specs_and_limits_in_one_line(tmp_path, content, options, fragment):
     """Exit 2 and one line naming the problem: no traceback, no hang, no worker left running."""
     spec = tmp_path / "spec.json"
     spec.write_bytes(content if content is not None else json.dumps(factor({"rev": REV})).encode())
-    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from agents.cli import main; main()",
+        "sandbox",
+        "run",
+        "--root",
+        str(tmp_path / "sbx"),
+    ]
     done = subprocess.run(cmd + [str(spec), *options], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1 and fragment in done.stderr, done.stderr
-    assert not (tmp_path / "sbx" / "markets").exists() or not any((tmp_path / "sbx" / "markets").iterdir())  # no worker ran
+    assert not (tmp_path / "sbx" / "markets").exists() or not any(
+        (tmp_path / "sbx" / "markets").iterdir()
+    )  # no worker ran
 
 
 def test_cli_refuses_a_spec_on_standard_input_that_is_not_utf8(tmp_path):
-    cmd = [sys.executable, "-c", "from agents.cli import main; main()", "sandbox", "run", "--root", str(tmp_path / "sbx")]
-    piped = subprocess.run(cmd + ["-"], input=b"{\"kind\": \"\x80\"}", capture_output=True, timeout=120)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from agents.cli import main; main()",
+        "sandbox",
+        "run",
+        "--root",
+        str(tmp_path / "sbx"),
+    ]
+    piped = subprocess.run(cmd + ["-"], input=b'{"kind": "\x80"}', capture_output=True, timeout=120)
     assert piped.returncode == 2 and piped.stderr.decode().startswith("error: standard input is not UTF-8 text")
 
 
-@pytest.mark.parametrize("kw, fragment", [
-    ({"wall_seconds": -1}, "wall_seconds must be"), ({"wall_seconds": math.nan}, "wall_seconds must be"),
-    ({"cpu_seconds": math.inf}, "cpu_seconds must be"), ({"memory_mb": 10 ** 14}, "memory_mb must be"),
-    ({"memory_mb": 1.5}, "memory_mb must be a whole number"), ({"memory_mb": True}, "memory_mb must be"),
-    ({"output_chars": 0}, "output_chars must be"),
-])
+@pytest.mark.parametrize(
+    "kw, fragment",
+    [
+        ({"wall_seconds": -1}, "wall_seconds must be"),
+        ({"wall_seconds": math.nan}, "wall_seconds must be"),
+        ({"cpu_seconds": math.inf}, "cpu_seconds must be"),
+        ({"memory_mb": 10**14}, "memory_mb must be"),
+        ({"memory_mb": 1.5}, "memory_mb must be a whole number"),
+        ({"memory_mb": True}, "memory_mb must be"),
+        ({"output_chars": 0}, "output_chars must be"),
+    ],
+)
 def test_limits_refuse_what_the_kernel_or_the_clock_cannot_hold(kw, fragment):
     from sandbox.limits import LimitsError
 
@@ -289,8 +367,10 @@ def test_an_exception_that_cannot_be_printed_is_still_a_structured_failure(execu
         "str_returns_a_number": head + "    def __str__(self):\n        return 5\n",
         "class_attribute_raises": head + "    @property\n    def __class__(self):\n        raise ValueError('no')\n",
     }
-    specs = [{"kind": "factor", "market": MARKET, "code": code + "def factor(fields):\n    raise E('x')\n"}
-             for code in cases.values()]
+    specs = [
+        {"kind": "factor", "market": MARKET, "code": code + "def factor(fields):\n    raise E('x')\n"}
+        for code in cases.values()
+    ]
     restarts = executor.stats["worker_restarts"]
     for name, result in zip(cases, executor.run_many(specs)):
         assert result.failure.category is FailureCategory.RUNTIME_ERROR, (name, result.failure)
@@ -328,8 +408,14 @@ def test_model_experiments_share_evaluated_features_through_the_market_folder(tm
     from sandbox.market import export_market, feature_cache_dir
 
     features = {"rev7": "-($close/Ref($close, 7) - 1)", "range3": "Mean(($high-$low)/$close, 3)"}
-    first = {"kind": "model", "market": MARKET, "features": features, "family": "linear", "segments": SEGMENTS,
-             "backtest": {"topk": 10, "n_drop": 2}}
+    first = {
+        "kind": "model",
+        "market": MARKET,
+        "features": features,
+        "family": "linear",
+        "segments": SEGMENTS,
+        "backtest": {"topk": 10, "n_drop": 2},
+    }
     second = {**first, "feature_norm": "csrank"}
     with LocalExecutor(workers=1, root=tmp_path / "sbx", use_cache=False) as ex:
         assert ex.run(first).ok
@@ -358,12 +444,19 @@ def test_an_unwritable_feature_cache_folder_does_not_fail_a_model_experiment(tmp
     the way) the experiment computes its features and reports the same numbers."""
     from sandbox.experiments import WorkerContext, run_spec
 
-    spec = {"kind": "model", "market": MARKET, "features": {"rev": REV}, "family": "linear", "segments": SEGMENTS,
-            "backtest": {"topk": 10, "n_drop": 2}}
+    spec = {
+        "kind": "model",
+        "market": MARKET,
+        "features": {"rev": REV},
+        "family": "linear",
+        "segments": SEGMENTS,
+        "backtest": {"topk": 10, "n_drop": 2},
+    }
     panel = load_market(MARKET)
     (tmp_path / "blocked").write_bytes(b"a file, not a folder")
-    blocked = run_spec(spec, WorkerContext(attach=lambda m: panel, feature_cache=lambda m: tmp_path / "blocked" / "f"),
-                       tmp_path / "a")
+    blocked = run_spec(
+        spec, WorkerContext(attach=lambda m: panel, feature_cache=lambda m: tmp_path / "blocked" / "f"), tmp_path / "a"
+    )
     plain = run_spec(spec, WorkerContext(attach=lambda m: panel), tmp_path / "b")
     assert blocked.ok, blocked.failure
     assert blocked.metrics == plain.metrics

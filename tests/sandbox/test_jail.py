@@ -50,10 +50,13 @@ def run_jailed(jail: Jail, code: str, timeout: float = 60.0) -> subprocess.Compl
 
 
 def test_imports_numpy_and_reads_the_market(jail: Jail):
-    done = run_jailed(jail, f"""
+    done = run_jailed(
+        jail,
+        f"""
         import numpy, sandbox.worker
-        print(numpy.arange(4).sum(), open({str(jail.market_dir / 'prices.csv')!r}).read().splitlines()[1])
-    """)
+        print(numpy.arange(4).sum(), open({str(jail.market_dir / "prices.csv")!r}).read().splitlines()[1])
+    """,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["6", "2024-01-02,101.5"]
     assert done.stderr == ""
@@ -62,24 +65,34 @@ def test_imports_numpy_and_reads_the_market(jail: Jail):
 def test_cannot_read_a_canary_outside_the_binds(jail: Jail, tmp_path_factory):
     canary = tmp_path_factory.mktemp("outside") / "canary.txt"
     canary.write_text("secret")
-    done = run_jailed(jail, f"""
-        for path in ({str(canary)!r}, "/etc/passwd", "/etc/hostname", {str(Path.home() / '.bashrc')!r}):
+    done = run_jailed(
+        jail,
+        f"""
+        for path in ({str(canary)!r}, "/etc/passwd", "/etc/hostname", {str(Path.home() / ".bashrc")!r}):
             try:
                 open(path).read()
             except (FileNotFoundError, PermissionError) as e:
                 print(type(e).__name__)
             else:
                 print("READ", path)
-    """)
+    """,
+    )
     assert done.returncode == 0, done.stderr
     assert "READ" not in done.stdout
     assert len(done.stdout.split()) == 4
 
 
 def test_writes_only_inside_the_experiment_folder(jail: Jail, tmp_path: Path):
-    outside = [jail.market_dir / "new.csv", jail.market_dir / "prices.csv", tmp_path / "beside.txt",
-               Path("/tmp/rdquant-jail-write.txt"), Path(sys.prefix) / "planted.pth"]
-    done = run_jailed(jail, f"""
+    outside = [
+        jail.market_dir / "new.csv",
+        jail.market_dir / "prices.csv",
+        tmp_path / "beside.txt",
+        Path("/tmp/rdquant-jail-write.txt"),
+        Path(sys.prefix) / "planted.pth",
+    ]
+    done = run_jailed(
+        jail,
+        f"""
         for path in {[str(p) for p in outside]!r}:
             try:
                 open(path, "a").write("x")
@@ -88,7 +101,8 @@ def test_writes_only_inside_the_experiment_folder(jail: Jail, tmp_path: Path):
             else:
                 print("WROTE", path)
         open("result.txt", "w").write("inside")  # the working directory is the experiment folder
-    """)
+    """,
+    )
     assert done.returncode == 0, done.stderr
     assert "WROTE" not in done.stdout
     assert len(done.stdout.split()) == len(outside)
@@ -103,7 +117,9 @@ def test_no_tcp_connection_to_a_local_listener(jail: Jail):
         listener.listen()
         listener.settimeout(0.5)
         port = listener.getsockname()[1]
-        done = run_jailed(jail, f"""
+        done = run_jailed(
+            jail,
+            f"""
             import socket
             try:
                 socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
@@ -111,7 +127,8 @@ def test_no_tcp_connection_to_a_local_listener(jail: Jail):
                 print(type(e).__name__)
             else:
                 print("CONNECTED")
-        """)
+        """,
+        )
         with pytest.raises(TimeoutError):
             listener.accept()
     assert done.returncode == 0, done.stderr
@@ -119,11 +136,14 @@ def test_no_tcp_connection_to_a_local_listener(jail: Jail):
 
 
 def test_sees_only_its_own_pid_namespace(jail: Jail):
-    done = run_jailed(jail, f"""
+    done = run_jailed(
+        jail,
+        f"""
         import os
         pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
         print(os.getpid(), os.path.exists("/proc/{os.getpid()}"), pids)
-    """)
+    """,
+    )
     assert done.returncode == 0, done.stderr
     pid, parent_visible, pids = done.stdout.split(maxsplit=2)
     assert int(pid) <= 2  # bwrap's init is 1, the command 2
@@ -136,16 +156,23 @@ def test_dies_with_its_parent(jail: Jail):
     # SIGKILLed: --die-with-parent (PR_SET_PDEATHSIG) must take the jail down with it.
     argv = jail_argv(jail, [sys.executable, "-c", "import time; time.sleep(60)"])
     starter = subprocess.Popen(
-        [sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen({argv!r}); print(p.pid, flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time; p = subprocess.Popen({argv!r}); print(p.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         bwrap_pid = int(starter.stdout.readline())
+        # wait for the jailed sleep itself: a parent killed while bwrap still sets the namespace up is
+        # another case (the worker it was starting then finds its channel closed and exits)
         deadline = time.monotonic() + 20
-        while not _children(bwrap_pid) and time.monotonic() < deadline:
+        while not _running(bwrap_pid, b"time.sleep(60)") and time.monotonic() < deadline:
             time.sleep(0.05)
         jailed = _descendants(bwrap_pid)
-        assert jailed, "the jailed sleep never started"
+        assert _running(bwrap_pid, b"time.sleep(60)"), "the jailed sleep never started"
         # each process by pid and start time: a pid the kernel hands to a newcomer is not the jail's
         procs = {p: _started(p) for p in [bwrap_pid, *jailed]}
         starter.kill()
@@ -171,6 +198,17 @@ def _descendants(pid: int) -> list[int]:
     for child in _children(pid):
         found += [child, *_descendants(child)]
     return found
+
+
+def _running(pid: int, marker: bytes) -> bool:
+    """Whether a descendant of `pid` runs a command line holding `marker`."""
+    for child in _descendants(pid):
+        try:
+            if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -211,7 +249,7 @@ def test_doctor_prints_one_line_per_layer():
     text = CliRunner().invoke(sandbox_app, ["doctor"])
     assert text.exit_code == 0, text.output
     lines = text.output.splitlines()
-    assert [line.split()[0] for line in lines[:len(Layer)]] == [layer.value for layer in Layer]
+    assert [line.split()[0] for line in lines[: len(Layer)]] == [layer.value for layer in Layer]
     assert lines[-1].startswith("Local workers here: ") and "seccomp" in lines[-1]  # what a LocalExecutor gets
     as_json = CliRunner().invoke(sandbox_app, ["doctor", "--json"])
     assert as_json.exit_code == 0, as_json.output
@@ -230,5 +268,7 @@ def test_measure_startup_overhead(jail: Jail):
             subprocess.run(argv, check=True)
             times[name].append(time.perf_counter() - start)
     plain_ms, jailed_ms = (statistics.median(times[k]) * 1e3 for k in ("plain", "jailed"))
-    print(f"\npython -c pass: plain {plain_ms:.1f} ms, jailed {jailed_ms:.1f} ms, overhead {jailed_ms - plain_ms:.1f} ms")
+    print(
+        f"\npython -c pass: plain {plain_ms:.1f} ms, jailed {jailed_ms:.1f} ms, overhead {jailed_ms - plain_ms:.1f} ms"
+    )
     assert jailed_ms - plain_ms < 1000, "a worker must start in under a second (issue 18)"

@@ -16,10 +16,14 @@ from sandbox.spec import SpecError, default_segments, parse_spec
 
 MARKET = "synthetic:60:400:0"
 REV = "-($close/Ref($close, 5) - 1)"
-HONEST = ("import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n"
-          "    out = np.full_like(c, np.nan)\n    out[:, 5:] = -(c[:, 5:] / c[:, :-5] - 1)\n    return out\n")
-MESSAGE = re.compile(r"factor 'leak' changed on (\d+) cells up to (\d{4}-\d\d-\d\d) \(look-ahead cut (\d+) of (\d+), "
-                     r"seed (-?\d+)\) when only later data changed \(first on (\d{4}-\d\d-\d\d)\)")
+HONEST = (
+    "import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n"
+    "    out = np.full_like(c, np.nan)\n    out[:, 5:] = -(c[:, 5:] / c[:, :-5] - 1)\n    return out\n"
+)
+MESSAGE = re.compile(
+    r"factor 'leak' changed on (\d+) cells up to (\d{4}-\d\d-\d\d) \(look-ahead cut (\d+) of (\d+), "
+    r"seed (-?\d+)\) when only later data changed \(first on (\d{4}-\d\d-\d\d)\)"
+)
 
 
 def leaky(after: int) -> str:
@@ -42,6 +46,7 @@ def run(panel, tmp_path_factory):
     def go(**spec):
         raw = {"kind": "factor", "market": MARKET, "lookahead_check": True, **spec}
         return run_spec(raw, ctx, root / str(len(list(root.iterdir()))))
+
     return go
 
 
@@ -105,8 +110,9 @@ def test_the_gate_is_deterministic_per_seed(run, panel, valid):
 
 def test_honest_code_and_expressions_pass(run, valid):
     # many cuts: one cut's scrambling reaching the next would change an honest factor's values
-    result = run(code=HONEST, code_name="rev_code", expressions={"rev": REV, "rng": "($high-$low)/$close"},
-                 lookahead_cuts=16)
+    result = run(
+        code=HONEST, code_name="rev_code", expressions={"rev": REV, "rng": "($high-$low)/$close"}, lookahead_cuts=16
+    )
     assert result.ok, result.failure
     assert result.metrics["rev_code.rank_ic"] == pytest.approx(result.metrics["rev.rank_ic"], abs=1e-9)
 

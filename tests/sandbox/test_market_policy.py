@@ -26,15 +26,17 @@ def test_builtin_and_bounded_synthetic_markets_are_allowed():
         check_market(market, ())
 
 
-@pytest.mark.parametrize("market", ["synthetic:3000:20000", "synthetic:20001:40", "synthetic:50:20001",
-                                    "synthetic:60:400:0:1000", "synthetic:a:b"])
+@pytest.mark.parametrize(
+    "market",
+    ["synthetic:3000:20000", "synthetic:20001:40", "synthetic:50:20001", "synthetic:60:400:0:1000", "synthetic:a:b"],
+)
 def test_oversized_or_malformed_synthetic_markets_are_refused(market):
     with pytest.raises(MarketRefused, match="synthetic"):
         check_market(market, ())
 
 
 def test_the_bound_is_on_cells():
-    side = int(MAX_SYNTHETIC_CELLS ** 0.5) + 1
+    side = int(MAX_SYNTHETIC_CELLS**0.5) + 1
     assert side <= 5000
     with pytest.raises(MarketRefused, match="instrument-days"):
         check_market(f"synthetic:{side}:{side}", ())
@@ -79,10 +81,13 @@ def test_a_market_is_generated_under_the_experiment_limits_not_in_the_executor(t
 
     big = {"kind": "factor", "market": "synthetic:2000:8000:0", "expressions": {"c": "$close"}, "report": "screen"}
     small = {**big, "market": "synthetic:60:400:0"}
-    with LocalExecutor(workers=1, root=tmp_path / "sbx", use_cache=False,
-                       limits=Limits(wall_seconds=4, memory_mb=128)) as ex:
+    with LocalExecutor(
+        workers=1, root=tmp_path / "sbx", use_cache=False, limits=Limits(wall_seconds=4, memory_mb=128)
+    ) as ex:
         refused, fine = ex.run_many([big, small])
     assert refused.failure.category is FailureCategory.INVALID_SPEC
     assert "limit" in refused.failure.message, refused.failure.message
     assert fine.ok, fine.failure
-    assert [p.name for p in (tmp_path / "sbx" / "markets").iterdir() if not p.name.startswith(".")] == ["synthetic_60_400_0"]
+    assert [p.name for p in (tmp_path / "sbx" / "markets").iterdir() if not p.name.startswith(".")] == [
+        "synthetic_60_400_0"
+    ]

@@ -18,8 +18,11 @@ MARKET = "synthetic:60:400:0"
 FEATURES = {"rev": "-($close/Ref($close, 5) - 1)", "rng": "($high-$low)/$close"}
 # The test segment ends before an instrument's delisting: every test day has the same rows, so "the
 # next day's row of the same instrument" is the row `ROWS` further on.
-SEGMENTS = {"train": ["2010-01-04", "2010-12-31"], "valid": ["2011-01-03", "2011-04-29"],
-            "test": ["2011-05-02", "2011-07-13"]}
+SEGMENTS = {
+    "train": ["2010-01-04", "2010-12-31"],
+    "valid": ["2011-01-03", "2011-04-29"],
+    "test": ["2011-05-02", "2011-07-13"],
+}
 BACKTEST = {"topk": 10, "n_drop": 2}
 # The built-in `linear` family's arithmetic (quantcore.models.linear, alpha=1, NaN as 0), step for step:
 # its predictions, and so every metric, are the built-in model's bit for bit.
@@ -41,9 +44,11 @@ RIDGE = (
     "    def predict(self, x):\n"
     "        return self.score(x)\n"
 )
-MESSAGE = re.compile(r"generated model changed (\d+) of its (\d+) predictions up to (\d{4}-\d\d-\d\d) \(look-ahead "
-                     r"cut (\d+) of (\d+), seed (-?\d+)\) when only later rows of the predict batch changed "
-                     r"\(first on (\d{4}-\d\d-\d\d)\)")
+MESSAGE = re.compile(
+    r"generated model changed (\d+) of its (\d+) predictions up to (\d{4}-\d\d-\d\d) \(look-ahead "
+    r"cut (\d+) of (\d+), seed (-?\d+)\) when only later rows of the predict batch changed "
+    r"\(first on (\d{4}-\d\d-\d\d)\)"
+)
 
 
 def model(predict_body: str) -> str:
@@ -67,13 +72,15 @@ def next_day_row_on_the_last_days(rows: int) -> str:
 def statistics_of_the_first_test_batch() -> str:
     """Normalises by the statistics of the first batch of its size it saw (the whole test segment), kept
     for later calls: without a fresh copy of the model per call, every check would reuse them."""
-    return model("        p = self.score(x)\n"
-                 "        if not hasattr(self, 'kept'):\n"
-                 "            self.kept = {}\n"
-                 "        if len(x) not in self.kept:\n"
-                 "            self.kept[len(x)] = (p.mean(), p.std())\n"
-                 "        mean, std = self.kept[len(x)]\n"
-                 "        return (p - mean) / std\n")
+    return model(
+        "        p = self.score(x)\n"
+        "        if not hasattr(self, 'kept'):\n"
+        "            self.kept = {}\n"
+        "        if len(x) not in self.kept:\n"
+        "            self.kept[len(x)] = (p.mean(), p.std())\n"
+        "        mean, std = self.kept[len(x)]\n"
+        "        return (p - mean) / std\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +107,16 @@ def run(panel, tmp_path_factory):
     root = tmp_path_factory.mktemp("model-lookahead")
 
     def go(**spec):
-        raw = {"kind": "model", "market": MARKET, "features": FEATURES, "segments": SEGMENTS, "backtest": BACKTEST,
-               **spec}
+        raw = {
+            "kind": "model",
+            "market": MARKET,
+            "features": FEATURES,
+            "segments": SEGMENTS,
+            "backtest": BACKTEST,
+            **spec,
+        }
         return run_spec(raw, ctx, root / str(len(list(root.iterdir()))))
+
     return go
 
 
@@ -172,10 +186,12 @@ def test_a_model_keeping_the_first_batchs_statistics_is_caught(run, panel, test_
 
 def test_a_model_using_each_days_own_rows_passes(run, rows):
     """Cross-sectional work within a day reads no later day: demeaning each day's scores passes."""
-    per_day = model(f"        p = self.score(x)\n"
-                    f"        if len(p) % {rows}:\n"
-                    "            return p  # the valid segment's days have other rows\n"
-                    f"        days = p.reshape(-1, {rows})\n"
-                    "        return (days - days.mean(axis=1, keepdims=True)).reshape(-1)\n")
+    per_day = model(
+        f"        p = self.score(x)\n"
+        f"        if len(p) % {rows}:\n"
+        "            return p  # the valid segment's days have other rows\n"
+        f"        days = p.reshape(-1, {rows})\n"
+        "        return (days - days.mean(axis=1, keepdims=True)).reshape(-1)\n"
+    )
     result = run(code=per_day)
     assert result.ok, result.failure

@@ -34,11 +34,20 @@ CASES = [
     (factor({"ma_gap": "Mean($close, 5)/Mean($close, 20) - 1"}), None),
     (factor({"bad": "Mean($close,"}), FailureCategory.PARSE_ERROR),
     (factor({"peek": "Ref($close, -1)/$close"}), FailureCategory.LOOK_AHEAD),
-    (factor(code="import numpy as np\ndef factor(fields):\n    c = fields['close']\n"
-                 "    return -c / np.roll(c, 5, axis=1)\n"), None),
+    (
+        factor(
+            code="import numpy as np\ndef factor(fields):\n    c = fields['close']\n"
+            "    return -c / np.roll(c, 5, axis=1)\n"
+        ),
+        None,
+    ),
     # the guard's read roots: market arrays are in memory, /etc is not readable
-    (factor(code="import numpy as np\ndef factor(fields):\n    np.load('/etc/hostname')\n"
-                 "    return fields['close']\n"), FailureCategory.FORBIDDEN_OPERATION),
+    (
+        factor(
+            code="import numpy as np\ndef factor(fields):\n    np.load('/etc/hostname')\n    return fields['close']\n"
+        ),
+        FailureCategory.FORBIDDEN_OPERATION,
+    ),
     (factor(code=BUSY), FailureCategory.TIMEOUT),
 ]
 

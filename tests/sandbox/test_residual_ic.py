@@ -26,12 +26,26 @@ def run(tmp_path_factory):
     valid = default_segments(panel.calendar)["valid"]
 
     def go(expressions: dict[str, str], **spec):
-        result = run_spec({"kind": "factor", "market": MARKET, "expressions": expressions, "segment": list(valid),
-                           "library": LIBRARY, "base_features": "alpha158", "residual_components": 4,
-                           "controls": sorted(LIBRARY), "pair_threshold": 0.7, "report": "full", **spec},
-                          ctx, root / str(len(list(root.iterdir()))))
+        result = run_spec(
+            {
+                "kind": "factor",
+                "market": MARKET,
+                "expressions": expressions,
+                "segment": list(valid),
+                "library": LIBRARY,
+                "base_features": "alpha158",
+                "residual_components": 4,
+                "controls": sorted(LIBRARY),
+                "pair_threshold": 0.7,
+                "report": "full",
+                **spec,
+            },
+            ctx,
+            root / str(len(list(root.iterdir()))),
+        )
         assert result.ok, result.failure
         return result
+
     return go
 
 
@@ -73,15 +87,20 @@ def test_residual_components_need_base_features_and_controls_the_library():
 def test_a_screen_scores_every_factor_as_admission_scores_each(run):
     """The screen fits its factors' residuals together (one least-squares fit per day and control set):
     each factor gets the residual RankIC admission computes for it alone, its rivals left out."""
-    exprs = {"mom": "Mean($close, 20)/$close - 1", "copy": "2*($close/Ref($close, 5) - 1) + 1",
-             "mix": "0.5*($close/Ref($close, 5) - 1) - 2*Std($close/Ref($close, 1) - 1, 10)",
-             "rng": "($high - $low)/$close", "warm": "Corr($close, $volume, 30)"}
+    exprs = {
+        "mom": "Mean($close, 20)/$close - 1",
+        "copy": "2*($close/Ref($close, 5) - 1) + 1",
+        "mix": "0.5*($close/Ref($close, 5) - 1) - 2*Std($close/Ref($close, 1) - 1, 10)",
+        "rng": "($high - $low)/$close",
+        "warm": "Corr($close, $volume, 30)",
+    }
     screen = run(exprs, report="screen", corr_days=0)
     for name, expr in exprs.items():
         alone = run({name: expr})
         assert screen.details[name]["residual_controls"] == alone.details[name]["residual_controls"]
-        assert screen.metrics[f"{name}.residual_rank_ic"] == pytest.approx(alone.metrics[f"{name}.residual_rank_ic"],
-                                                                         rel=1e-9, abs=1e-12)
+        assert screen.metrics[f"{name}.residual_rank_ic"] == pytest.approx(
+            alone.metrics[f"{name}.residual_rank_ic"], rel=1e-9, abs=1e-12
+        )
         t_screen, t_alone = screen.metrics[f"{name}.residual_t"], alone.metrics[f"{name}.residual_t"]
         assert (math.isnan(t_screen) and math.isnan(t_alone)) or t_screen == pytest.approx(t_alone, rel=1e-9)
     assert screen.details["copy"]["residual_controls"] == ["vol10"]  # the rival left out, as alone

@@ -33,12 +33,19 @@ from sandbox.result import (
 )
 
 MARKET = "synthetic:60:400:0"
-SPECS = [{"kind": "factor", "market": MARKET, "report": "screen", "expressions": {name: expr}} for name, expr in
-         (("rev5", "-($close/Ref($close, 5) - 1)"), ("vol10", "Std($close/Ref($close, 1) - 1, 10)"),
-          ("rng", "($high - $low)/$close"))]
+SPECS = [
+    {"kind": "factor", "market": MARKET, "report": "screen", "expressions": {name: expr}}
+    for name, expr in (
+        ("rev5", "-($close/Ref($close, 5) - 1)"),
+        ("vol10", "Std($close/Ref($close, 1) - 1, 10)"),
+        ("rng", "($high - $low)/$close"),
+    )
+]
 # generated code that computes for about a second: the window in which the "worker" writes its message
-SLOW_CODE = ("import numpy as np\ndef factor(fields):\n    s = 0\n    for i in range(10_000_000):\n        s += i\n"
-             "    return fields['close'] * 0 + s\n")
+SLOW_CODE = (
+    "import numpy as np\ndef factor(fields):\n    s = 0\n    for i in range(10_000_000):\n        s += i\n"
+    "    return fields['close'] * 0 + s\n"
+)
 WALL = 8.0  # seconds: the "never ends" message is a timeout of this length
 MAX_BYTES = 1 << 16  # a small channel limit, so that "oversized" is cheap to write
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
@@ -58,9 +65,15 @@ def executor(tmp_path_factory):
     # no jail, no Landlock: the test takes the idle worker's socket from its python process before the
     # slow experiment runs on that very worker (with either layer, generated code gets a worker started
     # for it, and a jailed one is in a PID namespace of its own); the channel must hold either way
-    with LocalExecutor(workers=1, root=tmp_path_factory.mktemp("sbx"), use_cache=False, max_message_bytes=MAX_BYTES,
-                       jail=False, landlock=False,
-                       limits=Limits(wall_seconds=WALL, cpu_seconds=60, memory_mb=2048)) as ex:
+    with LocalExecutor(
+        workers=1,
+        root=tmp_path_factory.mktemp("sbx"),
+        use_cache=False,
+        max_message_bytes=MAX_BYTES,
+        jail=False,
+        landlock=False,
+        limits=Limits(wall_seconds=WALL, cpu_seconds=60, memory_mb=2048),
+    ) as ex:
         yield ex
 
 
@@ -88,30 +101,60 @@ def _forged_result(task_id: int, spec: dict, **changes) -> bytes:
 # name -> (the bytes a taken-over worker writes, given the canary path and the next task id; the
 #          failure category of the experiment that was running)
 HOSTILE = {
-    "pickle_that_runs_code": (lambda canary, task: _frame(pickle.dumps(("result", task, _Canary(canary)))),
-                              FailureCategory.WORKER_CRASH),
-    "bytes_that_are_not_utf8": (lambda canary, task: _frame(b"\xff\xfe\x80 not a message"), FailureCategory.WORKER_CRASH),
+    "pickle_that_runs_code": (
+        lambda canary, task: _frame(pickle.dumps(("result", task, _Canary(canary)))),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "bytes_that_are_not_utf8": (
+        lambda canary, task: _frame(b"\xff\xfe\x80 not a message"),
+        FailureCategory.WORKER_CRASH,
+    ),
     "json_that_is_not_an_object": (lambda canary, task: _frame(b"[1, 2, 3]"), FailureCategory.WORKER_CRASH),
-    "forged_ok_with_a_string_metric": (lambda canary, task: _frame(_forged_result(task, SPECS[0], metrics={"x": "0.9"})),
-                                       FailureCategory.WORKER_CRASH),
-    "forged_ok_with_an_unknown_key": (lambda canary, task: _frame(_forged_result(task, SPECS[0], owned=True)),
-                                      FailureCategory.WORKER_CRASH),
-    "forged_ok_with_infinite_metric": (lambda canary, task: _frame(_forged_result(task, SPECS[0]).replace(b"0.9", b"Infinity")),
-                                       FailureCategory.WORKER_CRASH),
+    "forged_ok_with_a_string_metric": (
+        lambda canary, task: _frame(_forged_result(task, SPECS[0], metrics={"x": "0.9"})),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "forged_ok_with_an_unknown_key": (
+        lambda canary, task: _frame(_forged_result(task, SPECS[0], owned=True)),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "forged_ok_with_infinite_metric": (
+        lambda canary, task: _frame(_forged_result(task, SPECS[0]).replace(b"0.9", b"Infinity")),
+        FailureCategory.WORKER_CRASH,
+    ),
     "ok_that_contradicts_its_failure": (
-        lambda canary, task: _frame(_forged_result(task, SPECS[0], ok=True, failure={"category": "timeout", "message": "m"})),
-        FailureCategory.WORKER_CRASH),
-    "result_for_another_task": (lambda canary, task: _frame(_forged_result(task + 1, SPECS[0])), FailureCategory.WORKER_CRASH),
-    "result_for_another_spec": (lambda canary, task: _frame(_forged_result(task, SPECS[1])), FailureCategory.WORKER_CRASH),
-    "oversized_declared_length": (lambda canary, task: (MAX_BYTES + 1).to_bytes(4, "big") + b"{}", FailureCategory.WORKER_CRASH),
-    "terabyte_declared_length": (lambda canary, task: (-1).to_bytes(4, "big", signed=True) + (1 << 40).to_bytes(8, "big"),
-                                 FailureCategory.WORKER_CRASH),
-    "negative_declared_length": (lambda canary, task: (-7).to_bytes(4, "big", signed=True), FailureCategory.WORKER_CRASH),
+        lambda canary, task: _frame(
+            _forged_result(task, SPECS[0], ok=True, failure={"category": "timeout", "message": "m"})
+        ),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "result_for_another_task": (
+        lambda canary, task: _frame(_forged_result(task + 1, SPECS[0])),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "result_for_another_spec": (
+        lambda canary, task: _frame(_forged_result(task, SPECS[1])),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "oversized_declared_length": (
+        lambda canary, task: (MAX_BYTES + 1).to_bytes(4, "big") + b"{}",
+        FailureCategory.WORKER_CRASH,
+    ),
+    "terabyte_declared_length": (
+        lambda canary, task: (-1).to_bytes(4, "big", signed=True) + (1 << 40).to_bytes(8, "big"),
+        FailureCategory.WORKER_CRASH,
+    ),
+    "negative_declared_length": (
+        lambda canary, task: (-7).to_bytes(4, "big", signed=True),
+        FailureCategory.WORKER_CRASH,
+    ),
     "deeply_nested_json": (lambda canary, task: _frame(b"[" * 30000 + b"]" * 30000), FailureCategory.WORKER_CRASH),
     # half a message that is never finished (its length is more than the real result will fill):
     # the parent must not wait on it past the wall-clock limit
-    "a_message_that_never_ends": (lambda canary, task: (MAX_BYTES - 1).to_bytes(4, "big") + b'{"op": "res',
-                                  FailureCategory.TIMEOUT),
+    "a_message_that_never_ends": (
+        lambda canary, task: (MAX_BYTES - 1).to_bytes(4, "big") + b'{"op": "res',
+        FailureCategory.TIMEOUT,
+    ),
 }
 
 
@@ -186,8 +229,11 @@ def test_an_honest_result_over_the_limit_is_degenerate_output_not_a_crash():
 
 # ---- the result schema -----------------------------------------------------------------------------------
 
+
 def test_real_results_round_trip_through_json(reference):
-    failure = ExperimentResult("cd" * 16, "model", failure=Failure(FailureCategory.TIMEOUT, "too slow", "ctx"), seconds=3.5)
+    failure = ExperimentResult(
+        "cd" * 16, "model", failure=Failure(FailureCategory.TIMEOUT, "too slow", "ctx"), seconds=3.5
+    )
     nan_metric = ExperimentResult("ef" * 16, "factor", metrics={"a": math.nan, "b": 1}, details={"x": [None, math.inf]})
     for result in [*reference, failure, nan_metric]:
         wire = json.loads(json.dumps(result.to_dict()))
@@ -196,8 +242,9 @@ def test_real_results_round_trip_through_json(reference):
     assert math.isnan(back.metrics["a"]) and back.metrics["b"] == 1.0 and back.details["x"][1] == math.inf
 
 
-GOOD = ExperimentResult("ab" * 16, "factor", metrics={"f.ic": 0.1}, details={"f": {"n_days": 80}},
-                        artifacts={"a": "/x"}, seconds=0.25).to_dict()
+GOOD = ExperimentResult(
+    "ab" * 16, "factor", metrics={"f.ic": 0.1}, details={"f": {"n_days": 80}}, artifacts={"a": "/x"}, seconds=0.25
+).to_dict()
 BAD_RESULTS = {
     "not an object": ([GOOD], "expected an object"),
     "unknown top-level key": ({**GOOD, "exploit": 1}, "unknown key 'exploit'"),
@@ -208,7 +255,7 @@ BAD_RESULTS = {
     "metric a boolean": ({**GOOD, "metrics": {"f.ic": True}}, "metrics.f.ic: expected a number"),
     "metric infinite": ({**GOOD, "metrics": {"f.ic": math.inf}}, "finite"),
     "metric NaN (to_dict writes null)": ({**GOOD, "metrics": {"f.ic": math.nan}}, "finite"),
-    "metric too large for a float": ({**GOOD, "metrics": {"f.ic": 10 ** 400}}, "a float can hold"),
+    "metric too large for a float": ({**GOOD, "metrics": {"f.ic": 10**400}}, "a float can hold"),
     "details not JSON": ({**GOOD, "details": {"f": {1, 2}}}, "expected a JSON value"),
     "details nested too deep": ({**GOOD, "details": {"f": json.loads("[" * 40 + "]" * 40)}}, "nested deeper"),
     "artifact path a number": ({**GOOD, "artifacts": {"a": 1}}, "artifacts.a: expected a string"),
@@ -218,18 +265,34 @@ BAD_RESULTS = {
     "cached a string": ({**GOOD, "cached": "yes"}, "cached: expected true or false"),
     "run id a number": ({**GOOD, "mlflow_run_id": 5}, "mlflow_run_id: expected a string"),
     "ok false without a failure": ({**GOOD, "ok": False}, "ok: expected True"),
-    "unknown failure key": ({**GOOD, "ok": False, "failure": {"category": "timeout", "message": "m", "x": 1}},
-                            "failure: unknown key 'x'"),
-    "unknown failure category": ({**GOOD, "ok": False, "failure": {"category": "pwned", "message": "m"}},
-                                 "failure.category: expected one of"),
-    "failure message of two lines": ({**GOOD, "ok": False, "failure": {"category": "timeout", "message": "a\nb"}},
-                                     "failure.message: expected one line"),
-    "failure message oversized": ({**GOOD, "ok": False, "failure": {"category": "timeout", "message": "m" * 301}},
-                                  "at most 300"),
-    "failure context oversized": ({**GOOD, "ok": False, "failure": {"category": "timeout", "message": "m",
-                                                                    "context": "c" * (MAX_CONTEXT_CHARS + 1)}},
-                                  f"at most {MAX_CONTEXT_CHARS}"),
-    "oversized string in details": ({**GOOD, "details": {"f": "x" * (MAX_STRING_CHARS + 1)}}, f"at most {MAX_STRING_CHARS}"),
+    "unknown failure key": (
+        {**GOOD, "ok": False, "failure": {"category": "timeout", "message": "m", "x": 1}},
+        "failure: unknown key 'x'",
+    ),
+    "unknown failure category": (
+        {**GOOD, "ok": False, "failure": {"category": "pwned", "message": "m"}},
+        "failure.category: expected one of",
+    ),
+    "failure message of two lines": (
+        {**GOOD, "ok": False, "failure": {"category": "timeout", "message": "a\nb"}},
+        "failure.message: expected one line",
+    ),
+    "failure message oversized": (
+        {**GOOD, "ok": False, "failure": {"category": "timeout", "message": "m" * 301}},
+        "at most 300",
+    ),
+    "failure context oversized": (
+        {
+            **GOOD,
+            "ok": False,
+            "failure": {"category": "timeout", "message": "m", "context": "c" * (MAX_CONTEXT_CHARS + 1)},
+        },
+        f"at most {MAX_CONTEXT_CHARS}",
+    ),
+    "oversized string in details": (
+        {**GOOD, "details": {"f": "x" * (MAX_STRING_CHARS + 1)}},
+        f"at most {MAX_STRING_CHARS}",
+    ),
     "oversized spec hash": ({**GOOD, "spec_hash": "a" * 129}, "at most 128"),
 }
 
@@ -247,15 +310,18 @@ def test_from_dict_accepts_every_key_to_dict_writes():
     assert ExperimentResult.from_dict(GOOD).to_dict() == GOOD
 
 
-@pytest.mark.parametrize("data, fragment", [
-    (b"\xff\xfe{}", "not UTF-8 JSON"),
-    (b'{"op": "result", ', "not UTF-8 JSON"),
-    (b"[" * 100000 + b"]" * 100000, "not UTF-8 JSON"),  # deeper than the parser recurses
-    (b'"result"', "not a message"),
-    (b'{"op": 5}', "not a message"),
-    (b'{"op": "result"}' + b" " * (1 << 20), "at most 1048576"),
-    ("{}", "must be bytes"),
-])
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        (b"\xff\xfe{}", "not UTF-8 JSON"),
+        (b'{"op": "result", ', "not UTF-8 JSON"),
+        (b"[" * 100000 + b"]" * 100000, "not UTF-8 JSON"),  # deeper than the parser recurses
+        (b'"result"', "not a message"),
+        (b'{"op": 5}', "not a message"),
+        (b'{"op": "result"}' + b" " * (1 << 20), "at most 1048576"),
+        ("{}", "must be bytes"),
+    ],
+)
 def test_decode_refuses_what_is_not_a_message(data, fragment):
     with pytest.raises(ProtocolError, match=fragment):
         decode(data, max_bytes=1 << 20)
@@ -274,6 +340,7 @@ def test_read_result_checks_the_task_and_the_schema():
 
 
 # ---- frames ----------------------------------------------------------------------------------------------
+
 
 def test_frame_reader_takes_whole_frames_and_refuses_an_oversized_one_unread():
     parent, worker = socket.socketpair()

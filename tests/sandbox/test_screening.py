@@ -20,8 +20,10 @@ from sandbox.spec import SpecError, default_segments, parse_spec, spec_hash
 MARKET = "synthetic:60:400:0"
 MA5 = "Mean($close, 5)/$close"
 # seeded noise: related to no base feature
-NOISE_CODE = ("import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n"
-              "    return np.random.default_rng(3).standard_normal(c.shape)\n")
+NOISE_CODE = (
+    "import numpy as np\n\ndef factor(fields):\n    c = fields['close']\n"
+    "    return np.random.default_rng(3).standard_normal(c.shape)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def run(ctx, tmp_path_factory):
         result = run_spec({"kind": "factor", "market": MARKET, **spec}, ctx, root / str(len(list(root.iterdir()))))
         assert result.ok, result.failure
         return result
+
     return go
 
 
@@ -136,8 +139,12 @@ def test_library_maximum_in_screen_and_full_reports(run, panel, valid):
 
 def test_pair_threshold_reports_both_daily_rank_ic_series(run, panel, valid):
     lib = {"ma": MA5, "vol": "Std($close/Ref($close,1)-1, 20)"}
-    r = run(expressions={"f": f"2*({MA5}) + Mean($close, 20)/$close", "g": "$volume/Mean($volume, 10)"},
-            library=lib, pair_threshold=0.7, lookahead_check=True)
+    r = run(
+        expressions={"f": f"2*({MA5}) + Mean($close, 20)/$close", "g": "$volume/Mean($volume, 10)"},
+        library=lib,
+        pair_threshold=0.7,
+        lookahead_check=True,
+    )
     assert abs(r.details["f"]["correlations"]["ma"]) >= 0.7
     assert set(r.details["library_daily_rank_ic"]) == {"ma"}  # vol repeats nobody
     theirs = r.details["library_daily_rank_ic"]["ma"]
@@ -169,25 +176,53 @@ def test_the_worker_ranks_the_label_once_and_screens_as_the_plain_report(panel, 
     each screen's numbers equal the full report computed on plain arrays (the label ranked again for
     every factor) bit for bit, whether its label was just built or kept from an earlier spec."""
     ctx = WorkerContext(attach=lambda m: panel, label_slots=1)
-    exprs = {"ma": MA5, "ref": "Ref($close, 20)/$close", "sign": "Sign($close - Ref($close, 1))",
-             "vol": "$volume/Mean($volume, 10)", "corr": "Corr($close, $volume, 10)"}
+    exprs = {
+        "ma": MA5,
+        "ref": "Ref($close, 20)/$close",
+        "sign": "Sign($close - Ref($close, 1))",
+        "vol": "$volume/Mean($volume, 10)",
+        "corr": "Corr($close, $volume, 10)",
+    }
     segments = default_segments(panel.calendar)
     kept = None
     for k, seg in enumerate(("train", "train", "valid")):
-        r = run_spec({"kind": "factor", "market": MARKET, "expressions": exprs, "report": "screen",
-                      "segment": list(segments[seg])}, ctx, tmp_path / str(k))
+        r = run_spec(
+            {
+                "kind": "factor",
+                "market": MARKET,
+                "expressions": exprs,
+                "report": "screen",
+                "segment": list(segments[seg]),
+            },
+            ctx,
+            tmp_path / str(k),
+        )
         assert r.ok, r.failure
         days = panel.date_index(*segments[seg])
         y = _values(panel, {"y": DEFAULT_LABEL}, days, future=True)["y"]
         for name, x in _values(panel, exprs, days).items():
             want, _ = evaluate_arrays(x, y, expression=exprs[name])
             row = r.details[name]
-            got = {"ic": row["ic"], "icir": row["icir"], "ic_t": row["ic_t"], "rank_ic": row["rank_ic"],
-                   "rank_icir": row["rank_icir"], "rank_ic_t": row["rank_ic_t"], "n_days": row["n_days"],
-                   "loss": row["loss"]}
-            assert got == {"ic": want.ic.mean, "icir": want.ic.icir, "ic_t": want.ic.t_stat,
-                           "rank_ic": want.rank_ic.mean, "rank_icir": want.rank_ic.icir,
-                           "rank_ic_t": want.rank_ic.t_stat, "n_days": want.n_days, "loss": want.loss}, (seg, name)
+            got = {
+                "ic": row["ic"],
+                "icir": row["icir"],
+                "ic_t": row["ic_t"],
+                "rank_ic": row["rank_ic"],
+                "rank_icir": row["rank_icir"],
+                "rank_ic_t": row["rank_ic_t"],
+                "n_days": row["n_days"],
+                "loss": row["loss"],
+            }
+            assert got == {
+                "ic": want.ic.mean,
+                "icir": want.ic.icir,
+                "ic_t": want.ic.t_stat,
+                "rank_ic": want.rank_ic.mean,
+                "rank_icir": want.rank_ic.icir,
+                "rank_ic_t": want.rank_ic.t_stat,
+                "n_days": want.n_days,
+                "loss": want.loss,
+            }, (seg, name)
         assert len(ctx._labels) == len(ctx._histories) == 1  # and one evaluator on the days up to the segment's end
         ranked = next(iter(ctx._labels.values()))
         assert (ranked is kept) == (k == 1)  # kept for the second train spec, rebuilt for valid
@@ -206,8 +241,9 @@ def test_originality_fields_are_validated_and_hashed():
         parse_spec({**spec, "expressions": {"library_daily_rank_ic": MA5}})
     plain = spec_hash(spec)
     assert spec_hash({**spec, "base_features": "Alpha158"}) == spec_hash({**spec, "base_features": "alpha158"}) != plain
-    assert spec_hash({**spec, "base_features": {"a": "Mean($close,5)"}}) == \
-        spec_hash({**spec, "base_features": {"a": " Mean( $close , 5 ) "}})
+    assert spec_hash({**spec, "base_features": {"a": "Mean($close,5)"}}) == spec_hash(
+        {**spec, "base_features": {"a": " Mean( $close , 5 ) "}}
+    )
     assert len({plain, spec_hash({**spec, "corr_days": 60}), spec_hash({**spec, "pair_threshold": 0.7})}) == 3
 
 
