@@ -767,41 +767,42 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         if not sc.scored:  # its chunk failed as a whole: nothing was learnt about the candidate
             continue
         why = state.screen_why.get(sc.name, "sent to admission")
-        rows.append(
-            TrialRow(
-                run_id=m.run_id,
-                iteration=state.iteration,
-                market=m.market,
-                candidate=sc.name,
-                expression=sc.expression,
-                form=form_of(sc.expression),
-                region=region.get(sc.name, ""),
-                stage="screen",
-                fitness=sc.fitness,
-                metrics_json=dumps({**sc.metrics(), "outcome": why}),
-            )
-        )
+        trial = (sc.name, sc.expression, region.get(sc.name, ""), "screen", sc.fitness)
+        rows.append(_trial_row(m, state.iteration, *trial, {**sc.metrics(), "outcome": why}))
     for c in state.coded.coded:
         r = results.get(c.name)
         if r is None or c.expression is None:
             continue
         mt = {**factor_metrics(c.name, r), **adjusted.get(c.name, {})}
         t = mt.get("residual_t", mt.get("rank_ic_hac_t", mt.get("rank_ic_t", math.nan)))
-        rows.append(
-            TrialRow(
-                run_id=m.run_id,
-                iteration=state.iteration,
-                market=m.market,
-                candidate=c.name,
-                expression=c.expression,
-                form=form_of(c.expression),
-                region=c.region,
-                stage="admission",
-                fitness=t_fitness(t, r.ok),
-                metrics_json=dumps({k: v for k, v in mt.items() if math.isfinite(v)}),
-            )
-        )
+        trial = (c.name, c.expression, c.region, "admission", t_fitness(t, r.ok))
+        rows.append(_trial_row(m, state.iteration, *trial, {k: v for k, v in mt.items() if math.isfinite(v)}))
     return rows
+
+
+def _trial_row(
+    m: RunMemory,
+    iteration: int,
+    candidate: str,
+    expression: str,
+    region: str,
+    stage: str,
+    fitness: float,
+    metrics: dict,
+) -> TrialRow:
+    """One scored candidate of the iteration as a stored trial (its form is what later runs skip)."""
+    return TrialRow(
+        run_id=m.run_id,
+        iteration=iteration,
+        market=m.market,
+        candidate=candidate,
+        expression=expression,
+        form=form_of(expression),
+        region=region,
+        stage=stage,
+        fitness=fitness,
+        metrics_json=dumps(metrics),
+    )
 
 
 def _retire(db, rival: str, winner: str, hypothesis_id: int, run_id: str) -> None:
