@@ -407,13 +407,12 @@ def replay_command(
     """Re-execute a run offline from its stored LLM responses and reviews; exit 1 on any divergence."""
     from agents.loop import open_project
     from agents.replay import replay_run
-    from sandbox.store import code_version
 
     report = replay_run(open_project(root), run_id, workers=workers, log=lambda m: console.print(f"  [dim]{m}[/]"))
     if report.tolerance:
         console.print(
             f"  [dim]recorded by other code ({', '.join(report.recorded_code) or 'a version before versions were stored'};"
-            f" this is {code_version()}): floats compared to a relative {report.tolerance:g}[/]"
+            f" this is {report.replay_code}): floats compared to a relative {report.tolerance:g}[/]"
         )
     for line in report.divergences:
         console.print(f"[red]diverged:[/] {line}")

@@ -767,16 +767,38 @@ def trial_rows(state: IterationState, results: dict[str, ExperimentResult], m: R
         if not sc.scored:  # its chunk failed as a whole: nothing was learnt about the candidate
             continue
         why = state.screen_why.get(sc.name, "sent to admission")
-        trial = (sc.name, sc.expression, region.get(sc.name, ""), "screen", sc.fitness)
-        rows.append(_trial_row(m, state.iteration, *trial, {**sc.metrics(), "outcome": why}))
+        metrics = {**sc.metrics(), "outcome": why}
+        rows.append(
+            _trial_row(
+                m,
+                state.iteration,
+                sc.name,
+                sc.expression,
+                region.get(sc.name, ""),
+                "screen",
+                fitness=sc.fitness,
+                metrics=metrics,
+            )
+        )
     for c in state.coded.coded:
         r = results.get(c.name)
         if r is None or c.expression is None:
             continue
         mt = {**factor_metrics(c.name, r), **adjusted.get(c.name, {})}
         t = mt.get("residual_t", mt.get("rank_ic_hac_t", mt.get("rank_ic_t", math.nan)))
-        trial = (c.name, c.expression, c.region, "admission", t_fitness(t, r.ok))
-        rows.append(_trial_row(m, state.iteration, *trial, {k: v for k, v in mt.items() if math.isfinite(v)}))
+        metrics = {k: v for k, v in mt.items() if math.isfinite(v)}
+        rows.append(
+            _trial_row(
+                m,
+                state.iteration,
+                c.name,
+                c.expression,
+                c.region,
+                "admission",
+                fitness=t_fitness(t, r.ok),
+                metrics=metrics,
+            )
+        )
     return rows
 
 
@@ -787,6 +809,7 @@ def _trial_row(
     expression: str,
     region: str,
     stage: str,
+    *,
     fitness: float,
     metrics: dict,
 ) -> TrialRow:

@@ -49,6 +49,7 @@ class ReplayReport:
     divergences: list[str] = field(default_factory=list)
     tolerance: float = 0.0  # 0: every value compared exactly (the run's code is the replay's)
     recorded_code: list[str] = field(default_factory=list)  # the code versions that computed the stored run
+    replay_code: str = ""  # the code version of the replay
 
 
 def replay_run(
@@ -111,9 +112,10 @@ def replay_run(
         recorded = [v for v in raw.get("code_versions") or [] if v]
         # bit for bit under the code that recorded it; another version (or an unknown one: runs stored before
         # versions were) may round differently in the last digits, so floats then agree to a relative 1e-9
-        exact = recorded == [code_version()]
+        current = code_version()
+        exact = recorded == [current]
         report = compare(store, open_project(tmp), run.id, tolerance=0.0 if exact else CROSS_VERSION_TOLERANCE)
-        report.recorded_code = recorded
+        report.recorded_code, report.replay_code = recorded, current
         return report
 
 

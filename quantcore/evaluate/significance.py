@@ -267,6 +267,7 @@ def residual_ics(
     min_obs = np.maximum(in_set.sum(axis=1) + 4, 20)[group]  # max(F + 5, 20) with F the set's controls
     days = slice(None) if days is None else days  # a slice stays a view: no copy of the controls
     xs_all = controls[:, :, days]  # (F, N, S)
+    ys = [f[:, days] for f in factors]  # views for a slice; an index array is copied once, not per block
     label_days = label[:, days] if ranks is None else ranks.days(days)
     label_ok = np.isfinite(label[:, days])  # (N, S)
     n_days = xs_all.shape[2]
@@ -275,7 +276,7 @@ def residual_ics(
     spanned = np.zeros((n_factors, n_days), bool)
     for lo in range(0, n_days, block):
         hi = min(lo + block, n_days)
-        y = np.stack([f[:, days][:, lo:hi] for f in factors], axis=1).T  # (B, C, N)
+        y = np.stack([f[:, lo:hi] for f in ys], axis=1).T  # (B, C, N)
         r, thin, gone, labelled = _block_residuals(
             xs_all[:, :, lo:hi].transpose(2, 1, 0), y, in_set, group, min_obs, label_ok[:, lo:hi]
         )
