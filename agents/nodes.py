@@ -615,19 +615,7 @@ def update_node(state: IterationState, s: Services) -> dict:
             db.add_all(experiment_rows(m.run_id, state.iteration, c, results, hypothesis_id=h.id))
         for key, spec in state.screen_specs.items():
             r = ExperimentResult.from_dict(state.screen_results[key])
-            db.add(
-                ExperimentRow(
-                    run_id=m.run_id,
-                    iteration=state.iteration,
-                    hypothesis_id=h.id,
-                    candidate=key,
-                    spec_hash=r.spec_hash,
-                    spec_json=dumps(spec),
-                    ok=r.ok,
-                    result_json=dumps(r.to_dict()),
-                    mlflow_run_id=r.mlflow_run_id,
-                )
-            )
+            db.add(_experiment_row(m.run_id, state.iteration, h.id, key, spec, r))
         db.add_all(trials)
         for rival, winner in retired.items():
             _retire(db, rival, winner, h.id, m.run_id)
@@ -970,20 +958,27 @@ def experiment_rows(
 ) -> list[ExperimentRow]:
     """The store rows of a coded candidate's experiments (spec, then folds) that have a result."""
     return [
-        ExperimentRow(
-            run_id=run_id,
-            iteration=iteration,
-            hypothesis_id=hypothesis_id,
-            candidate=key,
-            spec_hash=r.spec_hash,
-            spec_json=dumps(spec),
-            ok=r.ok,
-            result_json=dumps(r.to_dict()),
-            mlflow_run_id=r.mlflow_run_id,
-        )
+        _experiment_row(run_id, iteration, hypothesis_id, key, spec, r)
         for key, spec in candidate_specs(c)
         if (r := results.get(key)) is not None
     ]
+
+
+def _experiment_row(
+    run_id: str, iteration: int, hypothesis_id: int | None, key: str, spec: dict, r: ExperimentResult
+) -> ExperimentRow:
+    """One experiment (its spec and result) as a store row."""
+    return ExperimentRow(
+        run_id=run_id,
+        iteration=iteration,
+        hypothesis_id=hypothesis_id,
+        candidate=key,
+        spec_hash=r.spec_hash,
+        spec_json=dumps(spec),
+        ok=r.ok,
+        result_json=dumps(r.to_dict()),
+        mlflow_run_id=r.mlflow_run_id,
+    )
 
 
 def candidate_result(c: CodedCandidate, results: dict[str, ExperimentResult]) -> ExperimentResult:
